@@ -1,0 +1,3 @@
+from diffagent.cli import main
+
+raise SystemExit(main())

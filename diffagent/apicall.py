@@ -1,0 +1,112 @@
+"""``ApiCall``: a complete, executable text-to-image call. Defined once, used everywhere.
+
+The selector produces it, the renderer executes it, the MCP server and the LangChain adapter
+return it, and ``diffagent render --call call.json`` reads it. Field names follow diffusers where
+one exists (``prompt``, ``negative_prompt``, ``width``, ``height``), and A1111/Civitai for the rest
+(``sampler``, ``cfg_scale``, ``clip_skip`` in A1111's 1-based convention).
+
+The JSON schema is versioned by ``schema_version``; ``diffagent schema`` prints it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from diffagent.families import Family, compatible
+from diffagent.samplers import A1111_SAMPLERS, canonical_sampler
+
+SCHEMA_VERSION = "1"
+MAX_SEED = 2**32 - 1
+
+
+class ModelRef(BaseModel):
+    """A model version in the registry."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int = Field(description="registry id of the model version")
+    air: str = Field(description="AIR id, e.g. urn:air:sd1:checkpoint:civitai:4384@128713")
+    name: str
+    family: Family = Field(description="base-model family of the weights")
+
+
+class LoraRef(ModelRef):
+    weight: float = Field(1.0, ge=-4.0, le=4.0, description="LoRA strength, as in <lora:name:weight>")
+
+
+class EmbeddingRef(ModelRef):
+    token: str = Field(description="the word that activates the textual-inversion embedding")
+    negative: bool = Field(False, description="used in the negative prompt")
+
+
+class Alternative(BaseModel):
+    """A ranked alternative checkpoint the selector considered."""
+
+    checkpoint: ModelRef
+    score: float = Field(description="selector score (higher is better); comparable within one call")
+
+
+class ApiCall(BaseModel):
+    """A complete text-to-image call, ready for ``diffagent.render``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal["1"] = SCHEMA_VERSION
+    checkpoint: ModelRef
+    loras: list[LoraRef] = Field(default_factory=list)
+    embeddings: list[EmbeddingRef] = Field(default_factory=list)
+    prompt: str = Field(min_length=1, max_length=8000, description="final prompt, A1111 weighting kept")
+    negative_prompt: str = Field("", max_length=8000)
+    sampler: str = Field("DPM++ 2M Karras", description="A1111/Civitai sampler name")
+    steps: int = Field(25, ge=1, le=150)
+    cfg_scale: float = Field(7.0, ge=1.0, le=30.0)
+    width: int = Field(512, ge=64, le=2048, multiple_of=8)
+    height: int = Field(512, ge=64, le=2048, multiple_of=8)
+    clip_skip: int = Field(1, ge=1, le=12, description="A1111 'Clip skip' (1 = last layer)")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    rationale: str = Field("", max_length=2000)
+    alternatives: list[Alternative] = Field(default_factory=list)
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, v: str) -> str:
+        canon = canonical_sampler(v)
+        if canon is None:
+            raise ValueError(f"unknown sampler {v!r}; known samplers: {', '.join(A1111_SAMPLERS)}")
+        return canon
+
+    @model_validator(mode="after")
+    def _addons_match_checkpoint(self) -> ApiCall:
+        for addon in [*self.loras, *self.embeddings]:
+            if not compatible(self.checkpoint.family, addon.family):
+                raise ValueError(
+                    f"{addon.name!r} is a {addon.family.value} add-on and cannot load into the "
+                    f"{self.checkpoint.family.value} checkpoint {self.checkpoint.name!r}; "
+                    "drop it or pick a checkpoint of the same family"
+                )
+        return self
+
+    def a1111_parameters(self) -> str:
+        """The generation parameters as A1111 writes them in a PNG ``parameters`` text chunk."""
+        prompt = self.prompt
+        for lora in self.loras:
+            tag = f"<lora:{lora.name}:{lora.weight:g}>"
+            if tag not in prompt:
+                prompt = f"{prompt}, {tag}"
+        fields = [
+            f"Steps: {self.steps}",
+            f"Sampler: {self.sampler}",
+            f"CFG scale: {self.cfg_scale:g}",
+            f"Seed: {self.seed}",
+            f"Size: {self.width}x{self.height}",
+            f"Model: {self.checkpoint.name}",
+        ]
+        if self.clip_skip > 1:
+            fields.append(f"Clip skip: {self.clip_skip}")
+        return f"{prompt}\nNegative prompt: {self.negative_prompt}\n" + ", ".join(fields)
+
+
+def api_call_json_schema() -> dict:
+    return ApiCall.model_json_schema()

@@ -1,0 +1,82 @@
+"""Base-model families and which LoRAs/embeddings work with which checkpoints.
+
+Civitai labels every model version with a ``baseModel`` string ("SD 1.5", "SDXL 1.0", "Pony", ...).
+We keep that string and map it to a ``family`` (what it is) and an ``ecosystem`` (what its
+weights are compatible with: a Pony LoRA loads into any SDXL-architecture UNet).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Family(StrEnum):
+    SD1 = "sd1"
+    SD2 = "sd2"
+    SDXL = "sdxl"
+    PONY = "pony"
+    ILLUSTRIOUS = "illustrious"
+    SD3 = "sd3"
+    FLUX = "flux"
+    OTHER = "other"
+
+
+#: family -> architecture ecosystem (weights are interchangeable inside one ecosystem)
+ECOSYSTEM: dict[Family, str] = {
+    Family.SD1: "sd1",
+    Family.SD2: "sd2",
+    Family.SDXL: "sdxl",
+    Family.PONY: "sdxl",
+    Family.ILLUSTRIOUS: "sdxl",
+    Family.SD3: "sd3",
+    Family.FLUX: "flux",
+    Family.OTHER: "other",
+}
+
+#: ecosystems diffagent can render
+RENDERABLE = {"sd1", "sdxl"}
+
+#: user-facing constraint names (select --base) -> ecosystems
+BASE_CONSTRAINTS: dict[str, set[str] | None] = {"any": None, "sd15": {"sd1"}, "sdxl": {"sdxl"}}
+
+
+def family_of(base_model: str | None) -> Family:
+    """Map a Civitai ``baseModel`` string to a family ("SD 1.5" -> sd1, "Pony" -> pony)."""
+    b = (base_model or "").lower().replace(" ", "")
+    if not b:
+        return Family.OTHER
+    if b.startswith("pony"):
+        return Family.PONY
+    if b.startswith(("illustrious", "noobai")):
+        return Family.ILLUSTRIOUS
+    if b.startswith("sdxl") or b in {"playgroundv2", "playgroundv2.5"}:
+        return Family.SDXL
+    if b.startswith("sd1"):
+        return Family.SD1
+    if b.startswith("sd2"):
+        return Family.SD2
+    if b.startswith("sd3"):
+        return Family.SD3
+    if b.startswith("flux"):
+        return Family.FLUX
+    return Family.OTHER
+
+
+def ecosystem_of(family: Family | str) -> str:
+    return ECOSYSTEM[Family(family)]
+
+
+def compatible(checkpoint_family: Family | str, addon_family: Family | str) -> bool:
+    """Can an add-on (LoRA, embedding) trained on ``addon_family`` load into the checkpoint?"""
+    a, b = ecosystem_of(checkpoint_family), ecosystem_of(addon_family)
+    return a == b and a != "other"
+
+
+def parse_base_constraint(value: str | None) -> set[str] | None:
+    key = (value or "any").lower().replace(".", "").replace("-", "")
+    key = {"sd1": "sd15", "sd15": "sd15", "15": "sd15", "xl": "sdxl"}.get(key, key)
+    if key not in BASE_CONSTRAINTS:
+        from diffagent.errors import UserInputError
+
+        raise UserInputError(f"unknown base constraint {value!r}; use one of: any, sd15, sdxl")
+    return BASE_CONSTRAINTS[key]

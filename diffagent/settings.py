@@ -1,0 +1,80 @@
+"""One settings object for paths, devices and limits.
+
+Values come from (highest first): explicit arguments (CLI flags), ``DIFFAGENT_*`` environment
+variables, then the defaults below. Nothing here loads a model.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The checkout root (the folder that holds ``pyproject.toml`` and ``registry.db``).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "diffagent"
+
+
+def _default_registry() -> Path:
+    checkout_db = PROJECT_ROOT / "registry.db"
+    if checkout_db.exists():
+        return checkout_db
+    return _default_data_dir() / "registry.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DIFFAGENT_", extra="ignore")
+
+    # --- paths -------------------------------------------------------------------------------
+    registry: Path = Field(default_factory=_default_registry, description="SQLite model registry")
+    data_dir: Path = Field(default_factory=_default_data_dir, description="user data (caches, outputs)")
+
+    # --- policy (never a tool argument) ------------------------------------------------------
+    allow_nsfw: bool = Field(False, description="include models flagged NSFW in search and selection")
+
+    # --- selector ----------------------------------------------------------------------------
+    selector: Literal["llm", "retrieval"] = "llm"
+    llm_model: Path | None = Field(None, description="GGUF path; default: the bundled Gemma 3 270M")
+    llm_lora: Path | None = Field(None, description="GGUF LoRA adapter applied to llm_model")
+    llm_threads: int = Field(2, ge=1)
+    llm_ctx: int = Field(2048, ge=256)
+    candidates_k: int = Field(12, ge=1, le=64, description="checkpoints shown to the LLM")
+    embedder: Path | None = Field(None, description="sentence-transformers folder; default: bundled MiniLM")
+
+    # --- renderer ----------------------------------------------------------------------------
+    device: str = Field("auto", description="'auto', 'cuda', 'cuda:N' or 'cpu'")
+    pipeline_cache_gb: float = Field(12.0, gt=0, description="RAM/VRAM budget of the pipeline LRU cache")
+    allow_downloads: bool = Field(True, description="fetch weights from HF/Civitai when not cached")
+    civitai_api_key: str | None = Field(
+        None, validation_alias=AliasChoices("DIFFAGENT_CIVITAI_API_KEY", "CIVITAI_API_KEY")
+    )
+    civitai_base_url: str = "https://civitai.com"
+
+    # --- server ------------------------------------------------------------------------------
+    http_token: str | None = Field(None, description="bearer token required by --http on non-loopback binds")
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.data_dir / "weights"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.data_dir / "outputs"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings from the environment (CLI flags build their own ``Settings``)."""
+    return Settings()
