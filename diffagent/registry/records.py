@@ -105,6 +105,7 @@ class ModelRecord:
     name: str
     type: str
     source: str = "civitai"
+    slug: str | None = None
     description: str = ""
     creator: str | None = None
     nsfw: bool = False

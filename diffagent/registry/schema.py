@@ -26,6 +26,7 @@ class Model(SQLModel, table=True):
 
     id: int = Field(primary_key=True)
     source: str = Field(default="civitai", index=True, description="civitai | curated")
+    slug: str | None = Field(default=None, unique=True, description="short stable key of a curated model")
     name: str
     type: str = Field(index=True, description="checkpoint | lora | locon | embedding | vae | hypernetwork | ...")
     description: str = ""
