@@ -110,13 +110,28 @@ class UsageStats(SQLModel, table=True):
     lora_weight: float | None = Field(default=None, description="mean weight when this version is a LoRA")
 
 
-class SamplePrompt(SQLModel, table=True):
-    """A creator's prompt for an image made with ``version_id`` (A1111 resource tags stripped)."""
+class SampleImage(SQLModel, table=True):
+    """A creator's sample image: its prompt and generation settings, as shown on a model page.
 
-    __tablename__ = "sample_prompt"
+    ``version_id`` (the checkpoint that made it) is resolved after import from ``model_hash``
+    (A1111's AutoV2 hash) against ``model_file.autov2``, so images imported before their checkpoint
+    resolve once the checkpoint arrives.
+    """
 
-    image_id: int = Field(primary_key=True)
-    version_id: int = Field(foreign_key="model_version.id", index=True)
-    page_model_id: int | None = Field(default=None, index=True, description="model page the image was shown on")
-    prompt: str
+    __tablename__ = "sample_image"
+
+    id: int = Field(primary_key=True, description="Civitai image id")
+    page_model_id: int = Field(index=True, description="model page the image was shown on")
+    page_version_id: int = Field(index=True)
+    version_id: int | None = Field(default=None, index=True, description="resolved checkpoint version")
+    model_hash: str | None = Field(default=None, index=True)
+    prompt: str = Field(description="prompt with A1111 resource tags (<lora:...>) stripped")
+    negative_prompt: str = ""
+    sampler: str | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    width: int | None = None
+    height: int | None = None
+    clip_skip: int | None = None
     nsfw: bool = False
+    resources: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))

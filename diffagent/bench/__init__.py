@@ -1,0 +1,1 @@
+"""Benchmarks: the selector benchmark (``bench build`` / ``bench select``) and image benchmarks."""

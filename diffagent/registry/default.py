@@ -1,0 +1,51 @@
+"""The default registry: ``registry.db`` at the top of a checkout, built from the curated, human-
+readable ``default_models.toml`` by ``diffagent registry build-default``."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from pathlib import Path
+
+from diffagent.registry.embeddings import Embedder
+from diffagent.registry.importer import ImportReport, import_records
+
+SOURCE = Path(__file__).with_name("default_models.toml")
+
+#: tables whose rows define the registry's content (``vector`` is compared with a tolerance)
+CONTENT_TABLES = ("model", "model_version", "model_file", "usage_stats", "sample_image")
+
+
+def build_default(dest: Path, *, source: Path = SOURCE, embedder: Embedder | None = None,
+                  progress: bool = False) -> ImportReport:
+    """Build the registry from ``source`` into a temporary file, then move it over ``dest``."""
+    from diffagent.registry.default_source import load_default_source
+
+    records = load_default_source(source)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".registry-", suffix=".db", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.unlink()
+    try:
+        report = import_records(tmp, records, source=str(source), embedder=embedder or Embedder(),
+                                progress=progress)
+        con = sqlite3.connect(tmp)
+        con.execute("VACUUM")
+        con.close()
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    report.source = str(source)
+    return report
+
+
+def content_rows(db: Path) -> dict[str, list[tuple]]:
+    """The registry's content, table by table, in a canonical order (for the rebuild check)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {t: sorted(con.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in CONTENT_TABLES}
+    finally:
+        con.close()

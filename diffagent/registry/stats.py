@@ -1,0 +1,135 @@
+"""Usage statistics learned from creators' sample images.
+
+For each checkpoint version: the distributions of sampler, steps, CFG, size and clip skip its
+images were made with, a typical negative prompt, and the LoRAs used with it (and their weights).
+For each LoRA version: how strongly it was applied. The selector rebuilds parameters from these.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+from pathlib import PurePath
+
+from sqlalchemy import Connection, text
+
+_TOKEN = re.compile(r"[a-z0-9_]+")
+
+
+def resolve_images(conn: Connection) -> None:
+    """Point each sample image at the checkpoint version whose file's AutoV2 hash it names."""
+    conn.execute(
+        text(
+            "UPDATE sample_image SET version_id = ("
+            " SELECT f.version_id FROM model_file f"
+            " JOIN model_version v ON v.id = f.version_id JOIN model m ON m.id = v.model_id"
+            " WHERE f.autov2 = sample_image.model_hash AND m.type = 'checkpoint'"
+            " ORDER BY f.\"primary\" DESC, f.id LIMIT 1)"
+            " WHERE model_hash IS NOT NULL"
+        )
+    )
+
+
+def lora_name_index(conn: Connection) -> dict[str, int]:
+    """File-name stem (as A1111 writes it in ``<lora:stem:w>``) -> LoRA version id."""
+    rows = conn.execute(
+        text(
+            "SELECT f.name, f.version_id FROM model_file f JOIN model_version v ON v.id = f.version_id"
+            " JOIN model m ON m.id = v.model_id WHERE m.type IN ('lora', 'locon')"
+            " ORDER BY v.downloads DESC"
+        )
+    )
+    index: dict[str, int] = {}
+    for name, vid in rows:
+        index.setdefault(PurePath(name).stem.lower(), vid)
+    return index
+
+
+def _typical(texts: list[str]) -> str:
+    """The most common text; among singletons, the one whose words are most common overall."""
+    texts = [t.strip() for t in texts if t and t.strip()]
+    if not texts:
+        return ""
+    counts = Counter(texts)
+    best, n = counts.most_common(1)[0]
+    if n > 1:
+        return best
+    df = Counter(tok for t in set(texts) for tok in set(_TOKEN.findall(t.lower())))
+
+    def typicality(t: str) -> float:
+        toks = _TOKEN.findall(t.lower())
+        return sum(df[x] for x in toks) / (len(toks) + 5)
+
+    return max(texts, key=typicality)[:1000]
+
+
+def recompute_usage_stats(conn: Connection) -> int:
+    """Rebuild ``usage_stats`` from ``sample_image``; returns the number of versions with stats."""
+    loras = lora_name_index(conn)
+    per_ckpt: dict[int, dict] = defaultdict(
+        lambda: {"n": 0, "samplers": Counter(), "steps": Counter(), "cfg": Counter(), "sizes": Counter(),
+                 "clip": Counter(), "neg": [], "loras": defaultdict(list)}
+    )
+    lora_weights: dict[int, list[float]] = defaultdict(list)
+    rows = conn.execute(
+        text(
+            "SELECT version_id, sampler, steps, cfg_scale, width, height, clip_skip, negative_prompt, resources"
+            " FROM sample_image WHERE version_id IS NOT NULL"
+        )
+    )
+    for vid, sampler, steps, cfg, w, h, clip, neg, resources in rows:
+        s = per_ckpt[vid]
+        s["n"] += 1
+        if sampler:
+            s["samplers"][sampler] += 1
+        if steps:
+            s["steps"][str(steps)] += 1
+        if cfg:
+            s["cfg"][f"{cfg:g}"] += 1
+        if w and h:
+            s["sizes"][f"{w}x{h}"] += 1
+        s["clip"][str(clip or 1)] += 1
+        if neg:
+            s["neg"].append(neg)
+        for r in json.loads(resources or "[]"):
+            if str(r.get("type", "")).lower() not in ("lora", "lycoris", "locon"):
+                continue
+            lvid = loras.get(str(r.get("name", "")).lower())
+            if lvid is None:
+                continue
+            weight = r.get("weight")
+            weight = float(weight) if isinstance(weight, int | float) else 1.0
+            s["loras"][lvid].append(weight)
+            lora_weights[lvid].append(weight)
+
+    conn.execute(text("DELETE FROM usage_stats"))
+    out = []
+    for vid, s in per_ckpt.items():
+        out.append(
+            {
+                "version_id": vid, "n_images": s["n"], "samplers": json.dumps(dict(s["samplers"])),
+                "steps": json.dumps(dict(s["steps"])), "cfg_scale": json.dumps(dict(s["cfg"])),
+                "sizes": json.dumps(dict(s["sizes"])), "clip_skip": json.dumps(dict(s["clip"])),
+                "negative_prompt": _typical(s["neg"]),
+                "loras": json.dumps(
+                    {str(k): {"count": len(v), "weight": round(sum(v) / len(v), 3)} for k, v in s["loras"].items()},
+                    sort_keys=True,
+                ),
+                "lora_weight": None,
+            }
+        )
+    for lvid, weights in lora_weights.items():
+        mean = round(sum(weights) / len(weights), 3)
+        if lvid in per_ckpt:
+            continue
+        out.append(
+            {"version_id": lvid, "n_images": len(weights), "samplers": "{}", "steps": "{}", "cfg_scale": "{}",
+             "sizes": "{}", "clip_skip": "{}", "negative_prompt": "", "loras": "{}", "lora_weight": mean}
+        )
+    if out:
+        cols = list(out[0])
+        conn.execute(
+            text(f"INSERT INTO usage_stats ({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)})"), out
+        )
+    return len(out)

@@ -1,0 +1,423 @@
+"""``Registry``: read access to the model registry — lookups, weight locations and hybrid search.
+
+Search fuses four signals, each scaled to [0, 1]:
+  lexical   FTS5 BM25 over name, tags, trigger words and description,
+  semantic  cosine between the query and the model text (all-MiniLM-L6-v2),
+  prompts   cosine between the query and the mean of creators' sample prompts (checkpoints),
+  prior     log-popularity (downloads),
+after hard filters (type, base ecosystem, NSFW policy, min downloads).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+
+from diffagent.apicall import ModelRef
+from diffagent.errors import NotFoundError
+from diffagent.families import Family, ecosystem_of
+from diffagent.registry.db import open_engine
+from diffagent.registry.embeddings import Embedder
+
+_WORD = re.compile(r"[\w']+", re.UNICODE)
+STOPWORDS = frozenset(
+    "a an the of in on at to and or with for by from is are be as it its this that into over under very "
+    "best quality masterpiece high highly detailed".split()
+)
+
+
+class FileInfo(BaseModel):
+    id: int
+    name: str
+    kind: str
+    size_kb: float | None
+    format: str | None
+    fp: str | None
+    sha256: str | None
+    autov2: str | None
+    download_url: str | None
+    primary: bool
+
+
+class UsageInfo(BaseModel):
+    n_images: int = 0
+    samplers: dict[str, int] = Field(default_factory=dict)
+    steps: dict[str, int] = Field(default_factory=dict)
+    cfg_scale: dict[str, int] = Field(default_factory=dict)
+    sizes: dict[str, int] = Field(default_factory=dict)
+    clip_skip: dict[str, int] = Field(default_factory=dict)
+    negative_prompt: str = ""
+    loras: dict[str, Any] = Field(default_factory=dict)
+    lora_weight: float | None = None
+
+
+class VersionInfo(BaseModel):
+    """Everything the registry knows about one model version."""
+
+    id: int
+    model_id: int
+    name: str
+    model_name: str
+    slug: str | None = None
+    type: str
+    base_model: str
+    family: Family
+    air: str
+    trained_words: list[str]
+    tags: list[str]
+    description: str
+    creator: str | None
+    nsfw: bool
+    downloads: int
+    rating: float | None
+    recommended: dict[str, Any]
+    hf_repo: str | None
+    hf_file: str | None
+    download_url: str | None
+    local_path: str | None
+    files: list[FileInfo] = Field(default_factory=list)
+    usage: UsageInfo | None = None
+
+    @property
+    def display_name(self) -> str:
+        if not self.name or self.name.lower() in self.model_name.lower():
+            return self.model_name
+        return f"{self.model_name} {self.name}"
+
+    def ref(self) -> ModelRef:
+        return ModelRef(id=self.id, air=self.air, name=self.display_name, family=self.family)
+
+
+class WeightSource(BaseModel):
+    """Where a version's weights can be found, for the renderer."""
+
+    version_id: int
+    air: str
+    name: str
+    type: str
+    family: Family
+    local_path: str | None
+    hf_repo: str | None
+    hf_file: str | None
+    download_url: str | None
+    sha256: str | None
+    filename: str | None
+    format: str | None
+
+
+@dataclass
+class SearchHit:
+    version: VersionInfo
+    score: float
+    signals: dict[str, float]
+
+
+@dataclass
+class _Index:
+    """In-memory columns for filtering and the vector matrices (loaded once per Registry)."""
+
+    ids: np.ndarray  # version ids, int64
+    types: np.ndarray  # object array of type names
+    eco: np.ndarray  # object array of ecosystems
+    nsfw: np.ndarray  # bool
+    downloads: np.ndarray  # int64
+    prior: np.ndarray  # float32 in [0, 1]
+    vec: np.ndarray | None  # (n, d) float32 model-text vectors, zero rows where missing
+    pvec: np.ndarray | None  # (n, d) float32 prompt-centroid vectors
+    has_pvec: np.ndarray  # bool
+    pos: dict[int, int]
+
+
+def fts_query(query: str) -> str | None:
+    """A safe FTS5 query: the query's words, quoted, OR-ed (BM25 ranks documents matching more)."""
+    words = [w.lower() for w in _WORD.findall(query) if len(w) > 1 and w.lower() not in STOPWORDS]
+    words = list(dict.fromkeys(words))[:32]
+    if not words:
+        return None
+    return " OR ".join('"' + w.replace('"', "") + '"' for w in words)
+
+
+class Registry:
+    """Open with ``Registry.open(path)``. Thread-safe for reads."""
+
+    WEIGHTS = {"lexical": 0.30, "semantic": 0.40, "prompts": 0.20, "prior": 0.10}
+
+    def __init__(self, path: Path, *, allow_nsfw: bool = False, embedder: Embedder | None = None):
+        self.path = Path(path)
+        self.allow_nsfw = allow_nsfw
+        self.engine = open_engine(self.path)
+        self.embedder = embedder or Embedder()
+        self._index: _Index | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path | str, *, allow_nsfw: bool = False, embedder: Embedder | None = None) -> Registry:
+        return cls(Path(path), allow_nsfw=allow_nsfw, embedder=embedder)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ----------------------------------------------------------------------------- lookups
+    _VERSION_SQL = (
+        "SELECT v.id, v.model_id, v.name, m.name, m.slug, m.type, v.base_model, v.family, v.air,"
+        " v.trained_words, m.tags, m.description, m.creator, m.nsfw, m.downloads, m.rating, v.recommended,"
+        " v.hf_repo, v.hf_file, v.download_url, v.local_path"
+        " FROM model_version v JOIN model m ON m.id = v.model_id"
+    )
+
+    @staticmethod
+    def _row_to_info(r) -> VersionInfo:
+        return VersionInfo(
+            id=r[0], model_id=r[1], name=r[2], model_name=r[3], slug=r[4], type=r[5], base_model=r[6],
+            family=Family(r[7]), air=r[8], trained_words=json.loads(r[9]), tags=json.loads(r[10]),
+            description=r[11] or "", creator=r[12], nsfw=bool(r[13]), downloads=r[14] or 0, rating=r[15],
+            recommended=json.loads(r[16] or "{}"), hf_repo=r[17], hf_file=r[18], download_url=r[19],
+            local_path=r[20],
+        )
+
+    def versions(self, ids: list[int]) -> dict[int, VersionInfo]:
+        """Light lookups (no files, no usage) for many ids at once."""
+        if not ids:
+            return {}
+        out: dict[int, VersionInfo] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), 900):
+                chunk = ",".join(str(int(x)) for x in ids[i : i + 900])
+                for r in conn.execute(text(f"{self._VERSION_SQL} WHERE v.id IN ({chunk})")):
+                    out[r[0]] = self._row_to_info(r)
+        return out
+
+    def version(self, version_id: int, *, with_files: bool = True) -> VersionInfo:
+        with self.engine.connect() as conn:
+            r = conn.execute(text(f"{self._VERSION_SQL} WHERE v.id = :id"), {"id": int(version_id)}).first()
+            if r is None:
+                raise NotFoundError(
+                    f"unknown model id {version_id}; call search_models (CLI: diffagent registry search) "
+                    "to find registry ids"
+                )
+            info = self._row_to_info(r)
+            if with_files:
+                info.files = [
+                    FileInfo(id=f[0], name=f[1], kind=f[2], size_kb=f[3], format=f[4], fp=f[5], sha256=f[6],
+                             autov2=f[7], download_url=f[8], primary=bool(f[9]))
+                    for f in conn.execute(
+                        text("SELECT id, name, kind, size_kb, format, fp, sha256, autov2, download_url, \"primary\""
+                             " FROM model_file WHERE version_id = :id ORDER BY \"primary\" DESC, id"),
+                        {"id": int(version_id)},
+                    )
+                ]
+            info.usage = self.usage(version_id, conn=conn)
+        return info
+
+    def usage(self, version_id: int, *, conn=None) -> UsageInfo | None:
+        sql = text("SELECT n_images, samplers, steps, cfg_scale, sizes, clip_skip, negative_prompt, loras,"
+                   " lora_weight FROM usage_stats WHERE version_id = :id")
+        if conn is None:
+            with self.engine.connect() as c:
+                r = c.execute(sql, {"id": int(version_id)}).first()
+        else:
+            r = conn.execute(sql, {"id": int(version_id)}).first()
+        if r is None:
+            return None
+        return UsageInfo(n_images=r[0], samplers=json.loads(r[1]), steps=json.loads(r[2]),
+                         cfg_scale=json.loads(r[3]), sizes=json.loads(r[4]), clip_skip=json.loads(r[5]),
+                         negative_prompt=r[6], loras=json.loads(r[7]), lora_weight=r[8])
+
+    def model_ref(self, version_id: int) -> ModelRef:
+        return self.version(version_id, with_files=False).ref()
+
+    def weight_source(self, version_id: int) -> WeightSource:
+        v = self.version(version_id)
+        model_files = [f for f in v.files if f.kind in ("Model", "Pruned Model")] or v.files
+        f = model_files[0] if model_files else None
+        return WeightSource(
+            version_id=v.id, air=v.air, name=v.display_name, type=v.type, family=v.family,
+            local_path=v.local_path, hf_repo=v.hf_repo, hf_file=v.hf_file,
+            download_url=(f.download_url if f and f.download_url else v.download_url),
+            sha256=(f.sha256.upper() if f and f.sha256 else None),
+            filename=(f.name if f else v.hf_file), format=(f.format if f else None),
+        )
+
+    def stats(self) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            by_type = dict(conn.execute(text("SELECT type, count(*) FROM model GROUP BY type ORDER BY 2 DESC")).all())
+            by_family = dict(conn.execute(text(
+                "SELECT family, count(*) FROM model_version GROUP BY family ORDER BY 2 DESC")).all())
+            one = lambda sql: conn.execute(text(sql)).scalar()  # noqa: E731
+            return {
+                "path": str(self.path),
+                "models": one("SELECT count(*) FROM model"),
+                "versions": one("SELECT count(*) FROM model_version"),
+                "files": one("SELECT count(*) FROM model_file"),
+                "nsfw_models": one("SELECT count(*) FROM model WHERE nsfw"),
+                "sample_images": one("SELECT count(*) FROM sample_image"),
+                "resolved_images": one("SELECT count(*) FROM sample_image WHERE version_id IS NOT NULL"),
+                "versions_with_usage_stats": one("SELECT count(*) FROM usage_stats"),
+                "vectors": one("SELECT count(*) FROM vector"),
+                "models_by_type": by_type,
+                "versions_by_family": by_family,
+            }
+
+    # ----------------------------------------------------------------------------- search
+    def _load_index(self) -> _Index:
+        with self._lock:
+            if self._index is not None:
+                return self._index
+            with self.engine.connect() as conn:
+                rows = conn.execute(text(
+                    "SELECT v.id, m.type, v.family, m.nsfw, v.downloads, m.downloads"
+                    " FROM model_version v JOIN model m ON m.id = v.model_id"
+                    " WHERE m.type IN ('checkpoint','lora','locon','embedding','vae') ORDER BY v.id"
+                )).all()
+                ids = np.array([r[0] for r in rows], dtype=np.int64)
+                pos = {int(v): i for i, v in enumerate(ids)}
+                downloads = np.array([max(r[4] or 0, 0) for r in rows], dtype=np.int64)
+                model_dl = np.array([max(r[5] or 0, 0) for r in rows], dtype=np.int64)
+                pop = np.log1p(np.maximum(downloads, model_dl // 4).astype(np.float64))
+                prior = (pop / pop.max()).astype(np.float32) if len(pop) and pop.max() > 0 else np.zeros(len(ids), np.float32)
+                vec = pvec = None
+                has_p = np.zeros(len(ids), dtype=bool)
+                for kind, owner, dim, data in conn.execute(text("SELECT kind, owner_id, dim, data FROM vector")):
+                    i = pos.get(owner)
+                    if i is None:
+                        continue
+                    target = vec if kind == "version" else pvec
+                    if target is None:
+                        target = np.zeros((len(ids), dim), dtype=np.float32)
+                        if kind == "version":
+                            vec = target
+                        else:
+                            pvec = target
+                    target[i] = np.frombuffer(data, dtype=np.float16)
+                    if kind == "prompts":
+                        has_p[i] = True
+            self._index = _Index(
+                ids=ids, types=np.array([r[1] for r in rows], dtype=object),
+                eco=np.array([ecosystem_of(r[2]) for r in rows], dtype=object),
+                nsfw=np.array([bool(r[3]) for r in rows]), downloads=np.maximum(downloads, model_dl),
+                prior=prior, vec=vec, pvec=pvec, has_pvec=has_p, pos=pos,
+            )
+            return self._index
+
+    def warm(self) -> None:
+        """Load the search index and the embedding model now (servers call this at start-up)."""
+        self._load_index()
+        self.embedder.encode(["warm up"])
+
+    def _mask(self, idx: _Index, types, base, min_downloads, allow_nsfw) -> np.ndarray:
+        mask = np.ones(len(idx.ids), dtype=bool)
+        if types:
+            wanted = {t.lower() for t in types}
+            if "lora" in wanted:
+                wanted.add("locon")
+            mask &= np.isin(idx.types, list(wanted))
+        if base:
+            mask &= np.isin(idx.eco, list(base))
+        if not allow_nsfw:
+            mask &= ~idx.nsfw
+        if min_downloads:
+            mask &= idx.downloads >= min_downloads
+        return mask
+
+    def lexical_scores(self, query: str, limit: int = 400) -> dict[int, float]:
+        """BM25 over model text, scaled to [0, 1] by the best match."""
+        q = fts_query(query)
+        if q is None:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT rowid, bm25(model_fts, 5.0, 3.0, 2.0, 1.0) FROM model_fts WHERE model_fts MATCH :q"
+                     " ORDER BY 2 LIMIT :n"), {"q": q, "n": limit}
+            ).all()
+        if not rows:
+            return {}
+        best = -rows[0][1] or 1.0
+        return {int(r[0]): max(-r[1], 0.0) / best for r in rows}
+
+    def prompt_neighbours(self, query: str, k: int = 50) -> dict[int, float]:
+        """Checkpoints whose creators wrote prompts like ``query``: a BM25 k-nearest-neighbour vote
+        over individual sample prompts (SFW only), scaled to [0, 1]."""
+        q = fts_query(query)
+        if q is None:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT s.version_id, bm25(prompt_fts) FROM prompt_fts JOIN sample_image s ON s.id = prompt_fts.rowid"
+                     " WHERE prompt_fts MATCH :q AND s.version_id IS NOT NULL AND NOT s.nsfw"
+                     " ORDER BY 2 LIMIT :k"), {"q": q, "k": k}
+            ).all()
+        votes: dict[int, float] = {}
+        for vid, score in rows:
+            votes[vid] = votes.get(vid, 0.0) + max(-score, 0.0)
+        if not votes:
+            return {}
+        top = max(votes.values()) or 1.0
+        return {v: s / top for v, s in votes.items()}
+
+    def search(
+        self,
+        query: str,
+        *,
+        types: list[str] | None = None,
+        base: set[str] | None = None,
+        min_downloads: int = 0,
+        limit: int = 20,
+        allow_nsfw: bool | None = None,
+        weights: dict[str, float] | None = None,
+        query_vector: np.ndarray | None = None,
+    ) -> list[SearchHit]:
+        """Hybrid search; ``base`` is a set of ecosystems ({'sd1'}, {'sdxl'}) or None for any."""
+        idx = self._load_index()
+        w = {**self.WEIGHTS, **(weights or {})}
+        allow = self.allow_nsfw if allow_nsfw is None else allow_nsfw
+        mask = self._mask(idx, types, base, min_downloads, allow)
+        if not mask.any():
+            return []
+        score = w["prior"] * idx.prior.copy()
+        signals: dict[str, np.ndarray] = {"prior": idx.prior}
+        query = (query or "").strip()
+        if query:
+            lex = np.zeros(len(idx.ids), dtype=np.float32)
+            for vid, s in self.lexical_scores(query).items():
+                i = idx.pos.get(vid)
+                if i is not None:
+                    lex[i] = s
+            signals["lexical"] = lex
+            score += w["lexical"] * lex
+            if (idx.vec is not None or idx.pvec is not None) and (w["semantic"] or w["prompts"]):
+                qv = query_vector if query_vector is not None else self.embedder.encode([query])[0]
+                if idx.vec is not None:
+                    sem = np.clip(idx.vec @ qv, 0, 1)
+                    signals["semantic"] = sem
+                    score += w["semantic"] * sem
+                if idx.pvec is not None:
+                    pro = np.clip(idx.pvec @ qv, 0, 1)
+                    signals["prompts"] = pro
+                    score += w["prompts"] * pro
+        score = np.where(mask, score, -np.inf)
+        k = min(limit, int(mask.sum()))
+        top = np.argpartition(-score, k - 1)[:k]
+        top = top[np.argsort(-score[top], kind="stable")]
+        infos = self.versions([int(idx.ids[i]) for i in top])
+        return [
+            SearchHit(version=infos[int(idx.ids[i])], score=float(score[i]),
+                      signals={name: float(arr[i]) for name, arr in signals.items()})
+            for i in top
+            if int(idx.ids[i]) in infos
+        ]
+
+    def popular(self, *, types: list[str], base: set[str] | None = None, limit: int = 20) -> list[int]:
+        """Most downloaded version ids (the popularity baseline)."""
+        idx = self._load_index()
+        mask = self._mask(idx, types, base, 0, self.allow_nsfw)
+        order = np.argsort(-np.where(mask, idx.downloads, -1), kind="stable")[: min(limit, int(mask.sum()))]
+        return [int(idx.ids[i]) for i in order]
+

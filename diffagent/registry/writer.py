@@ -1,0 +1,124 @@
+"""Upserting import records. Idempotent: writing the same records twice leaves the same rows.
+
+Callers own the transaction (``engine.begin()``): an exception anywhere rolls the whole import back.
+Bulk ``executemany`` statements keep a 18k-model dump well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, text
+
+from diffagent.families import family_of
+from diffagent.registry.records import ModelRecord, make_air
+
+
+def _upsert_sql(table: str, columns: list[str], key: str = "id") -> str:
+    cols = ", ".join(f'"{c}"' for c in columns)
+    params = ", ".join(f":{c}" for c in columns)
+    updates = ", ".join(f'"{c}"=excluded."{c}"' for c in columns if c != key)
+    return f'INSERT INTO {table} ({cols}) VALUES ({params}) ON CONFLICT("{key}") DO UPDATE SET {updates}'
+
+
+MODEL_COLS = [
+    "id", "source", "slug", "name", "type", "description", "creator", "nsfw", "poi",
+    "allow_commercial_use", "allow_derivatives", "allow_no_credit", "allow_different_license",
+    "downloads", "favorites", "rating", "rating_count", "tags",
+]
+VERSION_COLS = [
+    "id", "model_id", "name", "base_model", "family", "air", "trained_words", "description",
+    "created_at", "downloads", "rating", "hf_repo", "hf_file", "download_url", "local_path", "recommended",
+]
+FILE_COLS = [
+    "id", "version_id", "name", "kind", "size_kb", "format", "fp", "size", "sha256", "autov2",
+    "blake3", "crc32", "download_url", "primary",
+]
+IMAGE_COLS = [
+    "id", "page_model_id", "page_version_id", "model_hash", "prompt", "negative_prompt", "sampler",
+    "steps", "cfg_scale", "width", "height", "clip_skip", "nsfw", "resources",
+]
+
+
+@dataclass
+class WriteCounts:
+    models: int = 0
+    versions: int = 0
+    files: int = 0
+    images: int = 0
+    skipped_versions: list[str] = field(default_factory=list)
+
+
+def write_records(conn: Connection, records: Iterable[ModelRecord], counts: WriteCounts | None = None) -> WriteCounts:
+    """Upsert models, versions, files and sample images. Children of each written version are
+    replaced, so a re-import that drops a file drops it here too."""
+    counts = counts or WriteCounts()
+    models, versions, files, images, version_ids = [], [], [], [], []
+    for m in records:
+        models.append(
+            {
+                "id": m.id, "source": m.source, "slug": m.slug, "name": m.name, "type": m.type,
+                "description": m.description, "creator": m.creator, "nsfw": m.nsfw, "poi": m.poi,
+                "allow_commercial_use": m.allow_commercial_use, "allow_derivatives": m.allow_derivatives,
+                "allow_no_credit": m.allow_no_credit, "allow_different_license": m.allow_different_license,
+                "downloads": m.downloads, "favorites": m.favorites, "rating": m.rating,
+                "rating_count": m.rating_count, "tags": json.dumps(m.tags),
+            }
+        )
+        for v in m.versions:
+            version_ids.append(v.id)
+            versions.append(
+                {
+                    "id": v.id, "model_id": m.id, "name": v.name, "base_model": v.base_model,
+                    "family": family_of(v.base_model).value,
+                    "air": make_air(m.type, v.base_model, m.source, m.id, v.id),
+                    "trained_words": json.dumps(v.trained_words), "description": v.description,
+                    "created_at": v.created_at, "downloads": v.downloads, "rating": v.rating,
+                    "hf_repo": v.hf_repo, "hf_file": v.hf_file, "download_url": v.download_url,
+                    "local_path": v.local_path, "recommended": json.dumps(v.recommended, sort_keys=True),
+                }
+            )
+            for f in v.files:
+                files.append({c: getattr(f, c) for c in FILE_COLS if c != "version_id"} | {"version_id": v.id})
+            for im in v.images:
+                images.append(
+                    {
+                        "id": im.image_id, "page_model_id": m.id, "page_version_id": v.id,
+                        "model_hash": (im.model_hash or "").upper() or None, "prompt": im.prompt,
+                        "negative_prompt": im.negative_prompt, "sampler": im.sampler, "steps": im.steps,
+                        "cfg_scale": im.cfg_scale, "width": im.width, "height": im.height,
+                        "clip_skip": im.clip_skip, "nsfw": im.nsfw, "resources": json.dumps(im.resources),
+                    }
+                )
+    if not models:
+        return counts
+    conn.execute(text(_upsert_sql("model", MODEL_COLS)), models)
+    conn.execute(text(_upsert_sql("model_version", VERSION_COLS)), versions)
+    # replace children of the versions we just wrote
+    for chunk in _chunks(version_ids, 900):
+        marks = ",".join(str(int(i)) for i in chunk)
+        conn.execute(text(f"DELETE FROM model_file WHERE version_id IN ({marks})"))
+        conn.execute(text(f"DELETE FROM sample_image WHERE page_version_id IN ({marks})"))
+    if files:
+        conn.execute(text(_upsert_sql("model_file", FILE_COLS)), files)
+    if images:
+        # the same image can appear on several pages (a LoRA page and a checkpoint page): first wins
+        conn.execute(
+            text(
+                f"INSERT OR IGNORE INTO sample_image ({', '.join(IMAGE_COLS)}) "
+                f"VALUES ({', '.join(':' + c for c in IMAGE_COLS)})"
+            ),
+            images,
+        )
+    counts.models += len(models)
+    counts.versions += len(versions)
+    counts.files += len(files)
+    counts.images += len(images)
+    return counts
+
+
+def _chunks(seq: list, n: int):
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
