@@ -133,3 +133,133 @@ def get_model(version_id: int, *, runtime: Runtime | None = None):
     """Everything the registry knows about one model version (``VersionInfo``)."""
     rt = runtime or get_runtime()
     return rt.registry.version(version_id)
+
+
+# --- render_image ---------------------------------------------------------------------------------
+# (kept below the select part: the renderer and the scorer are optional extras, imported lazily)
+
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from pydantic.json_schema import SkipJsonSchema  # noqa: E402
+
+#: An inline preview must stay well under hosts' tool-result caps (Claude Desktop: 1 MiB in total,
+#: base64 adds a third), so the PNG is shrunk until it fits this many bytes.
+PREVIEW_MAX_BYTES = 600_000
+PREVIEW_MAX_SIDE = 1024
+
+
+class RenderOutput(BaseModel):
+    """One rendered image: where the full PNG is, what made it, and a bounded inline preview."""
+
+    output_id: str = Field(description="file name under the output folder; read it as outputs://{output_id}")
+    path: str = Field(description="absolute path of the full-resolution PNG on the server")
+    width: int
+    height: int
+    seed: int
+    seconds: float = Field(description="wall time of the render")
+    parameters: str = Field(description="A1111-style generation parameters, as written into the PNG")
+    call: ApiCall
+    scores: list[float] = Field(default_factory=list, description="best-of-n scores of the candidates, best first")
+    #: kept out of JSON and of the schema: the MCP server sends it as an image block instead
+    preview_png: SkipJsonSchema[bytes] = Field(b"", exclude=True, repr=False)
+
+
+def bounded_preview(png: bytes, *, max_bytes: int = PREVIEW_MAX_BYTES, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
+    """``png`` itself when it is small enough, else a PNG shrunk until it fits ``max_bytes``."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as im:
+        if len(png) <= max_bytes and max(im.size) <= max_side:
+            return png
+        img = im.convert("RGB")
+    side = min(max_side, max(img.size))
+    while True:
+        small = img.copy()
+        small.thumbnail((side, side))
+        buf = io.BytesIO()
+        small.save(buf, format="PNG", optimize=True)
+        if buf.tell() <= max_bytes or side <= 64:
+            return buf.getvalue()
+        side = int(side * 0.75)
+
+
+#: registry types each slot of an ``ApiCall`` accepts
+_SLOT_TYPES = {"checkpoint": {"checkpoint"}, "lora": {"lora", "locon"}, "embedding": {"embedding"}}
+
+
+def check_refs(call: ApiCall, *, runtime: Runtime | None = None) -> None:
+    """Every model an ``ApiCall`` names must be in the registry, with the right type, before it renders."""
+    rt = runtime or get_runtime()
+    slots = [("checkpoint", call.checkpoint)]
+    slots += [("lora", r) for r in call.loras] + [("embedding", r) for r in call.embeddings]
+    for slot, ref in slots:
+        info = rt.registry.version(ref.id)  # NotFoundError says: call search_models
+        if info.type not in _SLOT_TYPES[slot]:
+            raise UserInputError(
+                f"model id {ref.id} ({info.display_name!r}) is a {info.type}, not a {slot}; "
+                f"call search_models with type={slot!r} to find one"
+            )
+
+
+def render_image(
+    call: ApiCall | None = None,
+    prompt: str | None = None,
+    best_of: int = 1,
+    options: SelectOptions | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+    runtime: Runtime | None = None,
+) -> RenderOutput:
+    """Render an ``ApiCall`` (or select one for ``prompt`` first) to a PNG in the output folder.
+
+    ``best_of > 1`` renders that many seeds and keeps the best by the scorer. ``progress(step,
+    total)`` is called after each denoising step; setting ``cancel`` stops the loop at the next step
+    (the renderer raises ``RenderCancelled``). The output path is always chosen by the server.
+    """
+    if (call is None) == (prompt is None):
+        raise UserInputError("give exactly one of 'call' (from select_t2i_api) or 'prompt'")
+    if not 1 <= best_of <= 8:
+        raise UserInputError(f"best_of must be between 1 and 8, got {best_of}")
+    rt = runtime or get_runtime()
+    if call is None:
+        call = select_t2i_api(prompt, options, runtime=rt)
+    else:
+        check_refs(call, runtime=rt)
+    output_dir = Path(rt.settings.output_dir)
+    scores: list[float] = []
+    if best_of > 1:
+        try:
+            from diffagent.scoring.best_of import best_of_n
+        except ImportError as exc:
+            raise UserInputError(
+                "best_of > 1 needs the scoring engine (diffagent.scoring), which this install lacks; "
+                "use best_of=1 or install the 'score' extra"
+            ) from exc
+        picked = best_of_n(
+            call, best_of, settings=rt.settings, registry=rt.registry, progress=progress, cancel=cancel,
+            output_dir=output_dir,
+        )
+        result, scores = picked.best, list(picked.scores)
+    else:
+        from diffagent.render import render
+
+        result = render(
+            call, settings=rt.settings, registry=rt.registry, progress=progress, cancel=cancel, output_dir=output_dir
+        )
+    path = Path(result.path).resolve()
+    return RenderOutput(
+        output_id=path.relative_to(output_dir.resolve()).as_posix(),
+        path=str(path),
+        width=result.call.width,
+        height=result.call.height,
+        seed=result.call.seed,
+        seconds=round(result.seconds, 3),
+        parameters=result.parameters,
+        call=result.call,
+        scores=scores,
+        preview_png=bounded_preview(result.preview_png),
+    )
