@@ -50,6 +50,8 @@ RENDER_WAIT_S = 45.0
 #: renders waiting or running at once; more is refused with "queue full, retry"
 MAX_PENDING = 8
 POLL_S = 0.05
+#: registry ids are SQLite integers
+MAX_ID = 2**63 - 1
 
 Prompt = Annotated[str, Field(min_length=1, max_length=2000, description="what the picture should show")]
 JobId = Annotated[str, Field(min_length=1, max_length=64, description="job_id returned by render_image")]
@@ -143,7 +145,7 @@ def create_server(
             )
 
     @mcp.tool(annotations=read_only)
-    def get_model(version_id: Annotated[int, Field(ge=0, description="id from search_models")],
+    def get_model(version_id: Annotated[int, Field(ge=0, le=MAX_ID, description="id from search_models")],
                   ctx: Context[ServerState]) -> VersionInfo:
         """Everything the registry knows about one model version (trigger words, recommended settings)."""
         with caller_errors():
@@ -207,7 +209,7 @@ def create_server(
     @mcp.resource("registry://models/{version_id}", mime_type="application/json")
     def registry_model(version_id: str) -> str:
         """A registry entry (the same data as get_model) as JSON."""
-        if not version_id.isdigit():
+        if not version_id.isdigit() or int(version_id) > MAX_ID:
             raise ResourceNotFoundError(f"registry ids are integers, got {version_id!r}; call search_models")
         try:
             info = tools.get_model(int(version_id), runtime=runtime)

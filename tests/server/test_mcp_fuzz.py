@@ -1,0 +1,64 @@
+"""Property: no input crashes the server. Every bad call comes back as an ``isError`` result whose
+text is one of our anticipated messages (never the SDK's masked "Error executing tool", never a
+traceback), and the server keeps answering afterwards."""
+
+from __future__ import annotations
+
+import anyio.from_thread
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from mcp import Client
+
+from diffagent.server import create_server
+
+json_scalar = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False,
+                                                                                  allow_infinity=False) | st.text()
+json_value = st.recursive(json_scalar, lambda inner: st.lists(inner, max_size=4)
+                          | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=12)
+
+KEYS = {
+    "select_t2i_api": ["prompt", "options"],
+    "search_models": ["query", "type", "base", "min_downloads", "limit"],
+    "get_model": ["version_id"],
+    "render_image": ["call", "prompt", "best_of", "wait"],
+    "get_render": ["job_id", "wait_s"],
+    "cancel_render": ["job_id"],
+}
+OPTION_KEYS = ["base", "max_loras", "style", "seed", "n_candidates"]
+CALL_KEYS = ["checkpoint", "loras", "prompt", "steps", "cfg_scale", "width", "height", "sampler", "seed", "clip_skip"]
+
+
+def near_valid(keys: list[str]):
+    """Dicts over the real argument names (so validation paths past the first one get exercised)."""
+    return st.dictionaries(st.sampled_from(keys) | st.text(max_size=8), json_value, max_size=len(keys) + 1)
+
+
+arguments = st.one_of(
+    *[st.tuples(st.just(name), near_valid(keys)) for name, keys in KEYS.items()],
+    st.tuples(st.just("select_t2i_api"), st.fixed_dictionaries({"prompt": st.text(max_size=50),
+                                                                "options": near_valid(OPTION_KEYS)})),
+    st.tuples(st.just("render_image"), st.fixed_dictionaries({"call": near_valid(CALL_KEYS), "wait": st.just(False)})),
+)
+
+
+@pytest.fixture
+def portal_client(settings, runtime, renderer):
+    server = create_server(settings, runtime=runtime)
+    with anyio.from_thread.start_blocking_portal("asyncio") as portal:
+        # legacy mode goes through JSON-RPC framing, like a real host
+        with portal.wrap_async_context_manager(Client(server, mode="legacy")) as client:
+            yield portal, client
+
+
+@hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(arguments)
+def test_no_input_crashes_the_server(portal_client, name_args):
+    portal, client = portal_client
+    name, args = name_args
+    result = portal.call(client.call_tool, name, args)
+    text = " ".join(b.text for b in result.content if b.type == "text")
+    if result.is_error:
+        assert text.strip(), (name, args)
+        assert text.strip() != f"Error executing tool {name}", (name, args)  # the SDK's mask for a crash
+        assert "Traceback" not in text and "File \"" not in text
+    assert not portal.call(client.call_tool, "get_model", {"version_id": 1}).is_error
