@@ -95,7 +95,9 @@ def write_records(conn: Connection, records: Iterable[ModelRecord], counts: Writ
     if not models:
         return counts
     conn.execute(text(_upsert_sql("model", MODEL_COLS)), models)
-    conn.execute(text(_upsert_sql("model_version", VERSION_COLS)), versions)
+    # executemany with an empty list runs the statement once with no parameters and fails
+    if versions:
+        conn.execute(text(_upsert_sql("model_version", VERSION_COLS)), versions)
     # replace children of the versions we just wrote
     for chunk in _chunks(version_ids, 900):
         marks = ",".join(str(int(i)) for i in chunk)
