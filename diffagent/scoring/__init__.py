@@ -1,0 +1,50 @@
+"""Scoring: CLIP score, ImageReward and HPS v2, and the unified human-preference metric.
+
+``UnifiedScorer.from_config(ScoringConfig.from_settings(settings)).score(prompt, images)`` gives
+one ``ScoreResult`` per image. Models load lazily, once per process; importing this package
+loads nothing heavy.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+from diffagent.scoring.config import ScoringConfig
+from diffagent.scoring.normalization import MetricStats, ReferenceStats
+from diffagent.scoring.types import METRICS, MetricScore, MetricScorer, Scorer, ScoreResult
+
+if TYPE_CHECKING:
+    from diffagent.scoring.best_of import BestOfResult, best_of_n, candidate_calls
+    from diffagent.scoring.clip import ClipScorer
+    from diffagent.scoring.hps import HpsV2Scorer
+    from diffagent.scoring.imagereward import ImageRewardScorer
+    from diffagent.scoring.unified import UnifiedScorer
+
+_LAZY = {
+    "ClipScorer": "diffagent.scoring.clip",
+    "HpsV2Scorer": "diffagent.scoring.hps",
+    "ImageRewardScorer": "diffagent.scoring.imagereward",
+    "UnifiedScorer": "diffagent.scoring.unified",
+    "best_of_n": "diffagent.scoring.best_of",
+    "candidate_calls": "diffagent.scoring.best_of",
+    "BestOfResult": "diffagent.scoring.best_of",
+}
+
+__all__ = [
+    "METRICS",
+    "MetricScore",
+    "MetricScorer",
+    "MetricStats",
+    "ReferenceStats",
+    "ScoreResult",
+    "Scorer",
+    "ScoringConfig",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'diffagent.scoring' has no attribute {name!r}")
