@@ -40,11 +40,21 @@ def write_clip_config(folder: Path, name: str = "diffagent-tiny-clip") -> Path:
     return path
 
 
-def build_open_clip(config: Path, seed: int):
+def build_open_clip(config: Path, seed: int, shared_direction: float = 0.0):
+    """A random open_clip model; ``shared_direction`` > 0 gives image and text features a common
+    component, so cosines come out positive (about 0.38 at 0.3) like a real CLIP's on matching
+    pairs; a random model's cosines are negative as often as not, and CLIP score clamps them to 0."""
     from diffagent.scoring import openclip_models
 
     torch.manual_seed(seed)
-    return openclip_models.load(str(config)).model
+    model = openclip_models.load(str(config)).model
+    if shared_direction:
+        with torch.no_grad():
+            model.visual.ln_post.bias.fill_(0.5)
+            model.ln_final.bias.fill_(0.5)
+            model.visual.proj[:, 0] += shared_direction
+            model.text_projection[:, 0] += shared_direction
+    return model
 
 
 def write_bert_vocab(folder: Path) -> int:
@@ -104,7 +114,7 @@ def write_all(folder: Path, seed: int = 0) -> TinyWeights:
 
     folder.mkdir(parents=True, exist_ok=True)
     config = write_clip_config(folder)
-    clip = build_open_clip(config, seed)
+    clip = build_open_clip(config, seed, shared_direction=0.3)
     clip_ckpt = folder / "tiny-clip.safetensors"
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, clip_ckpt)
     hps = build_open_clip(config, seed + 1)
