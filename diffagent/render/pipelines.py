@@ -1,0 +1,203 @@
+"""Load SD 1.5 / SDXL pipelines (diffusers folders and Civitai single files) and keep an LRU cache of them.
+
+Single files load against a config skeleton (``skeletons.py``) so no hub lookup happens. Before a single
+``.safetensors`` loads, its key layout is checked against the family the registry claims, because a mislabeled
+file otherwise fails deep inside the converter with an unreadable shape error.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffagent.errors import UserInputError
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+#: key prefixes that identify a single-file checkpoint's architecture (A1111/SGM layouts)
+_ARCH_MARKERS = [
+    ("sdxl-refiner", "conditioner.embedders.0.model.transformer."),
+    ("sdxl", "conditioner.embedders.1.model."),
+    ("sd2", "cond_stage_model.model."),
+    ("sd1", "cond_stage_model.transformer."),
+]
+
+
+def detect_architecture(path: Path) -> str | None:
+    """'sd1' | 'sd2' | 'sdxl' | 'sdxl-refiner' from a ``.safetensors`` header (no tensors read); None if unknown."""
+    if Path(path).suffix != ".safetensors":
+        return None  # pickles must be unpickled to list their keys; the loader will tell
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+    for arch, prefix in _ARCH_MARKERS:
+        if any(k.startswith(prefix) for k in keys):
+            return arch
+    if any(k.startswith("model.diffusion_model.") for k in keys):
+        return "unet-only"
+    return None
+
+
+def pipeline_class(ecosystem: str):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    classes = {"sd1": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
+    if ecosystem not in classes:
+        raise UserInputError(f"diffagent renders SD 1.x and SDXL-family checkpoints, not {ecosystem!r}; "
+                             "pick a checkpoint with base sd15 or sdxl")
+    return classes[ecosystem]
+
+
+def _dtype_kwarg() -> str:
+    """diffusers 0.42 renamed ``torch_dtype`` to ``dtype`` (the old name warns); older versions know only the old."""
+    import diffusers
+    from packaging.version import Version
+
+    return "dtype" if Version(diffusers.__version__).release >= (0, 42) else "torch_dtype"
+
+
+def load_pipeline(path: Path, ecosystem: str, *, device: str, dtype, skeleton: Path | None):
+    """A ready pipeline on ``device``: a diffusers folder, or a single file loaded against ``skeleton``."""
+    cls = pipeline_class(ecosystem)
+    path = Path(path)
+    extra: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False} if ecosystem == "sd1" else {}
+    extra[_dtype_kwarg()] = dtype
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise UserInputError(f"{path} is a folder without model_index.json; give a diffusers pipeline folder "
+                                 "or a single .safetensors checkpoint")
+        pipe = cls.from_pretrained(path, local_files_only=True, **extra)
+    elif path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        arch = detect_architecture(path)
+        if arch is not None and arch != ecosystem:
+            raise UserInputError(f"{path.name} is a {arch} checkpoint by its weights, but the registry lists it as "
+                                 f"{ecosystem}; fix the model's base model in the registry or pick another file")
+        if skeleton is None:
+            raise UserInputError(f"no config skeleton for {ecosystem}; single files need one to load offline")
+        try:
+            pipe = cls.from_single_file(str(path), config=str(skeleton), local_files_only=True, **extra)
+        except Exception as e:
+            if path.suffix != ".safetensors" and "weights_only" in str(e):
+                raise UserInputError(f"{path.name} is a pickle checkpoint holding non-tensor objects, which "
+                                     "diffagent does not unpickle (unsafe); use the .safetensors version") from e
+            raise
+    else:
+        raise UserInputError(f"cannot load {path}: expected a diffusers folder or a {', '.join(SINGLE_FILE_SUFFIXES)} "
+                             "file")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def pipeline_nbytes(pipe) -> int:
+    """Parameter + buffer bytes of all torch components (what the pipeline costs in RAM/VRAM)."""
+    import torch
+
+    total = 0
+    for comp in pipe.components.values():
+        if isinstance(comp, torch.nn.Module):
+            total += sum(t.numel() * t.element_size() for t in comp.parameters())
+            total += sum(t.numel() * t.element_size() for t in comp.buffers())
+    return total
+
+
+def weights_nbytes(path: Path) -> int:
+    """On-disk size of the weights, the estimate used to make room before loading."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.suffix in SINGLE_FILE_SUFFIXES)
+
+
+@dataclass
+class CachedPipeline:
+    """A loaded pipeline and the state the renderer layered on it (LoRAs, embeddings)."""
+
+    key: tuple
+    pipe: Any
+    ecosystem: str
+    nbytes: int
+    base_scheduler_config: dict
+    load_seconds: float
+    #: adapter name -> LoRA file currently loaded into the pipeline
+    loras: dict[str, Path] = field(default_factory=dict)
+    #: tokens of loaded textual-inversion embeddings -> file
+    embeddings: dict[str, Path] = field(default_factory=dict)
+    hits: int = 0
+
+
+class PipelineCache:
+    """LRU of loaded pipelines under a byte budget (RAM on CPU, VRAM on CUDA).
+
+    Not thread-safe on its own: the renderer uses it under the device lock. The newest pipeline is always
+    kept, even alone over budget, because the render that asked for it needs it.
+    """
+
+    def __init__(self, budget_bytes: int):
+        self.budget_bytes = int(budget_bytes)
+        self._entries: OrderedDict[tuple, CachedPipeline] = OrderedDict()
+        self.loads = 0
+        self.evictions = 0
+        self._guard = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._entries
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(e.nbytes for e in self._entries.values())
+
+    def get_or_load(self, key: tuple, loader, *, estimate: int = 0) -> CachedPipeline:
+        """The cached entry for ``key``, or ``loader()`` -> CachedPipeline after evicting to make room."""
+        with self._guard:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                entry.hits += 1
+                return entry
+            self._evict_until(self.budget_bytes - estimate)
+        t0 = time.perf_counter()
+        pipe, ecosystem, base_config = loader()
+        entry = CachedPipeline(key=key, pipe=pipe, ecosystem=ecosystem, nbytes=pipeline_nbytes(pipe),
+                               base_scheduler_config=base_config, load_seconds=time.perf_counter() - t0)
+        with self._guard:
+            self._entries[key] = entry
+            self.loads += 1
+            self._evict_until(self.budget_bytes, keep=key)
+        return entry
+
+    def _evict_until(self, limit: int, keep: tuple | None = None) -> None:
+        freed = False
+        while self._entries and self.used_bytes > max(limit, 0):
+            oldest = next(iter(self._entries))
+            if oldest == keep:
+                break
+            del self._entries[oldest]
+            self.evictions += 1
+            freed = True
+        if freed:
+            _release_memory()
+
+    def clear(self) -> None:
+        with self._guard:
+            self._entries.clear()
+        _release_memory()
+
+
+def _release_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass

@@ -1,0 +1,1 @@
+"""Renderer tests (tiny models built in conftest; no hub, no network)."""

@@ -1,0 +1,350 @@
+"""Tiny random SD 1.5 / SDXL pipelines for tests, built offline in well under a second.
+
+Everything a renderer test needs and nothing from a model hub:
+- a byte-level CLIP tokenizer (514 tokens, no merges) written as hub-style ``vocab.json`` + ``merges.txt``;
+- tiny UNet / VAE / CLIP text encoders in the real SD 1.5 and SDXL block patterns, so that the LDM
+  (A1111/Civitai single-file) key layout and diffusers' single-file converter apply unchanged;
+- writers for the single-file layout (``to_ldm_sd15``, ``to_ldm_sdxl``), config-only skeletons,
+  LoRAs in diffusers and kohya/Civitai formats, and textual-inversion embeddings.
+
+Reusable outside ``tests/render`` (the scorer's tests use these pipelines too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+# --- tokenizer ----------------------------------------------------------------------------------
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2/CLIP byte -> printable-unicode table, in CLIP's vocabulary order."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def write_byte_tokenizer(dirpath: Path, pad_token: str = "<|endoftext|>") -> int:
+    """A CLIPTokenizer whose every byte is one token (514 tokens). Returns the vocabulary size."""
+    dirpath = Path(dirpath)
+    dirpath.mkdir(parents=True, exist_ok=True)
+    chars = _bytes_to_unicode()
+    vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    (dirpath / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
+    (dirpath / "merges.txt").write_text("#version: 0.2\n")
+    (dirpath / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": pad_token, "do_lower_case": True,
+    }))
+    return len(vocab)
+
+
+# --- components ---------------------------------------------------------------------------------
+
+
+def tiny_unet(**over):
+    from diffusers import UNet2DConditionModel
+
+    cfg = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+               down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+               up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+               attention_head_dim=8, norm_num_groups=32)
+    cfg.update(over)
+    return UNet2DConditionModel(**cfg)
+
+
+def tiny_vae(**over):
+    from diffusers import AutoencoderKL
+
+    cfg = dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=64, block_out_channels=(32, 64),
+               layers_per_block=1, norm_num_groups=32, down_block_types=("DownEncoderBlock2D",) * 2,
+               up_block_types=("UpDecoderBlock2D",) * 2)
+    cfg.update(over)
+    return AutoencoderKL(**cfg)
+
+
+def tiny_text_encoder(vocab_size: int, hidden: int = 32, projection: int | None = None, layers: int = 3):
+    """3 layers so that clip skip 2 and 3 select different hidden states."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=37, num_hidden_layers=layers,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=vocab_size - 2,
+                         eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+                         projection_dim=projection or hidden, hidden_act="quick_gelu")
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
+
+
+def build_sd15(outdir: Path, seed: int = 0):
+    """Tiny SD 1.5 pipeline saved as a diffusers folder at ``outdir``; returns the pipeline."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    outdir = Path(outdir)
+    torch.manual_seed(seed)
+    n = write_byte_tokenizer(outdir / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(outdir / "tokenizer")
+    assert len(tokenizer) == n, "tokenizer did not load from the local files"
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False, num_train_timesteps=1000)
+    pipe = StableDiffusionPipeline(unet=tiny_unet(), vae=tiny_vae(), text_encoder=tiny_text_encoder(n),
+                                   tokenizer=tokenizer, scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(outdir, safe_serialization=True)
+    write_byte_tokenizer(outdir / "tokenizer")  # keep hub-style vocab.json/merges.txt, as real repos have
+    return pipe
+
+
+#: tiny SDXL text widths; they must differ, diffusers' single-file loader tells the encoders apart by width
+SDXL_TE1, SDXL_TE2 = 32, 48
+
+
+def build_sdxl(outdir: Path, seed: int = 0):
+    """Tiny SDXL pipeline (two text encoders, text_time conditioning) saved as a diffusers folder."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    outdir = Path(outdir)
+    torch.manual_seed(seed)
+    n = write_byte_tokenizer(outdir / "tokenizer")
+    write_byte_tokenizer(outdir / "tokenizer_2", pad_token="!")
+    unet = tiny_unet(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+                     use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+                     transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=6 * 8 + SDXL_TE2,
+                     cross_attention_dim=SDXL_TE1 + SDXL_TE2)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(
+        vae=tiny_vae(), text_encoder=tiny_text_encoder(n, SDXL_TE1),
+        text_encoder_2=tiny_text_encoder(n, SDXL_TE2, projection=SDXL_TE2),
+        tokenizer=CLIPTokenizer.from_pretrained(outdir / "tokenizer"),
+        tokenizer_2=CLIPTokenizer.from_pretrained(outdir / "tokenizer_2"),
+        unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True)
+    pipe.save_pretrained(outdir, safe_serialization=True)
+    write_byte_tokenizer(outdir / "tokenizer")
+    write_byte_tokenizer(outdir / "tokenizer_2", pad_token="!")
+    return pipe
+
+
+def config_skeleton(diffusers_dir: Path, dest: Path) -> Path:
+    """Copy a diffusers folder without its weights: the config-only skeleton single files load against."""
+    diffusers_dir, dest = Path(diffusers_dir), Path(dest)
+    for src in diffusers_dir.rglob("*"):
+        if src.is_file() and src.suffix in {".json", ".txt"}:
+            target = dest / src.relative_to(diffusers_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, target)
+    return dest
+
+
+# --- diffusers -> single-file (original LDM / A1111 / Civitai key layout) --------------------------
+
+
+def _unet_to_ldm(sd: dict, n_levels: int, per_block: int, attn_down: list[bool], attn_up: list[bool]) -> dict:
+    conv = [("time_embed.0.", "time_embedding.linear_1."), ("time_embed.2.", "time_embedding.linear_2."),
+            ("input_blocks.0.0.", "conv_in."), ("out.0.", "conv_norm_out."), ("out.2.", "conv_out.")]
+    res = [("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("out_layers.0", "norm2"),
+           ("out_layers.3", "conv2"), ("emb_layers.1", "time_emb_proj"), ("skip_connection", "conv_shortcut")]
+    layer = []
+    L = per_block
+    for i in range(n_levels):
+        for j in range(L):
+            layer.append((f"input_blocks.{(L + 1) * i + j + 1}.0.", f"down_blocks.{i}.resnets.{j}."))
+            if attn_down[i]:
+                layer.append((f"input_blocks.{(L + 1) * i + j + 1}.1.", f"down_blocks.{i}.attentions.{j}."))
+        for j in range(L + 1):
+            layer.append((f"output_blocks.{(L + 1) * i + j}.0.", f"up_blocks.{i}.resnets.{j}."))
+            if attn_up[i]:
+                layer.append((f"output_blocks.{(L + 1) * i + j}.1.", f"up_blocks.{i}.attentions.{j}."))
+        if i < n_levels - 1:
+            layer.append((f"input_blocks.{(L + 1) * (i + 1)}.0.op.", f"down_blocks.{i}.downsamplers.0.conv."))
+            layer.append((f"output_blocks.{(L + 1) * i + L}.{2 if attn_up[i] else 1}.", f"up_blocks.{i}.upsamplers.0."))
+    layer.append(("middle_block.1.", "mid_block.attentions.0."))
+    for j in range(2):
+        layer.append((f"middle_block.{2 * j}.", f"mid_block.resnets.{j}."))
+    out = {}
+    for k, v in sd.items():
+        nk = k
+        for s, h in conv:
+            if nk.startswith(h):
+                nk = s + nk[len(h):]
+        if "resnets" in nk:
+            for s, h in res:
+                nk = nk.replace(h, s)
+        for s, h in layer:
+            nk = nk.replace(h, s)
+        out["model.diffusion_model." + nk] = v
+    return out
+
+
+def _vae_to_ldm(sd: dict, n_levels: int, per_block: int) -> dict:
+    m = [("nin_shortcut", "conv_shortcut"), ("norm_out", "conv_norm_out"), ("mid.attn_1.", "mid_block.attentions.0.")]
+    for i in range(n_levels):
+        for j in range(per_block):
+            m.append((f"encoder.down.{i}.block.{j}.", f"encoder.down_blocks.{i}.resnets.{j}."))
+        if i < n_levels - 1:
+            m.append((f"down.{i}.downsample.", f"down_blocks.{i}.downsamplers.0."))
+            m.append((f"up.{n_levels - 1 - i}.upsample.", f"up_blocks.{i}.upsamplers.0."))
+        for j in range(per_block + 1):
+            m.append((f"decoder.up.{n_levels - 1 - i}.block.{j}.", f"decoder.up_blocks.{i}.resnets.{j}."))
+    for i in range(2):
+        m.append((f"mid.block_{i + 1}.", f"mid_block.resnets.{i}."))
+    attn = [("norm.", "group_norm."), ("q.", "to_q."), ("k.", "to_k."), ("v.", "to_v."), ("proj_out.", "to_out.0.")]
+    out = {}
+    for k, v in sd.items():
+        nk = k
+        for s, h in m:
+            nk = nk.replace(h, s)
+        if "attn_1" in nk:
+            for s, h in attn:
+                nk = nk.replace(h, s)
+            if nk.endswith(("q.weight", "k.weight", "v.weight", "proj_out.weight")) and v.ndim == 2:
+                v = v.reshape(*v.shape, 1, 1)  # the LDM VAE uses 1x1 convs where diffusers uses linears
+        out["first_stage_model." + nk] = v
+    return out
+
+
+def _clip_l(te) -> dict:
+    # transformers >= 5.6 dropped the "text_model." prefix; A1111/Civitai files always carry it
+    return {(k if k.startswith("text_model.") else "text_model." + k): t for k, t in te.state_dict().items()}
+
+
+def _clip_to_openclip(sd: dict, prefix: str) -> dict:
+    sd = {k.removeprefix("text_model."): v for k, v in sd.items()}
+    out = {prefix + "token_embedding.weight": sd["embeddings.token_embedding.weight"],
+           prefix + "positional_embedding": sd["embeddings.position_embedding.weight"],
+           prefix + "ln_final.weight": sd["final_layer_norm.weight"],
+           prefix + "ln_final.bias": sd["final_layer_norm.bias"],
+           prefix + "text_projection": sd["text_projection.weight"].T.contiguous()}
+    n = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.layers."))
+    for i in range(n):
+        s, d = f"encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
+        out[d + "attn.in_proj_weight"] = torch.cat([sd[s + f"self_attn.{x}_proj.weight"] for x in "qkv"])
+        out[d + "attn.in_proj_bias"] = torch.cat([sd[s + f"self_attn.{x}_proj.bias"] for x in "qkv"])
+        for a, b in [("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
+                     ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")]:
+            for w in ("weight", "bias"):
+                out[d + f"{b}.{w}"] = sd[s + f"{a}.{w}"]
+    return out
+
+
+def _unet_vae_ldm(pipe, unet_sd: dict) -> dict:
+    u = pipe.unet.config
+    sd = _unet_to_ldm(unet_sd, len(u.block_out_channels), u.layers_per_block,
+                      ["CrossAttn" in t for t in u.down_block_types], ["CrossAttn" in t for t in u.up_block_types])
+    v = pipe.vae.config
+    sd.update(_vae_to_ldm(pipe.vae.state_dict(), len(v.block_out_channels), v.layers_per_block))
+    return sd
+
+
+def to_ldm_sd15(pipe) -> dict:
+    sd = _unet_vae_ldm(pipe, pipe.unet.state_dict())
+    sd.update({"cond_stage_model.transformer." + k: t for k, t in _clip_l(pipe.text_encoder).items()})
+    return {k: t.contiguous() for k, t in sd.items()}
+
+
+def to_ldm_sdxl(pipe) -> dict:
+    usd = {k.replace("add_embedding.linear_1.", "label_emb.0.0.").replace("add_embedding.linear_2.", "label_emb.0.2."): v
+           for k, v in pipe.unet.state_dict().items()}
+    sd = _unet_vae_ldm(pipe, usd)
+    sd.update({"conditioner.embedders.0.transformer." + k: t for k, t in _clip_l(pipe.text_encoder).items()})
+    sd.update(_clip_to_openclip(pipe.text_encoder_2.state_dict(), "conditioner.embedders.1.model."))
+    return {k: t.contiguous() for k, t in sd.items()}
+
+
+def save_single_file(pipe, path: Path) -> Path:
+    """The pipeline as one Civitai-style ``.safetensors`` (or ``.ckpt``: a pickled ``{"state_dict": ...}``)."""
+    from safetensors.torch import save_file
+
+    sd = to_ldm_sdxl(pipe) if hasattr(pipe, "text_encoder_2") else to_ldm_sd15(pipe)
+    path = Path(path)
+    if path.suffix == ".ckpt":
+        torch.save({"state_dict": sd}, path)
+    else:
+        save_file(sd, str(path))
+    return path
+
+
+# --- LoRAs and embeddings -------------------------------------------------------------------------
+
+
+def make_unet_lora(pipe, seed: int = 1, rank: int = 4, scale: float = 0.3) -> dict:
+    """A random UNet LoRA in diffusers/peft key layout (``<module>.lora.down.weight``)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, mod in pipe.unet.named_modules():
+        if name.endswith(("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn2.to_q", "attn2.to_k", "attn2.to_v")) \
+                or name.endswith(("attn1.to_out.0", "attn2.to_out.0")):
+            out[f"{name}.lora.down.weight"] = torch.randn(rank, mod.in_features, generator=g) * scale
+            out[f"{name}.lora.up.weight"] = torch.randn(mod.out_features, rank, generator=g) * scale
+    return out
+
+
+def save_diffusers_lora(pipe, path: Path, seed: int = 1) -> Path:
+    """Diffusers-format LoRA file (``unet.<module>.lora.down.weight``), as ``save_lora_weights`` writes."""
+    from safetensors.torch import save_file
+
+    sd = {"unet." + k: v.contiguous() for k, v in make_unet_lora(pipe, seed).items()}
+    save_file(sd, str(path))
+    return Path(path)
+
+
+def save_kohya_lora(pipe, path: Path, seed: int = 1, with_text_encoder: bool = True) -> Path:
+    """kohya-ss / Civitai LoRA (``lora_unet_*``, ``lora_te*_*``, ``.alpha``), the format most Civitai LoRAs use."""
+    from safetensors.torch import save_file
+
+    rank = 4
+    out = {}
+    for k, v in make_unet_lora(pipe, seed, rank).items():
+        module, rest = k.split(".lora.")
+        name = "lora_unet_" + module.replace(".", "_")
+        out[name + (".lora_down.weight" if rest.startswith("down") else ".lora_up.weight")] = v.contiguous()
+        out[name + ".alpha"] = torch.tensor(float(rank))
+    if with_text_encoder:
+        g = torch.Generator().manual_seed(seed + 100)
+        encoders = [("lora_te1", pipe.text_encoder), ("lora_te2", pipe.text_encoder_2)] \
+            if hasattr(pipe, "text_encoder_2") else [("lora_te", pipe.text_encoder)]
+        for prefix, te in encoders:
+            hidden = te.config.hidden_size
+            for layer in range(te.config.num_hidden_layers):
+                for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                    n = f"{prefix}_text_model_encoder_layers_{layer}_self_attn_{proj}"
+                    out[n + ".lora_down.weight"] = torch.randn(rank, hidden, generator=g) * 0.1
+                    out[n + ".lora_up.weight"] = torch.randn(hidden, rank, generator=g) * 0.1
+                    out[n + ".alpha"] = torch.tensor(float(rank))
+    save_file(out, str(path))
+    return Path(path)
+
+
+def save_embedding(pipe, path: Path, vectors: int = 2, seed: int = 3) -> Path:
+    """Textual inversion as Civitai ships it: SD 1.5 ``emb_params`` [n, 768-ish]; SDXL ``clip_l``/``clip_g``."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    if hasattr(pipe, "text_encoder_2"):
+        sd = {"clip_l": torch.randn(vectors, pipe.text_encoder.config.hidden_size, generator=g),
+              "clip_g": torch.randn(vectors, pipe.text_encoder_2.config.hidden_size, generator=g)}
+    else:
+        sd = {"emb_params": torch.randn(vectors, pipe.text_encoder.config.hidden_size, generator=g)}
+    save_file(sd, str(path))
+    return Path(path)
+
+
+def quiet_diffusers() -> None:
+    """Hide progress bars and the benign LoRA 'missing keys' notices in test output."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
