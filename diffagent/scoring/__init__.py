@@ -15,7 +15,7 @@ from diffagent.scoring.normalization import MetricStats, ReferenceStats
 from diffagent.scoring.types import METRICS, MetricScore, MetricScorer, Scorer, ScoreResult
 
 if TYPE_CHECKING:
-    from diffagent.scoring.best_of import BestOfResult, best_of_n, candidate_calls
+    from diffagent.scoring.best_of import BestOfResult, best_of_n, candidate_calls, render_best_of
     from diffagent.scoring.clip import ClipScorer
     from diffagent.scoring.hps import HpsV2Scorer
     from diffagent.scoring.imagereward import ImageRewardScorer
@@ -28,6 +28,7 @@ _LAZY = {
     "UnifiedScorer": "diffagent.scoring.unified",
     "best_of_n": "diffagent.scoring.best_of",
     "candidate_calls": "diffagent.scoring.best_of",
+    "render_best_of": "diffagent.scoring.best_of",
     "BestOfResult": "diffagent.scoring.best_of",
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from diffagent.errors import NotFoundError, UserInputError
@@ -9,6 +10,11 @@ from diffagent.errors import NotFoundError, UserInputError
 HF_PREFIX = "hf:"
 #: tokenizer files fetched for an ``hf:<owner>/<repo>`` folder reference
 TOKENIZER_FILES = ["vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"]
+
+# hub references resolved in this process: scorers resolve on every call, and with downloads
+# allowed huggingface_hub would ask the hub for the latest revision each time
+_resolved: dict[tuple[str, str | None], Path] = {}
+_resolved_lock = threading.Lock()
 
 
 def is_hub_ref(ref: str) -> bool:
@@ -38,6 +44,17 @@ def resolve(ref: str, *, what: str, allow_downloads: bool, cache_dir: Path | Non
                 "hf:<owner>/<repo>/<file>"
             )
         return path
+    key = (ref, str(cache_dir) if cache_dir else None)
+    with _resolved_lock:
+        if key in _resolved and _resolved[key].exists():
+            return _resolved[key]
+    path = _from_hub(ref, allow_downloads=allow_downloads, cache_dir=cache_dir, what=what)
+    with _resolved_lock:
+        _resolved[key] = path
+    return path
+
+
+def _from_hub(ref: str, *, allow_downloads: bool, cache_dir: Path | None, what: str) -> Path:
     repo, filename = parse_hub_ref(ref)
     try:
         if filename is not None:

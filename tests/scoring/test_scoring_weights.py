@@ -52,3 +52,15 @@ def test_parse_hub_ref():
     assert weights.parse_hub_ref("hf:xswu/HPSv2/HPS_v2.1_compressed.pt") == ("xswu/HPSv2", "HPS_v2.1_compressed.pt")
     assert weights.parse_hub_ref("hf:a/b/sub/dir/f.bin") == ("a/b", "sub/dir/f.bin")
     assert weights.parse_hub_ref("hf:a/b") == ("a/b", None)
+
+
+def test_hub_refs_resolve_once_per_process(tmp_path, monkeypatch):
+    fake_hub_cache(tmp_path, "xswu/HPSv2", {"HPS_v2.1_compressed.pt": "w"})
+    import huggingface_hub
+
+    calls = []
+    real = huggingface_hub.hf_hub_download
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: calls.append(a) or real(*a, **k))
+    for _ in range(3):
+        weights.resolve("hf:xswu/HPSv2/HPS_v2.1_compressed.pt", what="w", allow_downloads=False, cache_dir=tmp_path)
+    assert len(calls) == 1
