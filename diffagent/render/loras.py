@@ -42,9 +42,10 @@ def check_lora(path: Path, pipe, name: str) -> None:
     width = lora_context_width(path)
     expected = pipe.unet.config.cross_attention_dim
     if width is not None and width != expected:
-        got = _BASE_BY_WIDTH.get(width, f"a {width}-wide model")
-        want = _BASE_BY_WIDTH.get(expected, f"this {expected}-wide checkpoint")
-        raise UserInputError(f"LoRA {name!r} was trained for {got}, but the checkpoint is {want}; "
+        got = _BASE_BY_WIDTH.get(width, "another base model")
+        want = _BASE_BY_WIDTH.get(expected, "a different base model")
+        raise UserInputError(f"LoRA {name!r} was made for {got} (cross-attention width {width}), but the checkpoint "
+                             f"is {want} (width {expected}); "
                              "remove it or choose a LoRA made for the checkpoint's base model")
 
 
