@@ -257,7 +257,7 @@ class WeightStore:
                             tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
                                  desc=final_name[:40], disable=None if self.progress is None else not self.progress,
                                  leave=False) as bar:
-                        for block in r.iter_bytes(_CHUNK):
+                        for block in r.iter_bytes():  # as it arrives: a dropped link loses nothing
                             f.write(block)
                             bar.update(len(block))
                     if total is not None and part.stat().st_size != total:
