@@ -33,6 +33,10 @@ class SelectOptions(BaseModel):
     style: str | None = Field(None, max_length=200, description="style hint, e.g. 'anime', 'photo'")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="image seed; random when omitted")
     n_candidates: int = Field(3, ge=1, le=8, description="ranked alternatives to return")
+    strategy: Literal["rank", "beam", "sample"] = Field(
+        "rank", description="rank: exact LLM ranking; beam: diverse beam search; sample: multinomial sampling"
+    )
+    temperature: float = Field(0.8, gt=0, le=2.0, description="sampling temperature (strategy=sample)")
 
 
 class Runtime:
@@ -40,7 +44,7 @@ class Runtime:
 
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or get_settings()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # selector construction takes the registry under the same lock
 
     @cached_property
     def registry(self) -> Registry:

@@ -414,6 +414,29 @@ class Registry:
             if int(idx.ids[i]) in infos
         ]
 
+    def addons_by_trigger(self, types: tuple[str, ...] = ("embedding",)) -> dict[str, VersionInfo]:
+        """Lower-cased trigger word / file stem -> add-on version (most downloaded wins); cached."""
+        with self._lock:
+            cache = self.__dict__.setdefault("_addon_cache", {})
+            if types in cache:
+                return cache[types]
+        with self.engine.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT v.id, f.name FROM model_version v JOIN model m ON m.id = v.model_id"
+                " LEFT JOIN model_file f ON f.version_id = v.id"
+                f" WHERE m.type IN ({','.join(repr(t) for t in types)}) ORDER BY m.downloads DESC, v.id"
+            )).all()
+        infos = self.versions(sorted({r[0] for r in rows}))
+        out: dict[str, VersionInfo] = {}
+        for vid, fname in rows:
+            info = infos[vid]
+            keys = [w.lower() for w in info.trained_words] + ([Path(fname).stem.lower()] if fname else [])
+            for key in keys:
+                out.setdefault(key, info)
+        with self._lock:
+            cache[types] = out
+        return out
+
     def popular(self, *, types: list[str], base: set[str] | None = None, limit: int = 20) -> list[int]:
         """Most downloaded version ids (the popularity baseline)."""
         idx = self._load_index()

@@ -1,0 +1,72 @@
+"""Retrieval: the short list of checkpoints and LoRAs the LLM chooses from (and the whole decision
+in retrieval-only mode).
+
+Checkpoints are ranked by the registry's hybrid search plus a vote of the creators' sample prompts
+most similar to the request ("models whose users wrote prompts like this one"). LoRAs must match
+the checkpoint's ecosystem; those creators used with the checkpoint get a boost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from diffagent.families import RENDERABLE, ecosystem_of
+from diffagent.registry.store import Registry, VersionInfo
+
+
+@dataclass
+class Candidate:
+    version: VersionInfo
+    score: float
+    signals: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RetrievalWeights:
+    """Fusion weights (registry search score + prompt-neighbour vote), tuned on the val split."""
+
+    knn: float = 0.35
+    lora_cooccurrence: float = 0.3
+    lora_min_score: float = 0.45
+
+
+def retrieve_checkpoints(registry: Registry, prompt: str, *, base: set[str] | None, k: int,
+                         weights: RetrievalWeights | None = None) -> list[Candidate]:
+    w = weights or RetrievalWeights()
+    ecosystems = (base or RENDERABLE) & RENDERABLE
+    hits = registry.search(prompt, types=["checkpoint"], base=ecosystems, limit=max(4 * k, 40))
+    cands = {h.version.id: Candidate(h.version, h.score, dict(h.signals)) for h in hits}
+    votes = registry.prompt_neighbours(prompt)
+    missing = [vid for vid in votes if vid not in cands]
+    for vid, info in registry.versions(missing).items():
+        if info.type == "checkpoint" and ecosystem_of(info.family) in ecosystems and (
+            registry.allow_nsfw or not info.nsfw
+        ):
+            cands[vid] = Candidate(info, 0.0, {})
+    for vid, c in cands.items():
+        c.signals["knn"] = votes.get(vid, 0.0)
+        c.score += w.knn * c.signals["knn"]
+    ranked = sorted(cands.values(), key=lambda c: (-c.score, -c.version.downloads, c.version.id))
+    return ranked[:k]
+
+
+def retrieve_loras(registry: Registry, prompt: str, checkpoint: VersionInfo, *, k: int,
+                   weights: RetrievalWeights | None = None) -> list[Candidate]:
+    """LoRAs compatible with ``checkpoint`` for ``prompt`` (best first)."""
+    if k <= 0:
+        return []
+    w = weights or RetrievalWeights()
+    eco = ecosystem_of(checkpoint.family)
+    hits = registry.search(prompt, types=["lora"], base={eco}, limit=max(3 * k, 20))
+    usage = registry.usage(checkpoint.id)
+    co = (usage.loras if usage else {}) or {}
+    total = max((v["count"] for v in co.values()), default=0)
+    out = []
+    for h in hits:
+        c = Candidate(h.version, h.score, dict(h.signals))
+        used = co.get(str(h.version.id))
+        c.signals["cooccurrence"] = (used["count"] / total) if used and total else 0.0
+        c.score += w.lora_cooccurrence * c.signals["cooccurrence"]
+        out.append(c)
+    out.sort(key=lambda c: (-c.score, c.version.id))
+    return out[:k]

@@ -1,0 +1,218 @@
+"""DiffAgent's selector: prompt -> ranked, complete ``ApiCall``s, choosing only registry models.
+
+    normalize prompt -> retrieve candidates -> LLM chooses among labels (constrained decoding)
+    -> validate + rebuild full calls from usage statistics -> rank, dedupe
+
+``selector="retrieval"`` skips the LLM (the fallback and the baseline): the top retrieved
+checkpoint and the LoRAs whose retrieval score clears a threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+from diffagent.agent.decode import Decoded, Decoder, Labels, dedupe
+from diffagent.agent.llm import LlamaBackend
+from diffagent.agent.prompt import BETWEEN, END, NONE, RenderedPrompt, render_prompt
+from diffagent.agent.rebuild import build_call, lora_weight
+from diffagent.agent.retrieve import Candidate, RetrievalWeights, retrieve_checkpoints, retrieve_loras
+from diffagent.apicall import Alternative, ApiCall
+from diffagent.errors import NotFoundError
+from diffagent.families import parse_base_constraint
+from diffagent.prompttext import strip_resource_tags
+from diffagent.registry.store import Registry
+from diffagent.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: weight of the retrieval score against the LLM's log-probability when ranking choices
+RETRIEVAL_BETA = 2.0
+LORA_CANDIDATES = 6
+
+
+@dataclass
+class Choice:
+    """One decision: checkpoint + LoRAs, with the evidence for it."""
+
+    checkpoint: Candidate
+    loras: list[Candidate]
+    score: float
+    llm_logprob: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Selection:
+    calls: list[ApiCall]
+    choices: list[Choice]
+    timings: dict[str, float]
+    prompt: RenderedPrompt | None = None
+
+
+class Selector:
+    def __init__(self, registry: Registry, settings: Settings, backend: LlamaBackend | None = None,
+                 weights: RetrievalWeights | None = None):
+        self.registry = registry
+        self.settings = settings
+        self.weights = weights or RetrievalWeights()
+        self._backend = backend
+        self._lock = threading.Lock()
+
+    @property
+    def mode(self) -> str:
+        return self.settings.selector
+
+    @property
+    def backend(self) -> LlamaBackend:
+        with self._lock:
+            if self._backend is None:
+                self._backend = LlamaBackend(self.settings.llm_model, lora_path=self.settings.llm_lora,
+                                             n_ctx=self.settings.llm_ctx, n_threads=self.settings.llm_threads)
+            return self._backend
+
+    def warm(self) -> None:
+        """Load the index, the embedder and (LLM mode) the model, and cache the fixed prompt prefix."""
+        self.registry.warm()
+        if self.mode == "llm":
+            self.select_many("a photo of a cat", _options(n_candidates=1))
+
+    # ------------------------------------------------------------------ public API
+    def select(self, prompt: str, options) -> ApiCall:
+        return self.select_many(prompt, options).calls[0]
+
+    def select_many(self, prompt: str, options) -> Selection:
+        t0 = time.perf_counter()
+        request = strip_resource_tags(prompt)
+        query = f"{request} {options.style}" if options.style else request
+        base = parse_base_constraint(options.base)
+        checkpoints = retrieve_checkpoints(self.registry, query, base=base, k=self.settings.candidates_k,
+                                           weights=self.weights)
+        if not checkpoints:
+            raise NotFoundError(
+                f"the registry has no {options.base if options.base != 'any' else 'renderable'} checkpoint "
+                "that the current policy allows; import models (diffagent registry import) or relax --base"
+            )
+        timings = {"retrieve": time.perf_counter() - t0}
+        rendered = None
+        if self.mode == "retrieval":
+            choices = self._retrieval_choices(query, checkpoints, options)
+        else:
+            choices, rendered = self._llm_choices(request, query, checkpoints, options, timings)
+        t1 = time.perf_counter()
+        calls = self._build_calls(prompt, choices, checkpoints, options)
+        timings["rebuild"] = time.perf_counter() - t1
+        timings["total"] = time.perf_counter() - t0
+        return Selection(calls=calls, choices=choices, timings=timings, prompt=rendered)
+
+    # ------------------------------------------------------------------ retrieval-only
+    def _retrieval_choices(self, query: str, checkpoints: list[Candidate], options) -> list[Choice]:
+        out = []
+        for ck in checkpoints[: options.n_candidates]:
+            loras = [c for c in retrieve_loras(self.registry, query, ck.version, k=options.max_loras,
+                                               weights=self.weights)
+                     if c.score >= self.weights.lora_min_score]
+            out.append(Choice(ck, loras, ck.score, notes=["retrieval"]))
+        return out
+
+    # ------------------------------------------------------------------ LLM
+    def _labels(self, n_loras: int, max_loras: int) -> Labels:
+        b = self.backend
+        from diffagent.agent.prompt import CHECKPOINT_LABELS, LORA_LABELS
+
+        return Labels(
+            checkpoints=tuple(b.single_token(f" {c}") for c in CHECKPOINT_LABELS),
+            loras=tuple(b.single_token(f" {c}") for c in LORA_LABELS[:n_loras]),
+            none=b.single_token(NONE), end=b.single_token(END), between=tuple(b.tokenize(BETWEEN)),
+            max_loras=max_loras,
+        )
+
+    def _llm_choices(self, request: str, query: str, checkpoints: list[Candidate], options,
+                     timings: dict[str, float]) -> tuple[list[Choice], RenderedPrompt]:
+        t = time.perf_counter()
+        # LoRAs are offered for the best retrieved checkpoint's ecosystem; a choice of a checkpoint
+        # from another ecosystem drops incompatible ones in validation.
+        loras = retrieve_loras(self.registry, query, checkpoints[0].version, k=min(LORA_CANDIDATES, 12),
+                               weights=self.weights) if options.max_loras else []
+        rendered = render_prompt(request, checkpoints, loras, style=options.style)
+        labels = self._labels(len(loras), options.max_loras)
+        labels = Labels(checkpoints=labels.checkpoints[: len(checkpoints)], loras=labels.loras, none=labels.none,
+                        end=labels.end, between=labels.between, max_loras=labels.max_loras)
+        backend = self.backend
+        tokens = backend.tokenize(rendered.text, bos=True)
+        decoder = Decoder(backend.logits, tokens, labels, n_loras=len(loras))
+        timings["prepare"] = time.perf_counter() - t
+        t = time.perf_counter()
+        ck_lp = decoder.checkpoint_logprobs()
+        timings["llm_prompt"] = time.perf_counter() - t
+        t = time.perf_counter()
+        strategy = getattr(options, "strategy", "rank")
+        if strategy == "sample":
+            decoded = decoder.sample(max(options.n_candidates * 2, 4), temperature=options.temperature,
+                                     seed=options.seed or 0)
+        elif strategy == "beam":
+            decoded = decoder.diverse_beam_search(groups=max(options.n_candidates, 2), beams_per_group=1,
+                                                  diversity_penalty=1.0)
+        else:  # "rank": exact ranking of every checkpoint label, LoRAs decoded greedily for the best
+            best = decoder.greedy()
+            decoded = [best] + [Decoded(checkpoint=i, loras=(), logprob=float(lp))
+                                for i, lp in enumerate(ck_lp) if i != best.checkpoint]
+        timings["llm_decode"] = time.perf_counter() - t
+        choices = []
+        for d in dedupe(decoded):
+            ck = checkpoints[d.checkpoint]
+            score = float(ck_lp[d.checkpoint]) + RETRIEVAL_BETA * ck.score
+            chosen = [loras[j] for j in d.loras]
+            choices.append(Choice(ck, chosen, score, llm_logprob=d.logprob,
+                                  notes=[f"llm p={math.exp(ck_lp[d.checkpoint]):.2f}"]))
+        choices.sort(key=lambda c: -c.score)
+        return choices, rendered
+
+    # ------------------------------------------------------------------ rebuild
+    def _build_calls(self, prompt: str, choices: list[Choice], checkpoints: list[Candidate], options) -> list[ApiCall]:
+        embeddings = self.registry.addons_by_trigger(("embedding",))
+        calls: list[ApiCall] = []
+        seen = set()
+        for ch in choices:
+            ck = ch.checkpoint.version
+            if ck.id in seen:
+                continue
+            seen.add(ck.id)
+            usage = self.registry.usage(ck.id)
+            loras = [(lo.version, lora_weight(lo.version, usage, self.registry.usage(lo.version.id)))
+                     for lo in ch.loras[: options.max_loras]]
+            why = _rationale(ch, usage.n_images if usage else 0)
+            calls.append(build_call(prompt, ck, usage, loras, seed=options.seed, embeddings=embeddings,
+                                    rationale=why))
+            if len(calls) >= options.n_candidates:
+                break
+        alternatives = [Alternative(checkpoint=c.checkpoint.version.ref(), score=round(c.score, 4))
+                        for c in choices[1 : 1 + max(options.n_candidates, 3)]]
+        calls[0] = calls[0].model_copy(update={"alternatives": alternatives})
+        return calls
+
+
+def _rationale(ch: Choice, n_images: int) -> str:
+    v = ch.checkpoint.version
+    sig = ch.checkpoint.signals
+    strongest = max((k for k in ("lexical", "semantic", "prompts", "knn") if k in sig), key=lambda k: sig[k],
+                    default=None)
+    why = {"lexical": "its name and tags match the request", "semantic": "its description is closest in meaning",
+           "prompts": "its creators' prompts resemble the request", "knn": "creators wrote similar prompts with it",
+           None: "it is popular"}[strongest]
+    parts = [f"{v.display_name} ({v.base_model}): {why}"]
+    if ch.notes:
+        parts.append("; ".join(ch.notes))
+    if ch.loras:
+        parts.append("LoRAs: " + ", ".join(lo.version.display_name for lo in ch.loras))
+    parts.append(f"settings from {n_images} creator images" if n_images >= 3 else "settings from defaults")
+    return ". ".join(parts)[:2000]
+
+
+def _options(**kw):
+    from diffagent.tools import SelectOptions
+
+    return SelectOptions(**kw)
