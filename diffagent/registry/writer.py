@@ -14,6 +14,7 @@ from sqlalchemy import Connection, text
 
 from diffagent.families import family_of
 from diffagent.registry.records import ModelRecord, make_air
+from diffagent.registry.schema import SYNTHETIC_ID_BASE
 
 
 def _upsert_sql(table: str, columns: list[str], key: str = "id") -> str:
@@ -73,7 +74,7 @@ def write_records(conn: Connection, records: Iterable[ModelRecord], counts: Writ
                 {
                     "id": v.id, "model_id": m.id, "name": v.name, "base_model": v.base_model,
                     "family": family_of(v.base_model).value,
-                    "air": make_air(m.type, v.base_model, m.source, m.id, v.id),
+                    "air": _air(m, v),
                     "trained_words": json.dumps(v.trained_words), "description": v.description,
                     "created_at": v.created_at, "downloads": v.downloads, "rating": v.rating,
                     "hf_repo": v.hf_repo, "hf_file": v.hf_file, "download_url": v.download_url,
@@ -119,6 +120,15 @@ def write_records(conn: Connection, records: Iterable[ModelRecord], counts: Writ
     counts.files += len(files)
     counts.images += len(images)
     return counts
+
+
+def _air(m: ModelRecord, v) -> str:
+    """Civitai ids keep Civitai AIRs whatever imported them; curated Hugging Face-only models name the repo."""
+    if m.id < SYNTHETIC_ID_BASE and v.id < SYNTHETIC_ID_BASE:
+        return make_air(m.type, v.base_model, "civitai", m.id, v.id)
+    if v.hf_repo:
+        return make_air(m.type, v.base_model, "huggingface", v.hf_repo, v.id)
+    return make_air(m.type, v.base_model, m.source, m.id, v.id)
 
 
 def _chunks(seq: list, n: int):
