@@ -186,6 +186,13 @@ class PipelineCache:
         if freed:
             _release_memory()
 
+    def resize(self, budget_bytes: int) -> None:
+        """Change the budget, evicting least-recently-used pipelines (the newest one stays)."""
+        with self._guard:
+            self.budget_bytes = int(budget_bytes)
+            newest = next(reversed(self._entries)) if self._entries else None
+            self._evict_until(self.budget_bytes, keep=newest)
+
     def clear(self) -> None:
         with self._guard:
             self._entries.clear()

@@ -98,6 +98,11 @@ def test_cache_evicts_least_recently_used_under_budget(make_renderer, tiny, tmp_
     assert len(r.cache) == 1 and r.cache.evictions == 1
     r.render(tiny.call(2), output_dir=tmp_path)
     assert r.cache.loads == 2
+    r.cache.resize(10 * one)
+    r.render(tiny.call(1), output_dir=tmp_path)
+    assert len(r.cache) == 2 and r.cache.loads == 3
+    r.cache.resize(one)  # shrinking evicts down to the most recently used pipeline
+    assert len(r.cache) == 1 and str(tiny.files[1][0]) in next(iter(r.cache._entries))[0]
 
 
 def test_unsupported_family_is_refused_before_loading(make_renderer, tiny, tmp_path):

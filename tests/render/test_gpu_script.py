@@ -1,0 +1,38 @@
+"""The GPU benchmark's CPU dry path runs end to end (the CUDA path is the same code at full size)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_render.py"
+
+
+@pytest.mark.slow
+def test_gpu_render_dry_run(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("gpu_render", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "report.json"
+    assert mod.main(["--device", "cpu", "--tiny", "--repeats", "1", "--steps", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [f["family"] for f in report["families"]] == ["sd1", "sdxl"]
+    assert all(f["bare_s"] > 0 and f["diffagent_denoise_s"] > 0 for f in report["families"])
+    assert all(x > 0 for x in report["switch"]["switch_reload_s"])
+    assert all(lo["checkpoint_reloads"] == 0 for lo in report["lora"].values())
+    assert "overhead" in capsys.readouterr().out
+
+
+def test_refuses_cuda_without_a_gpu(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    spec = importlib.util.spec_from_file_location("gpu_render", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([]) == 2
+    assert "--device cpu --tiny" in capsys.readouterr().err
