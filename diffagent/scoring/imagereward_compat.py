@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
-from diffagent.errors import MissingDependency, UserInputError
+from diffagent.errors import DiffAgentError, MissingDependency, UserInputError
 from diffagent.scoring._torchvision import ensure_torchvision
 
 EXPECTED_VERSION = "1.5"
@@ -58,6 +58,21 @@ RELEASED_VIT = (1024, 24, 16, 16)  # width, depth, heads, patch
 IMAGE_SIZE = 224  # hard-coded by ImageReward (``_transform(224)``, ``BLIP_Pretrain(image_size=224)``)
 TEXT_MAX_LENGTH = 35  # ImageReward.score / inference_rank
 MLP_WIDTH = 768  # ImageReward.__init__: MLP(768), so the BERT hidden size must be 768
+
+INSTALL_HINT = "pip install --no-deps 'image-reward==1.5' 'fairscale==0.4.13'"
+
+
+class ImageRewardMissing(MissingDependency):
+    """image-reward cannot be an ordinary dependency: it pins timm==0.6.13, open_clip_torch needs timm>=1.0.17."""
+
+    def __init__(self, package: str = "image-reward"):
+        DiffAgentError.__init__(
+            self,
+            f"{package} is not installed; ImageReward scoring needs it: {INSTALL_HINT} "
+            "(--no-deps: its declared timm==0.6.13 pin conflicts with open_clip_torch), "
+            "or give image_reward weight 0",
+        )
+
 
 _lock = threading.Lock()
 _modules: SimpleNamespace | None = None
@@ -78,7 +93,7 @@ class VitSpec:
 def package_dir() -> Path:
     spec = importlib.util.find_spec("ImageReward")
     if spec is None or not spec.submodule_search_locations:
-        raise MissingDependency("image-reward", "score")
+        raise ImageRewardMissing()
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -107,7 +122,7 @@ def _bare_package(name: str) -> ModuleType:
         return sys.modules[name]
     spec = importlib.util.find_spec(name)
     if spec is None:
-        raise MissingDependency("image-reward", "score")
+        raise ImageRewardMissing()
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     parent, _, child = name.rpartition(".")
@@ -184,7 +199,7 @@ def modules() -> SimpleNamespace:
         try:
             import fairscale  # noqa: F401  (vit.py imports its checkpoint_wrapper)
         except ImportError as e:
-            raise MissingDependency("fairscale", "score") from e
+            raise ImageRewardMissing("fairscale") from e
         import transformers
 
         _patch_transformers()
