@@ -173,3 +173,54 @@ def test_render_best_of_user_prompt_and_cancel(tmp_path):
 
     with pytest.raises(RenderCancelled):
         render_best_of(make_call(), 2, scorer=scorer, render_fn=render, cancel=cancel)
+
+
+@pytest.mark.slow
+def test_render_best_of_with_the_real_renderer_on_tiny_pipelines(tmp_path, tiny_config):
+    import importlib.util
+
+    tm_path = Path(__file__).resolve().parents[1] / "render" / "tiny_models.py"
+    if not tm_path.is_file() or importlib.util.find_spec("diffagent.render") is None:
+        pytest.skip("the renderer (diffagent.render, tests/render/tiny_models.py) is not present")
+    spec = importlib.util.spec_from_file_location("render_tiny_models_for_best_of", tm_path)
+    tm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tm)
+    from diffagent.render import Renderer, RenderCancelled
+    from diffagent.render.weights import ResolvedWeights
+    from diffagent.settings import Settings
+
+    tm.quiet_diffusers()
+    dirs = {}
+    for vid, seed in ((1, 0), (2, 1)):
+        tm.build_sd15(tmp_path / f"ckpt{vid}", seed=seed)
+        dirs[vid] = tmp_path / f"ckpt{vid}"
+
+    def resolver(r):
+        return ResolvedWeights(path=dirs[r.id], family=Family.SD1, type="checkpoint", name=r.name)
+
+    settings = Settings(data_dir=tmp_path / "data", device="cpu", allow_downloads=False, registry=tmp_path / "none.db")
+    renderer = Renderer(settings, resolver=resolver)
+
+    def render_fn(call, *, settings=None, registry=None, progress=None, cancel=None, output_dir=None):
+        return renderer.render(call, progress=progress, cancel=cancel, output_dir=output_dir)
+
+    call = ApiCall(checkpoint=ref(1), prompt="a photo of a cat", steps=2, width=64, height=64, seed=3, sampler="Euler",
+                   alternatives=[Alternative(checkpoint=ref(2), score=0.5)])
+    steps = []
+    try:
+        result = render_best_of(call, 3, scorer=UnifiedScorer.from_config(tiny_config), render_fn=render_fn,
+                                output_dir=tmp_path / "out", progress=lambda s, t: steps.append((s, t)))
+        cancel = threading.Event()
+        with pytest.raises(RenderCancelled):
+            render_best_of(call, 2, scorer=UnifiedScorer.from_config(tiny_config), render_fn=render_fn,
+                           output_dir=tmp_path / "out", cancel=cancel, progress=lambda s, t: cancel.set())
+    finally:
+        renderer.close()
+    assert [(c.source, c.call.checkpoint.id, c.call.seed) for c in result.candidates] == [
+        ("selected", 1, 3), ("alternative", 2, 3), ("seed", 1, 4)]
+    unified = [c.score.unified for c in result.candidates]
+    assert result.best_index == unified.index(max(unified))
+    assert steps[-1] == (6, 6)
+    with Image.open(result.best.path) as im:
+        assert "Steps: 2" in im.text["parameters"]
+        assert json.loads(im.text[PNG_SCORES_KEY])["best_index"] == result.best_index
