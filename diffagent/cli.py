@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "diffagent.registry.cli",
     "diffagent.render.cli",
     "diffagent.bench.cli",
+    "diffagent.scoring.cli",
     "diffagent.training.cli",
     "diffagent.server.cli",
 ]

@@ -18,7 +18,7 @@ from diffagent.registry.embeddings import Embedder
 
 #: model types that search and selection deal with (and that get vectors)
 SEARCHABLE_TYPES = ("checkpoint", "lora", "locon", "embedding", "vae")
-PROMPTS_PER_CHECKPOINT = 24
+PROMPTS_PER_CHECKPOINT = 8
 
 
 def version_text(model_name: str, version_name: str, tags: list[str], words: list[str], description: str) -> str:

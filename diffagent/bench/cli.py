@@ -1,0 +1,191 @@
+"""``diffagent bench ...``: build (pairs), select (agreement with creators), latency, prompts, images."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from diffagent.cli import add_command, add_group
+from diffagent.settings import Settings
+
+
+def cmd_build(args, settings: Settings) -> int:
+    from diffagent.bench.pairs import build_pairs
+
+    counts = build_pairs(args.rows, args.out, sfw_only=not args.include_nsfw)
+    print(f"wrote {sum(counts.values())} pairs to {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def _sample(pairs: list, limit: int | None, seed: int) -> list:
+    if limit and len(pairs) > limit:
+        rng = random.Random(seed)
+        pairs = rng.sample(pairs, limit)
+    return pairs
+
+
+def cmd_select(args, settings: Settings) -> int:
+    from diffagent.agent.selector import Selector
+    from diffagent.apicall import ApiCall
+    from diffagent.bench.pairs import load_pairs
+    from diffagent.bench.select import KnnBaseline, Prediction, evaluate, markdown_table, plot
+    from diffagent.registry.stats import lora_name_index
+    from diffagent.registry.store import Registry
+    from diffagent.tools import SelectOptions
+
+    registry = Registry.open(settings.registry, allow_nsfw=settings.allow_nsfw)
+    pairs = _sample(list(load_pairs(args.pairs, splits={args.split})), args.limit, args.seed)
+    if not pairs:
+        print(f"no {args.split} pairs in {args.pairs}", file=sys.stderr)
+        return 2
+    options = SelectOptions(base="any", max_loras=args.max_loras, n_candidates=5, seed=0)
+    with registry.engine.connect() as conn:
+        loras = lora_name_index(conn)
+    results: dict[str, dict] = {}
+    progress = not args.json
+
+    def from_ranking(ranked: list[int]) -> Prediction:
+        from diffagent.agent.rebuild import build_call
+
+        known = registry.versions(ranked[:5])
+        ranked = [r for r in ranked if r in known] or registry.popular(types=["checkpoint"], limit=5)
+        info = known.get(ranked[0]) or registry.version(ranked[0], with_files=False)
+        call = build_call("x", info, registry.usage(info.id), [], seed=0)
+        return Prediction(ranked=ranked, call=call)
+
+    for method in args.methods:
+        t0 = time.perf_counter()
+        if method == "popularity":
+            top = registry.popular(types=["checkpoint"], limit=5)
+            fixed = from_ranking(top)
+            predict = lambda p, fixed=fixed: Prediction(fixed.ranked, fixed.call, seconds=1e-6)  # noqa: E731
+        elif method == "knn":
+            train = list(load_pairs(args.train_pairs or args.pairs, splits={"train"}))
+            knn = KnnBaseline(train)
+            predict = lambda p, knn=knn: from_ranking(knn.rank(p.instruction) or [])  # noqa: E731
+        else:
+            sel_settings = settings.model_copy(update={"selector": method})
+            selector = Selector(registry, sel_settings)
+            selector.warm()
+
+            def predict(p, selector=selector):
+                t = time.perf_counter()
+                sel = selector.select_many(p.instruction, options)
+                call: ApiCall = sel.calls[0]
+                ranked = [call.checkpoint.id] + [a.checkpoint.id for a in call.alternatives]
+                return Prediction(ranked=ranked, call=call, seconds=time.perf_counter() - t)
+
+        scores = evaluate(pairs, predict, registry, loras, progress=progress)
+        results[method] = scores.row() | {"wall_s": round(time.perf_counter() - t0, 1)}
+        if progress:
+            print(f"{method}: {json.dumps(results[method])}", file=sys.stderr)
+    report = {"pairs": str(args.pairs), "split": args.split, "n": len(pairs), "registry": str(settings.registry),
+              "selector_model": settings.llm_model and str(settings.llm_model), "lora": settings.llm_lora and str(settings.llm_lora),
+              "results": results}
+    if args.plot:
+        plot(results, args.plot)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(markdown_table(results))
+        if args.plot:
+            print(f"plot: {args.plot}")
+    return 0
+
+
+def _read_prompts(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        data = json.loads(text)
+        items = data.values() if isinstance(data, dict) else data
+        out = []
+        for it in items:
+            out.append(it if isinstance(it, str) else (it.get("prompt") or it.get("text") or ""))
+        return [p for p in out if p]
+    if path.suffix == ".csv":
+        import csv
+
+        rows = list(csv.DictReader(text.splitlines()))
+        key = next((k for k in rows[0] if k.lower() in ("prompt", "prompts", "text")), list(rows[0])[0])
+        return [r[key] for r in rows if r.get(key)]
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def cmd_prompts(args, settings: Settings) -> int:
+    """Natural-language prompt sets (no ground truth): validity, hallucination, latency, diversity."""
+    from collections import Counter
+
+    from diffagent.tools import SelectOptions, get_runtime
+
+    selector = get_runtime(settings).selector
+    selector.warm()
+    registry = selector.registry
+    rows = {}
+    for path in args.prompts:
+        prompts = _read_prompts(path)[: args.n]
+        lat, chosen, valid, halluc = [], Counter(), 0, 0
+        for i, prompt in enumerate(prompts):
+            t = time.perf_counter()
+            try:
+                call = selector.select(prompt, SelectOptions(seed=i, n_candidates=1))
+            except Exception as e:  # counted, reported
+                print(f"  invalid: {prompt[:60]!r}: {e}", file=sys.stderr)
+                continue
+            lat.append(time.perf_counter() - t)
+            valid += 1
+            ids = [call.checkpoint.id, *(lo.id for lo in call.loras), *(e.id for e in call.embeddings)]
+            halluc += len(ids) - len(registry.versions(ids))
+            chosen[call.checkpoint.name] += 1
+        lat.sort()
+        rows[path.name] = {
+            "prompts": len(prompts), "valid": valid, "hallucinated_ids": halluc,
+            "distinct_checkpoints": len(chosen), "top_checkpoint_share": round(chosen.most_common(1)[0][1] / valid, 3) if valid else None,
+            "p50_ms": round(1000 * lat[len(lat) // 2], 1) if lat else None,
+            "p95_ms": round(1000 * lat[min(len(lat) - 1, int(0.95 * len(lat)))], 1) if lat else None,
+        }
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        cols = ["prompts", "valid", "hallucinated_ids", "distinct_checkpoints", "top_checkpoint_share", "p50_ms", "p95_ms"]
+        print("| set | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 1) + "|")
+        for name, r in rows.items():
+            print(f"| {name} | " + " | ".join(str(r[c]) for c in cols) + " |")
+    return 0
+
+
+def register(subparsers) -> None:
+    bench = add_group(subparsers, "bench", "benchmarks: selector agreement with creators, latency, images")
+
+    p = add_command(bench, "build", help="Civitai image rows -> instruction-to-API pairs with page-level splits")
+    p.add_argument("rows", type=Path, help="image_meta rows (.jsonl or .jsonl.gz)")
+    p.add_argument("--out", type=Path, required=True, help="pairs file (.jsonl or .jsonl.gz)")
+    p.add_argument("--include-nsfw", action="store_true", help="keep rows whose image is flagged NSFW")
+    p.set_defaults(func=cmd_build)
+
+    p = add_command(bench, "select", help="checkpoint/LoRA/argument agreement with creators, per method")
+    p.add_argument("--pairs", type=Path, required=True, help="built pairs or raw image_meta rows")
+    p.add_argument("--train-pairs", type=Path, default=None, help="pairs for the kNN baseline (default: --pairs)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--limit", type=int, default=500, help="evaluate a seeded random sample of this many pairs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-loras", type=int, default=2)
+    p.add_argument("--methods", nargs="+", default=["popularity", "knn", "retrieval", "llm"],
+                   choices=["popularity", "knn", "retrieval", "llm"])
+    p.add_argument("--plot", type=Path, default=None, help="write a PNG plot here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_select)
+
+    p = add_command(bench, "prompts", help="natural-language prompt sets: validity, hallucination, latency")
+    p.add_argument("prompts", type=Path, nargs="+", help=".txt (one per line), .csv, .json files")
+    p.add_argument("--n", type=int, default=50, help="first N prompts of each file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_prompts)
+
+    try:
+        from diffagent.scoring.cli import register_bench
+    except ImportError:  # the scoring extra is optional
+        return
+    register_bench(bench)

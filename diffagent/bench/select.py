@@ -1,0 +1,185 @@
+"""``bench select``: how well each method reproduces what real creators chose.
+
+Methods: ``popularity`` (most downloaded checkpoints), ``knn`` (TF-IDF nearest neighbours over the
+training prompts, voting for their checkpoints), ``retrieval`` (the selector without the LLM) and
+``llm`` (the full selector). Each produces a ranked checkpoint list and a full ``ApiCall``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from diffagent.apicall import ApiCall
+from diffagent.bench.pairs import Pair
+from diffagent.families import compatible
+from diffagent.registry.store import Registry
+
+METHODS = ("popularity", "knn", "retrieval", "llm")
+
+
+@dataclass
+class Prediction:
+    ranked: list[int]  # checkpoint version ids, best first
+    call: ApiCall | None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class Scores:
+    n: int = 0
+    top1: int = 0
+    top5: int = 0
+    model_top1: int = 0
+    lora_tp: int = 0
+    lora_pred: int = 0
+    lora_gt: int = 0
+    args: Counter = field(default_factory=Counter)
+    args_n: int = 0
+    hallucinated_ids: int = 0
+    mismatched: int = 0
+    invalid: int = 0
+    latencies: list[float] = field(default_factory=list)
+    chosen: Counter = field(default_factory=Counter)
+
+    def row(self) -> dict:
+        p = lambda a, b: round(a / b, 4) if b else None  # noqa: E731
+        lat = sorted(self.latencies)
+        return {
+            "n": self.n, "checkpoint_top1": p(self.top1, self.n), "checkpoint_top5": p(self.top5, self.n),
+            "model_top1": p(self.model_top1, self.n),
+            "lora_precision": p(self.lora_tp, self.lora_pred), "lora_recall": p(self.lora_tp, self.lora_gt),
+            **{f"arg_{k}": p(self.args[k], self.args_n) for k in ("sampler", "steps", "cfg", "size", "clip_skip")},
+            "hallucinated_ids": self.hallucinated_ids, "lora_base_mismatch": self.mismatched,
+            "invalid_calls": self.invalid, "hallucination_rate": p(self.hallucinated_ids + self.mismatched + self.invalid,
+                                                                  self.n),
+            "distinct_checkpoints": len(self.chosen),
+            "latency_p50_ms": round(1000 * lat[len(lat) // 2], 1) if lat else None,
+            "latency_p95_ms": round(1000 * lat[min(len(lat) - 1, int(0.95 * len(lat)))], 1) if lat else None,
+        }
+
+
+class KnnBaseline:
+    """TF-IDF nearest neighbours over training instructions; neighbours vote for their checkpoint."""
+
+    def __init__(self, train: list[Pair], k: int = 20):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.k = k
+        self.vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=2, ngram_range=(1, 2), max_features=200_000)
+        self.matrix = self.vectorizer.fit_transform([p.instruction for p in train])
+        self.labels = np.array([p.target.checkpoint_version_id for p in train])
+
+    def rank(self, instruction: str) -> list[int]:
+        sims = (self.matrix @ self.vectorizer.transform([instruction]).T).toarray().ravel()
+        top = np.argsort(-sims)[: self.k]
+        votes: dict[int, float] = defaultdict(float)
+        for i in top:
+            if sims[i] > 0:
+                votes[int(self.labels[i])] += float(sims[i])
+        return [v for v, _ in sorted(votes.items(), key=lambda x: -x[1])]
+
+
+def evaluate(pairs: list[Pair], predict: Callable[[Pair], Prediction], registry: Registry,
+             lora_index: dict[str, int], progress: bool = False) -> Scores:
+    from tqdm import tqdm
+
+    model_of: dict[int, int] = {}
+    s = Scores()
+    for pair in tqdm(pairs, disable=not progress, desc="evaluating", leave=False):
+        t = time.perf_counter()
+        try:
+            pred = predict(pair)
+        except Exception as e:  # an invalid call counts against the method, it does not stop the benchmark
+            pred = Prediction(ranked=[], call=None, error=f"{type(e).__name__}: {e}")
+        pred.seconds = pred.seconds or time.perf_counter() - t
+        s.n += 1
+        s.latencies.append(pred.seconds)
+        tgt = pair.target
+        if pred.error or pred.call is None:
+            s.invalid += 1
+            continue
+        ranked = pred.ranked
+        s.top1 += bool(ranked and ranked[0] == tgt.checkpoint_version_id)
+        s.top5 += tgt.checkpoint_version_id in ranked[:5]
+        call = pred.call
+        s.chosen[call.checkpoint.id] += 1
+        ids = [call.checkpoint.id, *(lo.id for lo in call.loras)]
+        known = registry.versions(ids)
+        s.hallucinated_ids += sum(1 for i in ids if i not in known)
+        if call.checkpoint.id in known:
+            if call.checkpoint.id not in model_of:
+                model_of[call.checkpoint.id] = known[call.checkpoint.id].model_id
+            s.model_top1 += model_of[call.checkpoint.id] == tgt.checkpoint_model_id
+            fam = known[call.checkpoint.id].family
+            s.mismatched += sum(1 for lo in call.loras if lo.id in known and not compatible(fam, known[lo.id].family))
+        gt_loras = {lora_index[lo.name.lower()] for lo in tgt.loras if lo.name.lower() in lora_index}
+        pred_loras = {lo.id for lo in call.loras}
+        s.lora_tp += len(gt_loras & pred_loras)
+        s.lora_pred += len(pred_loras)
+        s.lora_gt += len(gt_loras)
+        s.args_n += 1
+        s.args["sampler"] += tgt.sampler is not None and call.sampler == tgt.sampler
+        s.args["steps"] += tgt.steps is not None and abs(call.steps - tgt.steps) <= 5
+        s.args["cfg"] += tgt.cfg_scale is not None and abs(call.cfg_scale - tgt.cfg_scale) <= 1
+        s.args["size"] += (call.width, call.height) == (tgt.width, tgt.height)
+        s.args["clip_skip"] += call.clip_skip == (tgt.clip_skip or 1)
+    return s
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+    cols = ["n", "checkpoint_top1", "checkpoint_top5", "model_top1", "lora_precision", "lora_recall", "arg_sampler",
+            "arg_steps", "arg_cfg", "arg_size", "arg_clip_skip", "hallucination_rate", "distinct_checkpoints",
+            "latency_p50_ms", "latency_p95_ms"]
+    lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for method, row in results.items():
+        cells = ["-" if row.get(c) is None else (f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]))
+                 for c in cols]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ["checkpoint_top1", "checkpoint_top5", "model_top1", "lora_recall", "arg_sampler", "arg_size"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    x = np.arange(len(metrics))
+    width = 0.8 / max(len(results), 1)
+    for i, (method, row) in enumerate(results.items()):
+        axes[0].bar(x + i * width, [row.get(m) or 0 for m in metrics], width, label=method)
+        axes[1].bar(i, row.get("latency_p50_ms") or 0, label=method)
+    axes[0].set_xticks(x + width * (len(results) - 1) / 2, metrics, rotation=30, ha="right")
+    axes[0].set_ylim(0, 1)
+    axes[0].set_title("agreement with creators (test split)")
+    axes[0].legend()
+    axes[1].set_xticks(range(len(results)), list(results))
+    axes[1].set_ylabel("ms")
+    axes[1].set_title("latency p50")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def summarize_latency(latencies: list[float]) -> dict:
+    lat = sorted(latencies)
+    return {"n": len(lat), "p50_ms": round(1000 * statistics.median(lat), 1),
+            "p95_ms": round(1000 * lat[min(len(lat) - 1, int(0.95 * len(lat)))], 1)}
+
+
+def dump(results: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
