@@ -9,7 +9,10 @@ encode the way A1111 does:
 - tokens are packed into chunks of 75 (plus start/end tokens), breaking at a recent comma when a chunk fills
   and at every ``BREAK``; each chunk is encoded separately and the results are concatenated;
 - every token's embedding is scaled by its weight and the chunk is rescaled to its original mean;
-- clip skip picks the hidden state (see ``renderer.diffusers_clip_skip`` for the SD 1.x / SDXL convention).
+- clip skip N picks hidden state -N. SD 1.x then applies the final layer norm (as A1111 and diffusers do).
+  SDXL always conditions on the penultimate layer without that norm, and A1111 ignores Clip skip for SDXL by
+  default (Civitai sends 2 for every SDXL request), so for SDXL 1 and 2 both mean -2 and N > 2 means -N
+  (diffusers' SDXL ``clip_skip=N-2``).
 
 This also sidesteps diffusers' own ``clip_skip`` path, which breaks on transformers >= 5.6 (it reads
 ``text_encoder.text_model``, which the flattened ``CLIPTextModel`` no longer has). A prompt with no emphasis
@@ -187,7 +190,7 @@ def encode_sdxl(pipe, prompt: str, negative: str, clip_skip: int) -> dict:
     """Embeddings + pooled embeddings for an SDXL pipeline (both text encoders)."""
     import torch
 
-    layer = -max(clip_skip, 2)  # SDXL conditions on the penultimate layer; see diffusers_clip_skip
+    layer = -max(clip_skip, 2)  # SDXL conditions on the penultimate layer (module docstring)
     encoders = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
     zero_negative = not negative.strip() and getattr(pipe.config, "force_zeros_for_empty_prompt", False)
 

@@ -74,19 +74,6 @@ def resolve_device(name: str) -> str:
     return "cpu"
 
 
-def diffusers_clip_skip(ecosystem: str, a1111_clip_skip: int) -> int | None:
-    """A1111 "Clip skip N" -> diffusers ``clip_skip`` (``encode.py`` applies the same convention itself).
-
-    SD 1.x: N selects hidden state -N (then the final layer norm), diffusers counts skipped layers: N-1.
-    SDXL already conditions on the penultimate layer, and A1111 ignores Clip skip for SDXL by default
-    (Civitai sends 2 for every SDXL request); so 1 and 2 both mean the default and N > 2 selects
-    hidden state -N, which diffusers' SDXL pipeline spells ``clip_skip=N-2``.
-    """
-    if ecosystem == "sdxl":
-        return a1111_clip_skip - 2 if a1111_clip_skip > 2 else None
-    return a1111_clip_skip - 1 if a1111_clip_skip > 1 else None
-
-
 def autov2(sha256: str | None) -> str | None:
     """A1111's short 'AutoV2' hash, which Civitai uses to link an image's resources."""
     return sha256[:10].lower() if sha256 else None

@@ -91,10 +91,17 @@ def test_negative_embedding_goes_into_the_negative_prompt(shared_renderer, tiny,
     assert res.call.negative_prompt == "blurry, badhands" and "badhands" not in res.call.prompt
 
 
-def test_sdxl_embedding_loads_into_both_encoders(shared_renderer, tiny, tmp_path):
+def test_sdxl_embedding_loads_into_both_encoders_and_unloads(shared_renderer, tiny, tmp_path):
+    base = pixels(shared_renderer.render(tiny.call(10, prompt="xlemb, a cat"), output_dir=tmp_path))
     res = shared_renderer.render(tiny.call(10, prompt="xlemb, a cat", embeddings=[tiny.embedding(32, "xlemb")]),
                                  output_dir=tmp_path)
     assert res.call.prompt == "xlemb, a cat"
+    assert np.abs(pixels(res) - base).max() > 0
+    pipe = next(e.pipe for k, e in shared_renderer.cache._entries.items() if k[0] == str(tiny.files[10][0]))
+    assert "xlemb" in pipe.tokenizer.get_added_vocab() and "xlemb" in pipe.tokenizer_2.get_added_vocab()
+    after = pixels(shared_renderer.render(tiny.call(10, prompt="xlemb, a cat"), output_dir=tmp_path))
+    assert np.array_equal(after, base)
+    assert "xlemb" not in pipe.tokenizer.get_added_vocab() and "xlemb" not in pipe.tokenizer_2.get_added_vocab()
 
 
 def test_embedding_for_another_base_is_refused(make_renderer, tiny, tmp_path):

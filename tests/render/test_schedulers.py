@@ -59,8 +59,8 @@ def test_unknown_sampler_lists_known_ones():
 
 def test_every_sampler_renders(shared_renderer, tiny, tmp_path):
     seen = {}
-    for name in A1111_SAMPLERS:
-        res = shared_renderer.render(tiny.call(1, sampler=name, steps=2), output_dir=tmp_path)
+    for name in A1111_SAMPLERS:  # the tiny SDXL is the faster of the two on CPU; the mapping is family-independent
+        res = shared_renderer.render(tiny.call(10, sampler=name, steps=2), output_dir=tmp_path)
         img = np.asarray(Image.open(res.path), dtype=np.float32)
         assert np.isfinite(img).all() and img.std() > 0, name
         assert res.sampler_exact == SAMPLERS[name].exact
