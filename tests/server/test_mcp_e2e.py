@@ -1,0 +1,127 @@
+"""End to end with the real pieces: a registry whose checkpoint and LoRA are tiny random pipelines on
+disk, the retrieval selector (no LLM) and the real renderer on CPU. One test goes through the server
+in-process (progress on every step, cancellation mid-loop, both eras); one launches ``diffagent serve``
+as a stdio subprocess, as an IDE assistant does."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client, StdioServerParameters
+
+from diffagent.apicall import ApiCall
+from diffagent.registry.records import ModelRecord, VersionRecord
+from diffagent.server import create_server
+from diffagent.settings import Settings
+from diffagent.tools import Runtime
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory, embedder) -> Path:
+    """A registry with one tiny SD 1.5 checkpoint (diffusers folder) and one tiny kohya LoRA."""
+    import torch
+    from render import tiny_models as tm
+
+    from diffagent.registry.importer import import_records
+
+    torch.set_num_threads(1)
+    tm.quiet_diffusers()
+    root = tmp_path_factory.mktemp("tiny-world")
+    pipe = tm.build_sd15(root / "sd15")
+    lora = tm.save_kohya_lora(pipe, root / "ink.safetensors", seed=1)
+    records = [
+        ModelRecord(id=900, name="Tiny Dream", type="checkpoint", source="curated", tags=["photo", "animal"],
+                    description="tiny test checkpoint for photos of animals", downloads=5000,
+                    versions=[VersionRecord(id=9001, name="v1", base_model="SD 1.5", local_path=str(root / "sd15"),
+                                            downloads=5000, recommended={"steps": 3, "sampler": "Euler",
+                                                                         "cfg_scale": 6, "width": 64,
+                                                                         "height": 64})]),
+        ModelRecord(id=901, name="Ink Lines", type="lora", source="curated", tags=["ink", "lineart"],
+                    description="ink line art style", downloads=3000,
+                    versions=[VersionRecord(id=9011, name="v1", base_model="SD 1.5", local_path=str(lora),
+                                            trained_words=["inkline"], downloads=3000)]),
+    ]
+    db = root / "registry.db"
+    import_records(db, records, source="tiny-world", embedder=embedder)
+    return db
+
+
+@pytest.fixture
+def world_settings(tiny_world, tmp_path) -> Settings:
+    return Settings(registry=tiny_world, data_dir=tmp_path / "data", selector="retrieval", device="cpu",
+                    allow_downloads=False, pipeline_cache_gb=1.0)
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_select_render_cancel_with_the_real_pieces(world_settings, mode):
+    server = create_server(world_settings, runtime=Runtime(world_settings))
+    async with Client(server, mode=mode) as client:
+        sel = await client.call_tool("select_t2i_api", {"prompt": "a photo of a cat", "options": {"seed": 11}})
+        assert not sel.is_error, sel.content
+        call = ApiCall.model_validate(sel.structured_content)
+        assert call.checkpoint.id == 9001
+        call = call.model_copy(update={"steps": 3, "width": 64, "height": 64})
+        seen = []
+
+        async def on_progress(progress, total, message):
+            seen.append((progress, total))
+
+        r = await client.call_tool("render_image", {"call": call.model_dump(mode="json")},
+                                   progress_callback=on_progress)
+        assert not r.is_error, r.content
+        out = r.structured_content["result"]
+        assert Path(out["path"]).is_file() and out["seed"] == 11 and "Steps: 3" in out["parameters"]
+        assert seen == [(1, 3), (2, 3), (3, 3)]
+        assert r.content[0].type == "image"
+
+        # cancel as soon as the loop is running: the renderer stops at its next step, no PNG is written
+        pngs = set(world_settings.output_dir.glob("*.png"))
+        long = call.model_copy(update={"steps": 150}).model_dump(mode="json")
+        steps: list[int] = []
+        async with anyio.create_task_group() as tg:
+            async def first_step(progress, total, message):
+                steps.append(int(progress))
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(lambda: client.call_tool("render_image", {"call": long}, progress_callback=first_step))
+        await anyio.sleep(1.0)
+        assert steps and set(world_settings.output_dir.glob("*.png")) == pngs
+
+        # the server is still healthy afterwards
+        bad = await client.call_tool("render_image", {"call": {**long, "checkpoint": {**long["checkpoint"],
+                                                                                      "id": 424242}}})
+        assert bad.is_error and "search_models" in bad.content[0].text
+
+
+async def test_diffagent_serve_over_stdio(world_settings):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "DIFFAGENT_REGISTRY": str(world_settings.registry), "DIFFAGENT_DATA_DIR": str(world_settings.data_dir),
+           "DIFFAGENT_SELECTOR": "retrieval", "DIFFAGENT_DEVICE": "cpu", "DIFFAGENT_ALLOW_DOWNLOADS": "false"}
+    params = StdioServerParameters(command=sys.executable, args=["-m", "diffagent", "serve"], env=env)
+    with anyio.fail_after(120):
+        async with Client(params) as client:
+            tools = [t.name for t in (await client.list_tools()).tools]
+            assert "select_t2i_api" in tools and "render_image" in tools
+            found = await client.call_tool("search_models", {"query": "ink line art", "type": "lora"})
+            assert found.structured_content["result"][0]["id"] == 9011
+            seen = []
+
+            async def on_progress(progress, total, message):
+                seen.append(progress)
+
+            call = (await client.call_tool("select_t2i_api", {"prompt": "a photo of a dog"})).structured_content
+            call.update(steps=3, width=64, height=64)  # the recommended 512 px would be slow on a shared CPU
+            r = await client.call_tool("render_image", {"call": call}, progress_callback=on_progress)
+            assert not r.is_error, r.content
+            while r.structured_content["status"] in ("queued", "running"):  # a loaded CI box may need the handle
+                r = await client.call_tool("get_render", {"job_id": r.structured_content["job_id"], "wait_s": 30})
+            assert r.structured_content["status"] == "done" and seen == [1, 2, 3]
+            png = await client.read_resource(f"outputs://{r.structured_content['result']['output_id']}")
+            assert png.contents[0].mime_type == "image/png"
