@@ -131,6 +131,9 @@ class Renderer:
         if kind != "checkpoint" and not compatible(checkpoint_family, weights.family):
             raise UserInputError(f"{kind} {ref.name!r} is registered as {weights.family.value}, which does not fit "
                                  f"the {checkpoint_family.value} checkpoint; remove it or pick a matching one")
+        if kind == "checkpoint" and ecosystem_of(weights.family) != ecosystem_of(checkpoint_family):
+            raise UserInputError(f"checkpoint {ref.name!r} is registered as {weights.family.value}, but the call "
+                                 f"says {checkpoint_family.value}; rebuild the call from the registry")
         if kind == "checkpoint" and weights.type not in ("checkpoint", "diffusers"):
             raise UserInputError(f"{ref.name!r} is a {weights.type}, not a checkpoint")
         if kind == "lora" and weights.type not in ("lora", "locon"):
@@ -162,12 +165,12 @@ class Renderer:
         embeddings = [(ref, self._resolve(ref, "embedding", call.checkpoint.family)) for ref in call.embeddings]
         timings["resolve"] = time.perf_counter() - t0
 
-        prompt = with_tokens(strip_extra_networks(call.prompt), [e.token for e in call.embeddings if not e.negative])
-        negative = with_tokens(strip_extra_networks(call.negative_prompt),
-                               [e.token for e in call.embeddings if e.negative])
-        rendered = call.model_copy(update={
-            "prompt": with_tokens(call.prompt, [e.token for e in call.embeddings if not e.negative]),
-            "negative_prompt": with_tokens(call.negative_prompt, [e.token for e in call.embeddings if e.negative])})
+        positive_tokens = [e.token for e in call.embeddings if not e.negative]
+        negative_tokens = [e.token for e in call.embeddings if e.negative]
+        rendered = call.model_copy(update={"prompt": with_tokens(call.prompt, positive_tokens),
+                                           "negative_prompt": with_tokens(call.negative_prompt, negative_tokens)})
+        prompt = strip_extra_networks(rendered.prompt)
+        negative = strip_extra_networks(rendered.negative_prompt)
 
         image, cache_hit = self._denoise(call, ecosystem, ckpt, loras, embeddings, prompt, negative,
                                          progress, cancel, timings)

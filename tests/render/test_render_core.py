@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from diffagent.errors import UserInputError
+from diffagent.families import Family
 from diffagent.render import parse_png_parameters
 
 
@@ -107,7 +108,6 @@ def test_cache_evicts_least_recently_used_under_budget(make_renderer, tiny, tmp_
 
 def test_unsupported_family_is_refused_before_loading(make_renderer, tiny, tmp_path):
     from diffagent.apicall import ApiCall, ModelRef
-    from diffagent.families import Family
 
     r = make_renderer()
     call = ApiCall(checkpoint=ModelRef(id=1, air="x", name="flux thing", family=Family.FLUX), prompt="x",
@@ -135,3 +135,13 @@ def test_preview_is_bounded(shared_renderer, tiny, tmp_path):
     prev = Image.open(__import__("io").BytesIO(res.preview_png))
     assert max(prev.size) <= 512 and len(res.preview_png) <= 512 * 1024
     assert "preview_png" not in res.model_dump_json()
+
+
+def test_checkpoint_family_disagreeing_with_registry_is_refused(make_renderer, tiny, tmp_path):
+    def resolver(ref):
+        return tiny.resolver(ref).model_copy(update={"family": Family.SDXL})
+
+    r = make_renderer(resolver=resolver)
+    with pytest.raises(UserInputError, match="registered as sdxl, but the call says sd1"):
+        r.render(tiny.call(1), output_dir=tmp_path)
+    assert len(r.cache) == 0
