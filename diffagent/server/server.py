@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -74,7 +74,7 @@ class ServerState:
 
     runtime: Runtime
     jobs: JobManager
-    #: the selector's LLM is not re-entrant; concurrent select calls queue here
+    #: the selector's LLM is not re-entrant; concurrent LLM selections queue here
     select_lock: threading.Lock
 
 
@@ -126,7 +126,9 @@ def create_server(
     def select_t2i_api(prompt: Prompt, ctx: Context[ServerState], options: SelectOptions | None = None) -> ApiCall:
         """Pick checkpoint, LoRAs and settings from the registry for a prompt; returns a call for render_image."""
         st = state(ctx)
-        with caller_errors(), st.select_lock:
+        # the LLM (llama.cpp) is not re-entrant; retrieval-only selection runs concurrently
+        lock = st.select_lock if settings.selector == "llm" else nullcontext()
+        with caller_errors(), lock:
             return tools.select_t2i_api(prompt, options, runtime=st.runtime)
 
     @mcp.tool(annotations=read_only)
