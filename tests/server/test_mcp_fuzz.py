@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from mcp import Client
 
 from diffagent.server import create_server
+from diffagent.tools import Runtime
 
 json_scalar = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False,
                                                                                   allow_infinity=False) | st.text()
@@ -41,8 +42,13 @@ arguments = st.one_of(
 )
 
 
-@pytest.fixture
-def portal_client(settings, runtime, renderer):
+@pytest.fixture(params=["fake", "real"])
+def portal_client(request, settings, runtime, renderer):
+    """The server over the fakes, and over the real registry and retrieval selector (whose search
+    sees every odd query string); renders always use the fake renderer."""
+    if request.param == "real":
+        settings = request.getfixturevalue("world_settings")
+        runtime = Runtime(settings)
     server = create_server(settings, runtime=runtime)
     with anyio.from_thread.start_blocking_portal("asyncio") as portal:
         # legacy mode goes through JSON-RPC framing, like a real host
@@ -61,4 +67,4 @@ def test_no_input_crashes_the_server(portal_client, name_args):
         assert text.strip(), (name, args)
         assert text.strip() != f"Error executing tool {name}", (name, args)  # the SDK's mask for a crash
         assert "Traceback" not in text and "File \"" not in text
-    assert not portal.call(client.call_tool, "get_model", {"version_id": 1}).is_error
+    assert not portal.call(client.call_tool, "search_models", {"query": "cat"}).is_error  # still serving
