@@ -164,7 +164,9 @@ class RenderOutput(BaseModel):
     seconds: float = Field(description="wall time of the render")
     parameters: str = Field(description="A1111-style generation parameters, as written into the PNG")
     call: ApiCall
-    scores: list[float] = Field(default_factory=list, description="best-of-n scores of the candidates, best first")
+    scores: list[float] = Field(
+        default_factory=list, description="best_of > 1: unified score of each rendered candidate, in candidate order"
+    )
     #: kept out of JSON and of the schema: the MCP server sends it as an image block instead
     preview_png: SkipJsonSchema[bytes] = Field(b"", exclude=True, repr=False)
 
@@ -236,18 +238,14 @@ def render_image(
     output_dir = Path(rt.settings.output_dir)
     scores: list[float] = []
     if best_of > 1:
-        try:
-            from diffagent.scoring.best_of import best_of_n
-        except ImportError as exc:
-            raise UserInputError(
-                "best_of > 1 needs the scoring engine (diffagent.scoring), which this install lacks; "
-                "use best_of=1 or install the 'score' extra"
-            ) from exc
-        picked = best_of_n(
-            call, best_of, settings=rt.settings, registry=rt.registry, progress=progress, cancel=cancel,
-            output_dir=output_dir,
+        # renders the selected call, its ranked alternatives, then other seeds; keeps the best-scored
+        from diffagent.scoring.best_of import render_best_of
+
+        picked = render_best_of(
+            call, best_of, prompt=prompt, settings=rt.settings, registry=rt.registry, progress=progress,
+            cancel=cancel, output_dir=output_dir,
         )
-        result, scores = picked.best, list(picked.scores)
+        result, scores = picked.best, [round(s, 4) for s in picked.scores]
     else:
         from diffagent.render import render
 

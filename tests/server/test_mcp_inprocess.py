@@ -143,3 +143,37 @@ async def test_client_timeout_stops_the_denoising_loop(settings, runtime, render
             while renderer.stopped_at is None:
                 await anyio.sleep(0.02)
         assert renderer.stopped_at < 40
+
+
+class SeedScorer:
+    """A scorer that likes even seeds: the winner is predictable without scoring models."""
+
+    def __init__(self):
+        self.prompts = []
+
+    def score(self, prompt, images):
+        from diffagent.scoring.types import ScoreResult
+
+        self.prompts.append(prompt)
+        return [ScoreResult(metrics={}, unified=float(i % 2 == 1)) for i in range(len(images))]
+
+
+async def test_best_of_n_renders_candidates_and_keeps_the_best(server, renderer, monkeypatch):
+    from diffagent.scoring.unified import UnifiedScorer
+
+    scorer = SeedScorer()
+    monkeypatch.setattr(UnifiedScorer, "from_config", classmethod(lambda cls, config: scorer))
+    seen = []
+
+    async def on_progress(progress, total, message):
+        seen.append((progress, total))
+
+    async with Client(server) as client:
+        r = await client.call_tool("render_image", {"prompt": "a red fox", "best_of": 3},
+                                   progress_callback=on_progress)
+        assert not r.is_error, text_of(r)
+        result = r.structured_content["result"]
+        assert renderer.calls == 3 and result["scores"] == [0.0, 1.0, 0.0]
+        assert result["seed"] == 8  # candidate 1: the selected call (seed 7) with the next seed
+        assert scorer.prompts == ["a red fox"]  # scored against what the user asked for
+        assert seen[-1] == (12, 12)  # progress counts the steps of all candidates
