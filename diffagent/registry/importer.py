@@ -135,7 +135,9 @@ def import_path(
         with tempfile.TemporaryDirectory() as tmp:
             dest = Path(tmp) / "page.json"
             _download_json(src, dest, timeout)
-            return import_path(dest, registry, embedder=embedder, progress=progress, keep_images=keep_images)
+            report = import_path(dest, registry, embedder=embedder, progress=progress, keep_images=keep_images)
+            report.source = src  # not the temporary file it was saved to
+            return report
     path = Path(src).expanduser()
     if not path.is_file():
         raise UserInputError(f"{path} is not a file; give a Civitai .json, .jsonl or .jsonl.gz file or an URL")
