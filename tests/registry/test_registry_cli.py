@@ -138,3 +138,10 @@ def test_sync_command_uses_the_api_key_from_the_environment(tmp_path, capsys, lo
     assert rc == 0 and out.startswith("imported 3 models")
     assert loopback.seen[0].headers["Authorization"] == "Bearer k123"
     assert "types=Checkpoint" in loopback.seen[0].path
+
+
+def test_search_embeds_queries_with_the_configured_embedder(capsys, tiny_registry_path, tmp_path, monkeypatch):
+    # the same embedding model must build the vectors and embed the query: a configured one is used
+    monkeypatch.setenv("DIFFAGENT_EMBEDDER", str(tmp_path / "not-a-model"))
+    rc, _, err = _run(capsys, "registry", "search", "watercolor", "--json", "--registry", str(tiny_registry_path))
+    assert rc == 2 and "not-a-model has no config.json" in err

@@ -88,8 +88,10 @@ def test_import_from_url_serving_an_api_page(tmp_path, db, loopback):
     from conftest import Reply
 
     loopback.replies = [Reply(200, {"items": items()[:3], "metadata": {}})]
-    report = import_path(f"{loopback.url}/api/v1/models?limit=3", db, embedder=None)
+    url = f"{loopback.url}/api/v1/models?limit=3"
+    report = import_path(url, db, embedder=None)
     assert report.models == 3
+    assert report.source == url
     assert loopback.seen[0].path == "/api/v1/models?limit=3"
     assert {r[0] for r in _one(db, "SELECT name FROM model")} == {"PhotonReal", "AnimeVerse", "Aquarelle"}
 
