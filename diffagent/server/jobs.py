@@ -44,7 +44,6 @@ class ProgressEvent:
 @dataclass
 class Job:
     id: str
-    label: str
     state: JobState = "queued"
     result: Any = None
     error: str | None = None
@@ -85,7 +84,7 @@ class JobManager:
         self._closed = False
 
     # --- submitting and looking up -----------------------------------------------------------
-    def submit(self, work: Work, *, label: str = "render") -> Job:
+    def submit(self, work: Work) -> Job:
         with self._lock:
             if self._closed:
                 raise UserInputError("the server is shutting down; retry against a running server")
@@ -96,7 +95,7 @@ class JobManager:
                     f"the render queue is full ({pending} jobs waiting or running); wait for one to finish "
                     "(poll get_render) and retry"
                 )
-            job = Job(id=uuid.uuid4().hex, label=label)
+            job = Job(id=uuid.uuid4().hex)
             self._jobs[job.id] = job
             self._work[job.id] = work
             if self._worker is None:

@@ -161,7 +161,8 @@ def create_server(
         call: Annotated[ApiCall | None, Field(description="the call from select_t2i_api (possibly edited)")] = None,
         prompt: Annotated[str | None, Field(min_length=1, max_length=2000,
                                             description="instead of call: select for this prompt, then render")] = None,
-        best_of: Annotated[int, Field(ge=1, le=8, description="render n seeds, keep the best-scored")] = 1,
+        best_of: Annotated[int, Field(ge=1, le=8, description="render n candidates (alternative checkpoints, "
+                                                              "other seeds), keep the best-scored")] = 1,
         wait: Annotated[bool, Field(description="false: return a job_id at once")] = True,
     ) -> Annotated[CallToolResult, RenderStatus]:
         """Render a call (or a prompt) to a PNG; returns a preview, the file and metadata, or a job_id if slow."""
@@ -176,7 +177,7 @@ def create_server(
             return tools.render_image(call, prompt, best_of, progress=progress, cancel=cancel, runtime=st.runtime)
 
         with caller_errors():
-            job = st.jobs.submit(work, label=prompt or call.prompt)
+            job = st.jobs.submit(work)
         if wait:
             # The caller has no job id until we return, so if it gives up, the render stops.
             await follow(ctx, job, render_wait_s, cancel_on_abort=True, jobs=st.jobs)
@@ -211,7 +212,7 @@ def create_server(
     @mcp.resource("registry://models/{version_id}", mime_type="application/json")
     def registry_model(version_id: str) -> str:
         """A registry entry (the same data as get_model) as JSON."""
-        if not version_id.isdigit() or int(version_id) > MAX_ID:
+        if not (version_id.isascii() and version_id.isdigit()) or int(version_id) > MAX_ID:
             raise ResourceNotFoundError(f"registry ids are integers, got {version_id!r}; call search_models")
         try:
             info = tools.get_model(int(version_id), runtime=runtime)
@@ -242,8 +243,9 @@ def create_server(
 
 async def follow(ctx: Context[ServerState], job: Job, wait_s: float, *, cancel_on_abort: bool,
                  jobs: JobManager) -> None:
-    """Wait up to ``wait_s`` for ``job`` to finish, relaying every denoising step as progress."""
-    sent = 0
+    """Wait up to ``wait_s`` for ``job`` to finish, relaying every denoising step as progress (from the
+    latest one: a later ``get_render`` need not replay steps an earlier call already reported)."""
+    sent = max(0, len(job.events) - 1)
 
     async def relay() -> None:
         nonlocal sent

@@ -8,6 +8,7 @@ import anyio.from_thread
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from diffagent.server import create_server
 from diffagent.tools import Runtime
@@ -68,3 +69,16 @@ def test_no_input_crashes_the_server(portal_client, name_args):
         assert text.strip() != f"Error executing tool {name}", (name, args)  # the SDK's mask for a crash
         assert "Traceback" not in text and "File \"" not in text
     assert not portal.call(client.call_tool, "search_models", {"query": "cat"}).is_error  # still serving
+
+
+@hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["outputs://", "registry://models/"]), st.text(min_size=1, max_size=40))
+def test_no_resource_uri_crashes_the_server(portal_client, scheme, tail):
+    """Any URI is either read or refused with our message; never a crash, never outside the folder."""
+    portal, client = portal_client
+    try:
+        result = portal.call(client.read_resource, scheme + tail)
+    except MCPError as exc:
+        assert "Error reading resource" not in str(exc) and "Error creating resource" not in str(exc), str(exc)
+    else:  # only real files of the output folder and real registry entries are readable
+        assert result.contents
