@@ -15,7 +15,6 @@ from mcp import Client, StdioServerParameters
 
 from diffagent.apicall import ApiCall
 from diffagent.server import create_server
-from diffagent.settings import Settings
 from diffagent.tools import Runtime
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
