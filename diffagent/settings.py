@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     llm_lora: Path | None = Field(None, description="GGUF LoRA adapter applied to llm_model")
     llm_threads: int = Field(2, ge=1)
     llm_ctx: int = Field(2048, ge=256)
-    candidates_k: int = Field(12, ge=1, le=64, description="checkpoints shown to the LLM")
+    candidates_k: int = Field(6, ge=1, le=12, description="checkpoints shown to the LLM")
     embedder: Path | None = Field(None, description="sentence-transformers folder; default: bundled MiniLM")
 
     # --- renderer ----------------------------------------------------------------------------

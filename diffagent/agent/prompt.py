@@ -15,6 +15,7 @@ from diffagent.agent.retrieve import Candidate
 from diffagent.prompttext import strip_resource_tags
 
 CHECKPOINT_LABELS = tuple("ABCDEFGHIJKL")
+MAX_REQUEST_CHARS = 160
 LORA_LABELS = tuple("MNOPQRSTUVWX")
 
 INSTRUCTIONS = (
@@ -40,11 +41,11 @@ def quote_untrusted(text: str, max_chars: int) -> str:
 
 def candidate_line(label: str, c: Candidate, *, lora: bool) -> str:
     v = c.version
-    name = quote_untrusted(v.display_name, 48)
-    tags = quote_untrusted(", ".join(v.tags[:5]), 60)
-    line = f"{label}: {name} tags {tags}"
+    # short lines: prompt evaluation of this list is most of the selector's latency
+    # names only (they usually say the style); tags cost ~8 tokens per line for little gain
+    line = f"{label}: {quote_untrusted(v.display_name, 32)}"
     if lora and v.trained_words:
-        line += f" triggers {quote_untrusted(', '.join(v.trained_words[:3]), 40)}"
+        line += f" {quote_untrusted(v.trained_words[0], 16)}"
     return line
 
 
@@ -62,7 +63,7 @@ def render_prompt(request: str, checkpoints: list[Candidate], loras: list[Candid
     req = strip_resource_tags(request)
     if style:
         req = f"{req} (style: {style})"
-    parts = [INSTRUCTIONS, "### Request\n", quote_untrusted(req, 600), "\n### Checkpoints\n"]
+    parts = [INSTRUCTIONS, "### Request\n", quote_untrusted(req, MAX_REQUEST_CHARS), "\n### Checkpoints\n"]
     ck_labels = CHECKPOINT_LABELS[: len(checkpoints)]
     parts += [candidate_line(lab, c, lora=False) + "\n" for lab, c in zip(ck_labels, checkpoints, strict=True)]
     lo_labels = LORA_LABELS[: len(loras)]

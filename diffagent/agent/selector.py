@@ -22,16 +22,16 @@ from diffagent.agent.rebuild import build_call, lora_weight
 from diffagent.agent.retrieve import Candidate, RetrievalWeights, retrieve_checkpoints, retrieve_loras
 from diffagent.apicall import Alternative, ApiCall
 from diffagent.errors import NotFoundError
-from diffagent.families import parse_base_constraint
-from diffagent.prompttext import strip_resource_tags
-from diffagent.registry.store import Registry
+from diffagent.families import compatible, parse_base_constraint
+from diffagent.prompttext import lora_tags, strip_resource_tags
+from diffagent.registry.store import Registry, VersionInfo
 from diffagent.settings import Settings
 
 log = logging.getLogger(__name__)
 
 #: weight of the retrieval score against the LLM's log-probability when ranking choices
 RETRIEVAL_BETA = 2.0
-LORA_CANDIDATES = 6
+LORA_CANDIDATES = 3
 
 
 @dataclass
@@ -89,7 +89,8 @@ class Selector:
         request = strip_resource_tags(prompt)
         query = f"{request} {options.style}" if options.style else request
         base = parse_base_constraint(options.base)
-        checkpoints = retrieve_checkpoints(self.registry, query, base=base, k=self.settings.candidates_k,
+        checkpoints = retrieve_checkpoints(self.registry, query, base=base,
+                                           k=max(self.settings.candidates_k, options.n_candidates, 5),
                                            weights=self.weights)
         if not checkpoints:
             raise NotFoundError(
@@ -101,9 +102,14 @@ class Selector:
         if self.mode == "retrieval":
             choices = self._retrieval_choices(query, checkpoints, options)
         else:
-            choices, rendered = self._llm_choices(request, query, checkpoints, options, timings)
+            shortlist = checkpoints[: self.settings.candidates_k]
+            choices, rendered = self._llm_choices(request, query, shortlist, options, timings)
+            # retrieval ranks past the LLM's shortlist follow as further alternatives
+            floor = min((c.score for c in choices), default=0.0)
+            choices += [Choice(c, [], floor - 1.0 - i, notes=["retrieval"])
+                        for i, c in enumerate(checkpoints[len(shortlist):])]
         t1 = time.perf_counter()
-        calls = self._build_calls(prompt, choices, checkpoints, options)
+        calls = self._build_calls(request, self._requested_loras(prompt), choices, options)
         timings["rebuild"] = time.perf_counter() - t1
         timings["total"] = time.perf_counter() - t0
         return Selection(calls=calls, choices=choices, timings=timings, prompt=rendered)
@@ -112,9 +118,9 @@ class Selector:
     def _retrieval_choices(self, query: str, checkpoints: list[Candidate], options) -> list[Choice]:
         out = []
         for ck in checkpoints[: options.n_candidates]:
-            loras = [c for c in retrieve_loras(self.registry, query, ck.version, k=options.max_loras,
+            loras = [c for c in retrieve_loras(self.registry, query, ck.version, k=LORA_CANDIDATES,
                                                weights=self.weights)
-                     if c.score >= self.weights.lora_min_score]
+                     if self.weights.confident(c)][: options.max_loras]
             out.append(Choice(ck, loras, ck.score, notes=["retrieval"]))
         return out
 
@@ -135,7 +141,7 @@ class Selector:
         t = time.perf_counter()
         # LoRAs are offered for the best retrieved checkpoint's ecosystem; a choice of a checkpoint
         # from another ecosystem drops incompatible ones in validation.
-        loras = retrieve_loras(self.registry, query, checkpoints[0].version, k=min(LORA_CANDIDATES, 12),
+        loras = retrieve_loras(self.registry, query, checkpoints[0].version, k=LORA_CANDIDATES,
                                weights=self.weights) if options.max_loras else []
         rendered = render_prompt(request, checkpoints, loras, style=options.style)
         labels = self._labels(len(loras), options.max_loras)
@@ -172,7 +178,13 @@ class Selector:
         return choices, rendered
 
     # ------------------------------------------------------------------ rebuild
-    def _build_calls(self, prompt: str, choices: list[Choice], checkpoints: list[Candidate], options) -> list[ApiCall]:
+    def _requested_loras(self, prompt: str) -> list[tuple[VersionInfo, float]]:
+        """LoRAs the user named with A1111 tags (``<lora:file_stem:0.7>``) that the registry holds."""
+        by_name = self.registry.addons_by_trigger(("lora", "locon"))
+        return [(by_name[name.lower()], weight) for name, weight in lora_tags(prompt) if name.lower() in by_name]
+
+    def _build_calls(self, prompt: str, requested: list[tuple[VersionInfo, float]], choices: list[Choice],
+                     options) -> list[ApiCall]:
         embeddings = self.registry.addons_by_trigger(("embedding",))
         calls: list[ApiCall] = []
         seen = set()
@@ -182,8 +194,11 @@ class Selector:
                 continue
             seen.add(ck.id)
             usage = self.registry.usage(ck.id)
-            loras = [(lo.version, lora_weight(lo.version, usage, self.registry.usage(lo.version.id)))
-                     for lo in ch.loras[: options.max_loras]]
+            # the user's own <lora:...> tags come first; compatibility is checked in build_call
+            loras = [(v, w) for v, w in requested if compatible(ck.family, v.family)]
+            loras += [(lo.version, lora_weight(lo.version, usage, self.registry.usage(lo.version.id)))
+                      for lo in ch.loras if lo.version.id not in {v.id for v, _ in loras}]
+            loras = loras[: max(options.max_loras, len(requested))]
             why = _rationale(ch, usage.n_images if usage else 0)
             calls.append(build_call(prompt, ck, usage, loras, seed=options.seed, embeddings=embeddings,
                                     rationale=why))

@@ -148,7 +148,7 @@ def fts_query(query: str) -> str | None:
 class Registry:
     """Open with ``Registry.open(path)``. Thread-safe for reads."""
 
-    WEIGHTS = {"lexical": 0.30, "semantic": 0.40, "prompts": 0.20, "prior": 0.10}
+    WEIGHTS = {"lexical": 0.10, "semantic": 0.40, "prompts": 0.20, "prior": 0.05}
 
     def __init__(self, path: Path, *, allow_nsfw: bool = False, embedder: Embedder | None = None):
         self.path = Path(path)
@@ -156,6 +156,7 @@ class Registry:
         self.engine = open_engine(self.path)
         self.embedder = embedder or Embedder()
         self._index: _Index | None = None
+        self._prompt_index = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -311,6 +312,7 @@ class Registry:
         """Load the search index and the embedding model now (servers call this at start-up)."""
         self._load_index()
         self.embedder.encode(["warm up"])
+        self.prompt_neighbours("warm up")
 
     def _mask(self, idx: _Index, types, base, min_downloads, allow_nsfw) -> np.ndarray:
         mask = np.ones(len(idx.ids), dtype=bool)
@@ -342,25 +344,64 @@ class Registry:
         best = -rows[0][1] or 1.0
         return {int(r[0]): max(-r[1], 0.0) / best for r in rows}
 
-    def prompt_neighbours(self, query: str, k: int = 50) -> dict[int, float]:
-        """Checkpoints whose creators wrote prompts like ``query``: a BM25 k-nearest-neighbour vote
-        over individual sample prompts (SFW only), scaled to [0, 1]."""
+    def trigger_matches(self, query: str, types: tuple[str, ...] = ("lora", "locon"), limit: int = 50) -> dict[int, float]:
+        """Add-ons whose trigger words appear verbatim in ``query`` (creators type them to activate a
+        LoRA), scored by the longest matched trigger's share of the query, scaled to [0, 1]."""
         q = fts_query(query)
         if q is None:
             return {}
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                text("SELECT s.version_id, bm25(prompt_fts) FROM prompt_fts JOIN sample_image s ON s.id = prompt_fts.rowid"
-                     " WHERE prompt_fts MATCH :q AND s.version_id IS NOT NULL AND NOT s.nsfw"
-                     " ORDER BY 2 LIMIT :k"), {"q": q, "k": k}
-            ).all()
-        votes: dict[int, float] = {}
-        for vid, score in rows:
-            votes[vid] = votes.get(vid, 0.0) + max(-score, 0.0)
-        if not votes:
-            return {}
-        top = max(votes.values()) or 1.0
-        return {v: s / top for v, s in votes.items()}
+            rows = conn.execute(text(
+                "SELECT rowid FROM model_fts WHERE model_fts MATCH :q ORDER BY bm25(model_fts, 0, 0, 1, 0) LIMIT :n"),
+                {"q": "trained_words : (" + q + ")", "n": limit}).all()
+        lowered = f" {query.lower()} "
+        claims = self._trigger_claims(types)
+        out: dict[int, float] = {}
+        for vid, info in self.versions([r[0] for r in rows]).items():
+            if info.type not in types:
+                continue
+            # a trigger many add-ons share ("masterpiece", "1girl") says nothing about which one is meant
+            hits = [w for w in info.trained_words if len(w) >= 3 and claims.get(w.lower().strip(" ,"), 0) <= 2
+                    and re.search(
+                r"(?<![\w])" + re.escape(w.lower().strip(" ,")) + r"(?![\w])", lowered)]
+            if hits:
+                out[vid] = min(1.0, 0.5 + max(len(h) for h in hits) / 40)
+        return out
+
+    def _trigger_claims(self, types: tuple[str, ...]) -> dict[str, int]:
+        """How many add-on versions list each trigger word (cached)."""
+        with self._lock:
+            cache = self.__dict__.setdefault("_claims_cache", {})
+            if types in cache:
+                return cache[types]
+        claims: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            for (words,) in conn.execute(text(
+                "SELECT v.trained_words FROM model_version v JOIN model m ON m.id = v.model_id"
+                f" WHERE m.type IN ({','.join(repr(t) for t in types)})"
+            )):
+                for w in {w.lower().strip(" ,") for w in json.loads(words)}:
+                    claims[w] = claims.get(w, 0) + 1
+        with self._lock:
+            cache[types] = claims
+        return claims
+
+    def prompt_neighbours(self, query: str, k: int = 20) -> dict[int, float]:
+        """Checkpoints whose creators wrote prompts like ``query`` (TF-IDF kNN vote, SFW prompts only),
+        scaled to [0, 1]. See ``diffagent.registry.knn``."""
+        return self._prompts().votes(query, k=k)
+
+    def lora_neighbours(self, query: str, k: int = 20) -> dict[int, float]:
+        """LoRAs creators used in prompts like ``query``: share of the neighbours' similarity mass."""
+        return self._prompts().lora_votes(query, k=k)
+
+    def _prompts(self):
+        from diffagent.registry.knn import load_or_build
+
+        with self._lock:
+            if self._prompt_index is None:
+                self._prompt_index = load_or_build(self.engine, self.path)
+            return self._prompt_index
 
     def search(
         self,

@@ -1,0 +1,143 @@
+""""Models whose users wrote prompts like this one": TF-IDF nearest neighbours over the creators'
+sample prompts, each neighbour voting (by cosine similarity) for the checkpoint it was made with.
+
+Word uni- and bigrams with sublinear TF: creators' prompts are tag lists, and which tags co-occur
+("1girl, solo" vs "rpg, dungeon") says more than single words. The fitted index is cached beside the
+database (``<db>.knn.pkl``, written atomically) and keyed by the sample-image table's content, so it is
+rebuilt only after an import changes the prompts. The cache is plain arrays (``.npz``), never a pickle.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Engine, text
+
+log = logging.getLogger(__name__)
+FORMAT = 2
+VECTORIZER_ARGS = {"sublinear_tf": True, "ngram_range": (1, 2), "max_features": 200_000, "dtype": np.float32}
+
+
+@dataclass
+class PromptIndex:
+    key: str
+    vectorizer: object  # sklearn TfidfVectorizer
+    matrix: object  # scipy.sparse CSR (n_prompts x n_features), rows L2-normalized
+    labels: np.ndarray  # checkpoint version id per row
+    lora_ptr: np.ndarray  # row i used LoRA versions lora_ids[lora_ptr[i]:lora_ptr[i+1]]
+    lora_ids: np.ndarray
+
+    def neighbours(self, query: str, k: int = 20) -> list[tuple[int, float]]:
+        """(row, cosine) of the ``k`` nearest prompts with a positive similarity."""
+        if self.matrix.shape[0] == 0 or not query.strip():
+            return []
+        sims = (self.matrix @ self.vectorizer.transform([query]).T).toarray().ravel()
+        k = min(k, len(sims))
+        top = np.argpartition(-sims, k - 1)[:k]
+        return [(int(i), float(sims[i])) for i in top if sims[i] > 0]
+
+    def votes(self, query: str, k: int = 20) -> dict[int, float]:
+        """Similarity-weighted checkpoint votes of the ``k`` nearest prompts, scaled to [0, 1]."""
+        out: dict[int, float] = {}
+        for i, sim in self.neighbours(query, k):
+            vid = int(self.labels[i])
+            out[vid] = out.get(vid, 0.0) + sim
+        best = max(out.values(), default=0.0)
+        return {v: s / best for v, s in out.items()} if best else {}
+
+    def lora_votes(self, query: str, k: int = 20) -> dict[int, float]:
+        """LoRA versions the nearest prompts used: similarity mass of the neighbours using each, as a
+        fraction of all neighbours' mass (so 0.5 = half of the similar images used it)."""
+        nb = self.neighbours(query, k)
+        total = sum(s for _, s in nb)
+        out: dict[int, float] = {}
+        for i, sim in nb:
+            for lid in self.lora_ids[self.lora_ptr[i] : self.lora_ptr[i + 1]]:
+                out[int(lid)] = out.get(int(lid), 0.0) + sim
+        return {v: s / total for v, s in out.items()} if total else {}
+
+
+def _content_key(engine: Engine) -> str:
+    with engine.connect() as conn:
+        n, max_id, resolved = conn.execute(text(
+            "SELECT count(*), coalesce(max(id), 0), coalesce(sum(version_id), 0) FROM sample_image"
+            " WHERE version_id IS NOT NULL AND NOT nsfw")).one()
+    return f"v{FORMAT}:{n}:{max_id}:{resolved}"
+
+
+def _save(index: PromptIndex, path: Path) -> None:
+    terms = sorted(index.vectorizer.vocabulary_, key=index.vectorizer.vocabulary_.get)
+    m = index.matrix
+    fd, tmp = tempfile.mkstemp(prefix=".knn-", suffix=".npz", dir=path.parent)
+    with os.fdopen(fd, "wb") as fh:
+        np.savez(fh, key=np.array(index.key), terms=np.array(json.dumps(terms)), idf=index.vectorizer.idf_,
+                 data=m.data, indices=m.indices, indptr=m.indptr, shape=np.array(m.shape), labels=index.labels,
+                 lora_ptr=index.lora_ptr, lora_ids=index.lora_ids)
+    os.replace(tmp, path)
+
+
+def _load(path: Path, key: str) -> PromptIndex | None:
+    from scipy.sparse import csr_matrix
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    with np.load(path, allow_pickle=False) as z:
+        if str(z["key"]) != key:
+            return None
+        terms = json.loads(str(z["terms"]))
+        vectorizer = TfidfVectorizer(vocabulary={t: i for i, t in enumerate(terms)}, **VECTORIZER_ARGS)
+        vectorizer.idf_ = z["idf"]
+        matrix = csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(z["shape"]))
+        return PromptIndex(key=key, vectorizer=vectorizer, matrix=matrix, labels=z["labels"],
+                           lora_ptr=z["lora_ptr"], lora_ids=z["lora_ids"])
+
+
+def load_or_build(engine: Engine, db_path: Path) -> PromptIndex:
+    key = _content_key(engine)
+    cache = Path(f"{db_path}.knn.npz")
+    if cache.exists():
+        try:
+            index = _load(cache, key)
+            if index is not None:
+                return index
+        except Exception as e:  # a stale or damaged cache is rebuilt
+            log.warning("ignoring prompt index cache %s: %s", cache, e)
+    index = build(engine, key)
+    if index.matrix.shape[0]:
+        try:
+            _save(index, cache)
+        except OSError as e:  # a read-only registry folder just means no cache
+            log.info("could not cache the prompt index beside %s: %s", db_path, e)
+    return index
+
+
+def build(engine: Engine, key: str) -> PromptIndex:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from diffagent.registry.stats import lora_name_index
+
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT prompt, version_id, resources FROM sample_image WHERE version_id IS NOT NULL AND NOT nsfw"
+            " AND length(prompt) > 0 ORDER BY id")).all()
+        by_stem = lora_name_index(conn)
+    ptr, ids = [0], []
+    for r in rows:
+        used = {by_stem.get(str(x.get("name", "")).lower()) for x in json.loads(r[2] or "[]")
+                if str(x.get("type", "")).lower() in ("lora", "lycoris", "locon")}
+        ids += sorted(u for u in used if u is not None)
+        ptr.append(len(ids))
+    vectorizer = TfidfVectorizer(min_df=2 if len(rows) > 1000 else 1, **VECTORIZER_ARGS)
+    if rows:
+        matrix = vectorizer.fit_transform([r[0] for r in rows]).tocsr()
+    else:
+        vectorizer.fit(["empty"])
+        matrix = vectorizer.transform([])
+    return PromptIndex(key=key, vectorizer=vectorizer, matrix=matrix,
+                       labels=np.array([r[1] for r in rows], dtype=np.int64),
+                       lora_ptr=np.array(ptr, dtype=np.int64), lora_ids=np.array(ids, dtype=np.int64))
