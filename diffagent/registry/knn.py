@@ -136,8 +136,10 @@ def build(engine: Engine, key: str) -> PromptIndex:
     if rows:
         matrix = vectorizer.fit_transform([r[0] for r in rows]).tocsr()
     else:
+        from scipy.sparse import csr_matrix
+
         vectorizer.fit(["empty"])
-        matrix = vectorizer.transform([])
+        matrix = csr_matrix((0, len(vectorizer.vocabulary_)), dtype=np.float32)
     return PromptIndex(key=key, vectorizer=vectorizer, matrix=matrix,
                        labels=np.array([r[1] for r in rows], dtype=np.int64),
                        lora_ptr=np.array(ptr, dtype=np.int64), lora_ids=np.array(ids, dtype=np.int64))
