@@ -16,13 +16,14 @@ import time
 from dataclasses import dataclass, field
 
 from diffagent.agent.decode import Decoded, Decoder, Labels, dedupe
+from diffagent.agent.direct import NameTrie, decode_name, direct_prompt
 from diffagent.agent.llm import LlamaBackend
 from diffagent.agent.prompt import BETWEEN, END, NONE, RenderedPrompt, render_prompt
 from diffagent.agent.rebuild import build_call, lora_weight
 from diffagent.agent.retrieve import Candidate, RetrievalWeights, retrieve_checkpoints, retrieve_loras
 from diffagent.apicall import Alternative, ApiCall
 from diffagent.errors import NotFoundError
-from diffagent.families import compatible, parse_base_constraint
+from diffagent.families import RENDERABLE, compatible, parse_base_constraint
 from diffagent.prompttext import lora_tags, strip_resource_tags
 from diffagent.registry.store import Registry, VersionInfo
 from diffagent.settings import Settings
@@ -60,6 +61,7 @@ class Selector:
         self.settings = settings
         self.weights = weights or RetrievalWeights()
         self._backend = backend
+        self._tries: dict = {}
         self._lock = threading.Lock()
 
     @property
@@ -101,6 +103,8 @@ class Selector:
         rendered = None
         if self.mode == "retrieval":
             choices = self._retrieval_choices(query, checkpoints, options)
+        elif self.settings.llm_design == "direct":
+            choices = self._direct_choices(request, query, checkpoints, base, options, timings)
         else:
             shortlist = checkpoints[: self.settings.candidates_k]
             choices, rendered = self._llm_choices(request, query, shortlist, options, timings)
@@ -176,6 +180,34 @@ class Selector:
                                   notes=[f"llm p={math.exp(ck_lp[d.checkpoint]):.2f}"]))
         choices.sort(key=lambda c: -c.score)
         return choices, rendered
+
+    # ------------------------------------------------------------------ LLM, direct design
+    def _trie(self, base: set[str] | None) -> NameTrie:
+        key = (frozenset(base or ()), self.registry.allow_nsfw)
+        with self._lock:
+            trie = self._tries.get(key)
+        if trie is None:
+            ids = self.registry.popular(types=["checkpoint"], base=(base or RENDERABLE) & RENDERABLE, limit=10**6)
+            infos = self.registry.versions(ids)
+            trie = NameTrie(self.backend, {vid: infos[vid].display_name for vid in ids if vid in infos})
+            with self._lock:
+                self._tries[key] = trie
+        return trie
+
+    def _direct_choices(self, request: str, query: str, checkpoints: list[Candidate], base, options,
+                        timings: dict[str, float]) -> list[Choice]:
+        t = time.perf_counter()
+        trie = self._trie(base)
+        tokens = self.backend.tokenize(direct_prompt(request), bos=True)
+        vid, logprob = decode_name(self.backend, trie, tokens)
+        timings["llm_decode"] = time.perf_counter() - t
+        info = self.registry.versions([vid])[vid]
+        first = next((c for c in checkpoints if c.version.id == vid), None) or Candidate(info, 0.0, {})
+        loras = [c for c in retrieve_loras(self.registry, query, info, k=LORA_CANDIDATES, weights=self.weights)
+                 if self.weights.confident(c)][: options.max_loras]
+        rest = [Choice(c, [], c.score - 100.0, notes=["retrieval"]) for c in checkpoints if c.version.id != vid]
+        return [Choice(first, loras, 0.0, llm_logprob=logprob, notes=[f"llm named it (logprob {logprob:.2f})"]),
+                *rest]
 
     # ------------------------------------------------------------------ rebuild
     def _requested_loras(self, prompt: str) -> list[tuple[VersionInfo, float]]:
