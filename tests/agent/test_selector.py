@@ -143,3 +143,15 @@ def test_user_lora_tags_become_structured_loras(tiny_registry, settings):
     film = [lo for lo in call.loras if lo.name.startswith("Film Grain")]
     assert film and film[0].weight == 0.6
     assert "film grain" in call.prompt  # its trigger word was added
+
+
+@pytest.mark.parametrize("base", ["sd15", "sdxl"])
+def test_direct_design_names_only_allowed_registry_checkpoints(tiny_registry, settings, gemma, base):
+    s = settings.model_copy(update={"llm_design": "direct"})
+    sel = Selector(tiny_registry, s, backend=gemma)
+    call = sel.select("a watercolor fox", SelectOptions(base=base, seed=1))
+    info = tiny_registry.version(call.checkpoint.id)
+    assert info.type == "checkpoint" and not info.nsfw
+    assert info.family.value in ({"sd1"} if base == "sd15" else {"sdxl", "pony"})
+    trie = sel._trie({"sd1"} if base == "sd15" else {"sdxl"})
+    assert trie.size == (3 if base == "sd15" else 2)  # the NSFW checkpoint is not in the trie
