@@ -20,8 +20,8 @@ import numpy as np
 from sqlalchemy import Engine, text
 
 log = logging.getLogger(__name__)
-FORMAT = 2
-VECTORIZER_ARGS = {"sublinear_tf": True, "ngram_range": (1, 2), "max_features": 200_000, "dtype": np.float32}
+FORMAT = 3
+VECTORIZER_ARGS = {"sublinear_tf": True, "stop_words": "english", "ngram_range": (1, 2), "max_features": 200_000, "dtype": np.float32}
 
 
 @dataclass

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 from civitai_fixtures import items, write_jsonl
-from conftest import Reply
+from loopback_civitai import Reply
 
 from diffagent.cli import main
 

@@ -85,7 +85,7 @@ def test_every_input_format_imports_the_same_models(tmp_path, db, name):
 
 
 def test_import_from_url_serving_an_api_page(tmp_path, db, loopback):
-    from conftest import Reply
+    from loopback_civitai import Reply
 
     loopback.replies = [Reply(200, {"items": items()[:3], "metadata": {}})]
     url = f"{loopback.url}/api/v1/models?limit=3"
@@ -101,7 +101,7 @@ def test_import_from_url_serving_an_api_page(tmp_path, db, loopback):
     (200, b"<html>maintenance</html>", "did not return JSON"),
 ])
 def test_import_from_url_failures_are_clear(db, loopback, status, body, message):
-    from conftest import Reply
+    from loopback_civitai import Reply
 
     loopback.replies = [Reply(status, body)]
     with pytest.raises(ImportFailed, match=message):

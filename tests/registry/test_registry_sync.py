@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 from civitai_fixtures import items
-from conftest import Reply
+from loopback_civitai import Reply
 
 from diffagent.errors import ImportFailed
 from diffagent.registry.sync import fetch_pages, sync
