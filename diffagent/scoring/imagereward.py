@@ -20,6 +20,7 @@ from PIL import Image
 
 from diffagent.errors import UserInputError
 from diffagent.scoring import cache, imagereward_compat, weights
+from diffagent.scoring.base import ModelScorer
 from diffagent.scoring.config import ScoringConfig, resolve_device
 from diffagent.scoring.openclip_models import autocast
 from diffagent.scoring.types import IMAGE_REWARD
@@ -81,7 +82,7 @@ def load_model(checkpoint: Path, med_config: Path, tokenizer_dir: Path, device: 
     return model.to(device).eval()
 
 
-class ImageRewardScorer:
+class ImageRewardScorer(ModelScorer):
     """Human preference reward; the package already standardizes it (mean 0, std 1 on its data)."""
 
     metric = IMAGE_REWARD
@@ -92,24 +93,15 @@ class ImageRewardScorer:
         med_config: str = "hf:THUDM/ImageReward/med_config.json",
         tokenizer: str = "hf:google-bert/bert-base-uncased",
         *,
-        device: str = "auto",
-        batch_size: int = 16,
-        half_precision: bool = True,
-        allow_downloads: bool = True,
-        hub_cache_dir=None,
         vit_heads: int | None = None,
-        trust_pickles: bool = False,
+        **options,
     ):
+        """``options``: see ``ModelScorer`` (device, batch_size, half_precision, downloads, trust_pickles)."""
+        super().__init__(**options)
         self.checkpoint = checkpoint
         self.med_config = med_config
         self.tokenizer = tokenizer
-        self.device = device
-        self.batch_size = batch_size
-        self.half_precision = half_precision
-        self.allow_downloads = allow_downloads
-        self.hub_cache_dir = hub_cache_dir
         self.vit_heads = vit_heads
-        self.trust_pickles = trust_pickles
 
     @classmethod
     def from_config(cls, cfg: ScoringConfig) -> ImageRewardScorer:
@@ -117,13 +109,8 @@ class ImageRewardScorer:
             cfg.imagereward_checkpoint,
             cfg.imagereward_med_config,
             cfg.imagereward_tokenizer,
-            device=cfg.device,
-            batch_size=cfg.batch_size,
-            half_precision=cfg.half_precision,
-            allow_downloads=cfg.allow_downloads,
-            hub_cache_dir=cfg.hub_cache_dir,
             vit_heads=cfg.imagereward_vit_heads,
-            trust_pickles=cfg.trust_pickles,
+            **cls.options(cfg),
         )
 
     def loaded(self):
