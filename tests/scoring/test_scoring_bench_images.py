@@ -1,7 +1,6 @@
 """diffagent bench images: prompt files, baseline calls, gain maths, and end-to-end runs on CPU."""
 
 import argparse
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import tiny_scorers
 from diffagent.apicall import ApiCall, LoraRef, ModelRef
 from diffagent.bench import images as bench
 from diffagent.errors import NotFoundError, UserInputError
@@ -270,19 +270,9 @@ def test_bench_images_reports_failures(tmp_path, tiny_config):
     assert report["pairs"][0]["error"] == "weights missing" and report["datasets"] == []
 
 
-def _tiny_models_module():
-    path = Path(__file__).resolve().parents[1] / "render" / "tiny_models.py"
-    if not path.is_file() or importlib.util.find_spec("diffagent.render") is None:
-        pytest.skip("the renderer (diffagent.render, tests/render/tiny_models.py) is not present")
-    spec = importlib.util.spec_from_file_location("render_tiny_models_for_scoring", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_bench_images_with_the_real_renderer_on_tiny_pipelines(tmp_path, tiny_config):
-    tm = _tiny_models_module()
+    tm = tiny_scorers.render_tiny_models()
     from diffagent.render import Renderer
     from diffagent.render.weights import ResolvedWeights
 

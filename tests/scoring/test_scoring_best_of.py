@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
+import tiny_scorers
 from diffagent.apicall import Alternative, ApiCall, LoraRef, ModelRef
 from diffagent.errors import NotFoundError
 from diffagent.families import Family
@@ -177,14 +178,7 @@ def test_render_best_of_user_prompt_and_cancel(tmp_path):
 
 @pytest.mark.slow
 def test_render_best_of_with_the_real_renderer_on_tiny_pipelines(tmp_path, tiny_config):
-    import importlib.util
-
-    tm_path = Path(__file__).resolve().parents[1] / "render" / "tiny_models.py"
-    if not tm_path.is_file() or importlib.util.find_spec("diffagent.render") is None:
-        pytest.skip("the renderer (diffagent.render, tests/render/tiny_models.py) is not present")
-    spec = importlib.util.spec_from_file_location("render_tiny_models_for_best_of", tm_path)
-    tm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tm)
+    tm = tiny_scorers.render_tiny_models()
     from diffagent.render import Renderer, RenderCancelled
     from diffagent.render.weights import ResolvedWeights
     from diffagent.settings import Settings

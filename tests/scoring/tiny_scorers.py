@@ -156,3 +156,22 @@ def images(n: int, size: int = 64, seed: int = 0) -> list[Image.Image]:
         arr = (torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy()
         out.append(Image.fromarray(arr, "RGB"))
     return out
+
+
+def render_tiny_models():
+    """``tests/render/tiny_models.py`` (tiny SD pipelines), or skip when the renderer is not present.
+
+    Loaded from its file, not imported as ``render.tiny_models``: this folder's tests do not put
+    ``tests/`` on ``sys.path``.
+    """
+    import importlib.util
+
+    import pytest
+
+    path = Path(__file__).resolve().parents[1] / "render" / "tiny_models.py"
+    if not path.is_file() or importlib.util.find_spec("diffagent.render") is None:
+        pytest.skip("the renderer (diffagent.render, tests/render/tiny_models.py) is not present")
+    spec = importlib.util.spec_from_file_location("render_tiny_models_for_scoring", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
