@@ -1,0 +1,91 @@
+"""``diffagent train ...``: data, sft, rrhf, export (see ``diffagent.training.pipeline``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from diffagent.cli import add_command, add_group
+from diffagent.settings import Settings
+
+
+def _config(args):
+    """The config file, with the command's flags on top (validated again, so flags obey its bounds)."""
+    from diffagent.training.config import TrainConfig, load_config
+
+    raw = load_config(args.config).model_dump()
+    for key in ("work_dir", "seed"):
+        if getattr(args, key, None) is not None:
+            raw[key] = getattr(args, key)
+    for key in ("pairs", "limit"):
+        if getattr(args, key, None) is not None:
+            raw["data"][key] = getattr(args, key)
+    if getattr(args, "max_steps", None) is not None:
+        raw[args.train_command]["max_steps"] = args.max_steps
+    return TrainConfig.model_validate(raw)
+
+
+def _print(result: dict) -> int:
+    print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
+    return 0
+
+
+def cmd_data(args, settings: Settings) -> int:
+    from diffagent.training.pipeline import run_data
+
+    return _print(run_data(_config(args), settings, progress=not args.quiet))
+
+
+def cmd_sft(args, settings: Settings) -> int:
+    from diffagent.training.pipeline import run_sft
+
+    return _print(run_sft(_config(args), settings, progress=not args.quiet))
+
+
+def cmd_rrhf(args, settings: Settings) -> int:
+    from diffagent.training.pipeline import run_rrhf
+
+    return _print(run_rrhf(_config(args), settings, progress=not args.quiet))
+
+
+def cmd_export(args, settings: Settings) -> int:
+    from diffagent.training.pipeline import run_export
+
+    return _print(run_export(_config(args), settings, args.stage, out=args.out, merged=args.merged))
+
+
+def register(subparsers) -> None:
+    train = add_group(subparsers, "train", "train the DiffAgent selector LLM: data, SFT, RRHF, GGUF export")
+
+    def common(p):
+        p.add_argument("--config", type=Path, default=None, help="training config (.toml or .json)")
+        p.add_argument("--work-dir", type=Path, default=None, help="default: work_dir of the config, "
+                       "else <data_dir>/training")
+        p.add_argument("--seed", type=int, default=None)
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = add_command(train, "data", help="build the training examples (retrieval + prompt, resumable)")
+    common(p)
+    p.add_argument("--pairs", type=Path, default=None, help="pairs from `diffagent bench build`")
+    p.add_argument("--limit", type=int, default=None, help="pairs to use (a seeded sample)")
+    p.set_defaults(func=cmd_data)
+
+    p = add_command(train, "sft", help="stage 1: LoRA supervised fine-tuning (resumable)")
+    common(p)
+    p.add_argument("--limit", type=int, default=None, help="use the first N built examples")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.set_defaults(func=cmd_sft)
+
+    p = add_command(train, "rrhf", help="stage 2: RRHF ranking on scored candidates (resumable)")
+    common(p)
+    p.add_argument("--limit", type=int, default=None, help="use the first N built examples")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.set_defaults(func=cmd_rrhf)
+
+    p = add_command(train, "export", help="adapter -> GGUF for llama.cpp (DIFFAGENT_LLM_LORA)")
+    common(p)
+    p.add_argument("--stage", choices=["sft", "rrhf"], default="rrhf")
+    p.add_argument("--out", type=Path, default=None, help="default: <work_dir>/<stage>/adapter.gguf")
+    p.add_argument("--merged", action="store_true", help="merge the adapter into the base and export the "
+                   "whole model instead (a ~300 MB-1 GB GGUF)")
+    p.set_defaults(func=cmd_export)

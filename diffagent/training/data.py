@@ -1,0 +1,221 @@
+"""Training examples: a creator's (instruction, checkpoint, LoRAs) pair in the selector's own prompt.
+
+For each pair, retrieval runs exactly as ``Selector._llm_choices`` runs it (K checkpoints for the
+request, LoRAs for the top checkpoint), the prompt is rendered by ``render_prompt``, and the target
+answer is the label of the creator's checkpoint among the candidates plus the labels of the
+creator's LoRAs that are among the LoRA candidates. The model thus learns to choose among what
+retrieval offers. A pair whose checkpoint is not retrieved cannot be taught; it is kept in the
+cache as skipped, so that retrieval recall is reported.
+
+Train pairs come from pages whose sample images are in the registry, so the retrieval's "creators
+wrote prompts like this" vote would find the pair's own prompt and nearly always rank the right
+checkpoint first (measured: first in 78 % of train examples against 13 % of test pairs). The model
+would learn to trust that position. ``LeavePageOut`` gives each example the view a test pair gets:
+its own model page's images do not vote.
+
+Retrieval is the slow part (~0.1-0.3 s a pair), so examples are cached to a JSONL file that a
+rerun resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from diffagent.agent.prompt import CHECKPOINT_LABELS, LORA_LABELS, answer_text, render_prompt
+from diffagent.agent.retrieve import RetrievalWeights, retrieve_checkpoints, retrieve_loras
+from diffagent.agent.selector import LORA_CANDIDATES
+from diffagent.bench.pairs import Pair, Target, load_pairs
+from diffagent.errors import UserInputError
+from diffagent.families import parse_base_constraint
+from diffagent.prompttext import strip_resource_tags
+from diffagent.registry.store import Registry
+from diffagent.training.io import AppendLog, write_json_atomic
+
+
+class Example(BaseModel):
+    image_id: int
+    request: str  # the instruction, resource tags stripped (what the selector sees)
+    prompt: str = ""  # rendered exactly as the selector renders it
+    checkpoint_ids: list[int] = Field(default_factory=list)  # candidate i has label CHECKPOINT_LABELS[i]
+    lora_ids: list[int] = Field(default_factory=list)  # candidate j has label LORA_LABELS[j]
+    target: Target
+    target_lora_ids: list[int] = Field(default_factory=list)  # the creator's LoRAs that the registry knows
+    answer_checkpoint: int | None = None  # index into checkpoint_ids; None: not retrieved (skipped)
+    answer_loras: list[int] = Field(default_factory=list)  # indices into lora_ids, in candidate order
+
+    @property
+    def usable(self) -> bool:
+        return self.answer_checkpoint is not None
+
+    @property
+    def answer(self) -> str:
+        if self.answer_checkpoint is None:
+            raise ValueError(f"example {self.image_id} has no answer: its checkpoint was not retrieved")
+        return answer_text(CHECKPOINT_LABELS[self.answer_checkpoint], [LORA_LABELS[j] for j in self.answer_loras])
+
+
+class LeavePageOut:
+    """A registry view whose prompt-neighbour vote ignores the sample images of one model page.
+
+    Everything else is the registry itself. The vote is ``PromptIndex.votes`` with that page's rows
+    zeroed (rows are matched to pages in the index's own row order).
+    """
+
+    def __init__(self, registry: Registry):
+        from sqlalchemy import text
+
+        from diffagent.registry.knn import load_or_build
+
+        self._registry = registry
+        self._index = load_or_build(registry.engine, registry.path)
+        with registry.engine.connect() as conn:
+            # the same rows, in the same order, as diffagent.registry.knn.build indexes
+            pages = conn.execute(text(
+                "SELECT page_model_id FROM sample_image WHERE version_id IS NOT NULL AND NOT nsfw"
+                " AND length(prompt) > 0 ORDER BY id")).scalars().all()
+        if len(pages) != self._index.matrix.shape[0]:
+            raise UserInputError(f"the prompt index beside {registry.path} is out of date "
+                                 f"({self._index.matrix.shape[0]} rows, {len(pages)} prompts); delete "
+                                 f"{registry.path}.knn.npz and rerun")
+        self._pages = np.asarray(pages, dtype=np.int64)
+        self.page: int | None = None
+
+    def __getattr__(self, name):
+        return getattr(self._registry, name)
+
+    def prompt_neighbours(self, query: str, k: int = 20) -> dict[int, float]:
+        idx = self._index
+        if idx.matrix.shape[0] == 0 or not query.strip():
+            return {}
+        sims = (idx.matrix @ idx.vectorizer.transform([query]).T).toarray().ravel()
+        if self.page is not None:
+            sims[self._pages == self.page] = 0.0
+        k = min(k, len(sims))
+        top = np.argpartition(-sims, k - 1)[:k]
+        out: dict[int, float] = {}
+        for i in top:
+            if sims[i] > 0:
+                out[int(idx.labels[i])] = out.get(int(idx.labels[i]), 0.0) + float(sims[i])
+        best = max(out.values(), default=0.0)
+        return {v: s / best for v, s in out.items()} if best else {}
+
+
+def build_example(registry: Registry, pair: Pair, lora_index: dict[str, int], *, candidates_k: int,
+                  max_loras: int, weights: RetrievalWeights | None = None) -> Example:
+    """One pair -> one example, with the candidates the selector would show for its instruction."""
+    weights = weights or RetrievalWeights()
+    if isinstance(registry, LeavePageOut):
+        registry.page = pair.page_model_id
+    request = strip_resource_tags(pair.instruction)
+    # the same calls, in the same order and with the same arguments, as Selector.select_many with
+    # SelectOptions(base="any", style=None) -- the options `bench select` evaluates with
+    checkpoints = retrieve_checkpoints(registry, request, base=parse_base_constraint("any"), k=candidates_k,
+                                       weights=weights)
+    target_loras = [lora_index[lo.name.lower()] for lo in pair.target.loras if lo.name.lower() in lora_index]
+    ex = Example(image_id=pair.image_id, request=request, target=pair.target,
+                 target_lora_ids=list(dict.fromkeys(target_loras)))
+    if not checkpoints:
+        return ex
+    loras = retrieve_loras(registry, request, checkpoints[0].version, k=min(LORA_CANDIDATES, 12),
+                           weights=weights) if max_loras else []
+    rendered = render_prompt(request, checkpoints, loras, style=None)
+    ex.prompt = rendered.text
+    ex.checkpoint_ids = [c.version.id for c in checkpoints]
+    ex.lora_ids = [c.version.id for c in loras]
+    if pair.target.checkpoint_version_id in ex.checkpoint_ids:
+        ex.answer_checkpoint = ex.checkpoint_ids.index(pair.target.checkpoint_version_id)
+        wanted = set(ex.target_lora_ids)
+        ex.answer_loras = [j for j, vid in enumerate(ex.lora_ids) if vid in wanted][:max_loras]
+    return ex
+
+
+def select_pairs(pairs: Iterable[Pair], *, limit: int, seed: int, dedupe: bool) -> list[Pair]:
+    """A seeded random sample (the same on every run, so a rerun resumes the same list)."""
+    pool = list(pairs)
+    if dedupe:
+        seen: dict[str, Pair] = {}
+        for p in sorted(pool, key=lambda p: p.image_id):
+            seen.setdefault(" ".join(p.instruction.lower().split()), p)
+        pool = list(seen.values())
+    pool.sort(key=lambda p: p.image_id)
+    random.Random(seed).shuffle(pool)
+    return pool[:limit]
+
+
+class DataReport(BaseModel):
+    pairs: int
+    examples: int  # usable: the creator's checkpoint is among the candidates
+    skipped_not_retrieved: int
+    checkpoint_recall: float | None  # share of pairs whose checkpoint was retrieved
+    lora_recall: float | None  # share of the creators' known LoRAs among the LoRA candidates
+    answers_with_loras: int
+
+    @classmethod
+    def of(cls, examples: list[Example]) -> DataReport:
+        usable = [e for e in examples if e.usable]
+        gt = sum(len(e.target_lora_ids) for e in usable)
+        hit = sum(len(set(e.target_lora_ids) & set(e.lora_ids)) for e in usable)
+        return cls(pairs=len(examples), examples=len(usable), skipped_not_retrieved=len(examples) - len(usable),
+                   checkpoint_recall=round(len(usable) / len(examples), 4) if examples else None,
+                   lora_recall=round(hit / gt, 4) if gt else None,
+                   answers_with_loras=sum(1 for e in usable if e.answer_loras))
+
+
+def build_examples(pairs_path: Path, registry: Registry, out: Path, *, split: str, limit: int, seed: int,
+                   dedupe: bool, candidates_k: int, max_loras: int, leave_page_out: bool = True,
+                   progress: bool = False) -> DataReport:
+    """Build (or resume building) the example cache ``out``; returns its report.
+
+    ``out.meta.json`` records what the cache was built from; a different request is refused rather
+    than mixed into the old file. ``limit`` is not part of it: a larger limit extends the same seeded
+    sample.
+    """
+    from tqdm import tqdm
+
+    from diffagent.registry.stats import lora_name_index
+
+    meta = {"pairs": str(Path(pairs_path).resolve()), "registry": str(Path(registry.path).resolve()),
+            "split": split, "seed": seed, "dedupe": dedupe, "candidates_k": candidates_k,
+            "max_loras": max_loras, "allow_nsfw": registry.allow_nsfw, "leave_page_out": leave_page_out}
+    meta_path = out.with_name(out.name + ".meta.json")
+    if meta_path.exists() and out.exists():
+        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        if old != meta:
+            diff = {k: (old.get(k), meta.get(k)) for k in sorted(old.keys() | meta.keys()) if old.get(k) != meta.get(k)}
+            raise UserInputError(f"{out} was built with other settings {diff}; delete it (and {meta_path.name}) "
+                                 "or use another work dir")
+    write_json_atomic(meta_path, meta)
+    selected = select_pairs(load_pairs(pairs_path, splits={split}), limit=limit, seed=seed, dedupe=dedupe)
+    if not selected:
+        raise UserInputError(f"no {split} pairs in {pairs_path}; build them with `diffagent bench build`")
+    log = AppendLog(out)
+    done = {int(r["image_id"]) for r in log.records()}
+    todo = [p for p in selected if p.image_id not in done]
+    if todo:
+        with registry.engine.connect() as conn:
+            lora_index = lora_name_index(conn)
+        view = LeavePageOut(registry) if leave_page_out else registry
+        with log.open() as write:
+            for pair in tqdm(todo, desc="examples", disable=not progress, initial=len(selected) - len(todo),
+                             total=len(selected)):
+                ex = build_example(view, pair, lora_index, candidates_k=candidates_k, max_loras=max_loras)
+                write(ex.model_dump(mode="json"))
+    wanted = {p.image_id for p in selected}
+    return DataReport.of([e for e in load_examples(out) if e.image_id in wanted])
+
+
+def load_examples(path: Path) -> list[Example]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"examples {path} not found; build them with `diffagent train data`")
+    return [Example.model_validate(r) for r in AppendLog(path).records()]
+
+
+def usable(examples: Iterable[Example]) -> Iterator[Example]:
+    return (e for e in examples if e.usable)
