@@ -92,7 +92,8 @@ TOKENIZERS = {"sd1": {"tokenizer": "<|endoftext|>"},
               "sdxl": {"tokenizer": "<|endoftext|>", "tokenizer_2": "!"}}
 
 
-def _bytes_to_unicode() -> list[str]:
+def bytes_to_unicode() -> list[str]:
+    """GPT-2/CLIP byte -> printable-unicode table, in CLIP's vocabulary order (tests' tiny tokenizer too)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
@@ -117,7 +118,7 @@ def clip_bpe_merges() -> list[str]:
 
 
 def write_clip_tokenizer(dirpath: Path, merges: list[str], pad_token: str) -> None:
-    chars = _bytes_to_unicode()
+    chars = bytes_to_unicode()
     vocab = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     if len(vocab) != 49408:

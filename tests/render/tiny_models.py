@@ -19,27 +19,17 @@ from pathlib import Path
 
 import torch
 
+# the same table the real skeleton tokenizer is built from, so tiny and real tokenizers agree on bytes
+from diffagent.render.skeletons import bytes_to_unicode
+
 # --- tokenizer ----------------------------------------------------------------------------------
-
-
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2/CLIP byte -> printable-unicode table, in CLIP's vocabulary order."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
 
 
 def write_byte_tokenizer(dirpath: Path, pad_token: str = "<|endoftext|>") -> int:
     """A CLIPTokenizer whose every byte is one token (514 tokens). Returns the vocabulary size."""
     dirpath = Path(dirpath)
     dirpath.mkdir(parents=True, exist_ok=True)
-    chars = _bytes_to_unicode()
+    chars = bytes_to_unicode()
     vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     (dirpath / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
     (dirpath / "merges.txt").write_text("#version: 0.2\n")
