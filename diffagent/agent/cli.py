@@ -49,7 +49,17 @@ def cmd_select(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_schema(args, settings: Settings) -> int:
+    from diffagent.apicall import api_call_json_schema
+
+    print(json.dumps(api_call_json_schema(), indent=2))
+    return 0
+
+
 def register(subparsers) -> None:
+    p = subparsers.add_parser("schema", help="print the ApiCall JSON schema (version 1)")
+    p.set_defaults(func=cmd_schema)
+
     p = add_command(subparsers, "select", help="choose checkpoint, LoRAs and settings for a prompt")
     p.add_argument("prompt")
     p.add_argument("--base", default="any", choices=["any", "sd15", "sdxl"])
