@@ -51,7 +51,8 @@ def iter_items(path: Path) -> Iterator[tuple[str, dict]]:
                 try:
                     doc = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ImportFailed(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno}); "
+                    what = e.msg.removesuffix(" at")  # "Invalid control character at" already ends in "at"
+                    raise ImportFailed(f"{path}:{n}: invalid JSON ({what} at column {e.colno}); "
                                        "fix or remove that line and import again") from None
                 for i, item in enumerate(items_from_json(doc, f"{path}:{n}")):
                     yield f"{path}:{n}" + (f"[{i}]" if i else ""), item
