@@ -192,6 +192,13 @@ def test_corrupt_line_in_gzip_dump_is_named_too(tmp_path, populated):
     assert content_rows(populated) == before
 
 
+def test_raw_control_character_is_reported_readably(tmp_path, db):
+    src = tmp_path / "dump.jsonl"
+    src.write_text(json.dumps(items()[0]) + "\n" + '{"id": 7, "name": "tab\there"}\n')
+    with pytest.raises(ImportFailed, match=r"dump\.jsonl:2: invalid JSON \(Invalid control character at column 23\)"):
+        import_path(src, db, embedder=None)
+
+
 def test_item_without_id_is_named_by_line(tmp_path, populated):
     before = content_rows(populated)
     rows = items()
