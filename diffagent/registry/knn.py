@@ -133,12 +133,13 @@ def build(engine: Engine, key: str) -> PromptIndex:
         ids += sorted(u for u in used if u is not None)
         ptr.append(len(ids))
     vectorizer = TfidfVectorizer(min_df=2 if len(rows) > 1000 else 1, **VECTORIZER_ARGS)
-    if rows:
+    try:
         matrix = vectorizer.fit_transform([r[0] for r in rows]).tocsr()
-    else:
+    except ValueError:  # no prompts, or only stop words: an index that matches nothing
         from scipy.sparse import csr_matrix
 
-        vectorizer.fit(["empty"])
+        rows, ptr, ids = [], [0], []
+        vectorizer = TfidfVectorizer(**VECTORIZER_ARGS).fit(["diffagent"])
         matrix = csr_matrix((0, len(vectorizer.vocabulary_)), dtype=np.float32)
     return PromptIndex(key=key, vectorizer=vectorizer, matrix=matrix,
                        labels=np.array([r[1] for r in rows], dtype=np.int64),

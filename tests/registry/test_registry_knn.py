@@ -1,0 +1,32 @@
+"""The prompt-neighbour index: votes, the .npz cache beside the database, and its invalidation."""
+
+from __future__ import annotations
+
+import shutil
+
+from diffagent.registry.knn import load_or_build
+from diffagent.registry.store import Registry
+
+
+def test_index_is_cached_beside_the_db_and_reloads_identically(tiny_registry_path, tmp_path, embedder):
+    db = tmp_path / "r.db"
+    shutil.copy(tiny_registry_path, db)
+    reg = Registry.open(db, embedder=embedder)
+    fresh = reg.prompt_neighbours("watercolor landscape with a lake")
+    cache = tmp_path / "r.db.knn.npz"
+    assert cache.exists() and max(fresh, key=fresh.get) == 1003
+    again = Registry.open(db, embedder=embedder).prompt_neighbours("watercolor landscape with a lake")
+    assert again == fresh
+    # LoRA votes: the film-grain LoRA was used on the fisherman portrait
+    lora = Registry.open(db, embedder=embedder).lora_neighbours("portrait photo of an old fisherman")
+    assert max(lora, key=lora.get) == 2001 and 0.5 < lora[2001] <= 1.0
+
+
+def test_damaged_or_stale_cache_is_rebuilt(tiny_registry_path, tmp_path, embedder):
+    db = tmp_path / "r.db"
+    shutil.copy(tiny_registry_path, db)
+    reg = Registry.open(db, embedder=embedder)
+    (tmp_path / "r.db.knn.npz").write_bytes(b"not an npz")
+    index = load_or_build(reg.engine, db)
+    assert index.matrix.shape[0] > 0
+    assert index.votes("only the and of") == {}  # stop words match nothing
