@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ class Embedder:
         self.max_seq_length = max_seq_length
         self._model = None
         self._lock = threading.Lock()
+        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
 
     @property
     def name(self) -> str:
@@ -46,6 +48,20 @@ class Embedder:
         model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         model.max_seq_length = self.max_seq_length
         return model
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """One query's vector, memoised (a selection searches checkpoints and LoRAs with one query)."""
+        with self._lock:
+            hit = self._queries.get(text)
+            if hit is not None:
+                self._queries.move_to_end(text)
+                return hit
+        vec = self.encode([text])[0]
+        with self._lock:
+            self._queries[text] = vec
+            while len(self._queries) > 512:
+                self._queries.popitem(last=False)
+        return vec
 
     def encode(self, texts: list[str], batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
         with self._lock:

@@ -434,7 +434,7 @@ class Registry:
             signals["lexical"] = lex
             score += w["lexical"] * lex
             if (idx.vec is not None or idx.pvec is not None) and (w["semantic"] or w["prompts"]):
-                qv = query_vector if query_vector is not None else self.embedder.encode([query])[0]
+                qv = query_vector if query_vector is not None else self.embedder.encode_query(query)
                 if idx.vec is not None:
                     sem = np.clip(idx.vec @ qv, 0, 1)
                     signals["semantic"] = sem
