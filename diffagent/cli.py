@@ -45,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name and name.startswith(e.name):
-                continue  # that part of diffagent is not present in this build
+            # that part of diffagent, or an optional extra it needs (render, score, train), is not installed
+            if e.name and (name.startswith(e.name) or not e.name.startswith("diffagent")):
+                logging.getLogger(__name__).debug("skipping %s commands: %s", name, e)
+                continue
             raise
         module.register(sub)
     return parser

@@ -40,6 +40,9 @@ class Embedder:
     def _load(self):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a CLI prints its answer, not a weight-loading bar
 
         path = self.model_dir or default_model_dir()
         if not (path / "config.json").exists():
