@@ -1,4 +1,4 @@
-"""``diffagent train ...``: data, sft, rrhf, export (see ``diffagent.training.pipeline``)."""
+"""``diffagent train ...``: data, sft, rrhf, export, eval (see ``diffagent.training.pipeline``)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,13 @@ def cmd_export(args, settings: Settings) -> int:
     return _print(run_export(_config(args), settings, args.stage, out=args.out, merged=args.merged))
 
 
+def cmd_eval(args, settings: Settings) -> int:
+    from diffagent.training.pipeline import run_eval
+
+    return _print(run_eval(_config(args), settings, args.model, split=args.split, limit=args.n,
+                           progress=not args.quiet))
+
+
 def register(subparsers) -> None:
     train = add_group(subparsers, "train", "train the DiffAgent selector LLM: data, SFT, RRHF, GGUF export")
 
@@ -89,3 +96,11 @@ def register(subparsers) -> None:
     p.add_argument("--merged", action="store_true", help="merge the adapter into the base and export the "
                    "whole model instead (a ~300 MB-1 GB GGUF)")
     p.set_defaults(func=cmd_export)
+
+    p = add_command(train, "eval", help="the model's own choice on held-out pairs (accuracy, LoRA F1, mismatches)")
+    common(p)
+    p.add_argument("--model", choices=["base", "sft", "rrhf"], default="rrhf")
+    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument("--n", type=int, default=300, help="held-out pairs (a seeded sample)")
+    p.add_argument("--pairs", type=Path, default=None)
+    p.set_defaults(func=cmd_eval)

@@ -53,6 +53,8 @@ class SFTConfig(_Section):
     max_len: int = Field(1024, ge=16, description="longer examples are skipped (and counted), never truncated")
     checkpoint_every: int = Field(10, ge=1, description="optimizer steps between resumable checkpoints")
     bf16: bool = Field(False, description="bfloat16 autocast (fp32 weights); measured no faster on this CPU")
+    shuffle_candidates: float = Field(0.0, ge=0.0, le=1.0, description="share of examples shown with their "
+                                      "candidates in a random order (see training.data.shuffle_candidates)")
 
 
 class RRHFConfig(_Section):

@@ -219,3 +219,38 @@ def load_examples(path: Path) -> list[Example]:
 
 def usable(examples: Iterable[Example]) -> Iterator[Example]:
     return (e for e in examples if e.usable)
+
+
+def shuffle_candidates(examples: list[Example], registry: Registry, *, share: float, seed: int) -> list[Example]:
+    """A seeded ``share`` of the examples with their candidates in a random order (prompt re-rendered,
+    answer remapped to the same versions).
+
+    Retrieval's first candidate is the creator's in about half of the examples, so a model trained
+    only on retrieval order can score well by learning that position and nothing else; shuffled
+    copies make it match the request against the candidates' names and tags. At inference the
+    selector still fuses the model's log-probabilities with the retrieval score.
+    """
+    from diffagent.agent.retrieve import Candidate
+
+    rng = random.Random(seed)
+    out = []
+    for ex in examples:
+        if not ex.usable or rng.random() >= share:
+            out.append(ex)
+            continue
+        ck_order = rng.sample(range(len(ex.checkpoint_ids)), len(ex.checkpoint_ids))
+        lo_order = rng.sample(range(len(ex.lora_ids)), len(ex.lora_ids))
+        ck_ids = [ex.checkpoint_ids[i] for i in ck_order]
+        lo_ids = [ex.lora_ids[j] for j in lo_order]
+        infos = registry.versions(ck_ids + lo_ids)
+        if len(infos) < len(set(ck_ids + lo_ids)):
+            raise UserInputError(f"example {ex.image_id} names versions the registry lacks; rebuild the examples "
+                                 "against this registry")
+        rendered = render_prompt(ex.request, [Candidate(infos[i], 0.0) for i in ck_ids],
+                                 [Candidate(infos[j], 0.0) for j in lo_ids], style=None)
+        wanted = {ex.lora_ids[j] for j in ex.answer_loras}
+        out.append(ex.model_copy(update={
+            "prompt": rendered.text, "checkpoint_ids": ck_ids, "lora_ids": lo_ids,
+            "answer_checkpoint": ck_ids.index(ex.checkpoint_ids[ex.answer_checkpoint]),
+            "answer_loras": [k for k, vid in enumerate(lo_ids) if vid in wanted]}))
+    return out

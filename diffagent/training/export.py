@@ -107,6 +107,7 @@ def export_adapter(adapter_dir: Path, base_hf_dir: Path, out: Path, *, converter
     try:
         _run([sys.executable, str(converter / "convert_lora_to_gguf.py"), "--base", str(base_hf_dir),
               "--outtype", outtype, "--outfile", tmp, str(adapter_dir)], "convert_lora_to_gguf.py")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is meant to be shared
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -122,6 +123,7 @@ def export_model(hf_dir: Path, out: Path, *, converter: Path, outtype: str = "q8
     try:
         _run([sys.executable, str(converter / "convert_hf_to_gguf.py"), "--outtype", outtype, "--outfile", tmp,
               str(hf_dir)], "convert_hf_to_gguf.py")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)

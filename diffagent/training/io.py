@@ -23,6 +23,7 @@ def write_json_atomic(path: Path, data: Any) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=1)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; reports are for reading
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

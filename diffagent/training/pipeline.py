@@ -112,6 +112,11 @@ def run_sft(cfg: TrainConfig, settings: Settings, *, progress: bool = True) -> d
     _setup_torch(cfg)
     lay = layout(cfg, settings)
     examples = _examples(lay, cfg)
+    if cfg.sft.shuffle_candidates:
+        from diffagent.training.data import shuffle_candidates
+
+        examples = shuffle_candidates(examples, _registry(cfg, settings), share=cfg.sft.shuffle_candidates,
+                                      seed=cfg.seed)
     gguf = base_gguf(cfg, settings)
     model = add_lora(load_base(ensure_hf_base(gguf, lay.base_hf)), cfg.lora)
     report = train_sft(model, GGUFTokenizer(gguf), examples, cfg, lay.stage("sft"), progress=progress)
@@ -174,4 +179,39 @@ def run_rrhf(cfg: TrainConfig, settings: Settings, *, progress: bool = True) -> 
     out = {"stage": "rrhf", "base_model": str(gguf), "config": json.loads(cfg.model_dump_json()),
            **report.model_dump()}
     write_json_atomic(lay.stage("rrhf") / "report.json", out)
+    return out
+
+
+def run_eval(cfg: TrainConfig, settings: Settings, model: str, *, split: str = "test", limit: int = 300,
+             progress: bool = True) -> dict:
+    """Greedy choice of ``model`` (base, sft, rrhf) on ``limit`` pairs of a held-out split."""
+    from diffagent.agent.llm import LlamaBackend
+    from diffagent.training.data import build_examples, load_examples
+    from diffagent.training.evaluate import evaluate_choices
+    from diffagent.training.rrhf import Rebuilder
+    from diffagent.training.tokens import GGUFTokenizer
+
+    if cfg.data.pairs is None:
+        raise UserInputError("no pairs file: set data.pairs in the config or pass --pairs")
+    if split == "train":
+        raise UserInputError("evaluate on a held-out split (val or test), not on train")
+    lay = layout(cfg, settings)
+    registry = _registry(cfg, settings)
+    held_out = lay.examples.with_name(f"examples-{split}.jsonl")
+    data = build_examples(cfg.data.pairs, registry, held_out, split=split, limit=limit, seed=cfg.seed,
+                          dedupe=cfg.data.dedupe_instructions, candidates_k=cfg.candidates_k or settings.candidates_k,
+                          max_loras=cfg.data.max_loras, leave_page_out=cfg.data.leave_page_out, progress=progress)
+    lora = None
+    if model != "base":
+        lora = lay.gguf(model)
+        if not lora.is_file():
+            raise UserInputError(f"{lora} not found; run `diffagent train export --stage {model}` first")
+    gguf = base_gguf(cfg, settings)
+    backend = LlamaBackend(gguf, lora_path=lora, n_ctx=settings.llm_ctx, n_threads=cfg.threads)
+    examples = load_examples(held_out)[:limit]
+    report = evaluate_choices(model, examples, GGUFTokenizer(gguf), backend.logits, Rebuilder(registry),
+                              max_loras=cfg.data.max_loras, progress=progress)
+    out = {"split": split, "pairs": data.pairs, "checkpoint_recall": data.checkpoint_recall,
+           "adapter": str(lora) if lora else None, **report.model_dump()}
+    write_json_atomic(lay.root / "eval" / f"{model}-{split}.json", out)
     return out

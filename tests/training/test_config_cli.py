@@ -45,9 +45,9 @@ def _parser():
     return parser
 
 
-def test_train_group_has_the_four_stages():
+def test_train_group_has_every_stage():
     parser = _parser()
-    for cmd in ("data", "sft", "rrhf", "export"):
+    for cmd in ("data", "sft", "rrhf", "export", "eval"):
         args = parser.parse_args(["train", cmd, "--seed", "3"])
         assert callable(args.func) and args.seed == 3
     args = parser.parse_args(["train", "export", "--stage", "sft", "--merged"])

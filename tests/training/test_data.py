@@ -120,3 +120,18 @@ def test_example_cache_resumes_and_refuses_other_settings(tiny_registry, tmp_pat
     assert {e.image_id for e in load_examples(out)} == {100, 101, 102, 103}
     with pytest.raises(UserInputError, match="candidates_k"):
         build_examples(pairs, tiny_registry, out, limit=4, **{**kw, "candidates_k": 3})
+
+
+def test_shuffled_candidates_keep_the_answer_on_the_same_versions(tiny_registry, lora_index):
+    from diffagent.training.data import shuffle_candidates
+
+    ex = build_example(tiny_registry, fox_pair(), lora_index, candidates_k=6, max_loras=2)
+    assert shuffle_candidates([ex], tiny_registry, share=0.0, seed=0) == [ex]
+    moved = [s for seed in range(8) for s in shuffle_candidates([ex], tiny_registry, share=1.0, seed=seed)]
+    assert any(s.checkpoint_ids != ex.checkpoint_ids for s in moved)
+    for s in moved:
+        assert sorted(s.checkpoint_ids) == sorted(ex.checkpoint_ids) and sorted(s.lora_ids) == sorted(ex.lora_ids)
+        assert s.checkpoint_ids[s.answer_checkpoint] == 1003
+        assert [s.lora_ids[j] for j in s.answer_loras] == [2002]
+        label = "ABCDEF"[s.answer_checkpoint]
+        assert f'\n{label}: "Aquarelle' in s.prompt  # the prompt lists the candidates in the new order

@@ -146,3 +146,28 @@ def test_image_reward_renders_valid_calls_and_scores_them_against_the_request(ti
     parts = ImageMetricReward(render, Scorer())("(watercolor:1.2) fox", [call, None, call])
     assert [p.total for p in parts] == [0.25, -1.0, 0.5] and parts[1].invalid
     assert len(rendered) == 2 and scored == [("watercolor fox", 2)]
+
+
+def test_evaluate_counts_the_greedy_choice_against_the_creators(tiny_registry, examples):
+    import numpy as np
+
+    from diffagent.training.evaluate import evaluate_choices
+    from diffagent.training.tokens import labels_for
+
+    tok = ToyTokenizer()
+    fox, anime, photo = examples
+    labels = labels_for(tok, 6, 6, 2)
+
+    def oracle(tokens):
+        """Prefers the fox's right checkpoint label for every prompt, then 'none'."""
+        x = np.zeros(256, dtype=np.float32)
+        x[labels.checkpoints[fox.answer_checkpoint]] = 10.0
+        x[labels.none] = 10.0
+        return x
+
+    report = evaluate_choices("oracle-for-fox", examples, tok, oracle, Rebuilder(tiny_registry), progress=False)
+    expected_hits = sum(e.answer_checkpoint == fox.answer_checkpoint for e in examples)
+    assert report.examples == 3 and report.checkpoint_accuracy == round(expected_hits / 3, 4)
+    assert report.first_candidate_accuracy == round(sum(e.answer_checkpoint == 0 for e in examples) / 3, 4)
+    assert report.invalid == 0 and report.examples_with_mismatched_loras == 0
+    assert report.reward == AGREEMENT_REWARD
