@@ -278,11 +278,14 @@ def bench_latency(db: Path, queries: list[str], qvecs: dict[str, np.ndarray], em
 # -------------------------------------------------------------------------------------- (c) recall
 
 
-def build_holdout(full: Path, dump: Path, work: Path, embedder: Embedder) -> tuple[Path, dict]:
+def build_holdout(full: Path, dump: Path, work: Path, embedder: Embedder, reuse: bool = False) -> tuple[Path, dict]:
     """A registry without the sample images of test-split pages: a copy of ``full`` re-imported with
     those images dropped (write_records replaces every page's images, so this equals a fresh import
     with the same filter, and only the changed prompt vectors are embedded again)."""
     db = work / "holdout.db"
+    if reuse and db.exists():
+        log(f"(c) reusing {db}")
+        return db, {"reused": str(db)}
     shutil.copyfile(full, db)
     log("(c) building the hold-out registry (sample images of test-split pages removed)")
     report = import_path(dump, db, embedder=embedder, progress=True,
@@ -315,7 +318,8 @@ def bench_recall(db: Path, images: list[dict], embedder: Embedder, ks=(1, 10, 50
         if not q:
             continue
         same = by_hash.get((im.get("model_hash") or "").upper(), set()) | {rc["version_id"]}
-        cases.append({"id": im["image_id"], "query": q, "target": rc["version_id"], "same_weights": same})
+        cases.append({"id": im["image_id"], "query": q, "target": rc["version_id"], "same_weights": same,
+                      "leaked": q in held_prompts})
     queries = sorted({c["query"] for c in cases})
     log(f"(c) {len(cases)} SFW test-split images with a resolved checkpoint, {len(queries)} distinct prompts, "
         f"{len({c['target'] for c in cases})} distinct target checkpoints")
@@ -358,16 +362,19 @@ def bench_recall(db: Path, images: list[dict], embedder: Embedder, ks=(1, 10, 50
                             for q in queries}
             log(f"(c) {setting} {name}: {len(queries)} searches in {time.perf_counter() - t:.0f}s")
         for name, lists in ranked.items():
-            exact = Counter()
-            weights_hit = Counter()
+            exact, weights_hit, unleaked = Counter(), Counter(), Counter()
             for c in cases:
                 ids = lists[c["query"]]
                 for k in ks:
                     top = ids[:k]
                     exact[k] += c["target"] in top
                     weights_hit[k] += bool(c["same_weights"].intersection(top))
+                    unleaked[k] += (not c["leaked"]) and c["target"] in top
+            n_unleaked = sum(not c["leaked"] for c in cases)
             res[name] = {f"recall@{k}": round(exact[k] / len(cases), 4) for k in ks} | {
-                f"recall@{k}_same_weights": round(weights_hit[k] / len(cases), 4) for k in ks}
+                f"recall@{k}_same_weights": round(weights_hit[k] / len(cases), 4) for k in ks} | {
+                # prompts that also appear verbatim on a page the registry keeps (creators reuse them)
+                f"recall@{k}_prompt_unseen": round(unleaked[k] / max(n_unleaked, 1), 4) for k in ks}
         out["settings"][setting] = res
         log(f"(c) {setting}: {json.dumps(res)}")
     reg.close()
@@ -408,14 +415,15 @@ def markdown(results: dict) -> str:
     if rec:
         lines += [f"Recall of the creator's checkpoint, {rec['images']:,} SFW test-split images "
                   f"({rec['distinct_prompts']:,} prompts, {rec['distinct_targets']} checkpoints):", "",
-                  "| setting | method | R@1 | R@10 | R@50 | R@10 same weights | R@50 same weights |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| setting | method | R@1 | R@10 | R@50 | R@10 same weights | R@50 same weights |"
+                  " R@50 prompt unseen |", "|---|---|---|---|---|---|---|---|"]
         for setting, res in rec["settings"].items():
             for name, r in res.items():
                 if not isinstance(r, dict):
                     continue
                 lines.append(f"| {setting} | {name} | {r['recall@1']} | {r['recall@10']} | {r['recall@50']} | "
-                             f"{r['recall@10_same_weights']} | {r['recall@50_same_weights']} |")
+                             f"{r['recall@10_same_weights']} | {r['recall@50_same_weights']} | "
+                             f"{r.get('recall@50_prompt_unseen', '-')} |")
     return "\n".join(lines)
 
 
@@ -432,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic-models", type=int, default=100_000)
     p.add_argument("--corrupt-line", type=int, default=9_000)
     p.add_argument("--ablations", action="store_true", help="also score single-signal rankings in (c)")
+    p.add_argument("--reuse-holdout", action="store_true",
+                   help="(c) reuses WORKDIR/holdout.db from an earlier run instead of rebuilding it")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
@@ -465,7 +475,10 @@ def main(argv: list[str] | None = None) -> int:
         big.unlink()
         write_json(args.out, results)
     if "recall" in args.stages:
-        holdout, results["holdout_build"] = build_holdout(full, args.dump, work, embedder)
+        holdout, build = build_holdout(full, args.dump, work, embedder, reuse=args.reuse_holdout)
+        results.setdefault("holdout_build", build)
+        if "reused" not in build:
+            results["holdout_build"] = build
         results["recall"] = bench_recall(holdout, images, embedder, ablations=args.ablations)
         write_json(args.out, results)
     results["machine"]["load_avg_at_end"] = os.getloadavg()
