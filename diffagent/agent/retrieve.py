@@ -23,7 +23,7 @@ class Candidate:
 
 @dataclass
 class RetrievalWeights:
-    """Fusion weights (registry search score + prompt-neighbour vote), tuned on the val split."""
+    """Fusion weights, tuned on the val split (checkpoint top-1 / recall of the shortlist)."""
 
     knn: float = 1.0
     lora_search: float = 0.3
@@ -43,18 +43,9 @@ def retrieve_checkpoints(registry: Registry, prompt: str, *, base: set[str] | No
                          weights: RetrievalWeights | None = None) -> list[Candidate]:
     w = weights or RetrievalWeights()
     ecosystems = (base or RENDERABLE) & RENDERABLE
-    hits = registry.search(prompt, types=["checkpoint"], base=ecosystems, limit=max(4 * k, 40))
+    hits = registry.search(prompt, types=["checkpoint"], base=ecosystems, limit=max(4 * k, 40),
+                           weights={"knn": w.knn})
     cands = {h.version.id: Candidate(h.version, h.score, dict(h.signals)) for h in hits}
-    votes = registry.prompt_neighbours(prompt)
-    missing = [vid for vid in votes if vid not in cands]
-    for vid, info in registry.versions(missing).items():
-        if info.type == "checkpoint" and ecosystem_of(info.family) in ecosystems and (
-            registry.allow_nsfw or not info.nsfw
-        ):
-            cands[vid] = Candidate(info, 0.0, {})
-    for vid, c in cands.items():
-        c.signals["knn"] = votes.get(vid, 0.0)
-        c.score += w.knn * c.signals["knn"]
     ranked = sorted(cands.values(), key=lambda c: (-c.score, -c.version.downloads, c.version.id))
     return ranked[:k]
 
@@ -68,7 +59,7 @@ def retrieve_loras(registry: Registry, prompt: str, checkpoint: VersionInfo, *, 
     w = weights or RetrievalWeights()
     eco = ecosystem_of(checkpoint.family)
     cands: dict[int, Candidate] = {}
-    for h in registry.search(prompt, types=["lora"], base={eco}, limit=max(3 * k, 20)):
+    for h in registry.search(prompt, types=["lora"], base={eco}, limit=max(3 * k, 20), weights={"knn": 0.0}):
         cands[h.version.id] = Candidate(h.version, w.lora_search * h.score, {"search": h.score})
     votes = registry.lora_neighbours(prompt)
     triggers = registry.trigger_matches(prompt)

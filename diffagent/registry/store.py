@@ -1,9 +1,10 @@
 """``Registry``: read access to the model registry — lookups, weight locations and hybrid search.
 
-Search fuses four signals, each scaled to [0, 1]:
+Search fuses five signals, each scaled to [0, 1]:
   lexical   FTS5 BM25 over name, tags, trigger words and description,
   semantic  cosine between the query and the model text (all-MiniLM-L6-v2),
   prompts   cosine between the query and the mean of creators' sample prompts (checkpoints),
+  knn       TF-IDF nearest creators' prompts voting for the checkpoint they used (``knn.py``),
   prior     log-popularity (downloads),
 after hard filters (type, base ecosystem, NSFW policy, min downloads).
 """
@@ -148,7 +149,7 @@ def fts_query(query: str) -> str | None:
 class Registry:
     """Open with ``Registry.open(path)``. Thread-safe for reads."""
 
-    WEIGHTS = {"lexical": 0.10, "semantic": 0.40, "prompts": 0.20, "prior": 0.05}
+    WEIGHTS = {"lexical": 0.10, "semantic": 0.40, "prompts": 0.20, "knn": 1.0, "prior": 0.05}
 
     def __init__(self, path: Path, *, allow_nsfw: bool = False, embedder: Embedder | None = None):
         self.path = Path(path)
@@ -443,6 +444,14 @@ class Registry:
                     pro = np.clip(idx.pvec @ qv, 0, 1)
                     signals["prompts"] = pro
                     score += w["prompts"] * pro
+            if w["knn"]:
+                knn = np.zeros(len(idx.ids), dtype=np.float32)
+                for vid, v in self.prompt_neighbours(query, k=50).items():
+                    i = idx.pos.get(vid)
+                    if i is not None:
+                        knn[i] = v
+                signals["knn"] = knn
+                score += w["knn"] * knn
         score = np.where(mask, score, -np.inf)
         k = min(limit, int(mask.sum()))
         top = np.argpartition(-score, k - 1)[:k]
