@@ -9,6 +9,8 @@ Scored with the agreement-with-creators reward.
 
 from __future__ import annotations
 
+import time
+
 from pydantic import BaseModel
 
 from diffagent.agent.decode import Decoder, LogitsFn
@@ -24,6 +26,7 @@ class EvalReport(BaseModel):
     examples: int  # held-out examples whose creator's checkpoint was among the candidates
     checkpoint_accuracy: float  # greedy pick == creator's checkpoint
     first_candidate_accuracy: float  # the same for always picking candidate A (retrieval's top)
+    picked_first: float  # share of greedy picks that are candidate A
     lora_f1: float  # mean LoRA F1 against the creator's known LoRAs
     examples_with_mismatched_loras: int  # a chosen LoRA was dropped as incompatible
     invalid: int  # choices that did not rebuild into a call
@@ -33,15 +36,13 @@ class EvalReport(BaseModel):
 
 def evaluate_choices(model_name: str, examples: list[Example], tok: Tokenizer, logits: LogitsFn, rebuild: Rebuilder,
                      *, max_loras: int = 2, progress: bool = True) -> EvalReport:
-    import time
-
     from tqdm import tqdm
 
     t0 = time.perf_counter()
     usable = [e for e in examples if e.usable]
     if not usable:
         raise ValueError("no held-out example has its checkpoint among the candidates")
-    hits = first = mismatched_examples = invalid = 0
+    hits = first = picked_first = mismatched_examples = invalid = 0
     f1s, rewards = [], []
     for ex in tqdm(usable, desc=f"eval {model_name}", disable=not progress):
         labels = labels_for(tok, len(ex.checkpoint_ids), len(ex.lora_ids), max_loras)
@@ -50,12 +51,14 @@ def evaluate_choices(model_name: str, examples: list[Example], tok: Tokenizer, l
         r = agreement_reward(call, ex.target, ex.target_lora_ids, checkpoint_model_id=model_id, mismatched=mismatched)
         hits += d.checkpoint == ex.answer_checkpoint
         first += ex.answer_checkpoint == 0
+        picked_first += d.checkpoint == 0
         mismatched_examples += mismatched > 0
         invalid += r.invalid
         f1s.append(r.lora_f1)
         rewards.append(r.total)
     n = len(usable)
     return EvalReport(model=model_name, examples=n, checkpoint_accuracy=round(hits / n, 4),
-                      first_candidate_accuracy=round(first / n, 4), lora_f1=round(sum(f1s) / n, 4),
+                      first_candidate_accuracy=round(first / n, 4), picked_first=round(picked_first / n, 4),
+                      lora_f1=round(sum(f1s) / n, 4),
                       examples_with_mismatched_loras=mismatched_examples, invalid=invalid,
                       reward_mean=round(sum(rewards) / n, 4), seconds=round(time.perf_counter() - t0, 1))

@@ -21,7 +21,7 @@ from diffagent.training.io import replace_dir
 log = logging.getLogger(__name__)
 
 
-def _torch():
+def require_torch():
     try:
         import peft  # noqa: F401
         import torch
@@ -36,7 +36,7 @@ def ensure_hf_base(gguf_path: Path, hf_dir: Path) -> Path:
     hf_dir = Path(hf_dir)
     if (hf_dir / "config.json").is_file() and any(hf_dir.glob("*.safetensors")):
         return hf_dir
-    torch = _torch()
+    torch = require_torch()
     from transformers import AutoModelForCausalLM
 
     gguf_path = Path(gguf_path)
@@ -55,7 +55,7 @@ def ensure_hf_base(gguf_path: Path, hf_dir: Path) -> Path:
 
 
 def load_base(hf_dir: Path):
-    torch = _torch()
+    torch = require_torch()
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
@@ -99,7 +99,7 @@ class Batch:
 
 def make_batch(seqs: list[tuple[list[int], list[int]]], pad_id: int = 0) -> Batch:
     """``seqs``: (prompt ids, answer ids) pairs. Right padding: no real token ever attends to a pad."""
-    torch = _torch()
+    torch = require_torch()
     if not seqs or any(not a for _, a in seqs):
         raise ValueError("every sequence needs at least one answer token")
     inputs = [p + a[:-1] for p, a in seqs]
@@ -124,7 +124,7 @@ def make_batch(seqs: list[tuple[list[int], list[int]]], pad_id: int = 0) -> Batc
 
 def answer_logprobs(model, batch: Batch, *, bf16: bool = False):
     """Per-token log-probabilities [B, A] of the answer tokens (0 where masked), full-vocabulary softmax."""
-    torch = _torch()
+    torch = require_torch()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=batch.keep,
                     use_cache=False)

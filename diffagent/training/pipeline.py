@@ -74,9 +74,9 @@ def _registry(cfg: TrainConfig, settings: Settings):
 
 
 def _setup_torch(cfg: TrainConfig):
-    from diffagent.training.model import _torch
+    from diffagent.training.model import require_torch
 
-    torch = _torch()
+    torch = require_torch()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     return torch

@@ -15,7 +15,7 @@ from diffagent.training.losses import sft_loss
 from diffagent.training.model import answer_logprobs, make_batch
 from diffagent.training.tokens import Tokenizer, answer_ids
 
-Sequence = tuple[list[int], list[int]]  # (prompt ids with BOS, answer ids)
+Seq = tuple[list[int], list[int]]  # (prompt ids with BOS, answer ids)
 
 
 class SFTReport(BaseModel):
@@ -29,7 +29,7 @@ class SFTReport(BaseModel):
     adapter: str
 
 
-def encode(tok: Tokenizer, examples: list[Example], max_len: int) -> tuple[list[Sequence], int]:
+def encode(tok: Tokenizer, examples: list[Example], max_len: int) -> tuple[list[Seq], int]:
     """Token sequences of the usable examples; those longer than ``max_len`` are counted and dropped
     (truncating would cut off the candidate list the answer refers to)."""
     out, too_long = [], 0
@@ -44,7 +44,7 @@ def encode(tok: Tokenizer, examples: list[Example], max_len: int) -> tuple[list[
     return out, too_long
 
 
-def batches(seqs: list[Sequence], batch_size: int, seed: int) -> list[list[Sequence]]:
+def batches(seqs: list[Seq], batch_size: int, seed: int) -> list[list[Seq]]:
     """Fixed groups of ``batch_size`` (similar lengths together, so right padding wastes little)."""
     order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i][0]), i))
     groups = [[seqs[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]

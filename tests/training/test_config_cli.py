@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from diffagent.cli import add_group
 from diffagent.errors import UserInputError
 from diffagent.settings import Settings
 from diffagent.training import cli as train_cli
@@ -54,7 +53,6 @@ def test_train_group_has_every_stage():
     assert args.stage == "sft" and args.merged
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "export", "--stage", "base"])
-    assert add_group  # the group is built with the shared helper
 
 
 def test_flags_override_the_config_file(tmp_path):

@@ -169,5 +169,6 @@ def test_evaluate_counts_the_greedy_choice_against_the_creators(tiny_registry, e
     expected_hits = sum(e.answer_checkpoint == fox.answer_checkpoint for e in examples)
     assert report.examples == 3 and report.checkpoint_accuracy == round(expected_hits / 3, 4)
     assert report.first_candidate_accuracy == round(sum(e.answer_checkpoint == 0 for e in examples) / 3, 4)
+    assert report.picked_first == round(float(fox.answer_checkpoint == 0), 4)
     assert report.invalid == 0 and report.examples_with_mismatched_loras == 0
     assert report.reward == AGREEMENT_REWARD
