@@ -335,12 +335,9 @@ def bench_recall(db: Path, images: list[dict], embedder: Embedder, ks=(1, 10, 50
 
     reg = Registry.open(db, embedder=embedder)
     variants = {"hybrid": None}
-    if ablations:
-        variants |= {
-            "lexical_only": {"lexical": 1, "semantic": 0, "prompts": 0, "prior": 0},
-            "semantic_only": {"lexical": 0, "semantic": 1, "prompts": 0, "prior": 0},
-            "prompts_only": {"lexical": 0, "semantic": 0, "prompts": 1, "prior": 0},
-        }
+    if ablations:  # each signal of Registry.search alone (whatever signals it has today)
+        signals = [s for s in Registry.WEIGHTS if s != "prior"]
+        variants |= {f"{s}_only": {t: float(t == s) for t in Registry.WEIGHTS} for s in signals}
     out: dict = {"images": len(cases), "distinct_prompts": len(queries),
                  "distinct_targets": len({c["target"] for c in cases}),
                  "query_embedding_seconds": round(embed_secs, 1), "leakage": leak, "settings": {}}
