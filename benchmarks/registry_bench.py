@@ -469,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         added = expand(full, big, args.synthetic_models)
         log(f"(b) synthetic expansion: +{added:,} models in {time.perf_counter() - t:.0f}s")
         results["latency"].append(bench_latency(big, queries, qvecs, embed_ms, embedder, "synthetic expansion"))
-        big.unlink()
+        for f in work.glob(big.name + "*"):  # the DB and caches the registry keeps beside it
+            f.unlink()
         write_json(args.out, results)
     if "recall" in args.stages:
         holdout, build = build_holdout(full, args.dump, work, embedder, reuse=args.reuse_holdout)
