@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import VOCAB, ToyTokenizer
+from tiny_llm import VOCAB, ToyTokenizer
 
 from diffagent.agent.prompt import answer_text
 from diffagent.agent.selector import Selector

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 llama_cpp = pytest.importorskip("llama_cpp")
 spm = pytest.importorskip("sentencepiece")
 
-from conftest import tiny_gemma  # noqa: E402
+from tiny_llm import tiny_gemma  # noqa: E402
 
 from diffagent.errors import UserInputError  # noqa: E402
 from diffagent.training.config import LoraShape  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import ToyTokenizer, tiny_gemma  # noqa: E402
+from tiny_llm import ToyTokenizer, tiny_gemma  # noqa: E402
 from test_data import fox_pair  # noqa: E402
 
 from diffagent.bench.pairs import Pair, Target, TargetLora  # noqa: E402

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import tiny_gemma, toy_examples  # noqa: E402
+from tiny_llm import tiny_gemma, toy_examples  # noqa: E402
 
 from diffagent.errors import UserInputError  # noqa: E402
 from diffagent.training.config import LoraShape, SFTConfig, TrainConfig  # noqa: E402
