@@ -8,7 +8,6 @@ training prompts, voting for their checkpoints), ``retrieval`` (the selector wit
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -172,12 +171,6 @@ def plot(results: dict[str, dict], out: Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
-
-
-def summarize_latency(latencies: list[float]) -> dict:
-    lat = sorted(latencies)
-    return {"n": len(lat), "p50_ms": round(1000 * statistics.median(lat), 1),
-            "p95_ms": round(1000 * lat[min(len(lat) - 1, int(0.95 * len(lat)))], 1)}
 
 
 def dump(results: dict, path: Path) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 from sqlalchemy import Connection, text
 
 from diffagent.registry.embeddings import Embedder
+from diffagent.registry.writer import chunks as _chunks
 
 #: model types that search and selection deal with (and that get vectors)
 SEARCHABLE_TYPES = ("checkpoint", "lora", "locon", "embedding", "vae")
@@ -129,8 +130,3 @@ def rebuild_vectors(conn: Connection, embedder: Embedder,
             ],
         )
     return {"versions": n_versions, "prompt_sets": len(sums)}
-
-
-def _chunks(seq: list, n: int):
-    for i in range(0, len(seq), n):
-        yield seq[i : i + n]

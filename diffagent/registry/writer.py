@@ -100,7 +100,7 @@ def write_records(conn: Connection, records: Iterable[ModelRecord], counts: Writ
     if versions:
         conn.execute(text(_upsert_sql("model_version", VERSION_COLS)), versions)
     # replace children of the versions we just wrote
-    for chunk in _chunks(version_ids, 900):
+    for chunk in chunks(version_ids, 900):
         marks = ",".join(str(int(i)) for i in chunk)
         conn.execute(text(f"DELETE FROM model_file WHERE version_id IN ({marks})"))
         conn.execute(text(f"DELETE FROM sample_image WHERE page_version_id IN ({marks})"))
@@ -131,6 +131,7 @@ def _air(m: ModelRecord, v) -> str:
     return make_air(m.type, v.base_model, m.source, m.id, v.id)
 
 
-def _chunks(seq: list, n: int):
+def chunks(seq: list, n: int):
+    """Successive slices of at most ``n`` items (SQLite caps the number of bound parameters)."""
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
