@@ -3,7 +3,7 @@ sample prompts, each neighbour voting (by cosine similarity) for the checkpoint 
 
 Word uni- and bigrams with sublinear TF: creators' prompts are tag lists, and which tags co-occur
 ("1girl, solo" vs "rpg, dungeon") says more than single words. The fitted index is cached beside the
-database (``<db>.knn.pkl``, written atomically) and keyed by the sample-image table's content, so it is
+database (``<db>.knn.npz``, written atomically) and keyed by the sample-image table's content, so it is
 rebuilt only after an import changes the prompts. The cache is plain arrays (``.npz``), never a pickle.
 """
 
@@ -13,14 +13,14 @@ import logging
 import os
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import Engine, text
 
 log = logging.getLogger(__name__)
-FORMAT = 3
+FORMAT = 4
 VECTORIZER_ARGS = {"sublinear_tf": True, "stop_words": "english", "ngram_range": (1, 2), "max_features": 200_000, "dtype": np.float32}
 
 
@@ -32,29 +32,44 @@ class PromptIndex:
     labels: np.ndarray  # checkpoint version id per row
     lora_ptr: np.ndarray  # row i used LoRA versions lora_ids[lora_ptr[i]:lora_ptr[i+1]]
     lora_ids: np.ndarray
+    pages: np.ndarray  # the model page each row's image was posted on
+    _last: tuple | None = field(default=None, repr=False, compare=False)
 
-    def neighbours(self, query: str, k: int = 20) -> list[tuple[int, float]]:
-        """(row, cosine) of the ``k`` nearest prompts with a positive similarity."""
+    def neighbours(self, query: str, k: int = 20, exclude_page: int | None = None) -> list[tuple[int, float]]:
+        """(row, cosine) of the ``k`` nearest prompts with a positive similarity; ``exclude_page`` drops
+        the images of one model page (training examples see the registry as a held-out page would)."""
         if self.matrix.shape[0] == 0 or not query.strip():
             return []
-        sims = (self.matrix @ self.vectorizer.transform([query]).T).toarray().ravel()
+        sims = self._similarities(query, exclude_page)
         k = min(k, len(sims))
         top = np.argpartition(-sims, k - 1)[:k]
         return [(int(i), float(sims[i])) for i in top if sims[i] > 0]
 
-    def votes(self, query: str, k: int = 20) -> dict[int, float]:
+    def _similarities(self, query: str, exclude_page: int | None) -> np.ndarray:
+        """Cosine similarity of ``query`` to every prompt. The last query's result is kept: one request
+        asks for checkpoint votes and then LoRA votes (a sparse product over every prompt, each time)."""
+        last = self._last
+        if last is not None and last[0] == (query, exclude_page):
+            return last[1]
+        sims = (self.matrix @ self.vectorizer.transform([query]).T).toarray().ravel()
+        if exclude_page is not None:
+            sims[self.pages == exclude_page] = 0.0
+        self._last = ((query, exclude_page), sims)  # one assignment: safe to share between threads
+        return sims
+
+    def votes(self, query: str, k: int = 20, exclude_page: int | None = None) -> dict[int, float]:
         """Similarity-weighted checkpoint votes of the ``k`` nearest prompts, scaled to [0, 1]."""
         out: dict[int, float] = {}
-        for i, sim in self.neighbours(query, k):
+        for i, sim in self.neighbours(query, k, exclude_page):
             vid = int(self.labels[i])
             out[vid] = out.get(vid, 0.0) + sim
         best = max(out.values(), default=0.0)
         return {v: s / best for v, s in out.items()} if best else {}
 
-    def lora_votes(self, query: str, k: int = 20) -> dict[int, float]:
+    def lora_votes(self, query: str, k: int = 20, exclude_page: int | None = None) -> dict[int, float]:
         """LoRA versions the nearest prompts used: similarity mass of the neighbours using each, as a
         fraction of all neighbours' mass (so 0.5 = half of the similar images used it)."""
-        nb = self.neighbours(query, k)
+        nb = self.neighbours(query, k, exclude_page)
         total = sum(s for _, s in nb)
         out: dict[int, float] = {}
         for i, sim in nb:
@@ -78,7 +93,7 @@ def _save(index: PromptIndex, path: Path) -> None:
     with os.fdopen(fd, "wb") as fh:
         np.savez(fh, key=np.array(index.key), terms=np.array(json.dumps(terms)), idf=index.vectorizer.idf_,
                  data=m.data, indices=m.indices, indptr=m.indptr, shape=np.array(m.shape), labels=index.labels,
-                 lora_ptr=index.lora_ptr, lora_ids=index.lora_ids)
+                 lora_ptr=index.lora_ptr, lora_ids=index.lora_ids, pages=index.pages)
     os.replace(tmp, path)
 
 
@@ -94,7 +109,7 @@ def _load(path: Path, key: str) -> PromptIndex | None:
         vectorizer.idf_ = z["idf"]
         matrix = csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(z["shape"]))
         return PromptIndex(key=key, vectorizer=vectorizer, matrix=matrix, labels=z["labels"],
-                           lora_ptr=z["lora_ptr"], lora_ids=z["lora_ids"])
+                           lora_ptr=z["lora_ptr"], lora_ids=z["lora_ids"], pages=z["pages"])
 
 
 def load_or_build(engine: Engine, db_path: Path) -> PromptIndex:
@@ -123,7 +138,7 @@ def build(engine: Engine, key: str) -> PromptIndex:
 
     with engine.connect() as conn:
         rows = conn.execute(text(
-            "SELECT prompt, version_id, resources FROM sample_image WHERE version_id IS NOT NULL AND NOT nsfw"
+            "SELECT prompt, version_id, resources, page_model_id FROM sample_image WHERE version_id IS NOT NULL AND NOT nsfw"
             " AND length(prompt) > 0 ORDER BY id")).all()
         by_stem = lora_name_index(conn)
     ptr, ids = [0], []
@@ -143,4 +158,5 @@ def build(engine: Engine, key: str) -> PromptIndex:
         matrix = csr_matrix((0, len(vectorizer.vocabulary_)), dtype=np.float32)
     return PromptIndex(key=key, vectorizer=vectorizer, matrix=matrix,
                        labels=np.array([r[1] for r in rows], dtype=np.int64),
-                       lora_ptr=np.array(ptr, dtype=np.int64), lora_ids=np.array(ids, dtype=np.int64))
+                       lora_ptr=np.array(ptr, dtype=np.int64), lora_ids=np.array(ids, dtype=np.int64),
+                       pages=np.array([r[3] for r in rows], dtype=np.int64))

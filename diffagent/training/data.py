@@ -10,8 +10,8 @@ cache as skipped, so that retrieval recall is reported.
 Train pairs come from pages whose sample images are in the registry, so the retrieval's "creators
 wrote prompts like this" vote would find the pair's own prompt and nearly always rank the right
 checkpoint first (measured: first in 78 % of train examples against 13 % of test pairs). The model
-would learn to trust that position. ``LeavePageOut`` gives each example the view a test pair gets:
-its own model page's images do not vote.
+would learn to trust that position. Each example therefore retrieves with ``exclude_page`` set to its
+own model page, the view a test pair gets: that page's images do not vote (kNN and creator votes).
 
 Retrieval is the slow part (~0.1-0.3 s a pair), so examples are cached to a JSONL file that a
 rerun resumes.
@@ -60,70 +60,24 @@ class Example(BaseModel):
         return answer_text(CHECKPOINT_LABELS[self.answer_checkpoint], [LORA_LABELS[j] for j in self.answer_loras])
 
 
-class LeavePageOut:
-    """A registry view whose prompt-neighbour vote ignores the sample images of one model page.
-
-    Everything else is the registry itself. The vote is ``PromptIndex.votes`` with that page's rows
-    zeroed (rows are matched to pages in the index's own row order).
-    """
-
-    def __init__(self, registry: Registry):
-        from sqlalchemy import text
-
-        from diffagent.registry.knn import load_or_build
-
-        self._registry = registry
-        self._index = load_or_build(registry.engine, registry.path)
-        with registry.engine.connect() as conn:
-            # the same rows, in the same order, as diffagent.registry.knn.build indexes
-            pages = conn.execute(text(
-                "SELECT page_model_id FROM sample_image WHERE version_id IS NOT NULL AND NOT nsfw"
-                " AND length(prompt) > 0 ORDER BY id")).scalars().all()
-        if len(pages) != self._index.matrix.shape[0]:
-            raise UserInputError(f"the prompt index beside {registry.path} is out of date "
-                                 f"({self._index.matrix.shape[0]} rows, {len(pages)} prompts); delete "
-                                 f"{registry.path}.knn.npz and rerun")
-        self._pages = np.asarray(pages, dtype=np.int64)
-        self.page: int | None = None
-
-    def __getattr__(self, name):
-        return getattr(self._registry, name)
-
-    def prompt_neighbours(self, query: str, k: int = 20) -> dict[int, float]:
-        idx = self._index
-        if idx.matrix.shape[0] == 0 or not query.strip():
-            return {}
-        sims = (idx.matrix @ idx.vectorizer.transform([query]).T).toarray().ravel()
-        if self.page is not None:
-            sims[self._pages == self.page] = 0.0
-        k = min(k, len(sims))
-        top = np.argpartition(-sims, k - 1)[:k]
-        out: dict[int, float] = {}
-        for i in top:
-            if sims[i] > 0:
-                out[int(idx.labels[i])] = out.get(int(idx.labels[i]), 0.0) + float(sims[i])
-        best = max(out.values(), default=0.0)
-        return {v: s / best for v, s in out.items()} if best else {}
-
-
 def build_example(registry: Registry, pair: Pair, lora_index: dict[str, int], *, candidates_k: int,
-                  max_loras: int, weights: RetrievalWeights | None = None) -> Example:
-    """One pair -> one example, with the candidates the selector would show for its instruction."""
+                  max_loras: int, weights: RetrievalWeights | None = None, leave_page_out: bool = False) -> Example:
+    """One pair -> one example, with the candidates the selector would show for its instruction
+    (with the pair's own model page left out of the registry's votes when ``leave_page_out``)."""
     weights = weights or RetrievalWeights()
-    if isinstance(registry, LeavePageOut):
-        registry.page = pair.page_model_id
+    page = pair.page_model_id if leave_page_out else None
     request = strip_resource_tags(pair.instruction)
     # the same calls, in the same order and with the same arguments, as Selector.select_many with
     # SelectOptions(base="any", style=None) -- the options `bench select` evaluates with
     checkpoints = retrieve_checkpoints(registry, request, base=parse_base_constraint("any"), k=candidates_k,
-                                       weights=weights)
+                                       weights=weights, exclude_page=page)
     target_loras = [lora_index[lo.name.lower()] for lo in pair.target.loras if lo.name.lower() in lora_index]
     ex = Example(image_id=pair.image_id, request=request, target=pair.target,
                  target_lora_ids=list(dict.fromkeys(target_loras)))
     if not checkpoints:
         return ex
     loras = retrieve_loras(registry, request, checkpoints[0].version, k=min(LORA_CANDIDATES, 12),
-                           weights=weights) if max_loras else []
+                           weights=weights, exclude_page=page) if max_loras else []
     rendered = render_prompt(request, checkpoints, loras, style=None)
     ex.prompt = rendered.text
     ex.checkpoint_ids = [c.version.id for c in checkpoints]
@@ -200,11 +154,11 @@ def build_examples(pairs_path: Path, registry: Registry, out: Path, *, split: st
     if todo:
         with registry.engine.connect() as conn:
             lora_index = lora_name_index(conn)
-        view = LeavePageOut(registry) if leave_page_out else registry
         with log.open() as write:
             for pair in tqdm(todo, desc="examples", disable=not progress, initial=len(selected) - len(todo),
                              total=len(selected)):
-                ex = build_example(view, pair, lora_index, candidates_k=candidates_k, max_loras=max_loras)
+                ex = build_example(registry, pair, lora_index, candidates_k=candidates_k, max_loras=max_loras,
+                                   leave_page_out=leave_page_out)
                 write(ex.model_dump(mode="json"))
     wanted = {p.image_id for p in selected}
     return DataReport.of([e for e in load_examples(out) if e.image_id in wanted])

@@ -15,7 +15,7 @@ from diffagent.errors import UserInputError
 from diffagent.registry.stats import lora_name_index
 from diffagent.settings import Settings
 from diffagent.tools import SelectOptions
-from diffagent.training.data import DataReport, LeavePageOut, build_example, build_examples, load_examples
+from diffagent.training.data import DataReport, build_example, build_examples, load_examples
 from diffagent.training.tokens import answer_ids, labels_for
 
 FOX = "watercolor painting of a fox in a misty forest, paper texture"
@@ -82,15 +82,12 @@ def test_a_pair_whose_checkpoint_is_not_retrieved_is_kept_as_skipped(tiny_regist
     assert DataReport.of([ex]).checkpoint_recall == 0.0
 
 
-def test_leave_page_out_drops_only_the_pages_own_votes(tiny_registry):
-    view = LeavePageOut(tiny_registry)
-    assert view.prompt_neighbours(FOX) == tiny_registry.prompt_neighbours(FOX)
-    assert 1003 in view.prompt_neighbours(FOX)  # Aquarelle's own sample images vote for it...
-    view.page = 103
-    assert 1003 not in view.prompt_neighbours(FOX)  # ...and they all sit on its own page
-    view.page = 101
-    assert 1003 in view.prompt_neighbours(FOX)
-    assert view.search is not None and view.allow_nsfw == tiny_registry.allow_nsfw  # the rest is the registry
+def test_leaving_the_page_out_retrieves_as_a_held_out_page_would(tiny_registry, lora_index):
+    kept = build_example(tiny_registry, fox_pair(), lora_index, candidates_k=6, max_loras=2)
+    left = build_example(tiny_registry, fox_pair(), lora_index, candidates_k=6, max_loras=2, leave_page_out=True)
+    assert kept.checkpoint_ids[0] == 1003  # the pair's own page votes for its checkpoint...
+    assert left.checkpoint_ids[0] != 1003  # ...and without it the vote comes from other pages only
+    assert sorted(left.checkpoint_ids) != sorted(kept.checkpoint_ids) or left.checkpoint_ids != kept.checkpoint_ids
 
 
 def _pairs_file(path, n=4):
