@@ -1,8 +1,9 @@
 """Retrieval: the short list of checkpoints and LoRAs the LLM chooses from (and the whole decision
 in retrieval-only mode).
 
-Checkpoints are ranked by the registry's hybrid search plus a vote of the creators' sample prompts
-most similar to the request ("models whose users wrote prompts like this one"). LoRAs must match
+Checkpoints are ranked by the registry's hybrid search, which includes a vote of the creators' sample
+prompts most similar to the request ("models whose users wrote prompts like this one") and of the
+checkpoints that the authors of add-ons named by trigger word use. LoRAs must match
 the checkpoint's ecosystem; those creators used with the checkpoint get a boost.
 """
 
@@ -26,6 +27,7 @@ class RetrievalWeights:
     """Fusion weights, tuned on the val split (checkpoint top-1 / recall of the shortlist)."""
 
     knn: float = 1.0
+    creators: float = 0.5
     lora_search: float = 0.3
     lora_knn: float = 1.0
     lora_trigger: float = 1.0
@@ -40,18 +42,20 @@ class RetrievalWeights:
 
 
 def retrieve_checkpoints(registry: Registry, prompt: str, *, base: set[str] | None, k: int,
-                         weights: RetrievalWeights | None = None) -> list[Candidate]:
+                         weights: RetrievalWeights | None = None, exclude_page: int | None = None) -> list[Candidate]:
+    """The ``k`` best checkpoints for ``prompt``. ``exclude_page`` hides one model page's sample images
+    (training examples see the registry as a held-out benchmark page does)."""
     w = weights or RetrievalWeights()
     ecosystems = (base or RENDERABLE) & RENDERABLE
     hits = registry.search(prompt, types=["checkpoint"], base=ecosystems, limit=max(4 * k, 40),
-                           weights={"knn": w.knn})
+                           weights={"knn": w.knn, "creators": w.creators}, exclude_page=exclude_page)
     cands = {h.version.id: Candidate(h.version, h.score, dict(h.signals)) for h in hits}
     ranked = sorted(cands.values(), key=lambda c: (-c.score, -c.version.downloads, c.version.id))
     return ranked[:k]
 
 
 def retrieve_loras(registry: Registry, prompt: str, checkpoint: VersionInfo, *, k: int,
-                   weights: RetrievalWeights | None = None) -> list[Candidate]:
+                   weights: RetrievalWeights | None = None, exclude_page: int | None = None) -> list[Candidate]:
     """LoRAs compatible with ``checkpoint`` for ``prompt`` (best first): what creators used in similar
     prompts, what they used with this checkpoint, and what the registry text search finds."""
     if k <= 0:
@@ -59,9 +63,10 @@ def retrieve_loras(registry: Registry, prompt: str, checkpoint: VersionInfo, *, 
     w = weights or RetrievalWeights()
     eco = ecosystem_of(checkpoint.family)
     cands: dict[int, Candidate] = {}
-    for h in registry.search(prompt, types=["lora"], base={eco}, limit=max(3 * k, 20), weights={"knn": 0.0}):
+    for h in registry.search(prompt, types=["lora"], base={eco}, limit=max(3 * k, 20),
+                             weights={"knn": 0.0, "creators": 0.0}):
         cands[h.version.id] = Candidate(h.version, w.lora_search * h.score, {"search": h.score})
-    votes = registry.lora_neighbours(prompt)
+    votes = registry.lora_neighbours(prompt, exclude_page=exclude_page)
     triggers = registry.trigger_matches(prompt)
     missing = [v for v in {**votes, **triggers} if v not in cands]
     for vid, info in registry.versions(missing).items():

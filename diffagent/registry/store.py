@@ -137,6 +137,24 @@ class _Index:
     pos: dict[int, int]
 
 
+def _is_word_char(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
+def contains_words(text: str, phrase: str) -> bool:
+    """``phrase`` occurs in ``text`` with no word character right before or after it (the regex
+    ``(?<!\w)phrase(?!\w)`` without compiling one pattern per trigger word: thousands per request)."""
+    if not phrase:
+        return False
+    start = text.find(phrase)
+    while start != -1:
+        end = start + len(phrase)
+        if (start == 0 or not _is_word_char(text[start - 1])) and (end == len(text) or not _is_word_char(text[end])):
+            return True
+        start = text.find(phrase, start + 1)
+    return False
+
+
 def fts_query(query: str) -> str | None:
     """A safe FTS5 query: the query's words, quoted, OR-ed (BM25 ranks documents matching more)."""
     words = [w.lower() for w in _WORD.findall(query) if len(w) > 1 and w.lower() not in STOPWORDS]
@@ -149,7 +167,7 @@ def fts_query(query: str) -> str | None:
 class Registry:
     """Open with ``Registry.open(path)``. Thread-safe for reads."""
 
-    WEIGHTS = {"lexical": 0.10, "semantic": 0.40, "prompts": 0.20, "knn": 1.0, "prior": 0.05}
+    WEIGHTS = {"lexical": 0.10, "semantic": 0.40, "prompts": 0.20, "knn": 1.0, "creators": 0.5, "prior": 0.05}
 
     def __init__(self, path: Path, *, allow_nsfw: bool = False, embedder: Embedder | None = None):
         self.path = Path(path)
@@ -158,6 +176,7 @@ class Registry:
         self.embedder = embedder or Embedder()
         self._index: _Index | None = None
         self._prompt_index = None
+        self._creator_index = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -314,6 +333,7 @@ class Registry:
         self._load_index()
         self.embedder.encode(["warm up"])
         self.prompt_neighbours("warm up")
+        self._creators()
 
     def _mask(self, idx: _Index, types, base, min_downloads, allow_nsfw) -> np.ndarray:
         mask = np.ones(len(idx.ids), dtype=bool)
@@ -363,8 +383,7 @@ class Registry:
                 continue
             # a trigger many add-ons share ("masterpiece", "1girl") says nothing about which one is meant
             hits = [w for w in info.trained_words if len(w) >= 3 and claims.get(w.lower().strip(" ,"), 0) <= 2
-                    and re.search(
-                r"(?<![\w])" + re.escape(w.lower().strip(" ,")) + r"(?![\w])", lowered)]
+                    and contains_words(lowered, w.lower().strip(" ,"))]
             if hits:
                 out[vid] = min(1.0, 0.5 + max(len(h) for h in hits) / 40)
         return out
@@ -387,14 +406,30 @@ class Registry:
             cache[types] = claims
         return claims
 
-    def prompt_neighbours(self, query: str, k: int = 20) -> dict[int, float]:
+    def prompt_neighbours(self, query: str, k: int = 20, exclude_page: int | None = None) -> dict[int, float]:
         """Checkpoints whose creators wrote prompts like ``query`` (TF-IDF kNN vote, SFW prompts only),
-        scaled to [0, 1]. See ``diffagent.registry.knn``."""
-        return self._prompts().votes(query, k=k)
+        scaled to [0, 1]. See ``diffagent.registry.knn``. ``exclude_page`` ignores one model page's images."""
+        return self._prompts().votes(query, k=k, exclude_page=exclude_page)
 
-    def lora_neighbours(self, query: str, k: int = 20) -> dict[int, float]:
+    def lora_neighbours(self, query: str, k: int = 20, exclude_page: int | None = None) -> dict[int, float]:
         """LoRAs creators used in prompts like ``query``: share of the neighbours' similarity mass."""
-        return self._prompts().lora_votes(query, k=k)
+        return self._prompts().lora_votes(query, k=k, exclude_page=exclude_page)
+
+    def creator_votes(self, query: str, exclude_page: int | None = None) -> dict[int, float]:
+        """Checkpoints the creators of the add-ons whose trigger words ``query`` contains work with, in
+        [0, 1]. See ``diffagent.registry.creators``."""
+        from diffagent.registry.creators import ADDON_TYPES
+
+        matches = self.trigger_matches(query, types=ADDON_TYPES)
+        return self._creators().votes(matches, exclude_page=exclude_page) if matches else {}
+
+    def _creators(self):
+        from diffagent.registry.creators import CreatorIndex
+
+        with self._lock:
+            if self._creator_index is None:
+                self._creator_index = CreatorIndex.build(self.engine)
+            return self._creator_index
 
     def _prompts(self):
         from diffagent.registry.knn import load_or_build
@@ -415,8 +450,12 @@ class Registry:
         allow_nsfw: bool | None = None,
         weights: dict[str, float] | None = None,
         query_vector: np.ndarray | None = None,
+        exclude_page: int | None = None,
     ) -> list[SearchHit]:
-        """Hybrid search; ``base`` is a set of ecosystems ({'sd1'}, {'sdxl'}) or None for any."""
+        """Hybrid search; ``base`` is a set of ecosystems ({'sd1'}, {'sdxl'}) or None for any.
+
+        ``exclude_page`` leaves one model page's sample images out of the kNN and creator votes (how
+        training examples see the registry, like the benchmark's held-out pages)."""
         idx = self._load_index()
         w = {**self.WEIGHTS, **(weights or {})}
         allow = self.allow_nsfw if allow_nsfw is None else allow_nsfw
@@ -444,14 +483,18 @@ class Registry:
                     pro = np.clip(idx.pvec @ qv, 0, 1)
                     signals["prompts"] = pro
                     score += w["prompts"] * pro
-            if w["knn"]:
-                knn = np.zeros(len(idx.ids), dtype=np.float32)
-                for vid, v in self.prompt_neighbours(query, k=50).items():
+            votes = {"knn": lambda: self.prompt_neighbours(query, k=50, exclude_page=exclude_page),
+                     "creators": lambda: self.creator_votes(query, exclude_page=exclude_page)}
+            for name, vote in votes.items():
+                if not w[name]:
+                    continue
+                arr = np.zeros(len(idx.ids), dtype=np.float32)
+                for vid, v in vote().items():
                     i = idx.pos.get(vid)
                     if i is not None:
-                        knn[i] = v
-                signals["knn"] = knn
-                score += w["knn"] * knn
+                        arr[i] = v
+                signals[name] = arr
+                score += w[name] * arr
         score = np.where(mask, score, -np.inf)
         k = min(limit, int(mask.sum()))
         top = np.argpartition(-score, k - 1)[:k]

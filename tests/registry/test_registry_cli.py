@@ -105,7 +105,7 @@ def test_search_json_with_filters(capsys, tiny_registry_path):
     hits = json.loads(out)
     assert [h["id"] for h in hits] == [2002, 2001]  # Pixel Art (12k downloads) and SDXL LoRAs filtered out
     assert hits[0]["air"] == "urn:air:sd1:lora:civitai:202@2002"
-    assert set(hits[0]["signals"]) == {"prior", "lexical", "semantic", "prompts", "knn"}
+    assert set(hits[0]["signals"]) == {"prior", "lexical", "semantic", "prompts", "knn", "creators"}
     assert hits[0]["score"] > hits[1]["score"]
 
 

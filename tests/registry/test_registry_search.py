@@ -74,7 +74,7 @@ def test_filters_combine(tiny_registry):
 def test_clear_queries_rank_the_obvious_model_first(tiny_registry, query, types, best):
     hits = tiny_registry.search(query, types=types, limit=3)
     assert hits[0].version.id == best
-    assert set(hits[0].signals) == {"prior", "lexical", "semantic", "prompts", "knn"}
+    assert set(hits[0].signals) == {"prior", "lexical", "semantic", "prompts", "knn", "creators"}
     assert hits[0].score >= hits[-1].score
 
 
