@@ -34,6 +34,7 @@ class PromptIndex:
     lora_ids: np.ndarray
     pages: np.ndarray  # the model page each row's image was posted on
     _last: tuple | None = field(default=None, repr=False, compare=False)
+    _by_term: object = field(default=None, repr=False, compare=False)
 
     def neighbours(self, query: str, k: int = 20, exclude_page: int | None = None) -> list[tuple[int, float]]:
         """(row, cosine) of the ``k`` nearest prompts with a positive similarity; ``exclude_page`` drops
@@ -51,7 +52,12 @@ class PromptIndex:
         last = self._last
         if last is not None and last[0] == (query, exclude_page):
             return last[1]
-        sims = (self.matrix @ self.vectorizer.transform([query]).T).toarray().ravel()
+        q = self.vectorizer.transform([query])
+        if self._by_term is None:  # column-major copy: a query touches only its own terms' columns
+            self._by_term = self.matrix.tocsc()
+        sims = np.zeros(self.matrix.shape[0], dtype=np.float32)
+        if q.nnz:
+            sims = np.asarray(self._by_term[:, q.indices] @ q.data, dtype=np.float32).ravel()
         if exclude_page is not None:
             sims[self.pages == exclude_page] = 0.0
         self._last = ((query, exclude_page), sims)  # one assignment: safe to share between threads

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,8 @@ class _Index:
     pvec: np.ndarray | None  # (n, d) float32 prompt-centroid vectors
     has_pvec: np.ndarray  # bool
     pos: dict[int, int]
+    #: filter key -> (mask, its row numbers, vec rows, pvec rows): searches repeat a few filters
+    subsets: dict = field(default_factory=dict)
 
 
 def _is_word_char(ch: str) -> bool:
@@ -335,6 +337,21 @@ class Registry:
         self.prompt_neighbours("warm up")
         self._creators()
 
+    def _subset(self, idx: _Index, types, base, min_downloads, allow_nsfw):
+        """The filter's mask, row numbers and vector rows, cached per filter (a search then multiplies
+        only the rows it may return: a sixth of the matrix for checkpoints)."""
+        key = (tuple(sorted(types or ())), tuple(sorted(base or ())), int(min_downloads or 0), bool(allow_nsfw))
+        hit = idx.subsets.get(key)
+        if hit is None:
+            mask = self._mask(idx, types, base, min_downloads, allow_nsfw)
+            rows = np.flatnonzero(mask)
+            hit = (mask, rows, None if idx.vec is None else np.ascontiguousarray(idx.vec[rows]),
+                   None if idx.pvec is None else np.ascontiguousarray(idx.pvec[rows]))
+            if len(idx.subsets) >= 32:
+                idx.subsets.clear()
+            idx.subsets[key] = hit  # one assignment: safe to share between threads
+        return hit
+
     def _mask(self, idx: _Index, types, base, min_downloads, allow_nsfw) -> np.ndarray:
         mask = np.ones(len(idx.ids), dtype=bool)
         if types:
@@ -459,8 +476,8 @@ class Registry:
         idx = self._load_index()
         w = {**self.WEIGHTS, **(weights or {})}
         allow = self.allow_nsfw if allow_nsfw is None else allow_nsfw
-        mask = self._mask(idx, types, base, min_downloads, allow)
-        if not mask.any():
+        mask, rows, vec, pvec = self._subset(idx, types, base, min_downloads, allow)
+        if not len(rows):
             return []
         score = w["prior"] * idx.prior.copy()
         signals: dict[str, np.ndarray] = {"prior": idx.prior}
@@ -475,14 +492,12 @@ class Registry:
             score += w["lexical"] * lex
             if (idx.vec is not None or idx.pvec is not None) and (w["semantic"] or w["prompts"]):
                 qv = query_vector if query_vector is not None else self.embedder.encode_query(query)
-                if idx.vec is not None:
-                    sem = np.clip(idx.vec @ qv, 0, 1)
-                    signals["semantic"] = sem
-                    score += w["semantic"] * sem
-                if idx.pvec is not None:
-                    pro = np.clip(idx.pvec @ qv, 0, 1)
-                    signals["prompts"] = pro
-                    score += w["prompts"] * pro
+                for name, matrix in (("semantic", vec), ("prompts", pvec)):
+                    if matrix is not None:
+                        sim = np.zeros(len(idx.ids), dtype=np.float32)
+                        sim[rows] = np.clip(matrix @ qv, 0, 1)
+                        signals[name] = sim
+                        score += w[name] * sim
             votes = {"knn": lambda: self.prompt_neighbours(query, k=50, exclude_page=exclude_page),
                      "creators": lambda: self.creator_votes(query, exclude_page=exclude_page)}
             for name, vote in votes.items():
