@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from diffagent.bench.split import split_of
 from diffagent.errors import UserInputError
 from diffagent.prompttext import strip_resource_tags
+from diffagent.registry.civitai import parse_float, parse_int
 from diffagent.samplers import canonical_sampler
 
 
@@ -62,20 +63,6 @@ def _size(row: dict) -> tuple[int | None, int | None]:
     return row.get("width"), row.get("height")
 
 
-def _int(v) -> int | None:
-    try:
-        return int(float(str(v).strip().rstrip(","))) if v not in (None, "") else None
-    except ValueError:
-        return None
-
-
-def _float(v) -> float | None:
-    try:
-        return float(str(v).strip().rstrip(",")) if v not in (None, "") else None
-    except ValueError:
-        return None
-
-
 def row_to_pair(row: dict, *, sfw_only: bool = True) -> Pair | None:
     """A raw ``image_meta`` row -> ``Pair``; None when it has no usable target or prompt."""
     ck = row.get("resolved_checkpoint")
@@ -101,8 +88,8 @@ def row_to_pair(row: dict, *, sfw_only: bool = True) -> Pair | None:
             checkpoint_version_id=int(ck["version_id"]), checkpoint_model_id=int(ck["model_id"]),
             checkpoint_name=f"{ck.get('model_name', '')} {ck.get('version_name', '')}".strip(),
             base_model=str(ck.get("baseModel") or ""), loras=loras, sampler=canonical_sampler(row.get("sampler")),
-            steps=_int(row.get("steps")), cfg_scale=_float(row.get("cfgScale")), width=_int(w), height=_int(h),
-            clip_skip=_int(row.get("clip_skip")), negative_prompt=str(row.get("negativePrompt") or "")[:2000],
+            steps=parse_int(row.get("steps")), cfg_scale=parse_float(row.get("cfgScale")), width=parse_int(w), height=parse_int(h),
+            clip_skip=parse_int(row.get("clip_skip")), negative_prompt=str(row.get("negativePrompt") or "")[:2000],
         ),
     )
 

@@ -66,17 +66,25 @@ def iter_items(path: Path) -> Iterator[tuple[str, dict]]:
         yield f"{path}[{i}]", item
 
 
-def _int(v: Any) -> int | None:
+def parse_int(v: Any) -> int | None:
+    """A Civitai number field as an int: ``25``, ``"25"``, ``"25,"`` and ``"25.0"`` all give 25; anything
+    else (empty, ``"abc"``, NaN) gives None."""
+    f = parse_float(v)
     try:
-        return int(v) if v is not None and v != "" else None
-    except (TypeError, ValueError):
+        return int(f) if f is not None else None
+    except (ValueError, OverflowError):
         return None
 
 
-def _float(v: Any) -> float | None:
+def parse_float(v: Any) -> float | None:
+    """A Civitai number field as a float (strings with a trailing comma included), else None."""
+    if v is None or v == "":
+        return None
+    if isinstance(v, int | float):
+        return float(v)
     try:
-        return float(v) if v is not None and v != "" else None
-    except (TypeError, ValueError):
+        return float(str(v).strip().rstrip(","))
+    except ValueError:
         return None
 
 
@@ -84,8 +92,8 @@ def _size(meta: dict, image: dict) -> tuple[int | None, int | None]:
     size = meta.get("Size")
     if isinstance(size, str) and "x" in size:
         w, _, h = size.partition("x")
-        return _int(w), _int(h)
-    return _int(image.get("width")), _int(image.get("height"))
+        return parse_int(w), parse_int(h)
+    return parse_int(image.get("width")), parse_int(image.get("height"))
 
 
 def image_record(image: dict) -> ImageRecord | None:
@@ -100,11 +108,11 @@ def image_record(image: dict) -> ImageRecord | None:
         prompt=strip_resource_tags(meta["prompt"])[:4000],
         negative_prompt=str(meta.get("negativePrompt") or "")[:4000],
         sampler=canonical_sampler(meta.get("sampler")),
-        steps=_int(meta.get("steps")),
-        cfg_scale=_float(meta.get("cfgScale")),
+        steps=parse_int(meta.get("steps")),
+        cfg_scale=parse_float(meta.get("cfgScale")),
         width=width,
         height=height,
-        clip_skip=_int(meta.get("Clip skip") or meta.get("clipSkip")),
+        clip_skip=parse_int(meta.get("Clip skip") or meta.get("clipSkip")),
         model_hash=(meta.get("Model hash") or None),
         nsfw=str(image.get("nsfw") or "None") not in ("None", "false", "False", ""),
         resources=[
@@ -137,10 +145,10 @@ def item_to_record(item: dict, where: str = "item") -> ModelRecord:
         allow_derivatives=item.get("allowDerivatives"),
         allow_no_credit=item.get("allowNoCredit"),
         allow_different_license=item.get("allowDifferentLicense"),
-        downloads=_int(stats.get("downloadCount")) or 0,
-        favorites=_int(stats.get("favoriteCount")) or 0,
-        rating=_float(stats.get("rating")),
-        rating_count=_int(stats.get("ratingCount")) or 0,
+        downloads=parse_int(stats.get("downloadCount")) or 0,
+        favorites=parse_int(stats.get("favoriteCount")) or 0,
+        rating=parse_float(stats.get("rating")),
+        rating_count=parse_int(stats.get("ratingCount")) or 0,
         tags=[t if isinstance(t, str) else str(t.get("name", "")) for t in item.get("tags") or []],
     )
     for v in versions_in:
@@ -160,7 +168,7 @@ def item_to_record(item: dict, where: str = "item") -> ModelRecord:
                     id=int(f["id"]),
                     name=str(f.get("name") or ""),
                     kind=str(f.get("type") or "Model"),
-                    size_kb=_float(f.get("sizeKB")),
+                    size_kb=parse_float(f.get("sizeKB")),
                     format=meta.get("format"),
                     fp=meta.get("fp"),
                     size=meta.get("size"),
@@ -181,8 +189,8 @@ def item_to_record(item: dict, where: str = "item") -> ModelRecord:
                 trained_words=[str(w).strip() for w in v.get("trainedWords") or [] if str(w).strip()],
                 description=html_to_text(v.get("description"), max_chars=2000),
                 created_at=v.get("createdAt"),
-                downloads=_int(vstats.get("downloadCount")) or 0,
-                rating=_float(vstats.get("rating")),
+                downloads=parse_int(vstats.get("downloadCount")) or 0,
+                rating=parse_float(vstats.get("rating")),
                 download_url=v.get("downloadUrl"),
                 files=files,
                 images=images,

@@ -339,3 +339,11 @@ def test_typical_negative_prompt_prefers_common_words_among_singletons():
     assert _typical(texts) == "worst quality, lowres"
     assert _typical(["a", "b", "b"]) == "b"
     assert _typical(["", "  "]) == ""
+
+
+def test_civitai_number_fields_parse_leniently_or_not_at_all():
+    from diffagent.registry.civitai import parse_float, parse_int
+
+    assert [parse_int(v) for v in (25, "25", "25,", " 25.0 ", 7.9)] == [25, 25, 25, 25, 7]
+    assert [parse_int(v) for v in ("abc", "", None, "nan", "inf", [1])] == [None] * 6
+    assert parse_float("7.5,") == 7.5 and parse_float("x") is None
