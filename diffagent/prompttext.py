@@ -10,7 +10,9 @@ from html.parser import HTMLParser
 _RESOURCE_TAG = re.compile(r"<\s*(lora|lyco|locon|hypernet|embedding|ti|lcm)\s*:[^<>]*>", re.IGNORECASE)
 _LORA_TAG = re.compile(r"<\s*(?:lora|lyco|locon)\s*:\s*([^:<>]+?)\s*(?::\s*([-+]?\d*\.?\d+)\s*)?(?::[^<>]*)?>", re.I)
 _SEPARATORS = re.compile(r"\s*,(?:\s*,)+\s*")
-_SPACES = re.compile(r"[ \t]+")
+# spaces and tabs, and non-breaking and other Unicode spaces (``&nbsp;`` is everywhere in Civitai HTML)
+_SPACES = re.compile(r"[^\S\n\r]+")
+_ZERO_WIDTH = re.compile(r"[\u200b\u200c\u200d\u2060\ufeff]")
 
 
 def strip_resource_tags(prompt: str) -> str:
@@ -56,6 +58,6 @@ def html_to_text(markup: str | None, max_chars: int = 4000) -> str:
         text = "".join(parser.parts)
     except Exception:  # malformed markup: fall back to stripping tags
         text = html.unescape(re.sub(r"<[^>]+>", " ", markup))
-    lines = [_SPACES.sub(" ", ln).strip() for ln in text.splitlines()]
+    lines = [_SPACES.sub(" ", _ZERO_WIDTH.sub("", ln)).strip() for ln in text.splitlines()]
     text = "\n".join(ln for ln in lines if ln)
     return text[:max_chars]

@@ -258,6 +258,8 @@ def test_html_to_text_keeps_paragraphs_and_decodes_entities():
     assert html_to_text(markup) == "Tips\nCFG 7 & 25 <steps>\nuse VAE"
     assert html_to_text(None) == ""
     assert html_to_text("<p>" + "x" * 50 + "</p>", max_chars=10) == "x" * 10
+    # &nbsp; and other Unicode spaces are plain spaces; zero-width characters do not split words
+    assert html_to_text("<p>Euler&nbsp;a,\u2009CFG\u00a0 7</p><p>wa\u200btercolor</p>") == "Euler a, CFG 7\nwatercolor"
 
 
 def test_types_airs_and_families(tmp_path, db):
