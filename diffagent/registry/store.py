@@ -12,6 +12,7 @@ after hard filters (type, base ecosystem, NSFW policy, min downloads).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from diffagent.families import Family, ecosystem_of
 from diffagent.registry.db import open_engine
 from diffagent.registry.embeddings import Embedder
 
+log = logging.getLogger(__name__)
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 STOPWORDS = frozenset(
     "a an the of in on at to and or with for by from is are be as it its this that into over under very "
@@ -308,7 +310,16 @@ class Registry:
                 prior = (pop / pop.max()).astype(np.float32) if len(pop) and pop.max() > 0 else np.zeros(len(ids), np.float32)
                 vec = pvec = None
                 has_p = np.zeros(len(ids), dtype=bool)
-                for kind, owner, dim, data in conn.execute(text("SELECT kind, owner_id, dim, data FROM vector")):
+                mine = self.embedder.name
+                others = conn.execute(text("SELECT DISTINCT model FROM vector WHERE model != :m"), {"m": mine}).scalars().all()
+                if others:
+                    # query vectors from another model live in another space: those rows would rank noise
+                    log.warning("%s holds sentence vectors of %s, not of the configured embedder %s; semantic "
+                                "search uses only %s vectors. Re-import to embed with %s, or set "
+                                "DIFFAGENT_EMBEDDER to the model the registry was built with",
+                                self.path, ", ".join(others), mine, mine, mine)
+                for kind, owner, dim, data in conn.execute(text(
+                        "SELECT kind, owner_id, dim, data FROM vector WHERE model = :m"), {"m": mine}):
                     i = pos.get(owner)
                     if i is None:
                         continue

@@ -73,3 +73,20 @@ def test_excluding_a_page_drops_its_images_from_the_prompt_votes(tiny_registry):
 def test_contains_words_matches_the_word_boundary_regex(text, phrase):
     expected = re.search(r"(?<![\w])" + re.escape(phrase) + r"(?![\w])", text) is not None
     assert contains_words(text, phrase) == expected
+
+
+def test_vectors_of_another_embedder_are_not_mixed_into_semantic_search(tiny_registry_path, embedder, caplog):
+    class Renamed:
+        """The same encoder under another model name: the registry's vectors are not its vectors."""
+
+        name = "some-other-model"
+
+        def __getattr__(self, attr):
+            return getattr(embedder, attr)
+
+    reg = Registry.open(tiny_registry_path, embedder=Renamed())
+    with caplog.at_level("WARNING"):
+        hits = reg.search("watercolor painting of a fox", types=["checkpoint"], limit=3)
+    assert "not of the configured embedder some-other-model" in caplog.text and "Re-import" in caplog.text
+    assert hits and "semantic" not in hits[0].signals and "lexical" in hits[0].signals
+    reg.close()
