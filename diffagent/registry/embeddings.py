@@ -37,6 +37,14 @@ class Embedder:
     def name(self) -> str:
         return self.model_dir.name if self.model_dir else DEFAULT_MODEL_NAME
 
+    def check(self) -> Path:
+        """The model folder, or a clear error when it is not a sentence-transformers folder (no loading)."""
+        path = self.model_dir or default_model_dir()
+        if not (path / "config.json").exists():
+            raise UserInputError(f"embedding model folder {path} has no config.json; point --embedder at a "
+                                 "sentence-transformers model folder")
+        return path
+
     def _load(self):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
@@ -44,10 +52,7 @@ class Embedder:
 
         hf_logging.disable_progress_bar()  # a CLI prints its answer, not a weight-loading bar
 
-        path = self.model_dir or default_model_dir()
-        if not (path / "config.json").exists():
-            raise UserInputError(f"embedding model folder {path} has no config.json; point --embedder at a "
-                                 "sentence-transformers model folder")
+        path = self.check()
         model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         model.max_seq_length = self.max_seq_length
         return model

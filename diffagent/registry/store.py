@@ -313,6 +313,7 @@ class Registry:
                 mine = self.embedder.name
                 others = conn.execute(text("SELECT DISTINCT model FROM vector WHERE model != :m"), {"m": mine}).scalars().all()
                 if others:
+                    self.embedder.check()  # a misconfigured embedder is an error, not a silent fallback
                     # query vectors from another model live in another space: those rows would rank noise
                     log.warning("%s holds sentence vectors of %s, not of the configured embedder %s; semantic "
                                 "search uses only %s vectors. Re-import to embed with %s, or set "
