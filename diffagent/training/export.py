@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from diffagent.errors import DiffAgentError, MissingDependency, UserInputError
+from diffagent.training.io import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ def converter_dir(cache_dir: Path, version: str = "0.3.36", *, allow_download: b
         return target
     sdist = _sdist(root, version, allow_download)
     prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=root))
-    try:
+
+    def extract(tmp: Path) -> None:
         with tarfile.open(sdist, "r:gz") as tar:
             members = []
             for m in tar.getmembers():
@@ -72,12 +72,8 @@ def converter_dir(cache_dir: Path, version: str = "0.3.36", *, allow_download: b
                 raise ExportFailed(f"{sdist.name} has no vendor/llama.cpp/convert_lora_to_gguf.py; "
                                    "choose another export.llama_cpp_version")
             tar.extractall(tmp, members=members, filter="data")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return replace_dir(target, extract)
 
 
 def _run(cmd: list[str], what: str) -> None:
@@ -101,29 +97,23 @@ def export_adapter(adapter_dir: Path, base_hf_dir: Path, out: Path, *, converter
         raise UserInputError(f"{adapter_dir} is not a peft adapter folder (no adapter_config.json)")
     if not (Path(base_hf_dir) / "config.json").is_file():
         raise UserInputError(f"{base_hf_dir} has no config.json; run a training stage first (it creates it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".gguf", dir=out.parent)
-    os.close(fd)
-    try:
-        _run([sys.executable, str(converter / "convert_lora_to_gguf.py"), "--base", str(base_hf_dir),
-              "--outtype", outtype, "--outfile", tmp, str(adapter_dir)], "convert_lora_to_gguf.py")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is meant to be shared
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return out
+    return _convert(converter / "convert_lora_to_gguf.py", ["--base", str(base_hf_dir), "--outtype", outtype],
+                    str(adapter_dir), out)
 
 
 def export_model(hf_dir: Path, out: Path, *, converter: Path, outtype: str = "q8_0") -> Path:
     """A whole transformers model folder (e.g. base + merged adapter) -> GGUF model at ``out``."""
-    hf_dir, out = Path(hf_dir), Path(out)
+    return _convert(Path(converter) / "convert_hf_to_gguf.py", ["--outtype", outtype], str(hf_dir), Path(out))
+
+
+def _convert(script: Path, options: list[str], source: str, out: Path) -> Path:
+    """Run a llama.cpp converter into a temporary file beside ``out``, then move it into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".gguf", dir=out.parent)
     os.close(fd)
     try:
-        _run([sys.executable, str(converter / "convert_hf_to_gguf.py"), "--outtype", outtype, "--outfile", tmp,
-              str(hf_dir)], "convert_hf_to_gguf.py")
-        os.chmod(tmp, 0o644)
+        _run([sys.executable, str(script), *options, "--outfile", tmp, source], script.name)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is meant to be shared
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -132,7 +122,6 @@ def export_model(hf_dir: Path, out: Path, *, converter: Path, outtype: str = "q8
 
 def merge_adapter(base_hf_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
     """Base + LoRA merged into plain weights (for ``export_model``)."""
-    from diffagent.training.io import replace_dir
     from diffagent.training.model import load_base, load_lora
 
     model = load_lora(load_base(base_hf_dir), adapter_dir, trainable=False).merge_and_unload()
