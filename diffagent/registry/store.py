@@ -1,10 +1,11 @@
 """``Registry``: read access to the model registry — lookups, weight locations and hybrid search.
 
-Search fuses five signals, each scaled to [0, 1]:
+Search fuses six signals, each scaled to [0, 1]:
   lexical   FTS5 BM25 over name, tags, trigger words and description,
   semantic  cosine between the query and the model text (all-MiniLM-L6-v2),
   prompts   cosine between the query and the mean of creators' sample prompts (checkpoints),
   knn       TF-IDF nearest creators' prompts voting for the checkpoint they used (``knn.py``),
+  creators  the checkpoints used by the authors of add-ons named by trigger word (``creators.py``),
   prior     log-popularity (downloads),
 after hard filters (type, base ecosystem, NSFW policy, min downloads).
 """
@@ -28,6 +29,7 @@ from diffagent.errors import NotFoundError
 from diffagent.families import Family, ecosystem_of
 from diffagent.registry.db import open_engine
 from diffagent.registry.embeddings import Embedder
+from diffagent.registry.writer import chunks
 
 log = logging.getLogger(__name__)
 _WORD = re.compile(r"[\w']+", re.UNICODE)
@@ -214,9 +216,9 @@ class Registry:
             return {}
         out: dict[int, VersionInfo] = {}
         with self.engine.connect() as conn:
-            for i in range(0, len(ids), 900):
-                chunk = ",".join(str(int(x)) for x in ids[i : i + 900])
-                for r in conn.execute(text(f"{self._VERSION_SQL} WHERE v.id IN ({chunk})")):
+            for part in chunks(ids, 900):
+                marks = ",".join(str(int(x)) for x in part)
+                for r in conn.execute(text(f"{self._VERSION_SQL} WHERE v.id IN ({marks})")):
                     out[r[0]] = self._row_to_info(r)
         return out
 
