@@ -148,7 +148,7 @@ def _is_word_char(ch: str) -> bool:
 
 
 def contains_words(text: str, phrase: str) -> bool:
-    """``phrase`` occurs in ``text`` with no word character right before or after it (the regex
+    r"""``phrase`` occurs in ``text`` with no word character right before or after it (the regex
     ``(?<!\w)phrase(?!\w)`` without compiling one pattern per trigger word: thousands per request)."""
     if not phrase:
         return False
