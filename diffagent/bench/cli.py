@@ -59,8 +59,13 @@ def cmd_select(args, settings: Settings) -> int:
     for method in args.methods:
         t0 = time.perf_counter()
         if method == "popularity":
-            top = registry.popular(types=["checkpoint"], limit=5)
-            fixed = from_ranking(top)
+            # the most downloaded version of each of the most downloaded checkpoint pages
+            ids = registry.popular(types=["checkpoint"], limit=200)
+            infos = registry.versions(ids)
+            pages: dict[int, int] = {}
+            for v in ids:
+                pages.setdefault(infos[v].model_id, v)
+            fixed = from_ranking(list(pages.values())[:20])
             predict = lambda p, fixed=fixed: Prediction(fixed.ranked, fixed.call, seconds=1e-6)  # noqa: E731
         elif method == "knn":
             train = list(load_pairs(args.train_pairs or args.pairs, splits={"train"}))

@@ -38,6 +38,7 @@ class Scores:
     top1: int = 0
     top5: int = 0
     model_top1: int = 0
+    model_top5: int = 0
     lora_tp: int = 0
     lora_pred: int = 0
     lora_gt: int = 0
@@ -54,7 +55,7 @@ class Scores:
         lat = sorted(self.latencies)
         return {
             "n": self.n, "checkpoint_top1": p(self.top1, self.n), "checkpoint_top5": p(self.top5, self.n),
-            "model_top1": p(self.model_top1, self.n),
+            "model_top1": p(self.model_top1, self.n), "model_top5": p(self.model_top5, self.n),
             "lora_precision": p(self.lora_tp, self.lora_pred), "lora_recall": p(self.lora_tp, self.lora_gt),
             **{f"arg_{k}": p(self.args[k], self.args_n) for k in ("sampler", "steps", "cfg", "size", "clip_skip")},
             "hallucinated_ids": self.hallucinated_ids, "lora_base_mismatch": self.mismatched,
@@ -109,15 +110,15 @@ def evaluate(pairs: list[Pair], predict: Callable[[Pair], Prediction], registry:
         ranked = pred.ranked
         s.top1 += bool(ranked and ranked[0] == tgt.checkpoint_version_id)
         s.top5 += tgt.checkpoint_version_id in ranked[:5]
+        models = _models(ranked, registry, model_of)
+        s.model_top1 += bool(models and models[0] == tgt.checkpoint_model_id)
+        s.model_top5 += tgt.checkpoint_model_id in models[:5]
         call = pred.call
         s.chosen[call.checkpoint.id] += 1
         ids = [call.checkpoint.id, *(lo.id for lo in call.loras)]
         known = registry.versions(ids)
         s.hallucinated_ids += sum(1 for i in ids if i not in known)
         if call.checkpoint.id in known:
-            if call.checkpoint.id not in model_of:
-                model_of[call.checkpoint.id] = known[call.checkpoint.id].model_id
-            s.model_top1 += model_of[call.checkpoint.id] == tgt.checkpoint_model_id
             fam = known[call.checkpoint.id].family
             s.mismatched += sum(1 for lo in call.loras if lo.id in known and not compatible(fam, known[lo.id].family))
         gt_loras = {lora_index[lo.name.lower()] for lo in tgt.loras if lo.name.lower() in lora_index}
@@ -134,8 +135,16 @@ def evaluate(pairs: list[Pair], predict: Callable[[Pair], Prediction], registry:
     return s
 
 
+def _models(ranked: list[int], registry: Registry, model_of: dict[int, int]) -> list[int]:
+    """The distinct model pages of a ranked version list, in order (a page counts once, at its best version)."""
+    missing = [v for v in ranked if v not in model_of]
+    if missing:
+        model_of.update({v: info.model_id for v, info in registry.versions(missing).items()})
+    return list(dict.fromkeys(model_of[v] for v in ranked if v in model_of))
+
+
 def markdown_table(results: dict[str, dict]) -> str:
-    cols = ["n", "checkpoint_top1", "checkpoint_top5", "model_top1", "lora_precision", "lora_recall", "arg_sampler",
+    cols = ["n", "checkpoint_top1", "checkpoint_top5", "model_top1", "model_top5", "lora_precision", "lora_recall", "arg_sampler",
             "arg_steps", "arg_cfg", "arg_size", "arg_clip_skip", "hallucination_rate", "distinct_checkpoints",
             "latency_p50_ms", "latency_p95_ms"]
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
@@ -152,7 +161,7 @@ def plot(results: dict[str, dict], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = ["checkpoint_top1", "checkpoint_top5", "model_top1", "lora_recall", "arg_sampler", "arg_size"]
+    metrics = ["checkpoint_top1", "checkpoint_top5", "model_top1", "model_top5", "lora_recall", "arg_sampler", "arg_size"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     x = np.arange(len(metrics))
     width = 0.8 / max(len(results), 1)

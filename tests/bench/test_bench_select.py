@@ -81,6 +81,7 @@ def test_metrics_on_known_predictions(tiny_registry):
     s = evaluate(pairs, lambda p: preds[p.image_id], tiny_registry, loras)
     row = s.row()
     assert row["n"] == 2 and row["checkpoint_top1"] == 0.5 and row["checkpoint_top5"] == 1.0
+    assert row["model_top1"] == 0.5 and row["model_top5"] == 1.0  # pages 103 | 101, 103, 102
     assert row["lora_precision"] == 1.0 and row["lora_recall"] == 1.0
     assert row["hallucination_rate"] == 0.0
     assert "| method |" in markdown_table({"x": row})
