@@ -132,3 +132,18 @@ def test_unknown_id_is_not_found(tiny_registry):
     with pytest.raises(NotFoundError):
         tiny_registry.weight_source(424242)
     assert tiny_registry.versions([424242, 1001]).keys() == {1001}
+
+
+def test_vector_products_run_on_one_blas_thread_and_restore_it():
+    """OpenBLAS threads left spinning after a search slow the LLM call that follows (see one_blas_thread)."""
+    from threadpoolctl import threadpool_info
+
+    from diffagent.registry.store import one_blas_thread
+
+    def blas_threads():
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    before = blas_threads()
+    with one_blas_thread():
+        assert set(blas_threads().values()) <= {1}
+    assert blas_threads() == before
