@@ -136,14 +136,16 @@ def test_unknown_id_is_not_found(tiny_registry):
 
 def test_vector_products_run_on_one_blas_thread_and_restore_it():
     """OpenBLAS threads left spinning after a search slow the LLM call that follows (see one_blas_thread)."""
-    from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     from diffagent.registry.store import one_blas_thread
 
     def blas_threads():
         return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
 
-    before = blas_threads()
-    with one_blas_thread():
-        assert set(blas_threads().values()) <= {1}
-    assert blas_threads() == before
+    with threadpool_limits(limits=2, user_api="blas"):  # the tests run with OMP_NUM_THREADS=1
+        before = blas_threads()
+        assert set(before.values()) == {2}
+        with one_blas_thread():
+            assert set(blas_threads().values()) == {1}
+        assert blas_threads() == before
