@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     llm_threads: int = Field(2, ge=1)
     llm_ctx: int = Field(2048, ge=256)
     candidates_k: int = Field(6, ge=1, le=12, description="checkpoints shown to the LLM")
+    ranker: str = Field("default", description="checkpoint ranker: 'default' (bundled, trained on Civitai "
+                        "2023-07 creators' choices), 'none' (the search's weighted sum), or a ranker JSON path")
     embedder: Path | None = Field(None, description="sentence-transformers folder; default: bundled MiniLM")
 
     # --- renderer ----------------------------------------------------------------------------

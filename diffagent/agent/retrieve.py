@@ -3,14 +3,17 @@ in retrieval-only mode).
 
 Checkpoints are ranked by the registry's hybrid search, which includes a vote of the creators' sample
 prompts most similar to the request ("models whose users wrote prompts like this one") and of the
-checkpoints that the authors of add-ons named by trigger word use. LoRAs must match
+checkpoints that the authors of add-ons named by trigger word use; a learned ranker
+(``diffagent.agent.ranker``) then reorders the search's top hits. LoRAs must match
 the checkpoint's ecosystem; those creators used with the checkpoint get a boost.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+from diffagent.agent.ranker import POOL, TreeEnsemble, applies, rerank
 from diffagent.families import RENDERABLE, ecosystem_of
 from diffagent.registry.store import Registry, VersionInfo
 
@@ -41,14 +44,29 @@ class RetrievalWeights:
         return c.signals.get("trigger", 0.0) >= self.lora_trigger_min or c.signals.get("knn", 0.0) >= self.lora_knn_min
 
 
-def retrieve_checkpoints(registry: Registry, prompt: str, *, base: set[str] | None, k: int,
-                         weights: RetrievalWeights | None = None, exclude_page: int | None = None) -> list[Candidate]:
-    """The ``k`` best checkpoints for ``prompt``. ``exclude_page`` hides one model page's sample images
-    (training examples see the registry as a held-out benchmark page does)."""
+def first_stage(registry: Registry, prompt: str, *, base: set[str] | None, limit: int,
+                weights: RetrievalWeights | None = None, exclude_page: int | None = None) -> list:
+    """The registry's hybrid search over renderable checkpoints: the hits a ranker reorders."""
     w = weights or RetrievalWeights()
     ecosystems = (base or RENDERABLE) & RENDERABLE
-    hits = registry.search(prompt, types=["checkpoint"], base=ecosystems, limit=max(4 * k, 40),
+    return registry.search(prompt, types=["checkpoint"], base=ecosystems, limit=limit,
                            weights={"knn": w.knn, "creators": w.creators}, exclude_page=exclude_page)
+
+
+def retrieve_checkpoints(registry: Registry, prompt: str, *, base: set[str] | None, k: int,
+                         weights: RetrievalWeights | None = None, exclude_page: int | None = None,
+                         ranker: TreeEnsemble | None = None) -> list[Candidate]:
+    """The ``k`` best checkpoints for ``prompt``. ``exclude_page`` hides one model page's sample images
+    (training examples see the registry as a held-out benchmark page does).
+
+    With a ``ranker`` the first stage's top ``ranker.POOL`` hits are reordered by it (when creators'
+    votes reached them, see ``ranker.applies``), and a candidate's score is the ranker's probability
+    that creators would choose it; otherwise the score is the first stage's weighted sum of signals."""
+    hits = first_stage(registry, prompt, base=base, limit=max(POOL if ranker else 4 * k, k, 40), weights=weights,
+                       exclude_page=exclude_page)
+    if ranker is not None and applies(hits):
+        return [Candidate(h.version, 1.0 / (1.0 + math.exp(-raw)), {**h.signals, "ranker": raw})
+                for h, raw in rerank(ranker, hits)[:k]]
     cands = {h.version.id: Candidate(h.version, h.score, dict(h.signals)) for h in hits}
     ranked = sorted(cands.values(), key=lambda c: (-c.score, -c.version.downloads, c.version.id))
     return ranked[:k]

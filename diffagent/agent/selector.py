@@ -19,6 +19,7 @@ from diffagent.agent.decode import Decoded, Decoder, Labels, dedupe
 from diffagent.agent.direct import NameTrie, decode_name, direct_prompt
 from diffagent.agent.llm import LlamaBackend
 from diffagent.agent.prompt import BETWEEN, END, NONE, RenderedPrompt, render_prompt
+from diffagent.agent.ranker import load_setting as load_ranker
 from diffagent.agent.rebuild import build_call, lora_weight
 from diffagent.agent.retrieve import Candidate, RetrievalWeights, retrieve_checkpoints, retrieve_loras
 from diffagent.apicall import Alternative, ApiCall
@@ -30,7 +31,9 @@ from diffagent.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: weight of the retrieval score against the LLM's log-probability when ranking choices
+#: weight of the retrieval score against the LLM's log-probability when ranking choices: with the
+#: ranker, of the log of its probability (a product of the two models); without, of the search score
+RANKER_BETA = 1.0
 RETRIEVAL_BETA = 2.0
 LORA_CANDIDATES = 3
 
@@ -62,6 +65,7 @@ class Selector:
         self.weights = weights or RetrievalWeights()
         self._backend = backend
         self._tries: dict = {}
+        self.ranker = load_ranker(settings.ranker)
         self._lock = threading.Lock()
 
     @property
@@ -93,7 +97,7 @@ class Selector:
         base = parse_base_constraint(options.base)
         checkpoints = retrieve_checkpoints(self.registry, query, base=base,
                                            k=max(self.settings.candidates_k, options.n_candidates, 5),
-                                           weights=self.weights)
+                                           weights=self.weights, ranker=self.ranker)
         if not checkpoints:
             raise NotFoundError(
                 f"the registry has no {options.base if options.base != 'any' else 'renderable'} checkpoint "
@@ -174,7 +178,7 @@ class Selector:
         choices = []
         for d in dedupe(decoded):
             ck = checkpoints[d.checkpoint]
-            score = float(ck_lp[d.checkpoint]) + RETRIEVAL_BETA * ck.score
+            score = float(ck_lp[d.checkpoint]) + retrieval_term(ck)
             chosen = [loras[j] for j in d.loras]
             choices.append(Choice(ck, chosen, score, llm_logprob=d.logprob,
                                   notes=[f"llm p={math.exp(ck_lp[d.checkpoint]):.2f}"]))
@@ -240,6 +244,13 @@ class Selector:
                         for c in choices[1 : 1 + max(options.n_candidates, 3)]]
         calls[0] = calls[0].model_copy(update={"alternatives": alternatives})
         return calls
+
+
+def retrieval_term(c: Candidate) -> float:
+    """What retrieval adds to the LLM's log-probability of choosing ``c``."""
+    if "ranker" in c.signals:
+        return RANKER_BETA * math.log(max(c.score, 1e-9))
+    return RETRIEVAL_BETA * c.score
 
 
 def _rationale(ch: Choice, n_images: int) -> str:

@@ -1,4 +1,5 @@
-"""``diffagent train ...``: data, sft, rrhf, export, eval (see ``diffagent.training.pipeline``)."""
+"""``diffagent train ...``: data, sft, rrhf, export, eval (see ``diffagent.training.pipeline``) and
+ranker (``diffagent.training.ranker``)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,17 @@ def cmd_eval(args, settings: Settings) -> int:
                            progress=not args.quiet))
 
 
+def cmd_ranker(args, settings: Settings) -> int:
+    from diffagent.registry.store import Registry
+    from diffagent.training.ranker import train_ranker
+
+    registry = Registry.open(settings.registry, allow_nsfw=settings.allow_nsfw)
+    work = args.work_dir or settings.data_dir / "training" / "ranker"
+    out = args.out or work / "ranker.json"
+    return _print(train_ranker(registry, args.pairs, out, work_dir=work, limit=args.limit, val_limit=args.val_limit,
+                               seed=args.seed or 0, max_iter=args.trees, progress=not args.quiet))
+
+
 def register(subparsers) -> None:
     train = add_group(subparsers, "train", "train the DiffAgent selector LLM: data, SFT, RRHF, GGUF export")
 
@@ -104,3 +116,14 @@ def register(subparsers) -> None:
     p.add_argument("--n", type=int, default=300, help="held-out pairs (a seeded sample)")
     p.add_argument("--pairs", type=Path, default=None)
     p.set_defaults(func=cmd_eval)
+
+    p = add_command(train, "ranker", help="fit the checkpoint ranker on creators' choices (DIFFAGENT_RANKER)")
+    p.add_argument("--pairs", type=Path, required=True, help="pairs from `diffagent bench build`")
+    p.add_argument("--out", type=Path, default=None, help="default: <work_dir>/ranker.json")
+    p.add_argument("--work-dir", type=Path, default=None, help="feature cache; default <data_dir>/training/ranker")
+    p.add_argument("--limit", type=int, default=14000, help="train pairs (a seeded sample)")
+    p.add_argument("--val-limit", type=int, default=2000, help="val pairs for the report")
+    p.add_argument("--trees", type=int, default=200)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_ranker)

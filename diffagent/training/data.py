@@ -28,6 +28,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from diffagent.agent.prompt import CHECKPOINT_LABELS, LORA_LABELS, answer_text, render_prompt
+from diffagent.agent.ranker import TreeEnsemble
+from diffagent.agent.ranker import load_setting as load_ranker
 from diffagent.agent.retrieve import RetrievalWeights, retrieve_checkpoints, retrieve_loras
 from diffagent.agent.selector import LORA_CANDIDATES
 from diffagent.bench.pairs import Pair, Target, load_pairs
@@ -61,7 +63,8 @@ class Example(BaseModel):
 
 
 def build_example(registry: Registry, pair: Pair, lora_index: dict[str, int], *, candidates_k: int,
-                  max_loras: int, weights: RetrievalWeights | None = None, leave_page_out: bool = False) -> Example:
+                  max_loras: int, weights: RetrievalWeights | None = None, leave_page_out: bool = False,
+                  ranker: TreeEnsemble | None = None) -> Example:
     """One pair -> one example, with the candidates the selector would show for its instruction
     (with the pair's own model page left out of the registry's votes when ``leave_page_out``)."""
     weights = weights or RetrievalWeights()
@@ -70,7 +73,7 @@ def build_example(registry: Registry, pair: Pair, lora_index: dict[str, int], *,
     # the same calls, in the same order and with the same arguments, as Selector.select_many with
     # SelectOptions(base="any", style=None) -- the options `bench select` evaluates with
     checkpoints = retrieve_checkpoints(registry, request, base=parse_base_constraint("any"), k=candidates_k,
-                                       weights=weights, exclude_page=page)
+                                       weights=weights, exclude_page=page, ranker=ranker)
     target_loras = [lora_index[lo.name.lower()] for lo in pair.target.loras if lo.name.lower() in lora_index]
     ex = Example(image_id=pair.image_id, request=request, target=pair.target,
                  target_lora_ids=list(dict.fromkeys(target_loras)))
@@ -123,7 +126,7 @@ class DataReport(BaseModel):
 
 def build_examples(pairs_path: Path, registry: Registry, out: Path, *, split: str, limit: int, seed: int,
                    dedupe: bool, candidates_k: int, max_loras: int, leave_page_out: bool = True,
-                   progress: bool = False) -> DataReport:
+                   ranker: str | None = None, progress: bool = False) -> DataReport:
     """Build (or resume building) the example cache ``out``; returns its report.
 
     ``out.meta.json`` records what the cache was built from; a different request is refused rather
@@ -136,7 +139,8 @@ def build_examples(pairs_path: Path, registry: Registry, out: Path, *, split: st
 
     meta = {"pairs": str(Path(pairs_path).resolve()), "registry": str(Path(registry.path).resolve()),
             "split": split, "seed": seed, "dedupe": dedupe, "candidates_k": candidates_k,
-            "max_loras": max_loras, "allow_nsfw": registry.allow_nsfw, "leave_page_out": leave_page_out}
+            "max_loras": max_loras, "allow_nsfw": registry.allow_nsfw, "leave_page_out": leave_page_out,
+            "ranker": ranker}
     meta_path = out.with_name(out.name + ".meta.json")
     if meta_path.exists() and out.exists():
         old = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -148,6 +152,7 @@ def build_examples(pairs_path: Path, registry: Registry, out: Path, *, split: st
     selected = select_pairs(load_pairs(pairs_path, splits={split}), limit=limit, seed=seed, dedupe=dedupe)
     if not selected:
         raise UserInputError(f"no {split} pairs in {pairs_path}; build them with `diffagent bench build`")
+    model = load_ranker(ranker)
     log = AppendLog(out)
     done = {int(r["image_id"]) for r in log.records()}
     todo = [p for p in selected if p.image_id not in done]
@@ -158,7 +163,7 @@ def build_examples(pairs_path: Path, registry: Registry, out: Path, *, split: st
             for pair in tqdm(todo, desc="examples", disable=not progress, initial=len(selected) - len(todo),
                              total=len(selected)):
                 ex = build_example(registry, pair, lora_index, candidates_k=candidates_k, max_loras=max_loras,
-                                   leave_page_out=leave_page_out)
+                                   leave_page_out=leave_page_out, ranker=model)
                 write(ex.model_dump(mode="json"))
     wanted = {p.image_id for p in selected}
     return DataReport.of([e for e in load_examples(out) if e.image_id in wanted])

@@ -1,0 +1,207 @@
+"""The learned checkpoint ranker: features, the JSON tree ensemble against scikit-learn, monotonicity,
+loading errors, its use in retrieval, and ``diffagent train ranker`` end to end on the tiny registry."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from diffagent.agent import ranker as rk
+from diffagent.agent.retrieve import retrieve_checkpoints
+from diffagent.bench.pairs import Pair, Target
+from diffagent.errors import UserInputError
+from diffagent.families import parse_base_constraint
+from diffagent.training.ranker import Collected, agreement, fit, train_ranker
+
+
+def hit(vid, model, downloads=100, **signals):
+    return SimpleNamespace(version=SimpleNamespace(id=vid, model_id=model, downloads=downloads), signals=signals)
+
+
+def synthetic(n_pairs=300, rows=20, seed=0) -> Collected:
+    """The creators' checkpoint is the row with a strong kNN vote among rarely downloaded ones, and
+    the first stage (stored order) sorts by downloads: a rule a weighted sum cannot express."""
+    rng = np.random.default_rng(seed)
+    X, y, group, model, target_model = [], [], [], [], []
+    for j in range(n_pairs):
+        f = np.zeros((rows, len(rk.FEATURES)))
+        f[:, rk.FEATURES.index("knn")] = rng.random(rows)
+        f[:, rk.FEATURES.index("log_downloads")] = np.sort(rng.random(rows) * 12)[::-1]
+        f[:, rk.FEATURES.index("page_versions")] = 1
+        good = (f[:, rk.FEATURES.index("knn")] + (f[:, rk.FEATURES.index("log_downloads")] < 6)).argmax()
+        X.append(f)
+        y += [i == good for i in range(rows)]
+        group += [j] * rows
+        model += list(range(j * rows, (j + 1) * rows))  # every row its own page
+        target_model.append(j * rows + good)
+    return Collected(X=np.vstack(X), y=np.array(y, dtype=np.int8), group=np.array(group), model=np.array(model),
+                     target_model=np.array(target_model), pairs=n_pairs)
+
+
+def prior_only(n_pairs=200, rows=20, seed=0) -> Collected:
+    """Only the prior (popularity) tells the creators' checkpoint apart: it is each pair's most popular row."""
+    rng = np.random.default_rng(seed)
+    X = rng.random((n_pairs * rows, len(rk.FEATURES)))
+    group = np.arange(n_pairs * rows) // rows
+    prior = X[:, rk.FEATURES.index("prior")].reshape(n_pairs, rows)
+    y = (prior == prior.max(axis=1, keepdims=True)).ravel().astype(np.int8)
+    return Collected(X=X, y=y, group=group, model=np.arange(len(y)), target_model=np.zeros(n_pairs, dtype=int),
+                     pairs=n_pairs)
+
+
+def test_features_count_page_versions_and_mark_the_newest():
+    hits = [hit(11, 1, knn=0.5, prior=0.2), hit(12, 1, downloads=0), hit(21, 2, semantic=0.3)]
+    X = rk.features(hits)
+    col = {f: X[:, i] for i, f in enumerate(rk.FEATURES)}
+    assert X.shape == (3, len(rk.FEATURES))
+    assert col["knn"].tolist() == [0.5, 0, 0] and col["semantic"].tolist() == [0, 0, 0.3]
+    assert col["page_versions"].tolist() == [2, 2, 1]
+    assert col["newest_of_page"].tolist() == [0, 1, 1]
+    assert col["log_downloads"][0] == pytest.approx(math.log1p(100))
+    assert rk.features([]).shape == (0, len(rk.FEATURES))
+
+
+def test_learns_a_rule_the_first_stage_misses_and_json_matches_sklearn():
+    train, val = synthetic(seed=0), synthetic(n_pairs=200, seed=1)
+    model, clf = fit(train, max_iter=60)
+    first = agreement(val, -np.arange(len(val.y), dtype=float))
+    learned = agreement(val, model.raw(val.X))
+    assert learned["top1"] > first["top1"] + 0.3
+    np.testing.assert_allclose(model.raw(val.X), clf.decision_function(val.X), rtol=1e-9, atol=1e-9)
+    again = rk.TreeEnsemble.from_json(json.loads(json.dumps(model.to_json())))
+    np.testing.assert_array_equal(again.raw(val.X), model.raw(val.X))
+
+
+def test_a_stronger_signal_never_lowers_the_score():
+    model, _ = fit(synthetic(), max_iter=40)
+    rng = np.random.default_rng(3)
+    X = rng.random((500, len(rk.FEATURES))) * 3
+    for i, monotone in enumerate(rk.MONOTONE):
+        if monotone:
+            up = X.copy()
+            up[:, i] += rng.random(len(X))
+            assert (model.raw(up) >= model.raw(X) - 1e-12).all(), rk.FEATURES[i]
+
+
+def test_wrong_shapes_and_files_are_refused_with_the_fix(tmp_path):
+    model, _ = fit(synthetic(n_pairs=50), max_iter=5)
+    with pytest.raises(ValueError, match="features"):
+        model.raw(np.zeros((2, 3)))
+    with pytest.raises(UserInputError, match="train ranker"):
+        rk.TreeEnsemble.load(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserInputError, match="not JSON"):
+        rk.TreeEnsemble.load(bad)
+    data = model.to_json()
+    (tmp_path / "old.json").write_text(json.dumps({**data, "format": 0}))
+    with pytest.raises(UserInputError, match="format"):
+        rk.TreeEnsemble.load(tmp_path / "old.json")
+    (tmp_path / "other.json").write_text(json.dumps({**data, "features": ["knn"] * len(rk.FEATURES)}))
+    with pytest.raises(UserInputError, match="retrain"):
+        rk.TreeEnsemble.load(tmp_path / "other.json")
+    (tmp_path / "torn.json").write_text(json.dumps({**data, "value": data["value"][:-1]}))
+    with pytest.raises(UserInputError, match="corrupt"):
+        rk.TreeEnsemble.load(tmp_path / "torn.json")
+
+
+def test_settings_values():
+    assert rk.load_setting("none") is None and rk.load_setting("") is None and rk.load_setting(None) is None
+    bundled = rk.load_setting("default")
+    assert bundled.features == rk.FEATURES and len(bundled.roots) > 10
+    assert bundled.meta["trained_on"]["val_ranker"]["top1"] > bundled.meta["trained_on"]["val_first_stage"]["top1"]
+
+
+def test_retrieval_with_a_ranker_reorders_and_reports_probabilities(tiny_registry, tmp_path):
+    # a ranker that only trusts the prior (popularity) orders the candidates by it
+    model, _ = fit(prior_only(), max_iter=30)
+    query = "watercolor painting of a fox"
+    plain = retrieve_checkpoints(tiny_registry, query, base=parse_base_constraint("any"), k=4)
+    ranked = retrieve_checkpoints(tiny_registry, query, base=parse_base_constraint("any"), k=4, ranker=model)
+    assert plain[0].version.id == 1003  # the watercolor checkpoint by text
+    assert all(0 < c.score < 1 and "ranker" in c.signals for c in ranked)
+    assert [c.score for c in ranked] == sorted((c.score for c in ranked), reverse=True)
+    assert ranked[0].signals["prior"] == max(c.signals["prior"] for c in ranked)
+    assert ranked[0].version.id != plain[0].version.id
+
+
+def _pairs_file(path, n_train=40, n_val=12):
+    prompts = {1003: ("watercolor painting of a {} in a misty forest", 103),
+               1002: ("1girl, anime style, {} with cherry blossoms", 102),
+               1001: ("portrait photo of a {}, 85mm, film grain", 101)}
+    subjects = ["fox", "cat", "heron", "old man", "castle", "boat", "owl", "tree"]
+    rows = []
+    for i in range(n_train + n_val):
+        vid = list(prompts)[i % 3]
+        text, page = prompts[vid]
+        rows.append(Pair(image_id=i, page_model_id=page, split="train" if i < n_train else "val",
+                         instruction=text.format(subjects[i % len(subjects)]),
+                         target=Target(checkpoint_version_id=vid, checkpoint_model_id=page)).model_dump())
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_train_ranker_end_to_end_then_the_selector_uses_it(tiny_registry, tiny_registry_path, tmp_path, monkeypatch):
+    from diffagent.agent.selector import Selector
+    from diffagent.settings import Settings
+    from diffagent.tools import SelectOptions
+
+    pairs = _pairs_file(tmp_path / "pairs.jsonl")
+    out = tmp_path / "ranker.json"
+    report = train_ranker(tiny_registry, pairs, out, work_dir=tmp_path / "work", limit=40, val_limit=12,
+                          max_iter=20)
+    assert report["train_pairs"] == 40 and report["val_pairs"] == 12 and report["train_positives"] > 0
+    assert set(report["val_ranker"]) == {"top1", "top5", "model_top1", "model_top5"}
+    saved = json.loads(out.with_suffix(".report.json").read_text())
+    assert saved == report
+    model = rk.TreeEnsemble.load(out)
+    assert model.meta["trained_on"] == report
+
+    # a refit reuses the cached features: no search runs
+    monkeypatch.setattr("diffagent.training.ranker.first_stage", lambda *a, **k: pytest.fail("searched again"))
+    again = train_ranker(tiny_registry, pairs, tmp_path / "r2.json", work_dir=tmp_path / "work", limit=40,
+                         val_limit=12, max_iter=20)
+    assert again["val_ranker"] == report["val_ranker"]
+    monkeypatch.undo()
+
+    sel = Selector(tiny_registry, Settings(registry=tiny_registry_path, selector="retrieval", ranker=str(out)))
+    choice = sel.select_many("watercolor painting of a heron in a misty forest", SelectOptions(seed=0)).choices[0]
+    assert "ranker" in choice.checkpoint.signals and 0 < choice.checkpoint.score < 1
+
+
+def test_train_ranker_refuses_an_empty_split(tiny_registry, tmp_path):
+    pairs = _pairs_file(tmp_path / "pairs.jsonl", n_train=5, n_val=0)
+    with pytest.raises(UserInputError, match="no val pairs"):
+        train_ranker(tiny_registry, pairs, tmp_path / "r.json", work_dir=tmp_path / "w", limit=5, val_limit=5)
+
+
+def test_without_creators_votes_the_search_order_stands(tiny_registry):
+    """A registry without sample images (the default one) gives no votes: outside what the ranker learned."""
+    from diffagent.agent.retrieve import RetrievalWeights
+
+    assert rk.applies([hit(1, 1, knn=0.0), hit(2, 2, creators=0.2)])
+    assert not rk.applies([hit(1, 1, knn=0.0, prior=0.9), hit(2, 2, semantic=0.5)])
+    model, _ = fit(prior_only(), max_iter=30)
+    no_votes = RetrievalWeights(knn=0.0, creators=0.0)
+    query = "watercolor painting of a fox"
+    plain = retrieve_checkpoints(tiny_registry, query, base=parse_base_constraint("any"), k=4, weights=no_votes)
+    ranked = retrieve_checkpoints(tiny_registry, query, base=parse_base_constraint("any"), k=4, weights=no_votes,
+                                  ranker=model)
+    assert [c.version.id for c in ranked] == [c.version.id for c in plain]
+    assert not any("ranker" in c.signals for c in ranked)
+
+
+def test_train_ranker_cli(tiny_registry_path, tmp_path, capsys):
+    from diffagent.cli import main
+
+    pairs = _pairs_file(tmp_path / "pairs.jsonl")
+    rc = main(["train", "ranker", "--pairs", str(pairs), "--registry", str(tiny_registry_path), "--work-dir",
+               str(tmp_path / "w"), "--limit", "40", "--val-limit", "12", "--trees", "10", "--quiet"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["trees"] == 10 and report["train_pairs"] == 40
+    assert len(rk.TreeEnsemble.load(tmp_path / "w" / "ranker.json").roots) == 10
