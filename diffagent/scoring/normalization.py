@@ -33,7 +33,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from diffagent.errors import UserInputError
-from diffagent.scoring._atomic import write_text_atomic
+from diffagent.atomic import write_text_atomic
 
 SHIPPED_STATS = "reference_stats.json"
 

@@ -15,20 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from diffagent.atomic import write_text_atomic
+
 
 def write_json_atomic(path: Path, data: Any, indent: int | None = 1) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=indent, separators=None if indent else (",", ":"))
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; reports are for reading
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    text = json.dumps(data, indent=indent, separators=None if indent else (",", ":"))
+    return write_text_atomic(path, text)
 
 
 def replace_dir(path: Path, write: Callable[[Path], None]) -> Path:
