@@ -74,7 +74,8 @@ def cmd_ranker(args, settings: Settings) -> int:
 
 
 def register(subparsers) -> None:
-    train = add_group(subparsers, "train", "train the DiffAgent selector LLM: data, SFT, RRHF, GGUF export")
+    train = add_group(subparsers, "train", "train the DiffAgent selector LLM (data, SFT, RRHF, GGUF export) "
+                      "and the checkpoint ranker")
 
     def common(p):
         p.add_argument("--config", type=Path, default=None, help="training config (.toml or .json)")

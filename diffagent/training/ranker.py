@@ -23,6 +23,7 @@ import numpy as np
 
 from diffagent.agent.ranker import FEATURES, MONOTONE, POOL, TreeEnsemble, features
 from diffagent.agent.retrieve import RetrievalWeights, first_stage
+from diffagent.atomic import write_atomic
 from diffagent.bench.pairs import Pair, load_pairs
 from diffagent.errors import UserInputError
 from diffagent.families import parse_base_constraint
@@ -44,18 +45,9 @@ class Collected:
     pairs: int
 
     def save(self, path: Path) -> None:
-        import os
-        import tempfile
-
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-        os.close(fd)
-        try:
-            np.savez_compressed(tmp, X=self.X, y=self.y, group=self.group, model=self.model,
-                                target_model=self.target_model, pairs=np.array([self.pairs]))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, lambda tmp: np.savez_compressed(
+            tmp, X=self.X, y=self.y, group=self.group, model=self.model, target_model=self.target_model,
+            pairs=np.array([self.pairs])))
 
     @classmethod
     def load(cls, path: Path) -> Collected:
@@ -119,7 +111,9 @@ def fit(data: Collected, *, seed: int = 0, max_iter: int = 200, learning_rate: f
 
 def _cached(registry: Registry, pairs_path: Path, split: str, limit: int, seed: int, cache_dir: Path,
             progress: bool) -> Collected:
+    db = Path(registry.path).stat()  # a re-imported registry gives other features
     key = {"pairs": str(Path(pairs_path).resolve()), "registry": str(Path(registry.path).resolve()),
+           "registry_state": [db.st_size, db.st_mtime_ns],
            "allow_nsfw": registry.allow_nsfw, "split": split, "limit": limit, "seed": seed,
            "features": list(FEATURES), "pool": POOL}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
