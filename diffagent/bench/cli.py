@@ -89,6 +89,7 @@ def cmd_select(args, settings: Settings) -> int:
             print(f"{method}: {json.dumps(results[method])}", file=sys.stderr)
     report = {"pairs": str(args.pairs), "split": args.split, "n": len(pairs), "registry": str(settings.registry),
               "selector_model": settings.llm_model and str(settings.llm_model), "lora": settings.llm_lora and str(settings.llm_lora),
+              "ranker": settings.ranker,
               "results": results}
     if args.plot:
         plot(results, args.plot)

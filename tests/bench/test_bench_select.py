@@ -127,6 +127,7 @@ def test_bench_select_cli_end_to_end(tmp_path, tiny_registry_path, capsys, metho
     report = json.loads(capsys.readouterr().out)
     res = report["results"]
     assert set(res) == set(methods)
+    assert report["ranker"] == "default"
     assert res["knn"]["checkpoint_top1"] == 1.0  # identical prompts in train pages
     assert res["retrieval"]["checkpoint_top1"] >= 0.5
     assert all(r["hallucination_rate"] == 0.0 for r in res.values())
