@@ -205,3 +205,10 @@ def test_train_ranker_cli(tiny_registry_path, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["trees"] == 10 and report["train_pairs"] == 40
     assert len(rk.TreeEnsemble.load(tmp_path / "w" / "ranker.json").roots) == 10
+
+
+def test_fit_refuses_data_without_a_single_right_answer():
+    data = synthetic(n_pairs=10)
+    data.y[:] = 0
+    with pytest.raises(UserInputError, match="more pairs"):
+        fit(data, max_iter=5)
