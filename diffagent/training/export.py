@@ -14,11 +14,11 @@ import os
 import subprocess
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from diffagent.atomic import write_atomic
 from diffagent.errors import DiffAgentError, MissingDependency, UserInputError
 from diffagent.training.io import replace_dir
 
@@ -108,16 +108,8 @@ def export_model(hf_dir: Path, out: Path, *, converter: Path, outtype: str = "q8
 
 def _convert(script: Path, options: list[str], source: str, out: Path) -> Path:
     """Run a llama.cpp converter into a temporary file beside ``out``, then move it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".gguf", dir=out.parent)
-    os.close(fd)
-    try:
-        _run([sys.executable, str(script), *options, "--outfile", tmp, source], script.name)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is meant to be shared
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return out
+    return write_atomic(out, lambda tmp: _run([sys.executable, str(script), *options, "--outfile", str(tmp), source],
+                                              script.name))
 
 
 def merge_adapter(base_hf_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
