@@ -10,14 +10,14 @@ rebuilt only after an import changes the prompts. The cache is plain arrays (``.
 from __future__ import annotations
 
 import logging
-import os
 import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import Engine, text
+
+from diffagent.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 FORMAT = 4
@@ -95,12 +95,10 @@ def _content_key(engine: Engine) -> str:
 def _save(index: PromptIndex, path: Path) -> None:
     terms = sorted(index.vectorizer.vocabulary_, key=index.vectorizer.vocabulary_.get)
     m = index.matrix
-    fd, tmp = tempfile.mkstemp(prefix=".knn-", suffix=".npz", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        np.savez(fh, key=np.array(index.key), terms=np.array(json.dumps(terms)), idf=index.vectorizer.idf_,
-                 data=m.data, indices=m.indices, indptr=m.indptr, shape=np.array(m.shape), labels=index.labels,
-                 lora_ptr=index.lora_ptr, lora_ids=index.lora_ids, pages=index.pages)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: np.savez(
+        tmp, key=np.array(index.key), terms=np.array(json.dumps(terms)), idf=index.vectorizer.idf_,
+        data=m.data, indices=m.indices, indptr=m.indptr, shape=np.array(m.shape), labels=index.labels,
+        lora_ptr=index.lora_ptr, lora_ids=index.lora_ids, pages=index.pages))
 
 
 def _load(path: Path, key: str) -> PromptIndex | None:
