@@ -526,13 +526,13 @@ class Registry:
             score += w["lexical"] * lex
             if (idx.vec is not None or idx.pvec is not None) and (w["semantic"] or w["prompts"]):
                 qv = query_vector if query_vector is not None else self.embedder.encode_query(query)
-                for name, matrix in (("semantic", vec), ("prompts", pvec)):
-                    if matrix is not None:
-                        sim = np.zeros(len(idx.ids), dtype=np.float32)
-                        with one_blas_thread():
+                with one_blas_thread():
+                    for name, matrix in (("semantic", vec), ("prompts", pvec)):
+                        if matrix is not None:
+                            sim = np.zeros(len(idx.ids), dtype=np.float32)
                             sim[rows] = np.clip(matrix @ qv, 0, 1)
-                        signals[name] = sim
-                        score += w[name] * sim
+                            signals[name] = sim
+                            score += w[name] * sim
             votes = {"knn": lambda: self.prompt_neighbours(query, k=50, exclude_page=exclude_page),
                      "creators": lambda: self.creator_votes(query, exclude_page=exclude_page)}
             for name, vote in votes.items():
