@@ -12,6 +12,7 @@ checkpoint's score.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import Counter, defaultdict
@@ -90,6 +91,12 @@ class TreeEnsemble:
                 "threshold": [float(t) for t in self.threshold], "left": self.left.tolist(),
                 "right": self.right.tolist(), "value": [float(v) for v in self.value],
                 "leaf": self.leaf.astype(int).tolist(), "meta": self.meta}
+
+    def digest(self) -> str:
+        """SHA-256 of the trees and features (not ``meta``): what a cache built with this ranker
+        records, so a retrained or replaced ranker file invalidates it."""
+        body = {k: v for k, v in self.to_json().items() if k != "meta"}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
     @classmethod
     def from_json(cls, data: dict) -> TreeEnsemble:

@@ -137,10 +137,12 @@ def build_examples(pairs_path: Path, registry: Registry, out: Path, *, split: st
 
     from diffagent.registry.stats import lora_name_index
 
+    model = load_ranker(ranker)
     meta = {"pairs": str(Path(pairs_path).resolve()), "registry": str(Path(registry.path).resolve()),
             "split": split, "seed": seed, "dedupe": dedupe, "candidates_k": candidates_k,
             "max_loras": max_loras, "allow_nsfw": registry.allow_nsfw, "leave_page_out": leave_page_out,
-            "ranker": ranker}
+            # the trees, not the setting: "default" names whichever file this version bundles
+            "ranker": model.digest() if model is not None else None}
     meta_path = out.with_name(out.name + ".meta.json")
     if meta_path.exists() and out.exists():
         old = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -152,7 +154,6 @@ def build_examples(pairs_path: Path, registry: Registry, out: Path, *, split: st
     selected = select_pairs(load_pairs(pairs_path, splits={split}), limit=limit, seed=seed, dedupe=dedupe)
     if not selected:
         raise UserInputError(f"no {split} pairs in {pairs_path}; build them with `diffagent bench build`")
-    model = load_ranker(ranker)
     log = AppendLog(out)
     done = {int(r["image_id"]) for r in log.records()}
     todo = [p for p in selected if p.image_id not in done]

@@ -87,6 +87,14 @@ def test_a_stronger_signal_never_lowers_the_score():
             assert (model.raw(up) >= model.raw(X) - 1e-12).all(), rk.FEATURES[i]
 
 
+def test_digest_names_the_trees_not_the_notes():
+    model, _ = fit(synthetic(n_pairs=50), max_iter=5)
+    data = model.to_json()
+    assert rk.TreeEnsemble.from_json({**data, "meta": {"note": "retold"}}).digest() == model.digest()
+    changed = {**data, "value": [data["value"][0] + 1e-6, *data["value"][1:]]}
+    assert rk.TreeEnsemble.from_json(changed).digest() != model.digest()
+
+
 def test_wrong_shapes_and_files_are_refused_with_the_fix(tmp_path):
     model, _ = fit(synthetic(n_pairs=50), max_iter=5)
     with pytest.raises(ValueError, match="features"):

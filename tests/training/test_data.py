@@ -119,6 +119,8 @@ def test_example_cache_resumes_and_refuses_other_settings(tiny_registry, tmp_pat
     assert {e.image_id for e in load_examples(out)} == {100, 101, 102, 103}
     with pytest.raises(UserInputError, match="candidates_k"):
         build_examples(pairs, tiny_registry, out, limit=4, **{**kw, "candidates_k": 3})
+    with pytest.raises(UserInputError, match="ranker"):  # shortlists ordered by trees the cache was not
+        build_examples(pairs, tiny_registry, out, limit=4, ranker="default", **kw)
 
 
 def test_shuffled_candidates_keep_the_answer_on_the_same_versions(tiny_registry, lora_index):
