@@ -27,7 +27,7 @@ VECTORIZER_ARGS = {"sublinear_tf": True, "stop_words": "english", "ngram_range":
 @dataclass
 class PromptIndex:
     key: str
-    vectorizer: object  # sklearn TfidfVectorizer
+    vectorizer: object  # sklearn TfidfVectorizer; None in an empty index
     matrix: object  # scipy.sparse CSR (n_prompts x n_features), rows L2-normalized
     labels: np.ndarray  # checkpoint version id per row
     lora_ptr: np.ndarray  # row i used LoRA versions lora_ids[lora_ptr[i]:lora_ptr[i+1]]
@@ -135,9 +135,16 @@ def load_or_build(engine: Engine, db_path: Path) -> PromptIndex:
     return index
 
 
-def build(engine: Engine, key: str) -> PromptIndex:
-    from sklearn.feature_extraction.text import TfidfVectorizer
+def _empty(key: str) -> PromptIndex:
+    """An index that matches nothing (``neighbours`` never consults its vectorizer)."""
+    from scipy.sparse import csr_matrix
 
+    none = np.zeros(0, dtype=np.int64)
+    return PromptIndex(key=key, vectorizer=None, matrix=csr_matrix((0, 0), dtype=np.float32), labels=none,
+                       lora_ptr=np.zeros(1, dtype=np.int64), lora_ids=none, pages=none)
+
+
+def build(engine: Engine, key: str) -> PromptIndex:
     from diffagent.registry.stats import lora_name_index
 
     with engine.connect() as conn:
@@ -145,6 +152,10 @@ def build(engine: Engine, key: str) -> PromptIndex:
             "SELECT prompt, version_id, resources, page_model_id FROM sample_image WHERE version_id IS NOT NULL AND NOT nsfw"
             " AND length(prompt) > 0 ORDER BY id")).all()
         by_stem = lora_name_index(conn)
+    if not rows:  # e.g. the default registry: no sample images, and no 0.6 s scikit-learn import
+        return _empty(key)
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
     ptr, ids = [0], []
     for r in rows:
         used = {by_stem.get(str(x.get("name", "")).lower()) for x in json.loads(r[2] or "[]")
@@ -154,12 +165,8 @@ def build(engine: Engine, key: str) -> PromptIndex:
     vectorizer = TfidfVectorizer(min_df=2 if len(rows) > 1000 else 1, **VECTORIZER_ARGS)
     try:
         matrix = vectorizer.fit_transform([r[0] for r in rows]).tocsr()
-    except ValueError:  # no prompts, or only stop words: an index that matches nothing
-        from scipy.sparse import csr_matrix
-
-        rows, ptr, ids = [], [0], []
-        vectorizer = TfidfVectorizer(**VECTORIZER_ARGS).fit(["diffagent"])
-        matrix = csr_matrix((0, len(vectorizer.vocabulary_)), dtype=np.float32)
+    except ValueError:  # only stop words: an index that matches nothing
+        return _empty(key)
     return PromptIndex(key=key, vectorizer=vectorizer, matrix=matrix,
                        labels=np.array([r[1] for r in rows], dtype=np.int64),
                        lora_ptr=np.array(ptr, dtype=np.int64), lora_ids=np.array(ids, dtype=np.int64),

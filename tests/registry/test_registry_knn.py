@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
 
 from diffagent.registry.knn import load_or_build
 from diffagent.registry.store import Registry
@@ -30,3 +36,26 @@ def test_damaged_or_stale_cache_is_rebuilt(tiny_registry_path, tmp_path, embedde
     index = load_or_build(reg.engine, db)
     assert index.matrix.shape[0] > 0
     assert index.votes("only the and of") == {}  # stop words match nothing
+
+
+def test_without_sample_images_the_index_votes_nothing_and_writes_no_cache(tiny_registry_path, tmp_path, embedder):
+    db = tmp_path / "r.db"
+    shutil.copy(tiny_registry_path, db)
+    reg = Registry.open(db, embedder=embedder)
+    with reg.engine.begin() as conn:
+        conn.execute(text("DELETE FROM sample_image"))
+    index = load_or_build(reg.engine, db)
+    assert index.matrix.shape[0] == 0 and index.vectorizer is None
+    assert index.votes("watercolor landscape with a lake") == {} and index.lora_votes("portrait") == {}
+    assert not (tmp_path / "r.db.knn.npz").exists()
+
+
+def test_a_search_of_the_default_registry_imports_no_scikit_learn_or_torch():
+    db = Path(__file__).parents[2] / "registry.db"
+    if not db.exists():
+        pytest.skip(f"{db} is not in this checkout")
+    code = ("import sys; from diffagent.registry.store import Registry; "
+            f"assert Registry.open({str(db)!r}).search('a watercolor fox', types=['checkpoint']); "
+            "print(sorted(m for m in ('sklearn', 'torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
