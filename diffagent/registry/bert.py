@@ -109,7 +109,7 @@ class NumpyBert:
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        encodings = self.tokenizer.encode_batch(list(texts))
+        encodings = [self.tokenizer.encode(t) for t in texts]  # encode_batch would start a thread pool
         # batches of similar lengths pad little (sentence-transformers sorts the same way)
         order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
         for start in range(0, len(order), batch_size):
