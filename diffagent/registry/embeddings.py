@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffagent.blas import one_blas_thread
 from diffagent.errors import MissingDependency, UserInputError
 from diffagent.registry.bert import NumpyBert, Unsupported
 
@@ -82,7 +83,11 @@ class Embedder:
                 self._queries.move_to_end(text)
                 return hit
         fast = self._query_encoder()
-        vec = (fast.encode([text]) if fast else self.encode([text]))[0]
+        if fast is not None:
+            with one_blas_thread():  # spinning BLAS threads would slow the LLM step that follows
+                vec = fast.encode([text])[0]
+        else:
+            vec = self.encode([text])[0]
         with self._lock:
             self._queries[text] = vec
             while len(self._queries) > 512:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from diffagent.apicall import ModelRef
+from diffagent.blas import one_blas_thread
 from diffagent.errors import NotFoundError
 from diffagent.families import Family, ecosystem_of
 from diffagent.registry.db import open_engine
@@ -145,26 +146,6 @@ class _Index:
 
 def _is_word_char(ch: str) -> bool:
     return ch.isalnum() or ch == "_"
-
-
-_blas_lock = threading.Lock()
-_blas_controller = None
-
-
-def one_blas_thread():
-    """A context in which numpy's BLAS runs on one thread.
-
-    OpenBLAS threads spin for a while after a product, on the cores llama.cpp is about to use: on the
-    2-core machine, the 27k x 384 vector products of a search over the Civitai dump, run on 2 threads,
-    slowed the LLM's prompt evaluation that follows from ~300 to 370-450 ms (select p50 large/default
-    1.3, against 1.06 with one thread). One thread costs ~1.6 ms a product there."""
-    global _blas_controller
-    with _blas_lock:
-        if _blas_controller is None:
-            from threadpoolctl import ThreadpoolController
-
-            _blas_controller = ThreadpoolController()  # scans the loaded libraries once
-    return _blas_controller.limit(limits=1, user_api="blas")
 
 
 def contains_words(text: str, phrase: str) -> bool:

@@ -92,3 +92,22 @@ def test_a_cold_query_imports_neither_torch_nor_transformers():
             "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_query_is_encoded_on_one_blas_thread(monkeypatch):
+    """Spinning OpenBLAS threads after the query's products would slow the LLM step that follows."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen = []
+    encode = NumpyBert.encode
+
+    def spy(self, texts, batch_size=64):
+        seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+        return encode(self, texts, batch_size)
+
+    monkeypatch.setattr(NumpyBert, "encode", spy)
+    with threadpool_limits(limits=2, user_api="blas"):
+        Embedder().encode_query("a lighthouse at dawn")
+        after = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+    assert seen and set(seen) == {1}
+    assert after == {2}  # restored

@@ -138,7 +138,7 @@ def test_vector_products_run_on_one_blas_thread_and_restore_it():
     """OpenBLAS threads left spinning after a search slow the LLM call that follows (see one_blas_thread)."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from diffagent.registry.store import one_blas_thread
+    from diffagent.blas import one_blas_thread
 
     def blas_threads():
         return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
