@@ -59,7 +59,7 @@ def cmd_eval(args, settings: Settings) -> int:
     from diffagent.training.pipeline import run_eval
 
     return _print(run_eval(_config(args), settings, args.model, split=args.split, limit=args.n,
-                           progress=not args.quiet))
+                           shuffle=args.shuffle, progress=not args.quiet))
 
 
 def cmd_ranker(args, settings: Settings) -> int:
@@ -115,6 +115,9 @@ def register(subparsers) -> None:
     p.add_argument("--model", choices=["base", "sft", "rrhf"], default="rrhf")
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--n", type=int, default=300, help="held-out pairs (a seeded sample)")
+    p.add_argument("--shuffle", type=float, default=0.0, metavar="SHARE",
+                   help="show this share of the examples with their candidates in a random order; 1.0 is the "
+                   "position-free probe (label_nll against uniform_nll)")
     p.add_argument("--pairs", type=Path, default=None)
     p.set_defaults(func=cmd_eval)
 

@@ -5,12 +5,19 @@ retrieval score; here only the choice among the shown candidates counts: how oft
 the creator's checkpoint when it was shown (against always picking the first, retrieval's choice),
 the LoRA overlap, and how many chosen LoRAs validation has to drop as incompatible (mismatched).
 Scored with the agreement-with-creators reward.
+
+``label_nll`` is the probe that tells whether a model matches requests to names at all: the negative
+log-probability of the creator's label among the checkpoint labels at the first answer step. With
+candidates shown in a random order (``run_eval(shuffle=1.0)``) a model that only learned positions
+scores ``uniform_nll`` (ln of the candidate count) or worse.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
+import numpy as np
 from pydantic import BaseModel
 
 from diffagent.agent.decode import Decoder, LogitsFn
@@ -31,6 +38,8 @@ class EvalReport(BaseModel):
     examples_with_mismatched_loras: int  # a chosen LoRA was dropped as incompatible
     invalid: int  # choices that did not rebuild into a call
     reward_mean: float
+    label_nll: float  # mean -log p(creator's label | checkpoint labels) at the first answer step
+    uniform_nll: float  # the same for a model that knows nothing: mean ln(number of candidates)
     seconds: float
 
 
@@ -43,10 +52,13 @@ def evaluate_choices(model_name: str, examples: list[Example], tok: Tokenizer, l
     if not usable:
         raise ValueError("no held-out example has its checkpoint among the candidates")
     hits = first = picked_first = mismatched_examples = invalid = 0
-    f1s, rewards = [], []
+    f1s, rewards, nlls = [], [], []
     for ex in tqdm(usable, desc=f"eval {model_name}", disable=not progress):
         labels = labels_for(tok, len(ex.checkpoint_ids), len(ex.lora_ids), max_loras)
-        d = Decoder(logits, tok.encode(ex.prompt, bos=True), labels, n_loras=len(ex.lora_ids)).greedy()
+        prompt = tok.encode(ex.prompt, bos=True)
+        nlls.append(label_nll(np.asarray(logits(prompt), dtype=np.float64)[list(labels.checkpoints)],
+                              ex.answer_checkpoint))
+        d = Decoder(logits, prompt, labels, n_loras=len(ex.lora_ids)).greedy()
         call, model_id, mismatched = rebuild(ex, d.checkpoint, d.loras)
         r = agreement_reward(call, ex.target, ex.target_lora_ids, checkpoint_model_id=model_id, mismatched=mismatched)
         hits += d.checkpoint == ex.answer_checkpoint
@@ -61,4 +73,12 @@ def evaluate_choices(model_name: str, examples: list[Example], tok: Tokenizer, l
                       first_candidate_accuracy=round(first / n, 4), picked_first=round(picked_first / n, 4),
                       lora_f1=round(sum(f1s) / n, 4),
                       examples_with_mismatched_loras=mismatched_examples, invalid=invalid,
-                      reward_mean=round(sum(rewards) / n, 4), seconds=round(time.perf_counter() - t0, 1))
+                      reward_mean=round(sum(rewards) / n, 4), label_nll=round(sum(nlls) / n, 4),
+                      uniform_nll=round(sum(math.log(len(e.checkpoint_ids)) for e in usable) / n, 4),
+                      seconds=round(time.perf_counter() - t0, 1))
+
+
+def label_nll(label_logits: np.ndarray, answer: int) -> float:
+    """-log softmax(label_logits)[answer], computed stably."""
+    z = label_logits - label_logits.max()
+    return float(math.log(np.exp(z).sum()) - z[answer])

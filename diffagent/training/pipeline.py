@@ -183,8 +183,9 @@ def run_rrhf(cfg: TrainConfig, settings: Settings, *, progress: bool = True) -> 
 
 
 def run_eval(cfg: TrainConfig, settings: Settings, model: str, *, split: str = "test", limit: int = 300,
-             progress: bool = True) -> dict:
-    """Greedy choice of ``model`` (base, sft, rrhf) on ``limit`` pairs of a held-out split."""
+             shuffle: float = 0.0, progress: bool = True) -> dict:
+    """Greedy choice of ``model`` (base, sft, rrhf) on ``limit`` pairs of a held-out split; ``shuffle``
+    shows that share of them with their candidates in a random order (1.0: the position-free probe)."""
     from diffagent.agent.llm import LlamaBackend
     from diffagent.training.data import build_examples, load_examples
     from diffagent.training.evaluate import evaluate_choices
@@ -195,6 +196,9 @@ def run_eval(cfg: TrainConfig, settings: Settings, model: str, *, split: str = "
         raise UserInputError("no pairs file: set data.pairs in the config or pass --pairs")
     if split == "train":
         raise UserInputError("evaluate on a held-out split (val or test), not on train")
+    if not 0.0 <= shuffle <= 1.0:
+        raise UserInputError(f"shuffle is the share of examples shown in a random order, between 0 and 1 "
+                             f"(got {shuffle})")
     lay = layout(cfg, settings)
     registry = _registry(cfg, settings)
     held_out = lay.examples.with_name(f"examples-{split}.jsonl")
@@ -210,9 +214,14 @@ def run_eval(cfg: TrainConfig, settings: Settings, model: str, *, split: str = "
     gguf = base_gguf(cfg, settings)
     backend = LlamaBackend(gguf, lora_path=lora, n_ctx=settings.llm_ctx, n_threads=cfg.threads)
     examples = load_examples(held_out)[:limit]
+    if shuffle:
+        from diffagent.training.data import shuffle_candidates
+
+        examples = shuffle_candidates(examples, registry, share=shuffle, seed=cfg.seed + 1)
     report = evaluate_choices(model, examples, GGUFTokenizer(gguf), backend.logits, Rebuilder(registry),
                               max_loras=cfg.data.max_loras, progress=progress)
     out = {"split": split, "pairs": data.pairs, "checkpoint_recall": data.checkpoint_recall,
-           "adapter": str(lora) if lora else None, **report.model_dump()}
-    write_json_atomic(lay.root / "eval" / f"{model}-{split}.json", out)
+           "adapter": str(lora) if lora else None, "shuffled": shuffle, **report.model_dump()}
+    suffix = f"-shuffled{shuffle:g}" if shuffle else ""
+    write_json_atomic(lay.root / "eval" / f"{model}-{split}{suffix}.json", out)
     return out

@@ -4,6 +4,7 @@ agreement-with-creators reward; then ranking training on them."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -172,3 +173,27 @@ def test_evaluate_counts_the_greedy_choice_against_the_creators(tiny_registry, e
     assert report.picked_first == round(float(fox.answer_checkpoint == 0), 4)
     assert report.invalid == 0 and report.examples_with_mismatched_loras == 0
     assert report.reward == AGREEMENT_REWARD
+    # the label probe: -log softmax over the six checkpoint labels (10 for the fox's label, 0 for the rest)
+    right, wrong = math.log(math.exp(10) + 5) - 10, math.log(math.exp(10) + 5)
+    nll = sum(right if e.answer_checkpoint == fox.answer_checkpoint else wrong for e in examples) / 3
+    assert report.label_nll == pytest.approx(nll, abs=1e-4)
+    assert report.uniform_nll == pytest.approx(sum(math.log(len(e.checkpoint_ids)) for e in examples) / 3, abs=1e-4)
+
+
+def test_label_nll_is_stable_for_large_logits():
+    import numpy as np
+
+    from diffagent.training.evaluate import label_nll
+
+    assert label_nll(np.array([1000.0, 1000.0]), 0) == pytest.approx(math.log(2))
+    assert label_nll(np.array([0.0, -1000.0, 0.0]), 1) == pytest.approx(1000 + math.log(2))
+
+
+def test_eval_refuses_a_shuffle_share_outside_0_to_1(tmp_path):
+    from diffagent.settings import Settings
+    from diffagent.training.config import TrainConfig
+    from diffagent.training.pipeline import run_eval
+
+    cfg = TrainConfig(work_dir=tmp_path, data={"pairs": tmp_path / "pairs.jsonl"})
+    with pytest.raises(UserInputError, match="between 0 and 1"):
+        run_eval(cfg, Settings(), "base", split="val", shuffle=1.5)
