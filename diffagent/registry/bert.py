@@ -39,7 +39,7 @@ class NumpyBert:
 
     def __init__(self, folder: Path, max_seq_length: int):
         folder = Path(folder)
-        self.config = cfg = json.loads((folder / "config.json").read_text())
+        cfg = json.loads((folder / "config.json").read_text())
         modules = [m.get("type") for m in json.loads((folder / "modules.json").read_text())] \
             if (folder / "modules.json").is_file() else None
         if modules not in (_MODULES, _MODULES[:2]):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
 from pydantic import BaseModel
 
 from diffagent.agent.decode import Decoder, LogitsFn
@@ -55,10 +54,10 @@ def evaluate_choices(model_name: str, examples: list[Example], tok: Tokenizer, l
     f1s, rewards, nlls = [], [], []
     for ex in tqdm(usable, desc=f"eval {model_name}", disable=not progress):
         labels = labels_for(tok, len(ex.checkpoint_ids), len(ex.lora_ids), max_loras)
-        prompt = tok.encode(ex.prompt, bos=True)
-        nlls.append(label_nll(np.asarray(logits(prompt), dtype=np.float64)[list(labels.checkpoints)],
-                              ex.answer_checkpoint))
-        d = Decoder(logits, prompt, labels, n_loras=len(ex.lora_ids)).greedy()
+        decoder = Decoder(logits, tok.encode(ex.prompt, bos=True), labels, n_loras=len(ex.lora_ids))
+        # the first step's label distribution; greedy() reuses the same memoised forward pass
+        nlls.append(-float(decoder.checkpoint_logprobs()[ex.answer_checkpoint]))
+        d = decoder.greedy()
         call, model_id, mismatched = rebuild(ex, d.checkpoint, d.loras)
         r = agreement_reward(call, ex.target, ex.target_lora_ids, checkpoint_model_id=model_id, mismatched=mismatched)
         hits += d.checkpoint == ex.answer_checkpoint
@@ -77,8 +76,3 @@ def evaluate_choices(model_name: str, examples: list[Example], tok: Tokenizer, l
                       uniform_nll=round(sum(math.log(len(e.checkpoint_ids)) for e in usable) / n, 4),
                       seconds=round(time.perf_counter() - t0, 1))
 
-
-def label_nll(label_logits: np.ndarray, answer: int) -> float:
-    """-log softmax(label_logits)[answer], computed stably."""
-    z = label_logits - label_logits.max()
-    return float(math.log(np.exp(z).sum()) - z[answer])

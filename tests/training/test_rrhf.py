@@ -180,13 +180,24 @@ def test_evaluate_counts_the_greedy_choice_against_the_creators(tiny_registry, e
     assert report.uniform_nll == pytest.approx(sum(math.log(len(e.checkpoint_ids)) for e in examples) / 3, abs=1e-4)
 
 
-def test_label_nll_is_stable_for_large_logits():
+def test_label_nll_is_stable_for_large_logits(tiny_registry, examples):
     import numpy as np
 
-    from diffagent.training.evaluate import label_nll
+    from diffagent.training.evaluate import evaluate_choices
+    from diffagent.training.tokens import labels_for
 
-    assert label_nll(np.array([1000.0, 1000.0]), 0) == pytest.approx(math.log(2))
-    assert label_nll(np.array([0.0, -1000.0, 0.0]), 1) == pytest.approx(1000 + math.log(2))
+    tok = ToyTokenizer()
+    labels = labels_for(tok, 6, 6, 2)
+
+    def huge(tokens):  # two labels tie at 1000, the rest far below: exp() of these overflows unless shifted
+        x = np.full(256, -1000.0, dtype=np.float32)
+        x[list(labels.checkpoints[:2])] = 1000.0
+        x[labels.none] = 0.0
+        return x
+
+    report = evaluate_choices("huge", examples, tok, huge, Rebuilder(tiny_registry), progress=False)
+    nll = sum(math.log(2) if e.answer_checkpoint < 2 else 2000 + math.log(2) for e in examples) / 3
+    assert report.label_nll == pytest.approx(nll, abs=1e-4)
 
 
 def test_eval_refuses_a_shuffle_share_outside_0_to_1(tmp_path):
