@@ -148,6 +148,7 @@ name = "Good One"
 version = "v1"
 type = "checkpoint"
 base_model = "SD 1.5"
+kinds = ["general"]
 description = "A valid entry."
 [model.weights]
 hf_repo = "owner/good"
@@ -160,9 +161,11 @@ def _entry(slug: str = "bad-one", *, top: str = "", weights: str | None = None, 
            type_: str = "lora", base: str = "SD 1.5", triggers: str = '["x"]') -> str:
     w = weights if weights is not None else 'hf_repo = "owner/bad"\nhf_file = "bad.safetensors"\nformat = "SafeTensor"'
     rec = f"[model.recommended]\n{recommended}\n" if recommended else ""
+    labels = {"lora": 'kinds = ["style"]\nconcepts = ["bad style"]\n', "locon": 'kinds = ["style"]\nconcepts = ["bad style"]\n',
+              "checkpoint": 'kinds = ["general"]\n'}.get(type_, "")
     return (
         f'\n[[model]]\nslug = "{slug}"\nname = "Bad One"\nversion = "v1"\ntype = "{type_}"\n'
-        f'base_model = "{base}"\ndescription = "An entry under test."\ntrigger_words = {triggers}\n{top}\n'
+        f'base_model = "{base}"\ndescription = "An entry under test."\ntrigger_words = {triggers}\n{labels}{top}\n'
         f"[model.weights]\n{w}\n{rec}"
     )
 

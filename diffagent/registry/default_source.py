@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from diffagent.errors import UserInputError
+from diffagent.registry.kinds import validate as validate_kinds
 from diffagent.registry.records import FileRecord, ModelRecord, VersionRecord
 from diffagent.registry.schema import synthetic_id
 from diffagent.samplers import canonical_sampler
@@ -162,6 +163,8 @@ class Entry(_Strict):
     tags: list[str] = Field(default_factory=list)
     description: str = Field(min_length=1)
     trigger_words: list[str] = Field(default_factory=list)
+    kinds: list[str] = Field(default_factory=list, description="checkpoint kinds / LoRA role (registry/kinds.py)")
+    concepts: list[str] = Field(default_factory=list, description="phrases a request uses to ask for a LoRA")
     nsfw: bool = False
     license: str | None = None
     allow_commercial_use: COMMERCIAL_USE | None = None
@@ -195,6 +198,8 @@ class Entry(_Strict):
 
     @model_validator(mode="after")
     def _type_rules(self) -> Entry:
+        if self.type in ("checkpoint", "lora", "locon") or self.kinds or self.concepts:
+            validate_kinds(self.type, self.kinds, self.concepts)
         if self.type == "embedding" and not self.trigger_words:
             raise ValueError("an embedding needs its prompt token in trigger_words")
         if self.recommended.weight is not None and self.type not in ("lora", "locon"):
@@ -253,6 +258,8 @@ def _to_record(e: Entry) -> ModelRecord:
         hf_file=w.hf_file,
         download_url=url,
         recommended=e.recommended.model_dump(exclude_none=True),
+        kinds=list(e.kinds) if e.type in ("checkpoint", "lora", "locon") else None,
+        concepts=list(e.concepts),
         files=[file],
     )
     return ModelRecord(

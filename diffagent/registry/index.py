@@ -40,10 +40,12 @@ def rebuild_fulltext(conn: Connection) -> None:
         text(
             "INSERT INTO model_fts (rowid, name, tags, trained_words, description)"
             " SELECT v.id, m.name || ' ' || v.name, "
-            "  (SELECT group_concat(value, ' ') FROM json_each(m.tags)),"
+            # a LoRA's concepts are what a request says to ask for it: searchable beside its tags
+            "  coalesce((SELECT group_concat(value, ' ') FROM json_each(m.tags)), '') || ' ' ||"
+            "  coalesce((SELECT group_concat(value, ' ') FROM json_each(k.concepts)), ''),"
             "  (SELECT group_concat(value, ' ') FROM json_each(v.trained_words)),"
             "  substr(m.description, 1, 600)"
-            " FROM model_version v JOIN model m ON m.id = v.model_id"
+            " FROM model_version v JOIN model m ON m.id = v.model_id LEFT JOIN model_kind k ON k.version_id = v.id"
         )
     )
     conn.execute(text("INSERT INTO prompt_fts(prompt_fts) VALUES ('rebuild')"))

@@ -50,7 +50,22 @@ def m004_meta(conn: Connection) -> None:
     conn.execute(text("CREATE TABLE registry_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"))
 
 
-MIGRATIONS: list[Migration] = [m001_tables, m002_fulltext, m003_vectors, m004_meta]
+def m005_model_kind(conn: Connection) -> None:
+    # What each version is for (``registry/kinds.py``): checkpoint kinds or a LoRA's role, and the concepts a
+    # request names to ask for it. Raw SQL, not a SQLModel table, so m001 never creates it ahead of this step.
+    conn.execute(
+        text(
+            "CREATE TABLE model_kind (version_id INTEGER PRIMARY KEY, kinds TEXT NOT NULL,"
+            " concepts TEXT NOT NULL, origin TEXT NOT NULL)"
+        )
+    )
+    # a registry imported by an earlier release gets labels derived from what it already holds
+    from diffagent.registry.writer import backfill_kinds
+
+    backfill_kinds(conn)
+
+
+MIGRATIONS: list[Migration] = [m001_tables, m002_fulltext, m003_vectors, m004_meta, m005_model_kind]
 
 
 def applied(conn: Connection) -> set[str]:

@@ -95,6 +95,9 @@ class VersionRecord:
     download_url: str | None = None
     local_path: str | None = None
     recommended: dict[str, Any] = field(default_factory=dict)
+    #: hand-written labels (``registry/kinds.py``); None: derived from tags and names at write time
+    kinds: list[str] | None = None
+    concepts: list[str] = field(default_factory=list)
     files: list[FileRecord] = field(default_factory=list)
     images: list[ImageRecord] = field(default_factory=list)
 

@@ -30,6 +30,7 @@ from diffagent.errors import NotFoundError
 from diffagent.families import Family, ecosystem_of
 from diffagent.registry.db import open_engine
 from diffagent.registry.embeddings import Embedder
+from diffagent.registry.kinds import NOT_STANDALONE
 from diffagent.registry.writer import chunks
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,16 @@ class VersionInfo(BaseModel):
     hf_file: str | None
     download_url: str | None
     local_path: str | None
+    #: what the model is for (``registry/kinds.py``): checkpoint kinds or a LoRA's role, and its concepts
+    kinds: list[str] = Field(default_factory=list)
+    concepts: list[str] = Field(default_factory=list)
     files: list[FileInfo] = Field(default_factory=list)
     usage: UsageInfo | None = None
+
+    @property
+    def standalone(self) -> bool:
+        """False for checkpoints that cannot render alone (refiners, inpainting models)."""
+        return not (set(self.kinds) & NOT_STANDALONE)
 
     @property
     def display_name(self) -> str:
@@ -139,6 +148,9 @@ class _Index:
     vec: np.ndarray | None  # (n, d) float32 model-text vectors, zero rows where missing
     pvec: np.ndarray | None  # (n, d) float32 prompt-centroid vectors
     has_pvec: np.ndarray  # bool
+    #: can be selected: the registry knows where its weights are (a file, a Hugging Face file or diffusers
+    #: folder, a download URL) and it renders alone (not a refiner or an inpainting model)
+    renderable: np.ndarray  # bool
     pos: dict[int, int]
     #: filter key -> (mask, its row numbers, vec rows, pvec rows): searches repeat a few filters
     subsets: dict = field(default_factory=dict)
@@ -197,8 +209,8 @@ class Registry:
     _VERSION_SQL = (
         "SELECT v.id, v.model_id, v.name, m.name, m.slug, m.type, v.base_model, v.family, v.air,"
         " v.trained_words, m.tags, m.description, m.creator, m.nsfw, m.downloads, m.rating, v.recommended,"
-        " v.hf_repo, v.hf_file, v.download_url, v.local_path"
-        " FROM model_version v JOIN model m ON m.id = v.model_id"
+        " v.hf_repo, v.hf_file, v.download_url, v.local_path, k.kinds, k.concepts"
+        " FROM model_version v JOIN model m ON m.id = v.model_id LEFT JOIN model_kind k ON k.version_id = v.id"
     )
 
     @staticmethod
@@ -208,7 +220,7 @@ class Registry:
             family=Family(r[7]), air=r[8], trained_words=json.loads(r[9]), tags=json.loads(r[10]),
             description=r[11] or "", creator=r[12], nsfw=bool(r[13]), downloads=r[14] or 0, rating=r[15],
             recommended=json.loads(r[16] or "{}"), hf_repo=r[17], hf_file=r[18], download_url=r[19],
-            local_path=r[20],
+            local_path=r[20], kinds=json.loads(r[21] or "[]"), concepts=json.loads(r[22] or "[]"),
         )
 
     def versions(self, ids: list[int]) -> dict[int, VersionInfo]:
@@ -301,8 +313,11 @@ class Registry:
                 return self._index
             with self.engine.connect() as conn:
                 rows = conn.execute(text(
-                    "SELECT v.id, m.type, v.family, m.nsfw, v.downloads, m.downloads"
+                    "SELECT v.id, m.type, v.family, m.nsfw, v.downloads, m.downloads, k.kinds,"
+                    " (v.hf_repo IS NOT NULL OR v.download_url IS NOT NULL OR v.local_path IS NOT NULL OR EXISTS"
+                    "  (SELECT 1 FROM model_file f WHERE f.version_id = v.id AND f.download_url IS NOT NULL))"
                     " FROM model_version v JOIN model m ON m.id = v.model_id"
+                    " LEFT JOIN model_kind k ON k.version_id = v.id"
                     " WHERE m.type IN ('checkpoint','lora','locon','embedding','vae') ORDER BY v.id"
                 )).all()
                 ids = np.array([r[0] for r in rows], dtype=np.int64)
@@ -342,6 +357,8 @@ class Registry:
                 eco=np.array([ecosystem_of(r[2]) for r in rows], dtype=object),
                 nsfw=np.array([bool(r[3]) for r in rows]), downloads=np.maximum(downloads, model_dl),
                 prior=prior, vec=vec, pvec=pvec, has_pvec=has_p, pos=pos,
+                renderable=np.array([bool(r[7]) and not (set(json.loads(r[6] or "[]")) & NOT_STANDALONE)
+                                     for r in rows], dtype=bool),
             )
             return self._index
 
@@ -352,13 +369,16 @@ class Registry:
         self.prompt_neighbours("warm up")
         self._creators()
 
-    def _subset(self, idx: _Index, types, base, min_downloads, allow_nsfw):
+    def _subset(self, idx: _Index, types, base, min_downloads, allow_nsfw, renderable_only=False):
         """The filter's mask, row numbers and vector rows, cached per filter (a search then multiplies
         only the rows it may return: a sixth of the matrix for checkpoints)."""
-        key = (tuple(sorted(types or ())), tuple(sorted(base or ())), int(min_downloads or 0), bool(allow_nsfw))
+        key = (tuple(sorted(types or ())), tuple(sorted(base or ())), int(min_downloads or 0), bool(allow_nsfw),
+               bool(renderable_only))
         hit = idx.subsets.get(key)
         if hit is None:
             mask = self._mask(idx, types, base, min_downloads, allow_nsfw)
+            if renderable_only:
+                mask &= idx.renderable
             rows = np.flatnonzero(mask)
             hit = (mask, rows, None if idx.vec is None else np.ascontiguousarray(idx.vec[rows]),
                    None if idx.pvec is None else np.ascontiguousarray(idx.pvec[rows]))
@@ -483,15 +503,18 @@ class Registry:
         weights: dict[str, float] | None = None,
         query_vector: np.ndarray | None = None,
         exclude_page: int | None = None,
+        renderable_only: bool = False,
     ) -> list[SearchHit]:
         """Hybrid search; ``base`` is a set of ecosystems ({'sd1'}, {'sdxl'}) or None for any.
+        ``renderable_only`` leaves out what a call cannot use: models with no known weights, and checkpoints
+        that cannot render alone (refiners, inpainting models).
 
         ``exclude_page`` leaves one model page's sample images out of the kNN and creator votes (how
         training examples see the registry, like the benchmark's held-out pages)."""
         idx = self._load_index()
         w = {**self.WEIGHTS, **(weights or {})}
         allow = self.allow_nsfw if allow_nsfw is None else allow_nsfw
-        mask, rows, vec, pvec = self._subset(idx, types, base, min_downloads, allow)
+        mask, rows, vec, pvec = self._subset(idx, types, base, min_downloads, allow, renderable_only)
         if not len(rows):
             return []
         score = w["prior"] * idx.prior.copy()
@@ -537,6 +560,12 @@ class Registry:
             for i in top
             if int(idx.ids[i]) in infos
         ]
+
+    def is_renderable(self, version_id: int) -> bool:
+        """The registry knows where this version's weights are, and (a checkpoint) it renders alone."""
+        idx = self._load_index()
+        i = idx.pos.get(int(version_id))
+        return i is not None and bool(idx.renderable[i])
 
     def addons_by_trigger(self, types: tuple[str, ...] = ("embedding",)) -> dict[str, VersionInfo]:
         """Lower-cased trigger word / file stem -> add-on version (most downloaded wins); cached."""

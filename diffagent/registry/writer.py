@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, text
 
 from diffagent.families import family_of
+from diffagent.registry.kinds import derive
 from diffagent.registry.records import ModelRecord, make_air
 from diffagent.registry.schema import SYNTHETIC_ID_BASE
 
@@ -37,6 +38,7 @@ FILE_COLS = [
     "id", "version_id", "name", "kind", "size_kb", "format", "fp", "size", "sha256", "autov2",
     "blake3", "crc32", "download_url", "primary",
 ]
+KIND_COLS = ["version_id", "kinds", "concepts", "origin"]
 IMAGE_COLS = [
     "id", "page_model_id", "page_version_id", "model_hash", "prompt", "negative_prompt", "sampler",
     "steps", "cfg_scale", "width", "height", "clip_skip", "nsfw", "resources",
@@ -56,7 +58,7 @@ def write_records(conn: Connection, records: Iterable[ModelRecord], counts: Writ
     """Upsert models, versions, files and sample images. Children of each written version are
     replaced, so a re-import that drops a file drops it here too."""
     counts = counts or WriteCounts()
-    models, versions, files, images, version_ids = [], [], [], [], []
+    models, versions, files, images, version_ids, kinds = [], [], [], [], [], []
     for m in records:
         models.append(
             {
@@ -81,6 +83,11 @@ def write_records(conn: Connection, records: Iterable[ModelRecord], counts: Writ
                     "local_path": v.local_path, "recommended": json.dumps(v.recommended, sort_keys=True),
                 }
             )
+            labels = (derive(m.type, m.name, v.name, m.tags, v.trained_words) if v.kinds is None else None)
+            kinds.append({"version_id": v.id,
+                          "kinds": json.dumps(list(labels.kinds) if labels else v.kinds),
+                          "concepts": json.dumps(list(labels.concepts) if labels else v.concepts),
+                          "origin": "derived" if labels else "curated"})
             for f in v.files:
                 files.append({c: getattr(f, c) for c in FILE_COLS if c != "version_id"} | {"version_id": v.id})
             for im in v.images:
@@ -104,6 +111,8 @@ def write_records(conn: Connection, records: Iterable[ModelRecord], counts: Writ
         marks = ",".join(str(int(i)) for i in chunk)
         conn.execute(text(f"DELETE FROM model_file WHERE version_id IN ({marks})"))
         conn.execute(text(f"DELETE FROM sample_image WHERE page_version_id IN ({marks})"))
+    if kinds:
+        conn.execute(text(_upsert_sql("model_kind", KIND_COLS, key="version_id")), kinds)
     if files:
         conn.execute(text(_upsert_sql("model_file", FILE_COLS)), files)
     if images:
@@ -120,6 +129,22 @@ def write_records(conn: Connection, records: Iterable[ModelRecord], counts: Writ
     counts.files += len(files)
     counts.images += len(images)
     return counts
+
+
+def backfill_kinds(conn: Connection) -> int:
+    """Derived labels for every version that has none (a registry written before ``model_kind`` existed)."""
+    rows = conn.execute(text(
+        "SELECT v.id, m.type, m.name, v.name, m.tags, v.trained_words FROM model_version v"
+        " JOIN model m ON m.id = v.model_id WHERE v.id NOT IN (SELECT version_id FROM model_kind)"
+    )).all()
+    params = []
+    for vid, mtype, mname, vname, tags, words in rows:
+        labels = derive(mtype, mname, vname, json.loads(tags), json.loads(words))
+        params.append({"version_id": vid, "kinds": json.dumps(list(labels.kinds)),
+                       "concepts": json.dumps(list(labels.concepts)), "origin": "derived"})
+    if params:
+        conn.execute(text(_upsert_sql("model_kind", KIND_COLS, key="version_id")), params)
+    return len(params)
 
 
 def _air(m: ModelRecord, v) -> str:

@@ -13,8 +13,8 @@ from diffagent.registry.db import open_engine
 from diffagent.registry.migrations import MIGRATIONS, migrate
 
 TABLES = {"model", "model_version", "model_file", "usage_stats", "sample_image", "model_fts", "prompt_fts",
-          "vector", "registry_meta", "_migrations"}
-NAMES = ["m001_tables", "m002_fulltext", "m003_vectors", "m004_meta"]
+          "vector", "registry_meta", "model_kind", "_migrations"}
+NAMES = ["m001_tables", "m002_fulltext", "m003_vectors", "m004_meta", "m005_model_kind"]
 
 
 def _tables(path) -> set[str]:
@@ -60,7 +60,7 @@ def test_older_database_gets_only_the_missing_migration(db):
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM registry_meta")).scalar() == 0
     engine.dispose()
-    assert _applied(db) == NAMES
+    assert _applied(db) == NAMES[:3] + ["m005_model_kind", "m004_meta"]  # only the missing one, applied last
 
 
 def test_missing_registry_is_refused_not_created(tmp_path):

@@ -1,0 +1,124 @@
+"""Model kinds: curated labels in default_models.toml, labels derived from Civitai pages, storage."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from diffagent.registry.kinds import ModelKinds, derive, name_phrase, validate
+
+
+@pytest.mark.parametrize("name, version, tags, kinds", [
+    ("Realistic Vision", "V5.1", ["photorealistic", "portraits"], ("photo",)),
+    ("Anything V5", "v5", ["anime", "illustration"], ("anime",)),  # the name outvotes one tag
+    ("ReV Animated", "v1.2.2", ["anime", "2.5d", "photorealistic"], ("anime", "art")),
+    ("SomeMix", "v1", ["anime", "photorealistic"], ("anime", "art")),  # tagged both ways: not a photo model
+    ("Toonify", "v2", ["cartoon", "3d"], ("cartoon",)),
+    ("Plain", "v1", ["woman"], ("unknown",)),
+    ("Stable Diffusion XL Refiner", "1.0", ["base model"], ("refiner",)),
+    ("Realistic Vision", "V5.1-inpainting", ["photorealistic"], ("inpainting",)),
+])
+def test_derived_checkpoint_kinds(name, version, tags, kinds):
+    assert derive("checkpoint", name, version, tags, []).kinds == kinds
+
+
+def test_models_that_cannot_render_alone():
+    assert not derive("checkpoint", "SDXL Refiner", "1.0", [], []).standalone
+    assert derive("checkpoint", "DreamShaper", "8", ["general"], []).standalone
+
+
+@pytest.mark.parametrize("name, tags, role", [
+    ("Detail Tweaker LoRA", ["concept"], "detail"),
+    ("LCM LoRA SD1.5", ["tool"], "speed"),
+    ("epi_noiseoffset", ["lighting"], "lighting"),
+    ("MoXin", ["style", "ink"], "style"),
+    ("Hatsune Miku", ["character", "anime"], "subject"),
+    ("Wool", ["concept"], "subject"),
+])
+def test_derived_lora_roles(name, tags, role):
+    assert derive("lora", name, "v1", tags, []).role == role
+
+
+def test_derived_lora_concepts_are_its_trigger_words_and_name():
+    k = derive("lora", "Pixel Art XL LoRA", "v1.1", ["style"], ["pixel art", "x"])
+    assert k.concepts == ("pixel art",)  # the trigger word; the name says the same once "LoRA"/"XL" are dropped
+    assert "x" not in k.concepts  # too short to mean anything
+    assert name_phrase("MoXin LoRA v1.0") == "moxin"
+
+
+def test_validate_names_the_fix():
+    with pytest.raises(ValueError, match="use one or more of"):
+        validate("checkpoint", ["realistic"], [])
+    with pytest.raises(ValueError, match="exactly one of"):
+        validate("lora", ["style", "subject"], ["x y"])
+    with pytest.raises(ValueError, match="at least one concept"):
+        validate("lora", ["style"], [])
+    validate("checkpoint", ["photo", "general"], [])
+    assert ModelKinds(("refiner",)).standalone is False
+
+
+def test_every_curated_checkpoint_and_lora_is_labelled():
+    from diffagent.registry.default_source import load_default_source
+
+    records = load_default_source()
+    seen = {"checkpoint": 0, "lora": 0}
+    for m in records:
+        for v in m.versions:
+            if m.type in seen:
+                seen[m.type] += 1
+                assert v.kinds, m.slug
+                if m.type == "lora":
+                    assert v.concepts, m.slug
+    assert seen["checkpoint"] >= 50 and seen["lora"] >= 50
+    refiners = [m.slug for m in records for v in m.versions if "refiner" in (v.kinds or [])]
+    assert refiners == ["sdxl-refiner-1.0"]
+
+
+def test_a_bad_curated_label_fails_with_the_entry(tmp_path):
+    from diffagent.errors import UserInputError
+    from diffagent.registry.default_source import DEFAULT_PATH, load_default_source
+
+    text = DEFAULT_PATH.read_text().replace('kinds = ["general", "art"]', 'kinds = ["dreamy"]', 1)
+    bad = tmp_path / "m.toml"
+    bad.write_text(text)
+    with pytest.raises(UserInputError, match="dreamshaper-8"):
+        load_default_source(bad)
+
+
+def test_default_registry_stores_curated_labels():
+    from pathlib import Path
+
+    db = Path(__file__).resolve().parents[2] / "registry.db"
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("SELECT k.kinds, k.origin, m.slug FROM model_kind k JOIN model_version v ON v.id = k.version_id"
+                           " JOIN model m ON m.id = v.model_id WHERE m.type = 'checkpoint'").fetchall()
+    finally:
+        con.close()
+    assert rows and all(origin == "curated" for _, origin, _ in rows)
+    assert dict((slug, json.loads(k)) for k, _, slug in rows)["sdxl-refiner-1.0"] == ["refiner"]
+
+
+def test_migration_backfills_labels_of_an_older_registry(tmp_path):
+    from civitai_fixtures import write_jsonl
+
+    from diffagent.registry.db import open_engine
+    from diffagent.registry.importer import import_path
+
+    db = tmp_path / "old.db"
+    import_path(write_jsonl(tmp_path / "items.jsonl"), db, embedder=None)
+    con = sqlite3.connect(db)
+    con.execute("DROP TABLE model_kind")
+    con.execute("DELETE FROM _migrations WHERE name = 'm005_model_kind'")
+    con.commit()
+    con.close()
+    open_engine(db).dispose()  # opening migrates
+    con = sqlite3.connect(db)
+    try:
+        n_versions = con.execute("SELECT count(*) FROM model_version").fetchone()[0]
+        labelled = con.execute("SELECT count(*) FROM model_kind WHERE origin = 'derived'").fetchone()[0]
+    finally:
+        con.close()
+    assert labelled == n_versions > 0
