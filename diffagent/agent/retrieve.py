@@ -13,9 +13,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from diffagent.agent.intent import Intent
 from diffagent.agent.ranker import POOL, TreeEnsemble, applies, rerank
 from diffagent.families import RENDERABLE, ecosystem_of
-from diffagent.registry.store import Registry, VersionInfo
+from diffagent.registry.kinds import NEUTRAL_ROLES, name_phrase
+from diffagent.registry.store import Registry, VersionInfo, contains_words
 
 
 @dataclass
@@ -35,13 +37,60 @@ class RetrievalWeights:
     lora_knn: float = 1.0
     lora_trigger: float = 1.0
     lora_cooccurrence: float = 0.2
-    #: retrieval-only mode adds a LoRA when its trigger words are in the prompt or half the similar
-    #: creator prompts used it (measured on the val split: precision 0.07, recall 0.19 vs creators)
+    #: a LoRA is added only on evidence (``lora_evidence``): its trigger words or concepts in the request, or
+    #: creators' use of it with this checkpoint for similar prompts (share of the kNN vote, calibrated on val)
     lora_trigger_min: float = 0.65
     lora_knn_min: float = 0.5
+    #: how much the request's style intent (``agent/intent.py``) moves a checkpoint, per grade step: on the
+    #: ranker's logit, or on the fused score; natural requests vs creators' tag lists
+    kind_natural: float = 3.0
+    kind_tags: float = 0.5
+    kind_fused_natural: float = 1.0
+    kind_fused_tags: float = 0.15
+    #: among fitting models: the model's strongest kind is the one asked for; an SDXL-architecture model
+    #: for a natural request (the better family when the caller did not restrict it)
+    primary_bonus: float = 0.5
+    family_bonus: float = 0.25
 
-    def confident(self, c: Candidate) -> bool:
-        return c.signals.get("trigger", 0.0) >= self.lora_trigger_min or c.signals.get("knn", 0.0) >= self.lora_knn_min
+    def kind_weight(self, intent: Intent, ranked: bool) -> float:
+        if ranked:
+            return self.kind_natural if intent.natural else self.kind_tags
+        return self.kind_fused_natural if intent.natural else self.kind_fused_tags
+
+
+def kind_fit(intent: Intent, v: VersionInfo) -> float:
+    """How well a checkpoint's kinds fit the request, on the grade scale: 0 (good) down to -2 (wrong),
+    plus a bonus when its strongest kind is the one asked for and, for natural requests, for SDXL."""
+    g = intent.grade(v.kinds) - 2.0
+    if g == 0 and intent.primary_fits(v.kinds):
+        g += RetrievalWeights.primary_bonus
+        if intent.natural and ecosystem_of(v.family) == "sdxl" and v.family == "sdxl":
+            g += RetrievalWeights.family_bonus
+    return g
+
+
+def lora_evidence(c: Candidate, request: str, weights: RetrievalWeights | None = None) -> str | None:
+    """Why this LoRA belongs in the call, or None: a LoRA needs the request to ask for what it does.
+
+    - ``trigger``: its trigger word is in the request (creators type it to activate the LoRA);
+    - ``concept``: the request names its style, subject or purpose (``kinds.py`` concepts, e.g. "pixel art");
+    - ``creators``: creators used it with this checkpoint in prompts like this one (kNN share and use
+      with the checkpoint), which only creators' tag-list prompts reach in practice.
+    Detail, lighting and speed LoRAs follow the same rule: asked for, never added on a guess."""
+    w = weights or RetrievalWeights()
+    if c.signals.get("trigger", 0.0) >= w.lora_trigger_min:
+        return "trigger"
+    low = f" {' '.join(request.lower().split())} "
+    if any(len(p) >= 3 and contains_words(low, p) for p in (*c.version.concepts, name_phrase(c.version.model_name))):
+        return "concept"
+    if c.signals.get("knn", 0.0) >= w.lora_knn_min and c.signals.get("cooccurrence", 0.0) > 0:
+        return "creators"
+    return None
+
+
+def neutral(v: VersionInfo) -> bool:
+    """A detail, lighting or speed LoRA: changes no style or subject."""
+    return bool(set(v.kinds) & NEUTRAL_ROLES)
 
 
 def first_stage(registry: Registry, prompt: str, *, base: set[str] | None, limit: int,
@@ -50,24 +99,42 @@ def first_stage(registry: Registry, prompt: str, *, base: set[str] | None, limit
     w = weights or RetrievalWeights()
     ecosystems = (base or RENDERABLE) & RENDERABLE
     return registry.search(prompt, types=["checkpoint"], base=ecosystems, limit=limit,
-                           weights={"knn": w.knn, "creators": w.creators}, exclude_page=exclude_page)
+                           weights={"knn": w.knn, "creators": w.creators}, exclude_page=exclude_page,
+                           renderable_only=True)
 
 
 def retrieve_checkpoints(registry: Registry, prompt: str, *, base: set[str] | None, k: int,
                          weights: RetrievalWeights | None = None, exclude_page: int | None = None,
-                         ranker: TreeEnsemble | None = None) -> list[Candidate]:
+                         ranker: TreeEnsemble | None = None, intent: Intent | None = None) -> list[Candidate]:
     """The ``k`` best checkpoints for ``prompt``. ``exclude_page`` hides one model page's sample images
     (training examples see the registry as a held-out benchmark page does).
 
     With a ``ranker`` the first stage's top ``ranker.POOL`` hits are reordered by it (when creators'
     votes reached them, see ``ranker.applies``), and a candidate's score is the ranker's probability
-    that creators would choose it; otherwise the score is the first stage's weighted sum of signals."""
-    hits = first_stage(registry, prompt, base=base, limit=max(POOL if ranker else 4 * k, k, 40), weights=weights,
-                       exclude_page=exclude_page)
+    that creators would choose it; otherwise the score is the first stage's weighted sum of signals.
+
+    With an ``intent`` every score moves by how well the checkpoint's kinds fit the request (``kind_fit``):
+    a wrong kind ranks below every fitting one unless retrieval is far more certain about it."""
+    w = weights or RetrievalWeights()
+    pool = max(POOL if ranker else 4 * k, k, 40) * (2 if intent is not None else 1)
+    hits = first_stage(registry, prompt, base=base, limit=pool, weights=w, exclude_page=exclude_page)
     if ranker is not None and applies(hits):
+        scored = rerank(ranker, hits[:POOL])  # the pool the ranker was trained on
+        floor = min(raw for _, raw in scored) - 1.0
+        # hits past the pool stay below it, in first-stage order: reachable for a request whose kind they fit
+        scored += [(h, floor - 0.01 * i) for i, h in enumerate(hits[POOL:])]
+        if intent is not None:
+            kw = w.kind_weight(intent, ranked=True)
+            scored = [(h, raw + kw * kind_fit(intent, h.version)) for h, raw in scored]
+            scored.sort(key=lambda x: -x[1])
         return [Candidate(h.version, 1.0 / (1.0 + math.exp(-raw)), {**h.signals, "ranker": raw})
-                for h, raw in rerank(ranker, hits)[:k]]
+                for h, raw in scored[:k]]
     cands = {h.version.id: Candidate(h.version, h.score, dict(h.signals)) for h in hits}
+    if intent is not None:
+        kw = w.kind_weight(intent, ranked=False)
+        for c in cands.values():
+            c.signals["kind"] = kind_fit(intent, c.version)
+            c.score += kw * c.signals["kind"]
     ranked = sorted(cands.values(), key=lambda c: (-c.score, -c.version.downloads, c.version.id))
     return ranked[:k]
 
@@ -82,7 +149,7 @@ def retrieve_loras(registry: Registry, prompt: str, checkpoint: VersionInfo, *, 
     eco = ecosystem_of(checkpoint.family)
     cands: dict[int, Candidate] = {}
     for h in registry.search(prompt, types=["lora"], base={eco}, limit=max(3 * k, 20),
-                             weights={"knn": 0.0, "creators": 0.0}):
+                             weights={"knn": 0.0, "creators": 0.0}, renderable_only=True):
         cands[h.version.id] = Candidate(h.version, w.lora_search * h.score, {"search": h.score})
     votes = registry.lora_neighbours(prompt, exclude_page=exclude_page)
     triggers = registry.trigger_matches(prompt)
@@ -90,7 +157,7 @@ def retrieve_loras(registry: Registry, prompt: str, checkpoint: VersionInfo, *, 
     for vid, info in registry.versions(missing).items():
         if info.type in ("lora", "locon") and ecosystem_of(info.family) == eco and (
             registry.allow_nsfw or not info.nsfw
-        ):
+        ) and registry.is_renderable(vid):
             cands[vid] = Candidate(info, 0.0, {"search": 0.0})
     usage = registry.usage(checkpoint.id)
     co = (usage.loras if usage else {}) or {}
@@ -104,3 +171,18 @@ def retrieve_loras(registry: Registry, prompt: str, checkpoint: VersionInfo, *, 
                     + w.lora_cooccurrence * c.signals["cooccurrence"])
     out = sorted(cands.values(), key=lambda c: (-c.score, c.version.id))
     return out[:k]
+
+
+def evidenced_loras(registry: Registry, request: str, checkpoint: VersionInfo, *, k: int,
+                    weights: RetrievalWeights | None = None, exclude_page: int | None = None) -> list[Candidate]:
+    """The retrieved LoRAs that the request asks for (``lora_evidence``), best first, each with its reason in
+    ``signals["evidence"]``. Most plain requests get none: no LoRA is the right answer for them."""
+    if k <= 0:
+        return []
+    out = []
+    for c in retrieve_loras(registry, request, checkpoint, k=k, weights=weights, exclude_page=exclude_page):
+        why = lora_evidence(c, request, weights)
+        if why is not None:
+            c.signals["evidence"] = why
+            out.append(c)
+    return out

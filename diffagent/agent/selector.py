@@ -21,7 +21,8 @@ from diffagent.agent.llm import LlamaBackend
 from diffagent.agent.prompt import BETWEEN, END, NONE, RenderedPrompt, render_prompt
 from diffagent.agent.ranker import load_setting as load_ranker
 from diffagent.agent.rebuild import build_call, lora_weight
-from diffagent.agent.retrieve import Candidate, RetrievalWeights, retrieve_checkpoints, retrieve_loras
+from diffagent.agent.intent import style_intent
+from diffagent.agent.retrieve import Candidate, RetrievalWeights, evidenced_loras, retrieve_checkpoints
 from diffagent.apicall import Alternative, ApiCall
 from diffagent.errors import NotFoundError
 from diffagent.families import RENDERABLE, compatible, parse_base_constraint
@@ -95,9 +96,10 @@ class Selector:
         request = strip_resource_tags(prompt)
         query = f"{request} {options.style}" if options.style else request
         base = parse_base_constraint(options.base)
+        intent = style_intent(query)
         checkpoints = retrieve_checkpoints(self.registry, query, base=base,
                                            k=max(self.settings.candidates_k, options.n_candidates, 5),
-                                           weights=self.weights, ranker=self.ranker)
+                                           weights=self.weights, ranker=self.ranker, intent=intent)
         if not checkpoints:
             raise NotFoundError(
                 f"the registry has no {options.base if options.base != 'any' else 'renderable'} checkpoint "
@@ -116,6 +118,10 @@ class Selector:
             floor = min((c.score for c in choices), default=0.0)
             choices += [Choice(c, [], floor - 1.0 - i, notes=["retrieval"])
                         for i, c in enumerate(checkpoints[len(shortlist):])]
+        cue = (f"style cues: {', '.join(intent.cues)}" if intent.cues else "no style cue")
+        for ch in choices:
+            kinds = "/".join(ch.checkpoint.version.kinds) or "unlabelled"
+            ch.notes.insert(0, f"{cue}; a {kinds} model (fit {intent.grade(ch.checkpoint.version.kinds)}/2)")
         t1 = time.perf_counter()
         calls = self._build_calls(request, self._requested_loras(prompt), choices, options)
         timings["rebuild"] = time.perf_counter() - t1
@@ -124,13 +130,11 @@ class Selector:
 
     # ------------------------------------------------------------------ retrieval-only
     def _retrieval_choices(self, query: str, checkpoints: list[Candidate], options) -> list[Choice]:
-        out = []
-        for ck in checkpoints[: options.n_candidates]:
-            loras = [c for c in retrieve_loras(self.registry, query, ck.version, k=LORA_CANDIDATES,
-                                               weights=self.weights)
-                     if self.weights.confident(c)][: options.max_loras]
-            out.append(Choice(ck, loras, ck.score, notes=["retrieval"]))
-        return out
+        return [Choice(ck, self._evidenced_loras(query, ck.version, options.max_loras), ck.score,
+                       notes=["retrieval"]) for ck in checkpoints[: options.n_candidates]]
+
+    def _evidenced_loras(self, query: str, checkpoint: VersionInfo, limit: int) -> list[Candidate]:
+        return evidenced_loras(self.registry, query, checkpoint, k=LORA_CANDIDATES, weights=self.weights)[:limit]
 
     # ------------------------------------------------------------------ LLM
     def _labels(self, n_loras: int, max_loras: int) -> Labels:
@@ -149,8 +153,7 @@ class Selector:
         t = time.perf_counter()
         # LoRAs are offered for the best retrieved checkpoint's ecosystem; a choice of a checkpoint
         # from another ecosystem drops incompatible ones in validation.
-        loras = retrieve_loras(self.registry, query, checkpoints[0].version, k=LORA_CANDIDATES,
-                               weights=self.weights) if options.max_loras else []
+        loras = self._evidenced_loras(query, checkpoints[0].version, LORA_CANDIDATES) if options.max_loras else []
         rendered = render_prompt(request, checkpoints, loras, style=options.style)
         labels = self._labels(len(loras), options.max_loras)
         labels = Labels(checkpoints=labels.checkpoints[: len(checkpoints)], loras=labels.loras, none=labels.none,
@@ -207,8 +210,7 @@ class Selector:
         timings["llm_decode"] = time.perf_counter() - t
         info = self.registry.versions([vid])[vid]
         first = next((c for c in checkpoints if c.version.id == vid), None) or Candidate(info, 0.0, {})
-        loras = [c for c in retrieve_loras(self.registry, query, info, k=LORA_CANDIDATES, weights=self.weights)
-                 if self.weights.confident(c)][: options.max_loras]
+        loras = self._evidenced_loras(query, info, options.max_loras)
         rest = [Choice(c, [], c.score - 100.0, notes=["retrieval"]) for c in checkpoints if c.version.id != vid]
         return [Choice(first, loras, 0.0, llm_logprob=logprob, notes=[f"llm named it (logprob {logprob:.2f})"]),
                 *rest]

@@ -30,7 +30,8 @@ from pydantic import BaseModel, Field
 from diffagent.agent.prompt import CHECKPOINT_LABELS, LORA_LABELS, answer_text, render_prompt
 from diffagent.agent.ranker import TreeEnsemble
 from diffagent.agent.ranker import load_setting as load_ranker
-from diffagent.agent.retrieve import RetrievalWeights, retrieve_checkpoints, retrieve_loras
+from diffagent.agent.intent import style_intent
+from diffagent.agent.retrieve import RetrievalWeights, evidenced_loras, retrieve_checkpoints
 from diffagent.agent.selector import LORA_CANDIDATES
 from diffagent.bench.pairs import Pair, Target, load_pairs
 from diffagent.errors import UserInputError
@@ -73,14 +74,15 @@ def build_example(registry: Registry, pair: Pair, lora_index: dict[str, int], *,
     # the same calls, in the same order and with the same arguments, as Selector.select_many with
     # SelectOptions(base="any", style=None) -- the options `bench select` evaluates with
     checkpoints = retrieve_checkpoints(registry, request, base=parse_base_constraint("any"), k=candidates_k,
-                                       weights=weights, exclude_page=page, ranker=ranker)
+                                       weights=weights, exclude_page=page, ranker=ranker,
+                                       intent=style_intent(request))
     target_loras = [lora_index[lo.name.lower()] for lo in pair.target.loras if lo.name.lower() in lora_index]
     ex = Example(image_id=pair.image_id, request=request, target=pair.target,
                  target_lora_ids=list(dict.fromkeys(target_loras)))
     if not checkpoints:
         return ex
-    loras = retrieve_loras(registry, request, checkpoints[0].version, k=min(LORA_CANDIDATES, 12),
-                           weights=weights, exclude_page=page) if max_loras else []
+    loras = evidenced_loras(registry, request, checkpoints[0].version, k=min(LORA_CANDIDATES, 12),
+                            weights=weights, exclude_page=page) if max_loras else []
     rendered = render_prompt(request, checkpoints, loras, style=None)
     ex.prompt = rendered.text
     ex.checkpoint_ids = [c.version.id for c in checkpoints]
