@@ -33,6 +33,20 @@ _SUFFIX = {"safetensor": ".safetensors", "safetensors": ".safetensors", "picklet
 _WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
+def source_kind(source) -> str | None:
+    """How ``WeightStore.fetch`` gets a ``WeightSource``: "local" (a path only), "hf-file", "hf-folder" (a
+    diffusers-format repo), "url", or None when the registry knows no location (the model cannot render)."""
+    if source.hf_repo and source.hf_file:
+        return "hf-file"
+    if source.hf_repo and (source.format == "Diffusers" or not source.download_url):
+        return "hf-folder"
+    if source.download_url:
+        return "url"
+    if source.local_path:
+        return "local"
+    return None
+
+
 class DownloadError(DiffAgentError):
     """A download failed for a reason the user can act on (network, auth, hash)."""
 
@@ -129,24 +143,27 @@ class WeightStore:
 
     # ------------------------------------------------------------------------------- resolution
     def fetch(self, source) -> Path:
-        """The local weights file of a registry ``WeightSource`` (downloading it if needed and allowed)."""
+        """The local weights file (or diffusers folder) of a registry ``WeightSource``, downloading it if needed
+        and allowed."""
         sha = (source.sha256 or "").lower() or None
         if hit := self.cached(sha):
             return hit
-        if source.local_path:
+        kind = source_kind(source)
+        if kind == "local" or (source.local_path and Path(source.local_path).expanduser().exists()):
             p = Path(source.local_path).expanduser()
             if p.exists():
                 return p
-            if not (source.hf_repo or source.download_url):
-                raise NotFoundError(f"weights of {source.name!r} should be at {p}, which does not exist; "
-                                    "copy the file there or re-import the model with its current path")
-        if source.hf_repo and source.hf_file:
+            raise NotFoundError(f"weights of {source.name!r} should be at {p}, which does not exist; "
+                                "copy the file there or re-import the model with its current path")
+        if kind == "hf-file":
             return self.from_hf(source.hf_repo, source.hf_file, sha256=sha, name=source.name)
-        if source.download_url:
+        if kind == "hf-folder":
+            return self.from_hf_folder(source.hf_repo, name=source.name)
+        if kind == "url":
             return self.download(source.download_url, sha256=sha, filename=source.filename, fmt=source.format,
                                  name=source.name)
         raise NotFoundError(f"the registry has no file for {source.name!r} (version {source.version_id}): no local "
-                            "path, Hugging Face file or download URL; import it with a local path")
+                            "path, Hugging Face file or folder, or download URL; import it with a local path")
 
     def _require_downloads(self, name: str, where: str) -> None:
         if not self.allow_downloads:
@@ -185,6 +202,30 @@ class WeightStore:
                 os.symlink(path.resolve(), tmp)
             os.replace(tmp, target)
             return target
+
+    def from_hf_folder(self, repo: str, *, name: str = "") -> Path:
+        """A diffusers-format pipeline repo as a local folder (the hub's cache), with only the files a pipeline
+        loads (configs, tokenizers, one set of weights) and checked complete (``check_diffusers_folder``)."""
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        def fetch(patterns: list[str], offline: bool) -> Path:
+            return Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=offline))
+
+        try:
+            path = fetch(DIFFUSERS_FILES, offline=True)
+            check_diffusers_folder(path, repo)
+            return path
+        except (LocalEntryNotFoundError, IncompleteFolder):
+            self._require_downloads(name or repo, f"https://huggingface.co/{repo}")
+        try:
+            path = fetch(DIFFUSERS_FILES, offline=False)
+            if missing := _components_without_weights(path):  # an older repo with .bin weights only
+                fetch([f"{c}/*.bin" for c in missing] + DIFFUSERS_FILES, offline=False)
+        except LocalEntryNotFoundError as e:
+            raise DownloadError(f"cannot download {repo}: the hub is unreachable or HF_HUB_OFFLINE is set ({e})") from e
+        check_diffusers_folder(path, repo)
+        return path
 
     # -------------------------------------------------------------------------------- download
     def download(self, url: str, *, sha256: str | None = None, filename: str | None = None,
@@ -281,6 +322,65 @@ class WeightStore:
             # Civitai answers some unauthenticated downloads with its login page and status 200
             raise DownloadError(f"{name}: {url} returned a web page instead of a file; it probably needs a "
                                 "Civitai API key (set CIVITAI_API_KEY)")
+
+
+#: the files of a diffusers pipeline repo that loading needs: no fp16 duplicates, no .ckpt single files
+DIFFUSERS_FILES = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model", "*/diffusion_pytorch_model.safetensors",
+                   "*/model.safetensors"]
+#: pipeline components that carry weights
+_WEIGHTED = ("unet", "vae", "text_encoder", "text_encoder_2", "transformer", "text_encoder_3")
+
+
+class IncompleteFolder(DownloadError):
+    """A diffusers folder lacks a file its pipeline needs, or a weights file is truncated."""
+
+
+def _components(path: Path) -> dict[str, list]:
+    import json
+
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise IncompleteFolder(f"{path} has no model_index.json: it is not a diffusers pipeline folder")
+    try:
+        spec = json.loads(index.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise IncompleteFolder(f"{index} is not valid JSON ({e})") from e
+    return {k: v for k, v in spec.items() if not k.startswith("_") and isinstance(v, list) and v and v[0]}
+
+
+def _components_without_weights(path: Path) -> list[str]:
+    return [c for c in _components(path) if c in _WEIGHTED
+            and not any((path / c).glob("*.safetensors")) and not any((path / c).glob("*.bin"))]
+
+
+def check_diffusers_folder(path: Path, name: str = "") -> None:
+    """Every component that ``model_index.json`` names has its folder and config; every weighted one has
+    weights, and each ``.safetensors`` file is as long as its header says (a truncated download fails here,
+    not halfway through loading)."""
+    import json
+    import struct
+
+    label = name or str(path)
+    problems = []
+    for comp in _components(path):
+        d = path / comp
+        if not d.is_dir() or not any(d.glob("*.json")):
+            problems.append(f"{comp}/ (config)")
+    problems += [f"{c}/ (weights)" for c in _components_without_weights(path)]
+    for f in path.glob("*/*.safetensors"):
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            try:
+                header = json.loads(fh.read(n)) if 0 < n < 100_000_000 else None
+            except ValueError:
+                header = None
+        end = max((v["data_offsets"][1] for k, v in (header or {}).items() if k != "__metadata__"), default=0)
+        if header is None or f.stat().st_size < 8 + n + end:
+            problems.append(f"{f.parent.name}/{f.name} (truncated or not safetensors)")
+    if problems:
+        raise IncompleteFolder(f"the diffusers folder of {label} is incomplete: missing or broken {', '.join(problems)}; "
+                               f"delete {path} and download it again")
 
 
 class RegistryResolver:
