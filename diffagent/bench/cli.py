@@ -162,6 +162,43 @@ def cmd_prompts(args, settings: Settings) -> int:
     return 0
 
 
+def _default_prompts_root() -> Path:
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "prompts"
+
+
+def cmd_fit(args, settings: Settings) -> int:
+    """Natural-request fit: wrong-kind rate, mean fit, harmful-LoRA rate (``bench/fit.py``)."""
+    from diffagent.agent.selector import Selector
+    from diffagent.bench.fit import evaluate_fit, load_fit_set, load_model_labels, markdown_table
+    from diffagent.registry.store import Registry
+    from diffagent.tools import SelectOptions
+
+    items = load_fit_set(args.prompts_root or _default_prompts_root(), args.split)
+    registry = Registry.open(settings.registry, allow_nsfw=settings.allow_nsfw)
+    selector = Selector(registry, settings)
+    selector.warm()
+    options = SelectOptions(base=args.base, max_loras=args.max_loras, n_candidates=1, seed=0)
+    t0 = time.perf_counter()
+    scores = evaluate_fit(items, lambda p: selector.select(p, options), registry, load_model_labels())
+    row = scores.row() | {"wall_s": round(time.perf_counter() - t0, 1)}
+    name = f"{Path(settings.registry).name} / {settings.selector} / {args.split}"
+    report = {"registry": str(settings.registry), "selector": settings.selector, "split": args.split,
+              "base": args.base, "results": {name: row}, "failures": scores.failures}
+    if args.out:
+        from diffagent.atomic import write_atomic
+
+        text = json.dumps(report, indent=2)
+        write_atomic(args.out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(markdown_table({name: row}))
+        print("chosen kinds: " + ", ".join(f"{k} {v}" for k, v in row["chosen_kinds"].items()))
+        for f in scores.failures[: args.show]:
+            print(f"- {f}")
+    return 0
+
+
 def register(subparsers) -> None:
     bench = add_group(subparsers, "bench", "benchmarks: selector agreement with creators, latency, images")
 
@@ -183,6 +220,18 @@ def register(subparsers) -> None:
     p.add_argument("--plot", type=Path, default=None, help="write a PNG plot here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_select)
+
+    p = add_command(bench, "fit", help="natural requests: right kind of model, no LoRA nobody asked for")
+    p.add_argument("--split", default="heldout", choices=["dev", "heldout", "all"],
+                   help="labelled third kept aside (heldout, never tuned on), the rest (dev), or all")
+    p.add_argument("--prompts-root", type=Path, default=None,
+                   help="the shared prompt sets folder (default: ../shared/data/prompts beside the checkout)")
+    p.add_argument("--base", default="any", choices=["any", "sd15", "sdxl"])
+    p.add_argument("--max-loras", type=int, default=2)
+    p.add_argument("--show", type=int, default=0, help="print this many misfits")
+    p.add_argument("--out", type=Path, default=None, help="write the JSON report (with every misfit) here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fit)
 
     p = add_command(bench, "prompts", help="natural-language prompt sets: validity, hallucination, latency")
     p.add_argument("prompts", type=Path, nargs="+", help=".txt (one per line), .csv, .json files")
