@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from diffagent.agent.cards import CardAdapter
 from diffagent.agent.intent import Intent
 from diffagent.agent.ranker import POOL, TreeEnsemble, applies, rerank
 from diffagent.families import RENDERABLE, ecosystem_of
@@ -51,6 +52,9 @@ class RetrievalWeights:
     #: for a natural request (the better family when the caller did not restrict it)
     primary_bonus: float = 0.5
     family_bonus: float = 0.25
+    #: the card adapter's cosine (``agent/cards.py``): in the fused score, and on the ranker's logit
+    card_fused: float = 0.0
+    card_ranked: float = 0.0
 
     def kind_weight(self, intent: Intent, ranked: bool) -> float:
         if ranked:
@@ -94,18 +98,24 @@ def neutral(v: VersionInfo) -> bool:
 
 
 def first_stage(registry: Registry, prompt: str, *, base: set[str] | None, limit: int,
-                weights: RetrievalWeights | None = None, exclude_page: int | None = None) -> list:
-    """The registry's hybrid search over renderable checkpoints: the hits a ranker reorders."""
+                weights: RetrievalWeights | None = None, exclude_page: int | None = None,
+                card: CardAdapter | None = None) -> list:
+    """The registry's hybrid search over renderable checkpoints: the hits a ranker reorders. With a card
+    adapter (and a registry embedded by the adapter's embedder) hits carry the ``card`` signal."""
     w = weights or RetrievalWeights()
     ecosystems = (base or RENDERABLE) & RENDERABLE
+    card_vector = None
+    if card is not None and prompt.strip() and registry.has_vectors and card.embedder in (None, registry.embedder.name):
+        card_vector = card.transform(registry.embedder.encode_query(prompt))
     return registry.search(prompt, types=["checkpoint"], base=ecosystems, limit=limit,
-                           weights={"knn": w.knn, "creators": w.creators}, exclude_page=exclude_page,
-                           renderable_only=True)
+                           weights={"knn": w.knn, "creators": w.creators, "card": w.card_fused},
+                           exclude_page=exclude_page, renderable_only=True, card_vector=card_vector)
 
 
 def retrieve_checkpoints(registry: Registry, prompt: str, *, base: set[str] | None, k: int,
                          weights: RetrievalWeights | None = None, exclude_page: int | None = None,
-                         ranker: TreeEnsemble | None = None, intent: Intent | None = None) -> list[Candidate]:
+                         ranker: TreeEnsemble | None = None, intent: Intent | None = None,
+                         card: CardAdapter | None = None) -> list[Candidate]:
     """The ``k`` best checkpoints for ``prompt``. ``exclude_page`` hides one model page's sample images
     (training examples see the registry as a held-out benchmark page does).
 
@@ -117,9 +127,12 @@ def retrieve_checkpoints(registry: Registry, prompt: str, *, base: set[str] | No
     a wrong kind ranks below every fitting one unless retrieval is far more certain about it."""
     w = weights or RetrievalWeights()
     pool = max(POOL if ranker else 4 * k, k, 40) * (2 if intent is not None else 1)
-    hits = first_stage(registry, prompt, base=base, limit=pool, weights=w, exclude_page=exclude_page)
+    hits = first_stage(registry, prompt, base=base, limit=pool, weights=w, exclude_page=exclude_page, card=card)
     if ranker is not None and applies(hits):
         scored = rerank(ranker, hits[:POOL])  # the pool the ranker was trained on
+        if w.card_ranked:
+            scored = [(h, raw + w.card_ranked * h.signals.get("card", 0.0)) for h, raw in scored]
+            scored.sort(key=lambda x: -x[1])
         floor = min(raw for _, raw in scored) - 1.0
         # hits past the pool stay below it, in first-stage order: reachable for a request whose kind they fit
         scored += [(h, floor - 0.01 * i) for i, h in enumerate(hits[POOL:])]

@@ -21,6 +21,7 @@ from diffagent.agent.llm import LlamaBackend
 from diffagent.agent.prompt import BETWEEN, END, NONE, RenderedPrompt, render_prompt
 from diffagent.agent.ranker import load_setting as load_ranker
 from diffagent.agent.rebuild import build_call, lora_weight
+from diffagent.agent.cards import load_setting as load_card
 from diffagent.agent.intent import style_intent
 from diffagent.agent.retrieve import Candidate, RetrievalWeights, evidenced_loras, retrieve_checkpoints
 from diffagent.apicall import Alternative, ApiCall
@@ -67,6 +68,7 @@ class Selector:
         self._backend = backend
         self._tries: dict = {}
         self.ranker = load_ranker(settings.ranker)
+        self.card = load_card(settings.card_adapter)
         self._lock = threading.Lock()
 
     @property
@@ -99,7 +101,8 @@ class Selector:
         intent = style_intent(query)
         checkpoints = retrieve_checkpoints(self.registry, query, base=base,
                                            k=max(self.settings.candidates_k, options.n_candidates, 5),
-                                           weights=self.weights, ranker=self.ranker, intent=intent)
+                                           weights=self.weights, ranker=self.ranker, intent=intent,
+                                           card=self.card)
         if not checkpoints:
             raise NotFoundError(
                 f"the registry has no {options.base if options.base != 'any' else 'renderable'} checkpoint "

@@ -504,8 +504,11 @@ class Registry:
         query_vector: np.ndarray | None = None,
         exclude_page: int | None = None,
         renderable_only: bool = False,
+        card_vector: np.ndarray | None = None,
     ) -> list[SearchHit]:
         """Hybrid search; ``base`` is a set of ecosystems ({'sd1'}, {'sdxl'}) or None for any.
+        ``card_vector`` (a query moved by the card adapter, ``agent/cards.py``) adds the ``card`` signal: its
+        cosine with each model's card vector, weighted by ``weights["card"]``.
         ``renderable_only`` leaves out what a call cannot use: models with no known weights, and checkpoints
         that cannot render alone (refiners, inpainting models).
 
@@ -531,12 +534,12 @@ class Registry:
             if (idx.vec is not None or idx.pvec is not None) and (w["semantic"] or w["prompts"]):
                 qv = query_vector if query_vector is not None else self.embedder.encode_query(query)
                 with one_blas_thread():
-                    for name, matrix in (("semantic", vec), ("prompts", pvec)):
-                        if matrix is not None:
+                    for name, matrix, v in (("semantic", vec, qv), ("prompts", pvec, qv), ("card", vec, card_vector)):
+                        if matrix is not None and v is not None:
                             sim = np.zeros(len(idx.ids), dtype=np.float32)
-                            sim[rows] = np.clip(matrix @ qv, 0, 1)
+                            sim[rows] = np.clip(matrix @ v, 0, 1)
                             signals[name] = sim
-                            score += w[name] * sim
+                            score += w.get(name, 0.0) * sim
             votes = {"knn": lambda: self.prompt_neighbours(query, k=50, exclude_page=exclude_page),
                      "creators": lambda: self.creator_votes(query, exclude_page=exclude_page)}
             for name, vote in votes.items():
@@ -560,6 +563,11 @@ class Registry:
             for i in top
             if int(idx.ids[i]) in infos
         ]
+
+    @property
+    def has_vectors(self) -> bool:
+        """Model cards are embedded (semantic search, the card adapter) in the configured embedder's space."""
+        return self._load_index().vec is not None
 
     def is_renderable(self, version_id: int) -> bool:
         """The registry knows where this version's weights are, and (a checkpoint) it renders alone."""

@@ -73,6 +73,20 @@ def cmd_ranker(args, settings: Settings) -> int:
                                seed=args.seed or 0, max_iter=args.trees, progress=not args.quiet))
 
 
+def cmd_cards(args, settings: Settings) -> int:
+    from diffagent.registry.store import Registry
+    from diffagent.training.cards import results_table, train_cards
+
+    registry = Registry.open(settings.registry, allow_nsfw=settings.allow_nsfw)
+    work = args.work_dir or settings.data_dir / "training" / "cards"
+    out = args.out or work / "card_adapter.npz"
+    meta = train_cards(registry, args.pairs, out, work_dir=work, per_page=args.per_page, steps=args.steps,
+                       eval_limit=args.eval_limit, seed=args.seed or 0, progress=not args.quiet)
+    print(results_table(meta))
+    print(f"wrote {out} (embedding {meta['embed_seconds']} s, fitting {meta['fit_seconds']} s)")
+    return 0
+
+
 def register(subparsers) -> None:
     train = add_group(subparsers, "train", "train the DiffAgent selector LLM (data, SFT, RRHF, GGUF export) "
                       "and the checkpoint ranker")
@@ -131,3 +145,15 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_ranker)
+
+    p = add_command(train, "cards", help="fit the card adapter: requests -> model cards creators chose "
+                    "(DIFFAGENT_CARD_ADAPTER)")
+    p.add_argument("--pairs", type=Path, required=True, help="pairs from `diffagent bench build`")
+    p.add_argument("--out", type=Path, default=None, help="default: <work_dir>/card_adapter.npz")
+    p.add_argument("--work-dir", type=Path, default=None, help="prompt-vector cache; default <data_dir>/training/cards")
+    p.add_argument("--per-page", type=int, default=15, help="most train prompts per model page")
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--eval-limit", type=int, default=2000, help="val/test pairs for the report")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_cards)

@@ -30,6 +30,8 @@ from pydantic import BaseModel, Field
 from diffagent.agent.prompt import CHECKPOINT_LABELS, LORA_LABELS, answer_text, render_prompt
 from diffagent.agent.ranker import TreeEnsemble
 from diffagent.agent.ranker import load_setting as load_ranker
+from diffagent.agent.cards import CardAdapter
+from diffagent.agent.cards import load_setting as load_card
 from diffagent.agent.intent import style_intent
 from diffagent.agent.retrieve import RetrievalWeights, evidenced_loras, retrieve_checkpoints
 from diffagent.agent.selector import LORA_CANDIDATES
@@ -65,7 +67,7 @@ class Example(BaseModel):
 
 def build_example(registry: Registry, pair: Pair, lora_index: dict[str, int], *, candidates_k: int,
                   max_loras: int, weights: RetrievalWeights | None = None, leave_page_out: bool = False,
-                  ranker: TreeEnsemble | None = None) -> Example:
+                  ranker: TreeEnsemble | None = None, card: CardAdapter | None = None) -> Example:
     """One pair -> one example, with the candidates the selector would show for its instruction
     (with the pair's own model page left out of the registry's votes when ``leave_page_out``)."""
     weights = weights or RetrievalWeights()
@@ -75,7 +77,7 @@ def build_example(registry: Registry, pair: Pair, lora_index: dict[str, int], *,
     # SelectOptions(base="any", style=None) -- the options `bench select` evaluates with
     checkpoints = retrieve_checkpoints(registry, request, base=parse_base_constraint("any"), k=candidates_k,
                                        weights=weights, exclude_page=page, ranker=ranker,
-                                       intent=style_intent(request))
+                                       intent=style_intent(request), card=card)
     target_loras = [lora_index[lo.name.lower()] for lo in pair.target.loras if lo.name.lower() in lora_index]
     ex = Example(image_id=pair.image_id, request=request, target=pair.target,
                  target_lora_ids=list(dict.fromkeys(target_loras)))
@@ -128,7 +130,8 @@ class DataReport(BaseModel):
 
 def build_examples(pairs_path: Path, registry: Registry, out: Path, *, split: str, limit: int, seed: int,
                    dedupe: bool, candidates_k: int, max_loras: int, leave_page_out: bool = True,
-                   ranker: str | None = None, progress: bool = False) -> DataReport:
+                   ranker: str | None = None, card_adapter: str | None = None,
+                   progress: bool = False) -> DataReport:
     """Build (or resume building) the example cache ``out``; returns its report.
 
     ``out.meta.json`` records what the cache was built from; a different request is refused rather
@@ -140,11 +143,13 @@ def build_examples(pairs_path: Path, registry: Registry, out: Path, *, split: st
     from diffagent.registry.stats import lora_name_index
 
     model = load_ranker(ranker)
+    card = load_card(card_adapter)
     meta = {"pairs": str(Path(pairs_path).resolve()), "registry": str(Path(registry.path).resolve()),
             "split": split, "seed": seed, "dedupe": dedupe, "candidates_k": candidates_k,
             "max_loras": max_loras, "allow_nsfw": registry.allow_nsfw, "leave_page_out": leave_page_out,
             # the trees, not the setting: "default" names whichever file this version bundles
-            "ranker": model.digest() if model is not None else None}
+            "ranker": model.digest() if model is not None else None,
+            "card_adapter": card.digest() if card is not None else None}
     meta_path = out.with_name(out.name + ".meta.json")
     if meta_path.exists() and out.exists():
         old = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -166,7 +171,7 @@ def build_examples(pairs_path: Path, registry: Registry, out: Path, *, split: st
             for pair in tqdm(todo, desc="examples", disable=not progress, initial=len(selected) - len(todo),
                              total=len(selected)):
                 ex = build_example(registry, pair, lora_index, candidates_k=candidates_k, max_loras=max_loras,
-                                   leave_page_out=leave_page_out, ranker=model)
+                                   leave_page_out=leave_page_out, ranker=model, card=card)
                 write(ex.model_dump(mode="json"))
     wanted = {p.image_id for p in selected}
     return DataReport.of([e for e in load_examples(out) if e.image_id in wanted])

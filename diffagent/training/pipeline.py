@@ -92,7 +92,8 @@ def run_data(cfg: TrainConfig, settings: Settings, *, progress: bool = True) -> 
     report = build_examples(cfg.data.pairs, _registry(cfg, settings), lay.examples, split=cfg.data.split,
                             limit=cfg.data.limit, seed=cfg.seed, dedupe=cfg.data.dedupe_instructions,
                             candidates_k=cfg.candidates_k or settings.candidates_k, max_loras=cfg.data.max_loras,
-                            leave_page_out=cfg.data.leave_page_out, ranker=settings.ranker, progress=progress)
+                            leave_page_out=cfg.data.leave_page_out, ranker=settings.ranker,
+                            card_adapter=settings.card_adapter, progress=progress)
     out = {"examples_file": str(lay.examples), **report.model_dump()}
     write_json_atomic(lay.examples.with_name("report.json"), out)
     return out
@@ -205,7 +206,7 @@ def run_eval(cfg: TrainConfig, settings: Settings, model: str, *, split: str = "
     data = build_examples(cfg.data.pairs, registry, held_out, split=split, limit=limit, seed=cfg.seed,
                           dedupe=cfg.data.dedupe_instructions, candidates_k=cfg.candidates_k or settings.candidates_k,
                           max_loras=cfg.data.max_loras, leave_page_out=cfg.data.leave_page_out,
-                          ranker=settings.ranker, progress=progress)
+                          ranker=settings.ranker, card_adapter=settings.card_adapter, progress=progress)
     lora = None
     if model != "base":
         lora = lay.gguf(model)
