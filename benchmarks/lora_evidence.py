@@ -1,0 +1,81 @@
+"""Calibrate the LoRA evidence rule on creators' pairs: precision and recall of each kind of evidence.
+
+For each pair the selector's retrieval picks a checkpoint; the LoRAs retrieved for it are kept when the rule
+(``agent/retrieve.lora_evidence``) finds evidence. This prints, for each rule variant and kNN threshold, the
+LoRA precision / recall against the LoRAs the creator used (resolved by file name), so the shipped thresholds
+are chosen on val, never on test.
+
+    python benchmarks/lora_evidence.py --pairs pairs.jsonl.gz --registry big.db --split val --limit 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import replace
+
+from diffagent.agent.intent import style_intent
+from diffagent.agent.ranker import load_setting
+from diffagent.agent.retrieve import RetrievalWeights, lora_evidence, retrieve_checkpoints, retrieve_loras
+from diffagent.bench.pairs import load_pairs
+from diffagent.families import parse_base_constraint
+from diffagent.prompttext import strip_resource_tags
+from diffagent.registry.stats import lora_name_index
+from diffagent.registry.store import Registry
+
+K = 3  # LoRA candidates per request, as the selector retrieves them (selector.LORA_CANDIDATES)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", required=True)
+    ap.add_argument("--registry", required=True)
+    ap.add_argument("--split", default="val", choices=["train", "val", "test"])
+    ap.add_argument("--limit", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-loras", type=int, default=2)
+    args = ap.parse_args()
+
+    reg = Registry.open(args.registry, allow_nsfw=True)
+    with reg.engine.connect() as conn:
+        names = lora_name_index(conn)
+    pairs = list(load_pairs(args.pairs, splits={args.split}))
+    random.Random(args.seed).shuffle(pairs)
+    pairs = pairs[: args.limit]
+    ranker = load_setting("default")
+    w = RetrievalWeights()
+    rows = []  # (ground truth ids, [(candidate, signals)])
+    for p in pairs:
+        request = strip_resource_tags(p.instruction)
+        cks = retrieve_checkpoints(reg, request, base=parse_base_constraint("any"), k=5, weights=w, ranker=ranker,
+                                   intent=style_intent(request))
+        if not cks:
+            continue
+        cands = retrieve_loras(reg, request, cks[0].version, k=K, weights=w)
+        gt = {names[lo.name.lower()] for lo in p.target.loras if lo.name.lower() in names}
+        rows.append((request, gt, cands))
+
+    def score(keep) -> tuple[float, float, int]:
+        tp = pred = gt_n = 0
+        for request, gt, cands in rows:
+            chosen = [c.version.id for c in cands if keep(c, request)][: args.max_loras]
+            tp += len(gt & set(chosen))
+            pred += len(chosen)
+            gt_n += len(gt)
+        return (tp / pred if pred else 0.0), (tp / gt_n if gt_n else 0.0), pred
+
+    print(f"{len(rows)} {args.split} pairs, {sum(len(g) for _, g, _ in rows)} creator LoRAs")
+    print("| rule | precision | recall | LoRAs added |\n|---|---|---|---|")
+    old = lambda c, r: c.signals["trigger"] >= w.lora_trigger_min or c.signals["knn"] >= w.lora_knn_min  # noqa: E731
+    variants = {"before: trigger or kNN >= 0.5 (no evidence rule)": old,
+                "trigger only": lambda c, r: c.signals["trigger"] >= w.lora_trigger_min}
+    for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+        wt = replace(w, lora_knn_min=t)
+        variants[f"evidence rule, kNN >= {t}"] = lambda c, r, wt=wt: lora_evidence(c, r, wt) is not None
+    for name, keep in variants.items():
+        prec, rec, n = score(keep)
+        print(f"| {name} | {prec:.3f} | {rec:.3f} | {n} |")
+
+
+if __name__ == "__main__":
+    main()
