@@ -14,9 +14,9 @@ import argparse
 import random
 from dataclasses import replace
 
-from diffagent.agent.intent import style_intent
 from diffagent.agent.ranker import load_setting
-from diffagent.agent.retrieve import RetrievalWeights, lora_evidence, retrieve_checkpoints, retrieve_loras
+from diffagent.agent.retrieve import (RetrievalWeights, lora_evidence, request_intent, retrieve_checkpoints,
+                                      retrieve_loras)
 from diffagent.bench.pairs import load_pairs
 from diffagent.families import parse_base_constraint
 from diffagent.prompttext import strip_resource_tags
@@ -48,7 +48,7 @@ def main() -> None:
     for p in pairs:
         request = strip_resource_tags(p.instruction)
         cks = retrieve_checkpoints(reg, request, base=parse_base_constraint("any"), k=5, weights=w, ranker=ranker,
-                                   intent=style_intent(request))
+                                   intent=request_intent(reg, request))
         if not cks:
             continue
         cands = retrieve_loras(reg, request, cks[0].version, k=K, weights=w)

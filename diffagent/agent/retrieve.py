@@ -10,15 +10,19 @@ the checkpoint's ecosystem; those creators used with the checkpoint get a boost.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 
 from diffagent.agent.cards import CardAdapter
-from diffagent.agent.intent import Intent
+from diffagent.agent.intent import Intent, style_intent
 from diffagent.agent.ranker import POOL, TreeEnsemble, applies, rerank
 from diffagent.families import RENDERABLE, ecosystem_of
 from diffagent.registry.kinds import NEUTRAL_ROLES, name_phrase
 from diffagent.registry.store import Registry, VersionInfo, contains_words
+
+_WORDS = re.compile(r"[a-z0-9]+")
 
 
 @dataclass
@@ -45,13 +49,17 @@ class RetrievalWeights:
     #: how much the request's style intent (``agent/intent.py``) moves a checkpoint, per grade step: on the
     #: ranker's logit, or on the fused score; natural requests vs creators' tag lists
     kind_natural: float = 3.0
-    kind_tags: float = 0.5
+    kind_tags: float = 0.25
     kind_fused_natural: float = 1.0
-    kind_fused_tags: float = 0.15
+    kind_fused_tags: float = 0.08
     #: among fitting models: the model's strongest kind is the one asked for; an SDXL-architecture model
     #: for a natural request (the better family when the caller did not restrict it)
     primary_bonus: float = 0.5
     family_bonus: float = 0.25
+    #: the penalty of an acceptable (or unlabelled) kind, on the scale where a wrong kind costs 2: natural
+    #: requests want a good kind; creators' tag lists often name models whose labels say little
+    acceptable_natural: float = 0.75
+    acceptable_tags: float = 0.25
     #: the card adapter's cosine (``agent/cards.py``): in the fused score, and on the ranker's logit
     card_fused: float = 0.0
     card_ranked: float = 0.0
@@ -62,34 +70,96 @@ class RetrievalWeights:
         return self.kind_fused_natural if intent.natural else self.kind_fused_tags
 
 
-def kind_fit(intent: Intent, v: VersionInfo) -> float:
-    """How well a checkpoint's kinds fit the request, on the grade scale: 0 (good) down to -2 (wrong),
-    plus a bonus when its strongest kind is the one asked for and, for natural requests, for SDXL."""
-    g = intent.grade(v.kinds) - 2.0
-    if g == 0 and intent.primary_fits(v.kinds):
-        g += RetrievalWeights.primary_bonus
-        if intent.natural and ecosystem_of(v.family) == "sdxl" and v.family == "sdxl":
-            g += RetrievalWeights.family_bonus
+def kind_fit(intent: Intent, v: VersionInfo, weights: RetrievalWeights | None = None) -> float:
+    """How well a checkpoint's kinds fit the request: 0 for a good kind, ``-acceptable`` for an acceptable one
+    (or an unlabelled model), -2 for a wrong one; for natural requests plus a bonus when its strongest kind is
+    the one asked for, and one for SDXL (the better family when the caller did not restrict it)."""
+    w = weights or RetrievalWeights()
+    grade = intent.grade(v.kinds)
+    g = {2: 0.0, 1: -(w.acceptable_natural if intent.natural else w.acceptable_tags)}.get(grade, -2.0)
+    if grade == 2 and intent.natural and intent.primary_fits(v.kinds):  # tag lists: creators' votes decide
+        g += w.primary_bonus
+        if v.family == "sdxl":
+            g += w.family_bonus
     return g
 
 
 def lora_evidence(c: Candidate, request: str, weights: RetrievalWeights | None = None) -> str | None:
     """Why this LoRA belongs in the call, or None: a LoRA needs the request to ask for what it does.
 
-    - ``trigger``: its trigger word is in the request (creators type it to activate the LoRA);
-    - ``concept``: the request names its style, subject or purpose (``kinds.py`` concepts, e.g. "pixel art");
+    - ``trigger``: one of its *distinctive* trigger words is in the request (creators type them to activate the
+      LoRA; "gaogenxie" or "hatsune miku" name it; "green" or "couch", which creators also list, and words that
+      several add-ons claim, do not);
+    - ``concept``: the request names its style, subject or purpose (``kinds.py`` concepts such as "pixel art",
+      or the LoRA's own name);
     - ``creators``: creators used it with this checkpoint in prompts like this one (kNN share and use
       with the checkpoint), which only creators' tag-list prompts reach in practice.
     Detail, lighting and speed LoRAs follow the same rule: asked for, never added on a guess."""
     w = weights or RetrievalWeights()
-    if c.signals.get("trigger", 0.0) >= w.lora_trigger_min:
-        return "trigger"
     low = f" {' '.join(request.lower().split())} "
-    if any(len(p) >= 3 and contains_words(low, p) for p in (*c.version.concepts, name_phrase(c.version.model_name))):
+    v = c.version
+    triggers = {t.lower().strip(" ,") for t in v.trained_words}
+    # the trigger signal already leaves out words that several add-ons claim ("masterpiece", "pastel colors")
+    if c.signals.get("trigger", 0.0) > 0 and any(len(t) >= 3 and distinctive(t) and contains_words(low, t)
+                                                 for t in triggers):
+        return "trigger"
+    if any(len(p) >= 3 and contains_words(low, p) for p in (*v.concepts, name_phrase(v.model_name))):
         return "concept"
     if c.signals.get("knn", 0.0) >= w.lora_knn_min and c.signals.get("cooccurrence", 0.0) > 0:
         return "creators"
     return None
+
+
+_COMMON: frozenset[str] | None = None
+
+
+def common_words() -> frozenset[str]:
+    """Everyday English words: the whole-word entries of the sentence encoder's WordPiece vocabulary (22,501
+    words; a made-up trigger such as "gaogenxie" or "zarch" is split into pieces, so it is not one of them)."""
+    global _COMMON
+    if _COMMON is None:
+        try:
+            from diffagent.registry.embeddings import default_model_dir
+
+            lines = (default_model_dir() / "vocab.txt").read_text(encoding="utf-8").splitlines()
+            _COMMON = frozenset(t for t in lines if t.isalpha() and not t.startswith("##"))
+        except Exception:  # noqa: BLE001 - without the vocabulary every trigger counts, as before
+            _COMMON = frozenset()
+    return _COMMON
+
+
+def distinctive(phrase: str) -> bool:
+    """A trigger phrase that names something: at least one word of it is not an everyday word."""
+    common = common_words()
+    words = [w for w in _WORDS.findall(phrase.lower()) if len(w) >= 3 and not w.isdigit()]
+    return any(w not in common for w in words)
+
+
+def request_intent(registry: Registry, request: str) -> Intent:
+    """The request's style intent (``intent.style_intent``), where a request with no style cue of its own that
+    names an add-on by a coined trigger word ("GasLampFantasyAI castle", "sp4c3sh1p") counts as one that asks for
+    a look: the add-on's creators, through their votes, know which checkpoints render it, so the kind fit
+    weighs as little as for a tag list."""
+    intent = style_intent(request)
+    if intent.natural and not intent.cues and names_addon(registry, request):
+        intent = dataclasses.replace(intent, natural=False, cues=("add-on trigger word",))
+    return intent
+
+
+_COINED = re.compile(r"[a-z][A-Z]|[A-Za-z]\d|\d[A-Za-z]|_")
+
+
+def names_addon(registry: Registry, request: str) -> bool:
+    """The request contains a coined trigger word of an add-on (camelCase, letters mixed with digits, or an
+    underscore: "GasLampFantasyAI", "st41nedg"), not an everyday word that some add-on also lists."""
+    from diffagent.registry.creators import ADDON_TYPES
+
+    matches = registry.trigger_matches(request, types=ADDON_TYPES)
+    if not matches:
+        return False
+    low = f" {' '.join(request.lower().split())} "
+    return any(_COINED.search(t) and contains_words(low, t.lower().strip(" ,"))
+               for v in registry.versions(list(matches)).values() for t in v.trained_words if len(t.strip()) >= 4)
 
 
 def neutral(v: VersionInfo) -> bool:
@@ -126,8 +196,21 @@ def retrieve_checkpoints(registry: Registry, prompt: str, *, base: set[str] | No
     With an ``intent`` every score moves by how well the checkpoint's kinds fit the request (``kind_fit``):
     a wrong kind ranks below every fitting one unless retrieval is far more certain about it."""
     w = weights or RetrievalWeights()
-    pool = max(POOL if ranker else 4 * k, k, 40) * (2 if intent is not None else 1)
-    hits = first_stage(registry, prompt, base=base, limit=pool, weights=w, exclude_page=exclude_page, card=card)
+    hits = first_stage(registry, prompt, base=base, limit=pool_size(k, ranker, intent), weights=w,
+                       exclude_page=exclude_page, card=card)
+    return rank_hits(hits, k=k, weights=w, ranker=ranker, intent=intent)
+
+
+def pool_size(k: int, ranker: TreeEnsemble | None, intent: Intent | None) -> int:
+    """How many first-stage hits ``rank_hits`` sees: the ranker's pool, doubled so that a request's kind can
+    reach past it."""
+    return max(POOL if ranker else 4 * k, k, 40) * (2 if intent is not None else 1)
+
+
+def rank_hits(hits: list, *, k: int, weights: RetrievalWeights | None = None, ranker: TreeEnsemble | None = None,
+              intent: Intent | None = None) -> list[Candidate]:
+    """The second stage of ``retrieve_checkpoints`` on first-stage hits (pure: benchmarks re-rank cached hits)."""
+    w = weights or RetrievalWeights()
     if ranker is not None and applies(hits):
         scored = rerank(ranker, hits[:POOL])  # the pool the ranker was trained on
         if w.card_ranked:
@@ -138,7 +221,7 @@ def retrieve_checkpoints(registry: Registry, prompt: str, *, base: set[str] | No
         scored += [(h, floor - 0.01 * i) for i, h in enumerate(hits[POOL:])]
         if intent is not None:
             kw = w.kind_weight(intent, ranked=True)
-            scored = [(h, raw + kw * kind_fit(intent, h.version)) for h, raw in scored]
+            scored = [(h, raw + kw * kind_fit(intent, h.version, w)) for h, raw in scored]
             scored.sort(key=lambda x: -x[1])
         return [Candidate(h.version, 1.0 / (1.0 + math.exp(-raw)), {**h.signals, "ranker": raw})
                 for h, raw in scored[:k]]
@@ -146,7 +229,7 @@ def retrieve_checkpoints(registry: Registry, prompt: str, *, base: set[str] | No
     if intent is not None:
         kw = w.kind_weight(intent, ranked=False)
         for c in cands.values():
-            c.signals["kind"] = kind_fit(intent, c.version)
+            c.signals["kind"] = kind_fit(intent, c.version, w)
             c.score += kw * c.signals["kind"]
     ranked = sorted(cands.values(), key=lambda c: (-c.score, -c.version.downloads, c.version.id))
     return ranked[:k]

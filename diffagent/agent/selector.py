@@ -22,8 +22,8 @@ from diffagent.agent.prompt import BETWEEN, END, NONE, RenderedPrompt, render_pr
 from diffagent.agent.ranker import load_setting as load_ranker
 from diffagent.agent.rebuild import build_call, lora_weight
 from diffagent.agent.cards import load_setting as load_card
-from diffagent.agent.intent import style_intent
-from diffagent.agent.retrieve import Candidate, RetrievalWeights, evidenced_loras, retrieve_checkpoints
+from diffagent.agent.retrieve import (Candidate, RetrievalWeights, evidenced_loras, request_intent,
+                                      retrieve_checkpoints)
 from diffagent.apicall import Alternative, ApiCall
 from diffagent.errors import NotFoundError
 from diffagent.families import RENDERABLE, compatible, parse_base_constraint
@@ -98,7 +98,7 @@ class Selector:
         request = strip_resource_tags(prompt)
         query = f"{request} {options.style}" if options.style else request
         base = parse_base_constraint(options.base)
-        intent = style_intent(query)
+        intent = request_intent(self.registry, query)
         checkpoints = retrieve_checkpoints(self.registry, query, base=base,
                                            k=max(self.settings.candidates_k, options.n_candidates, 5),
                                            weights=self.weights, ranker=self.ranker, intent=intent,

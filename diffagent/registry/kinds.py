@@ -107,8 +107,23 @@ def name_phrase(model_name: str) -> str:
     return " ".join(w for w in _words(model_name) if w not in _NAME_NOISE and not _VERSIONISH.match(w))
 
 
-def derive(model_type: str, model_name: str, version_name: str, tags: list[str], trained_words: list[str]) -> ModelKinds:
-    """Labels from what a Civitai page says about itself (tags, names, trigger words)."""
+#: phrases of a model's description that say what it is for (each counts once)
+_CK_DESC: dict[str, str] = {
+    **dict.fromkeys(["anime", "manga", "2.5d", "semi-realistic", "semi realistic", "waifu"], "anime"),
+    **dict.fromkeys(["photorealistic", "photorealism", "realistic", "photography", "photographic", "real photo",
+                     "realism"], "photo"),
+    **dict.fromkeys(["illustration", "painting", "painterly", "concept art", "digital art", "artistic",
+                     "watercolor", "oil painting"], "art"),
+    **dict.fromkeys(["cartoon", "3d render", "disney", "pixar", "toon", "furry", "comic"], "cartoon"),
+    **dict.fromkeys(["pixel art"], "pixel"),
+    **dict.fromkeys(["general purpose", "all-purpose", "versatile", "all purpose", "general-purpose"], "general"),
+}
+
+
+def derive(model_type: str, model_name: str, version_name: str, tags: list[str], trained_words: list[str],
+           description: str = "") -> ModelKinds:
+    """Labels from what a Civitai page says about itself (tags, names, its description's first 600 characters,
+    trigger words)."""
     name = f"{model_name} {version_name}".lower()
     tagset = {t.lower().strip() for t in tags if isinstance(t, str)}
     if model_type == "checkpoint":
@@ -120,27 +135,36 @@ def derive(model_type: str, model_name: str, version_name: str, tags: list[str],
         for t in tagset:
             if t in _CK_TAGS:
                 votes[_CK_TAGS[t]] = votes.get(_CK_TAGS[t], 0) + 1
-        for w in set(_words(name)):
+        # the page's name, not the version's: versions of one model share its kinds (a version named "v5 photo"
+        # says little), so a request's kind never reorders the versions of a page
+        for w in set(_words(model_name)):
             if w in _CK_NAME:
                 votes[_CK_NAME[w]] = votes.get(_CK_NAME[w], 0) + 2
-        if tagset & _SEMI:  # 2.5D mixes are not photo models, whatever else they are tagged
-            votes.pop("photo", None)
-            votes["anime"] = max(votes.values(), default=1)
+        desc = " ".join(re.sub(r"<[^>]+>", " ", description[:600]).lower().split())
+        for phrase, kind in _CK_DESC.items():
+            if re.search(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", desc):
+                votes[kind] = votes.get(kind, 0) + 1
+        if any(p in desc for p in ("semi-realistic", "semi realistic", "2.5d")):
+            tagset = tagset | {"2.5d"}
+        if tagset & _SEMI:  # a 2.5D mix: anime and art, and not a photo model unless its name says so
+            votes["anime"] = votes.get("anime", 0) + 1
             votes["art"] = votes.get("art", 0) + 1
         if not votes:
             return ModelKinds(("unknown",))
         best = max(votes.values())
         kept = sorted((k for k, v in votes.items() if v * 2 >= best), key=lambda k: (-votes[k], k))
-        if "photo" in kept and "anime" in kept:  # tagged both ways: a 2.5D mix far more often than a photo model
-            kept = [k for k in kept if k != "photo"] + (["art"] if "art" not in kept else [])
+        if "photo" in kept and "anime" in kept:  # tagged both ways: the stronger side wins; a tie is a 2.5D mix
+            loser = "anime" if votes["photo"] > votes["anime"] else "photo"
+            kept = [k for k in kept if k != loser] + (["art"] if loser == "photo" and "art" not in kept else [])
+        if tagset & _SEMI and "anime" in kept and "art" not in kept:
+            kept.append("art")
         return ModelKinds(tuple(kept))
     if model_type in ("lora", "locon"):
         role = next((_LORA_NAME[w] for w in _words(name) if w in _LORA_NAME), None)
         if role is None:
             role = "style" if tagset & _LORA_STYLE_TAGS and not tagset & {"character", "celebrity"} else "subject"
-        concepts = [w.lower().strip(" ,") for w in trained_words if 3 <= len(w.strip(" ,")) <= 40][:6]
+        # its name is how a request names it; trigger words are evidence of their own (agent/retrieve.py)
         core = name_phrase(model_name)
-        if len(core) >= 3:
-            concepts.append(core)
+        concepts = [core] if len(core) >= 3 else []
         return ModelKinds((role,), tuple(dict.fromkeys(concepts)))
     return ModelKinds(())

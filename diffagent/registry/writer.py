@@ -83,7 +83,8 @@ def write_records(conn: Connection, records: Iterable[ModelRecord], counts: Writ
                     "local_path": v.local_path, "recommended": json.dumps(v.recommended, sort_keys=True),
                 }
             )
-            labels = (derive(m.type, m.name, v.name, m.tags, v.trained_words) if v.kinds is None else None)
+            labels = (derive(m.type, m.name, v.name, m.tags, v.trained_words, m.description)
+                      if v.kinds is None else None)
             kinds.append({"version_id": v.id,
                           "kinds": json.dumps(list(labels.kinds) if labels else v.kinds),
                           "concepts": json.dumps(list(labels.concepts) if labels else v.concepts),
@@ -134,12 +135,12 @@ def write_records(conn: Connection, records: Iterable[ModelRecord], counts: Writ
 def backfill_kinds(conn: Connection) -> int:
     """Derived labels for every version that has none (a registry written before ``model_kind`` existed)."""
     rows = conn.execute(text(
-        "SELECT v.id, m.type, m.name, v.name, m.tags, v.trained_words FROM model_version v"
+        "SELECT v.id, m.type, m.name, v.name, m.tags, v.trained_words, m.description FROM model_version v"
         " JOIN model m ON m.id = v.model_id WHERE v.id NOT IN (SELECT version_id FROM model_kind)"
     )).all()
     params = []
-    for vid, mtype, mname, vname, tags, words in rows:
-        labels = derive(mtype, mname, vname, json.loads(tags), json.loads(words))
+    for vid, mtype, mname, vname, tags, words, desc in rows:
+        labels = derive(mtype, mname, vname, json.loads(tags), json.loads(words), desc or "")
         params.append({"version_id": vid, "kinds": json.dumps(list(labels.kinds)),
                        "concepts": json.dumps(list(labels.concepts)), "origin": "derived"})
     if params:

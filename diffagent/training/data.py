@@ -32,8 +32,7 @@ from diffagent.agent.ranker import TreeEnsemble
 from diffagent.agent.ranker import load_setting as load_ranker
 from diffagent.agent.cards import CardAdapter
 from diffagent.agent.cards import load_setting as load_card
-from diffagent.agent.intent import style_intent
-from diffagent.agent.retrieve import RetrievalWeights, evidenced_loras, retrieve_checkpoints
+from diffagent.agent.retrieve import RetrievalWeights, evidenced_loras, request_intent, retrieve_checkpoints
 from diffagent.agent.selector import LORA_CANDIDATES
 from diffagent.bench.pairs import Pair, Target, load_pairs
 from diffagent.errors import UserInputError
@@ -77,7 +76,7 @@ def build_example(registry: Registry, pair: Pair, lora_index: dict[str, int], *,
     # SelectOptions(base="any", style=None) -- the options `bench select` evaluates with
     checkpoints = retrieve_checkpoints(registry, request, base=parse_base_constraint("any"), k=candidates_k,
                                        weights=weights, exclude_page=page, ranker=ranker,
-                                       intent=style_intent(request), card=card)
+                                       intent=request_intent(registry, request), card=card)
     target_loras = [lora_index[lo.name.lower()] for lo in pair.target.loras if lo.name.lower() in lora_index]
     ex = Example(image_id=pair.image_id, request=request, target=pair.target,
                  target_lora_ids=list(dict.fromkeys(target_loras)))

@@ -81,7 +81,7 @@ def _lora(registry, slug):
     ("a sheep in a field", {}, None),
     ("a sheep made of wool", {}, None),  # "Wool" is not a LoRA of this registry: see the concept case below
     ("an ink wash painting of a crane", {}, "concept"),
-    ("a crane", {"trigger": 0.9}, "trigger"),
+    ("a crane, shuimobysim", {"trigger": 0.8}, "trigger"),
     ("a crane", {"knn": 0.7, "cooccurrence": 0.3}, "creators"),
     ("a crane", {"knn": 0.7, "cooccurrence": 0.0}, None),  # similar prompts alone, never with this checkpoint
 ])
@@ -89,6 +89,20 @@ def test_lora_evidence_decisions(registry, request_, signals, why):
     moxin = _lora(registry, "moxin")
     c = Candidate(moxin, 1.0, {"trigger": 0.0, "knn": 0.0, "cooccurrence": 0.0, **signals})
     assert lora_evidence(c, request_, RetrievalWeights()) == why
+
+
+def test_an_everyday_trigger_word_is_no_evidence(registry):
+    """Creators list words such as "green" or "couch" among trigger words; a request that says them does not ask
+    for the LoRA."""
+    moxin = _lora(registry, "moxin")
+    generic = moxin.model_copy(update={"trained_words": ["green", "couch"], "concepts": ["ink wash"],
+                                       "model_name": "MoXin"})
+    c = Candidate(generic, 1.0, {"trigger": 0.9, "knn": 0.0, "cooccurrence": 0.0})
+    assert lora_evidence(c, "a green frog on a couch") is None
+    named = generic.model_copy(update={"trained_words": ["gaogenxie"]})
+    assert lora_evidence(Candidate(named, 1.0, {"trigger": 0.7}), "gaogenxie, a frog") == "trigger"
+    # ...unless several add-ons claim it (the trigger signal is 0 then)
+    assert lora_evidence(Candidate(named, 1.0, {"trigger": 0.0}), "gaogenxie, a frog") is None
 
 
 def test_detail_and_speed_loras_are_not_added_on_a_guess(registry):
@@ -103,3 +117,30 @@ def test_the_llm_selector_fits_a_plain_request(registry, gemma):
     llm = Selector(registry, Settings(selector="llm"), backend=gemma)
     call = llm.select("a man sitting alone on a park bench", SelectOptions(seed=0))
     assert set(kinds(registry, call)) & {"photo", "general"} and call.loras == []
+
+
+class _AddonRegistry:
+    """What ``request_intent`` reads: trigger matches and the matched add-ons' trigger words."""
+
+    def __init__(self, words):
+        self.words = words
+
+    def trigger_matches(self, request, types=()):
+        return {1: 0.9} if any(w.lower() in request.lower() for w in self.words) else {}
+
+    def versions(self, ids):
+        from types import SimpleNamespace
+
+        return {1: SimpleNamespace(trained_words=self.words)}
+
+
+@pytest.mark.parametrize("words, request_, natural", [
+    (["GasLampFantasyAI"], "GasLampFantasyAI castle", False),  # a coined trigger: the add-on's look is asked for
+    (["sp4c3sh1p"], "skull shape sp4c3sh1p spaceship", False),
+    (["skateboard"], "a skateboard in a park", True),  # an everyday word some add-on lists
+    (["GasLampFantasyAI"], "a photo of a castle, GasLampFantasyAI", True),  # its own cue decides
+])
+def test_a_request_naming_an_addon_defers_to_its_creators(words, request_, natural):
+    from diffagent.agent.retrieve import request_intent
+
+    assert request_intent(_AddonRegistry(words), request_).natural is natural

@@ -1,0 +1,86 @@
+"""Tune the second stage of checkpoint retrieval on creators' pairs (val), from cached first-stage hits.
+
+The first stage (the registry's hybrid search) is the slow part; it runs once per pair and its hits are pickled
+to ``--cache``. Each setting of ``RetrievalWeights`` is then scored by re-ranking the cached hits with
+``agent.retrieve.rank_hits``, the function the selector uses: checkpoint top-1 / top-5 and model-page top-1 /
+top-5, overall and for natural-sentence prompts.
+
+    python benchmarks/tune_retrieval.py --pairs pairs.jsonl.gz --registry big.db --split val --limit 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import random
+from dataclasses import replace
+from pathlib import Path
+
+from diffagent.agent.ranker import load_setting
+from diffagent.agent.retrieve import RetrievalWeights, first_stage, pool_size, rank_hits, request_intent
+from diffagent.bench.pairs import load_pairs
+from diffagent.families import parse_base_constraint
+from diffagent.prompttext import strip_resource_tags
+from diffagent.registry.store import Registry
+
+SETTINGS = {
+    "no kind term": None,
+    "shipped": {},
+    "acceptable 0.25 everywhere": {"acceptable_natural": 0.25},
+    "acceptable 1.0 everywhere": {"acceptable_tags": 1.0},
+    "acceptable natural 0.5": {"acceptable_natural": 0.5},
+    "acceptable natural 0.75": {"acceptable_natural": 0.75},
+    "natural 1.5": {"kind_natural": 1.5, "kind_fused_natural": 0.5},
+    "natural 6": {"kind_natural": 6.0, "kind_fused_natural": 2.0},
+    "tags 0": {"kind_tags": 0.0, "kind_fused_tags": 0.0},
+    "tags 0.5": {"kind_tags": 0.5, "kind_fused_tags": 0.15},
+    "no bonuses": {"primary_bonus": 0.0, "family_bonus": 0.0},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", required=True)
+    ap.add_argument("--registry", required=True)
+    ap.add_argument("--split", default="val", choices=["val", "test"])
+    ap.add_argument("--limit", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/diffagent-tune-hits.pkl"))
+    args = ap.parse_args()
+
+    ranker = load_setting("default")
+    if args.cache.is_file():
+        rows = pickle.loads(args.cache.read_bytes())
+    else:
+        reg = Registry.open(args.registry, allow_nsfw=True)
+        pairs = list(load_pairs(args.pairs, splits={args.split}))
+        pairs = random.Random(args.seed).sample(pairs, min(args.limit, len(pairs)))
+        rows = []
+        for p in pairs:
+            request = strip_resource_tags(p.instruction)
+            intent = request_intent(reg, request)
+            hits = first_stage(reg, request, base=parse_base_constraint("any"), limit=pool_size(6, ranker, intent))
+            rows.append((request, p.target.checkpoint_version_id, p.target.checkpoint_model_id, hits, intent))
+        args.cache.write_bytes(pickle.dumps(rows))
+    n_nat = sum(r[4].natural for r in rows)
+    print(f"{len(rows)} {args.split} pairs ({n_nat} natural sentences)")
+    print("| setting | top-1 | top-5 | model top-1 | model top-5 | natural top-1 |\n|---|---|---|---|---|---|")
+    for name, over in SETTINGS.items():
+        w = replace(RetrievalWeights(), **(over or {}))
+        t1 = t5 = m1 = m5 = nat = 0
+        for _request, vid, mid, hits, cached_intent in rows:
+            intent = cached_intent if over is not None else None
+            ranked = rank_hits(hits, k=60, weights=w, ranker=ranker, intent=intent)
+            ids = [c.version.id for c in ranked]
+            pages = list(dict.fromkeys(c.version.model_id for c in ranked))
+            t1 += ids[:1] == [vid]
+            t5 += vid in ids[:5]
+            m1 += pages[:1] == [mid]
+            m5 += mid in pages[:5]
+            nat += ids[:1] == [vid] and cached_intent.natural
+        n = len(rows)
+        print(f"| {name} | {t1 / n:.3f} | {t5 / n:.3f} | {m1 / n:.3f} | {m5 / n:.3f} | {nat / max(n_nat, 1):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
