@@ -62,3 +62,17 @@ def test_train_cards_end_to_end_on_the_tiny_registry(tiny_registry, tmp_path):
     assert meta["results"]["val/all"]["adapted"]["model_top1"] >= meta["results"]["val/all"]["stock"]["model_top1"]
     assert CardAdapter.load(tmp_path / "out" / "a.npz").embedder == tiny_registry.embedder.name
     assert list((tmp_path / "work").glob("prompts-*.npy"))  # prompt vectors cached for a refit
+
+
+def test_the_card_signal_reaches_retrieval(tiny_registry):
+    from diffagent.agent.retrieve import first_stage
+
+    d = tiny_registry.embedder.encode_query("x").shape[0]
+    adapter = CardAdapter(np.zeros((d, d), dtype=np.float32), {"embedder": tiny_registry.embedder.name})
+    hits = first_stage(tiny_registry, "a watercolor fox", base=None, limit=10, card=adapter)
+    assert hits and all("card" in h.signals for h in hits)
+    assert max(h.signals["card"] for h in hits) > 0  # W = 0: the stock query, so card = semantic here
+    assert all(abs(h.signals["card"] - h.signals["semantic"]) < 1e-5 for h in hits)
+    assert "card" not in first_stage(tiny_registry, "a watercolor fox", base=None, limit=10)[0].signals
+    other = CardAdapter(adapter.w, {"embedder": "another-model"})  # vectors of another space: not used
+    assert "card" not in first_stage(tiny_registry, "a watercolor fox", base=None, limit=10, card=other)[0].signals
