@@ -78,7 +78,8 @@ def kind_fit(intent: Intent, v: VersionInfo, weights: RetrievalWeights | None = 
     w = weights or RetrievalWeights()
     grade = intent.grade(v.kinds)
     g = {2: 0.0, 1: -(w.acceptable_natural if intent.natural else w.acceptable_tags)}.get(grade, -2.0)
-    if grade == 2 and intent.natural and intent.primary_fits(v.kinds):  # tag lists: creators' votes decide
+    # tag lists: creators' votes decide; a raw base model is never the best pick for a natural request
+    if grade == 2 and intent.natural and intent.primary_fits(v.kinds) and "base" not in v.kinds:
         g += w.primary_bonus
         if v.family == "sdxl":
             g += w.family_bonus
