@@ -19,6 +19,9 @@ from diffagent.samplers import A1111_SAMPLERS, canonical_sampler
 
 SCHEMA_VERSION = "1"
 MAX_SEED = 2**32 - 1
+#: most LoRAs and embeddings one call may carry (A1111 users stack a handful; a caller must not send thousands)
+MAX_LORAS = 8
+MAX_EMBEDDINGS = 16
 
 
 class ModelRef(BaseModel):
@@ -55,8 +58,8 @@ class ApiCall(BaseModel):
 
     schema_version: Literal["1"] = SCHEMA_VERSION
     checkpoint: ModelRef
-    loras: list[LoraRef] = Field(default_factory=list)
-    embeddings: list[EmbeddingRef] = Field(default_factory=list)
+    loras: list[LoraRef] = Field(default_factory=list, max_length=MAX_LORAS)
+    embeddings: list[EmbeddingRef] = Field(default_factory=list, max_length=MAX_EMBEDDINGS)
     prompt: str = Field(min_length=1, max_length=8000, description="final prompt, A1111 weighting kept")
     negative_prompt: str = Field("", max_length=8000)
     sampler: str = Field("DPM++ 2M Karras", description="A1111/Civitai sampler name")
@@ -79,6 +82,9 @@ class ApiCall(BaseModel):
 
     @model_validator(mode="after")
     def _addons_match_checkpoint(self) -> ApiCall:
+        ids = [lo.id for lo in self.loras]
+        if len(set(ids)) != len(ids):
+            raise ValueError("the same LoRA is listed twice; list each LoRA once, with the weight you want")
         for addon in [*self.loras, *self.embeddings]:
             if not compatible(self.checkpoint.family, addon.family):
                 raise ValueError(

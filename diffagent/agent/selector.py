@@ -24,8 +24,8 @@ from diffagent.agent.rebuild import build_call, lora_weight
 from diffagent.agent.cards import load_setting as load_card
 from diffagent.agent.retrieve import (Candidate, RetrievalWeights, evidenced_loras, request_intent,
                                       retrieve_checkpoints)
-from diffagent.apicall import Alternative, ApiCall
-from diffagent.errors import NotFoundError
+from diffagent.apicall import MAX_LORAS, Alternative, ApiCall
+from diffagent.errors import NotFoundError, UserInputError
 from diffagent.families import RENDERABLE, compatible, parse_base_constraint
 from diffagent.prompttext import lora_tags, strip_resource_tags
 from diffagent.registry.store import Registry, VersionInfo
@@ -220,9 +220,21 @@ class Selector:
 
     # ------------------------------------------------------------------ rebuild
     def _requested_loras(self, prompt: str) -> list[tuple[VersionInfo, float]]:
-        """LoRAs the user named with A1111 tags (``<lora:file_stem:0.7>``) that the registry holds."""
+        """LoRAs the user named with A1111 tags (``<lora:file_stem:0.7>``) that the registry holds, each once.
+        A weight outside what ``LoraRef`` allows or more tags than a call may carry is the caller's error."""
         by_name = self.registry.addons_by_trigger(("lora", "locon"))
-        return [(by_name[name.lower()], weight) for name, weight in lora_tags(prompt) if name.lower() in by_name]
+        out: dict[int, tuple[VersionInfo, float]] = {}
+        for name, weight in lora_tags(prompt):
+            if not -4.0 <= weight <= 4.0:
+                raise UserInputError(f"<lora:{name}:{weight:g}>: a LoRA weight must be between -4 and 4 "
+                                     "(A1111 users use 0.3 to 1.2)")
+            if name.lower() in by_name:
+                v = by_name[name.lower()]
+                out.setdefault(v.id, (v, weight))
+        if len(out) > MAX_LORAS:
+            raise UserInputError(f"the prompt names {len(out)} LoRAs with <lora:...> tags; a call takes at most "
+                                 f"{MAX_LORAS}")
+        return list(out.values())
 
     def _build_calls(self, prompt: str, requested: list[tuple[VersionInfo, float]], choices: list[Choice],
                      options) -> list[ApiCall]:

@@ -144,3 +144,25 @@ def test_a_request_naming_an_addon_defers_to_its_creators(words, request_, natur
     from diffagent.agent.retrieve import request_intent
 
     assert request_intent(_AddonRegistry(words), request_).natural is natural
+
+
+def test_lora_tags_are_bounded_deduplicated_and_checked(registry, retrieval):
+    from diffagent.errors import UserInputError
+
+    call = retrieval.select("a crane " + "<lora:MoXinV1:0.6> " * 21, SelectOptions(seed=0, base="sd15", max_loras=0))
+    assert lora_slugs(registry, call) == ["moxin"]  # 21 copies of one tag: one LoRA, not 21 stacked
+    with pytest.raises(UserInputError, match="between -4 and 4"):
+        retrieval.select("a cat <lora:MoXinV1:99>", SelectOptions(seed=0))
+
+
+def test_a_call_carries_a_bounded_set_of_loras(registry, retrieval):
+    from pydantic import ValidationError
+
+    from diffagent.apicall import MAX_LORAS, ApiCall
+
+    call = retrieval.select("a crane <lora:MoXinV1:0.6>", SelectOptions(seed=0, base="sd15"))
+    lora = call.loras[0].model_dump()
+    with pytest.raises(ValidationError, match="listed twice"):
+        ApiCall.model_validate({**call.model_dump(), "loras": [lora, lora]})
+    with pytest.raises(ValidationError, match=f"at most {MAX_LORAS}"):
+        ApiCall.model_validate({**call.model_dump(), "loras": [{**lora, "id": i} for i in range(MAX_LORAS + 1)]})
