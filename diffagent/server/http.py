@@ -14,6 +14,7 @@ import json
 import logging
 
 from mcp.server import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from diffagent.errors import UserInputError
@@ -40,6 +41,24 @@ def check_bind(host: str, token: str | None) -> None:
         )
 
 
+def transport_security(host: str) -> TransportSecuritySettings:
+    """The SDK's Host/Origin guard, set explicitly for every bind (the SDK turns it on by itself only for the
+    spellings 127.0.0.1, localhost and ::1, so 127.0.0.2 or 0:0:0:0:0:0:0:1 were served to any Host).
+    Loopback binds accept the loopback names only; other binds are token-guarded and reached by names we
+    cannot know, so the Host check is off there and the bearer token decides."""
+    if not is_loopback(host):
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    names = {"127.0.0.1", "localhost", "[::1]"}
+    if host != "localhost":
+        ip = ipaddress.ip_address(host)
+        names.add(f"[{ip.compressed}]" if ip.version == 6 else ip.compressed)
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=sorted(f"{n}:*" for n in names),
+        allowed_origins=sorted(f"http://{n}:*" for n in names),
+    )
+
+
 class BearerAuth:
     """ASGI middleware: every HTTP request needs ``Authorization: Bearer <token>``."""
 
@@ -63,7 +82,8 @@ class BearerAuth:
 def http_app(server: MCPServer, *, host: str = "127.0.0.1", token: str | None = None) -> ASGIApp:
     """The ASGI app serving ``server`` at ``/mcp`` (guarded as described above)."""
     check_bind(host, token)
-    app: ASGIApp = server.streamable_http_app(streamable_http_path=MCP_PATH, host=host)
+    app: ASGIApp = server.streamable_http_app(streamable_http_path=MCP_PATH, host=host,
+                                              transport_security=transport_security(host))
     return BearerAuth(app, token) if token else app
 
 

@@ -89,6 +89,24 @@ async def test_dns_rebinding_guard_and_bearer_token(settings, runtime):
                 assert len((await client.list_tools()).tools) == 6
 
 
+@pytest.mark.parametrize("host", ["127.0.0.2", "0:0:0:0:0:0:0:1", "::1"])
+async def test_every_loopback_bind_keeps_the_dns_rebinding_guard(settings, runtime, host):
+    with serving(http_app(create_server(settings, runtime=runtime), host=host)) as url:
+        async with httpx.AsyncClient() as http:
+            evil = await http.post(url, json={}, headers={"Host": "evil.com", "Origin": "http://evil.com"})
+            assert evil.status_code in (403, 421)
+        async with Client(url, mode="legacy") as client:  # a loopback name still gets in
+            assert len((await client.list_tools()).tools) == 6
+
+
+def test_transport_security_is_explicit_for_every_bind():
+    from diffagent.server.http import transport_security
+
+    assert "[::1]:*" in transport_security("0:0:0:0:0:0:0:1").allowed_hosts
+    assert "127.0.0.2:*" in transport_security("127.0.0.2").allowed_hosts
+    assert transport_security("0.0.0.0").enable_dns_rebinding_protection is False  # the bearer token guards it
+
+
 def test_non_loopback_bind_needs_a_token():
     with pytest.raises(UserInputError, match="DIFFAGENT_HTTP_TOKEN"):
         check_bind("0.0.0.0", None)
