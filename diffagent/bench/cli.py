@@ -179,7 +179,8 @@ def cmd_fit(args, settings: Settings) -> int:
     selector.warm()
     options = SelectOptions(base=args.base, max_loras=args.max_loras, n_candidates=1, seed=0)
     t0 = time.perf_counter()
-    scores = evaluate_fit(items, lambda p: selector.select(p, options), registry, load_model_labels())
+    labels = load_model_labels(args.model_labels) if args.model_labels else {}
+    scores = evaluate_fit(items, lambda p: selector.select(p, options), registry, labels)
     row = scores.row() | {"wall_s": round(time.perf_counter() - t0, 1)}
     name = f"{Path(settings.registry).name} / {settings.selector} / {args.split}"
     report = {"registry": str(settings.registry), "selector": settings.selector, "split": args.split,
@@ -228,6 +229,8 @@ def register(subparsers) -> None:
                    help="the shared prompt sets folder (default: ../shared/data/prompts beside the checkout)")
     p.add_argument("--base", default="any", choices=["any", "sd15", "sdxl"])
     p.add_argument("--max-loras", type=int, default=2)
+    p.add_argument("--model-labels", type=Path, default=None,
+                   help="judges' labels of registry models (JSONL by version id); default: the registry's own")
     p.add_argument("--show", type=int, default=0, help="print this many misfits")
     p.add_argument("--out", type=Path, default=None, help="write the JSON report (with every misfit) here")
     p.add_argument("--json", action="store_true")

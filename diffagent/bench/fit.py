@@ -10,9 +10,9 @@ ask for? This benchmark answers that automatically from labels:
   looks it asks for. Prompts are referenced by file and index with a hash of their text; the text itself is
   read from the prompt sets (``../shared/data/prompts``) and never stored here. A third of them
   (``split == "heldout"``) is never used for tuning.
-- model labels: each checkpoint's kinds and each LoRA's role and concepts; judges' labels
-  (``fit_labels/models.jsonl``, keyed by registry version id) take precedence over the registry's own
-  (curated in ``default_models.toml``, or derived from Civitai tags).
+- model labels: each checkpoint's kinds and each LoRA's role and concepts; judges' labels (a JSONL file the
+  caller passes, keyed by registry version id; for Civitai models they stay outside the repo, like the data they
+  judge) take precedence over the registry's own (curated in ``default_models.toml``, or derived from tags).
 
 Metrics per registry: wrong-kind rate (fit 0), mean fit (0/1/2), harmful-LoRA rate (a call with at least one
 style or subject LoRA whose concepts the request does not name), LoRA rate, invalid calls.
@@ -35,7 +35,6 @@ from diffagent.registry.kinds import NEUTRAL_ROLES, NOT_STANDALONE, name_phrase
 
 LABELS_DIR = Path(__file__).with_name("fit_labels")
 PROMPT_LABELS = LABELS_DIR / "prompts.jsonl"
-MODEL_LABELS = LABELS_DIR / "models.jsonl"
 SPLITS = ("dev", "heldout")
 KINDS = frozenset({"photo", "general", "art", "anime", "cartoon", "pixel"})
 
@@ -139,15 +138,24 @@ def load_fit_set(prompts_root: Path, split: str = "heldout", path: Path = PROMPT
     return items
 
 
-def load_model_labels(path: Path = MODEL_LABELS) -> dict[int, dict]:
-    """Judges' labels of registry models, keyed by version id: ``{"kinds": [...], "concepts": [...]}``."""
+def load_model_labels(path: Path) -> dict[int, dict]:
+    """Judges' labels of registry models, keyed by version id: ``{"kinds": [...], "concepts": [...], "by": ...}``,
+    checked against the kinds vocabulary (``registry/kinds.py``)."""
+    from diffagent.registry.kinds import CHECKPOINT_KINDS, LORA_ROLES, NOT_STANDALONE
+
+    path = Path(path)
     if not path.is_file():
-        return {}
+        raise UserInputError(f"model labels {path} not found; pass a JSONL file of judged labels (docs/fit.md)")
+    allowed = set(CHECKPOINT_KINDS) | NOT_STANDALONE | set(LORA_ROLES)
     out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            r = json.loads(line)
-            out[int(r["version_id"])] = r
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        if not r.get("kinds") or not set(r["kinds"]) <= allowed or not r.get("by"):
+            raise UserInputError(f"{path.name}:{n}: bad model label {r!r}: kinds must be words of {sorted(allowed)}, "
+                                 "and 'by' must say who judged it")
+        out[int(r["version_id"])] = r
     return out
 
 
@@ -177,7 +185,7 @@ class FitScores:
 def evaluate_fit(items: list[FitItem], select: Callable[[str], ApiCall], registry,
                  model_labels: dict[int, dict] | None = None) -> FitScores:
     """Run ``select`` on every request and grade the call (see the module docstring)."""
-    labels = model_labels if model_labels is not None else load_model_labels()
+    labels = model_labels or {}
     s = FitScores()
     for it in items:
         s.n += 1

@@ -35,13 +35,21 @@ def test_prompt_labels_integrity():
         assert (r["split"] == "heldout") is held
 
 
-def test_model_labels_name_known_kinds():
-    from diffagent.registry.kinds import CHECKPOINT_KINDS, LORA_ROLES, NOT_STANDALONE
-
-    allowed = set(CHECKPOINT_KINDS) | NOT_STANDALONE | set(LORA_ROLES)
-    for vid, r in load_model_labels().items():
-        assert vid > 0 and r["kinds"] and set(r["kinds"]) <= allowed, r
-        assert r.get("by"), r  # who labelled it
+def test_model_labels_are_checked_against_the_vocabulary(tmp_path):
+    good = tmp_path / "m.jsonl"
+    good.write_text(json.dumps({"version_id": 7, "kinds": ["photo"], "concepts": [], "by": "judge"}) + "\n"
+                    + json.dumps({"version_id": 8, "kinds": ["style"], "concepts": ["ink wash"], "by": "judge"}) + "\n")
+    assert set(load_model_labels(good)) == {7, 8}
+    bad = tmp_path / "b.jsonl"
+    bad.write_text(json.dumps({"version_id": 7, "kinds": ["realistic"], "by": "judge"}) + "\n")
+    with pytest.raises(UserInputError, match="b.jsonl:1: bad model label"):
+        load_model_labels(bad)
+    unsigned = tmp_path / "u.jsonl"
+    unsigned.write_text(json.dumps({"version_id": 7, "kinds": ["photo"]}) + "\n")
+    with pytest.raises(UserInputError, match="who judged it"):
+        load_model_labels(unsigned)
+    with pytest.raises(UserInputError, match="not found"):
+        load_model_labels(tmp_path / "missing.jsonl")
 
 
 def _fit_set(tmp_path: Path, prompts: list[str], labels: list[dict]) -> tuple[Path, Path]:
