@@ -24,6 +24,8 @@ from diffagent.registry.stats import lora_name_index
 from diffagent.registry.store import Registry
 
 K = 3  # LoRA candidates per request, as the selector retrieves them (selector.LORA_CANDIDATES)
+#: the previous release's rule: a trigger-word score of 0.65, or half the similar creators' prompts
+OLD_TRIGGER_MIN, OLD_KNN_MIN = 0.65, 0.5
 
 
 def main() -> None:
@@ -66,9 +68,9 @@ def main() -> None:
 
     print(f"{len(rows)} {args.split} pairs, {sum(len(g) for _, g, _ in rows)} creator LoRAs")
     print("| rule | precision | recall | LoRAs added |\n|---|---|---|---|")
-    old = lambda c, r: c.signals["trigger"] >= w.lora_trigger_min or c.signals["knn"] >= w.lora_knn_min  # noqa: E731
+    old = lambda c, r: c.signals["trigger"] >= OLD_TRIGGER_MIN or c.signals["knn"] >= OLD_KNN_MIN  # noqa: E731
     variants = {"before: trigger or kNN >= 0.5 (no evidence rule)": old,
-                "trigger only": lambda c, r: c.signals["trigger"] >= w.lora_trigger_min}
+                "trigger only": lambda c, r: c.signals["trigger"] >= OLD_TRIGGER_MIN}
     for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
         wt = replace(w, lora_knn_min=t)
         variants[f"evidence rule, kNN >= {t}"] = lambda c, r, wt=wt: lora_evidence(c, r, wt) is not None

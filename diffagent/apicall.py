@@ -22,6 +22,8 @@ MAX_SEED = 2**32 - 1
 #: most LoRAs and embeddings one call may carry (A1111 users stack a handful; a caller must not send thousands)
 MAX_LORAS = 8
 MAX_EMBEDDINGS = 16
+#: the LoRA strengths a call accepts (A1111 users use 0.3 to 1.2)
+LORA_WEIGHT_MIN, LORA_WEIGHT_MAX = -4.0, 4.0
 
 
 class ModelRef(BaseModel):
@@ -36,7 +38,7 @@ class ModelRef(BaseModel):
 
 
 class LoraRef(ModelRef):
-    weight: float = Field(1.0, ge=-4.0, le=4.0, description="LoRA strength, as in <lora:name:weight>")
+    weight: float = Field(1.0, ge=LORA_WEIGHT_MIN, le=LORA_WEIGHT_MAX, description="LoRA strength, as in <lora:name:weight>")
 
 
 class EmbeddingRef(ModelRef):

@@ -14,7 +14,7 @@ about the kind than the cue table, so selection weighs the kind fit less there.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from diffagent.registry.kinds import NOT_STANDALONE
 
@@ -75,7 +75,6 @@ class Intent:
     grades: dict[str, int]
     cues: tuple[str, ...] = ()
     natural: bool = True
-    _good: frozenset[str] = field(default=frozenset(), repr=False)
 
     def grade(self, kinds: list[str] | tuple[str, ...]) -> int:
         """0/1/2 for a checkpoint with these kinds: the best of its kinds; 0 when it cannot render alone."""
@@ -83,16 +82,11 @@ class Intent:
             return WRONG
         if not kinds:
             return OK
-        return max(GOOD if k in self._good else OK if k in _ALWAYS_OK or self.grades.get(k) == OK else WRONG
-                   for k in kinds)
+        return max(self.grades.get(k, OK if k in _ALWAYS_OK else WRONG) for k in kinds)
 
     def primary_fits(self, kinds: list[str] | tuple[str, ...]) -> bool:
         """The model's strongest kind is one the request calls good (a photo model for a photo request)."""
-        return bool(kinds) and kinds[0] in self._good
-
-    @property
-    def good(self) -> frozenset[str]:
-        return self._good
+        return bool(kinds) and self.grades.get(kinds[0]) == GOOD
 
 
 def _has(text: str, words: set[str], phrase: str) -> bool:
@@ -127,4 +121,4 @@ def style_intent(prompt: str) -> Intent:
         good, ok = set(_PLAIN[0]), set(_PLAIN[1])
     ok -= good
     grades = {k: GOOD for k in good} | {k: OK for k in ok}
-    return Intent(grades=grades, cues=tuple(cues), natural=not is_tag_list(prompt), _good=frozenset(good))
+    return Intent(grades=grades, cues=tuple(cues), natural=not is_tag_list(prompt))

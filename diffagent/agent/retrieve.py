@@ -19,10 +19,15 @@ from diffagent.agent.cards import CardAdapter
 from diffagent.agent.intent import Intent, style_intent
 from diffagent.agent.ranker import POOL, TreeEnsemble, applies, rerank
 from diffagent.families import RENDERABLE, ecosystem_of
-from diffagent.registry.kinds import NEUTRAL_ROLES, name_phrase
+from diffagent.registry.kinds import name_phrase
 from diffagent.registry.store import Registry, VersionInfo, contains_words
 
 _WORDS = re.compile(r"[a-z0-9]+")
+
+
+def _padded(request: str) -> str:
+    """The request lowercased, whitespace collapsed, with a space at each end (for ``contains_words``)."""
+    return f" {' '.join(request.lower().split())} "
 
 
 @dataclass
@@ -44,7 +49,6 @@ class RetrievalWeights:
     lora_cooccurrence: float = 0.2
     #: a LoRA is added only on evidence (``lora_evidence``): its trigger words or concepts in the request, or
     #: creators' use of it with this checkpoint for similar prompts (share of the kNN vote, calibrated on val)
-    lora_trigger_min: float = 0.65
     lora_knn_min: float = 0.5
     #: how much the request's style intent (``agent/intent.py``) moves a checkpoint, per grade step: on the
     #: ranker's logit, or on the fused score; natural requests vs creators' tag lists
@@ -98,7 +102,7 @@ def lora_evidence(c: Candidate, request: str, weights: RetrievalWeights | None =
       with the checkpoint), which only creators' tag-list prompts reach in practice.
     Detail, lighting and speed LoRAs follow the same rule: asked for, never added on a guess."""
     w = weights or RetrievalWeights()
-    low = f" {' '.join(request.lower().split())} "
+    low = _padded(request)
     v = c.version
     triggers = {t.lower().strip(" ,") for t in v.trained_words}
     # the trigger signal already leaves out words that several add-ons claim ("masterpiece", "pastel colors")
@@ -159,14 +163,9 @@ def names_addon(registry: Registry, request: str) -> bool:
     matches = registry.trigger_matches(request, types=ADDON_TYPES)
     if not matches:
         return False
-    low = f" {' '.join(request.lower().split())} "
+    low = _padded(request)
     return any(_COINED.search(t) and contains_words(low, t.lower().strip(" ,"))
                for v in registry.versions(list(matches)).values() for t in v.trained_words if len(t.strip()) >= 4)
-
-
-def neutral(v: VersionInfo) -> bool:
-    """A detail, lighting or speed LoRA: changes no style or subject."""
-    return bool(set(v.kinds) & NEUTRAL_ROLES)
 
 
 def first_stage(registry: Registry, prompt: str, *, base: set[str] | None, limit: int,

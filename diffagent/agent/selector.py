@@ -24,7 +24,7 @@ from diffagent.agent.rebuild import build_call, lora_weight
 from diffagent.agent.cards import load_setting as load_card
 from diffagent.agent.retrieve import (Candidate, RetrievalWeights, evidenced_loras, request_intent,
                                       retrieve_checkpoints)
-from diffagent.apicall import MAX_LORAS, Alternative, ApiCall
+from diffagent.apicall import LORA_WEIGHT_MAX, LORA_WEIGHT_MIN, MAX_LORAS, Alternative, ApiCall
 from diffagent.errors import NotFoundError, UserInputError
 from diffagent.families import RENDERABLE, compatible, parse_base_constraint
 from diffagent.prompttext import lora_tags, strip_resource_tags
@@ -225,9 +225,9 @@ class Selector:
         by_name = self.registry.addons_by_trigger(("lora", "locon"))
         out: dict[int, tuple[VersionInfo, float]] = {}
         for name, weight in lora_tags(prompt):
-            if not -4.0 <= weight <= 4.0:
-                raise UserInputError(f"<lora:{name}:{weight:g}>: a LoRA weight must be between -4 and 4 "
-                                     "(A1111 users use 0.3 to 1.2)")
+            if not LORA_WEIGHT_MIN <= weight <= LORA_WEIGHT_MAX:
+                raise UserInputError(f"<lora:{name}:{weight:g}>: a LoRA weight must be between {LORA_WEIGHT_MIN:g} "
+                                     f"and {LORA_WEIGHT_MAX:g} (A1111 users use 0.3 to 1.2)")
             if name.lower() in by_name:
                 v = by_name[name.lower()]
                 out.setdefault(v.id, (v, weight))

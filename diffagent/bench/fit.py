@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from pathlib import Path
 from diffagent.apicall import ApiCall
 from diffagent.errors import UserInputError
 from diffagent.registry.kinds import NEUTRAL_ROLES, NOT_STANDALONE, name_phrase
+from diffagent.registry.store import contains_words
 
 LABELS_DIR = Path(__file__).with_name("fit_labels")
 PROMPT_LABELS = LABELS_DIR / "prompts.jsonl"
@@ -58,13 +58,13 @@ class FitItem:
 
     def asks(self, concepts: list[str] | tuple[str, ...]) -> bool:
         """The request names one of these concepts (in its text or in what the judge says it asks for)."""
-        text = f" {' '.join(self.prompt.lower().split())} "
+        text = " ".join(self.prompt.lower().split())
         asked = [a.lower() for a in self.asks_for]
         for c in concepts:
             c = c.lower().strip()
             if len(c) < 3:
                 continue
-            if re.search(rf"(?<!\w){re.escape(c)}(?!\w)", text) or any(c == a or c in a.split() for a in asked):
+            if contains_words(text, c) or any(c == a or c in a.split() for a in asked):
                 return True
         return False
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, text
 
 from diffagent.families import family_of
-from diffagent.registry.kinds import derive
+from diffagent.registry.kinds import ModelKinds, derive
 from diffagent.registry.records import ModelRecord, make_air
 from diffagent.registry.schema import SYNTHETIC_ID_BASE
 
@@ -83,12 +83,9 @@ def write_records(conn: Connection, records: Iterable[ModelRecord], counts: Writ
                     "local_path": v.local_path, "recommended": json.dumps(v.recommended, sort_keys=True),
                 }
             )
-            labels = (derive(m.type, m.name, v.name, m.tags, v.trained_words, m.description)
-                      if v.kinds is None else None)
-            kinds.append({"version_id": v.id,
-                          "kinds": json.dumps(list(labels.kinds) if labels else v.kinds),
-                          "concepts": json.dumps(list(labels.concepts) if labels else v.concepts),
-                          "origin": "derived" if labels else "curated"})
+            labels = (derive(m.type, m.name, v.name, m.tags, v.trained_words, m.description) if v.kinds is None
+                      else ModelKinds(tuple(v.kinds), tuple(v.concepts), origin="curated"))
+            kinds.append(_kind_row(v.id, labels))
             for f in v.files:
                 files.append({c: getattr(f, c) for c in FILE_COLS if c != "version_id"} | {"version_id": v.id})
             for im in v.images:
@@ -132,6 +129,11 @@ def write_records(conn: Connection, records: Iterable[ModelRecord], counts: Writ
     return counts
 
 
+def _kind_row(version_id: int, labels: ModelKinds) -> dict:
+    return {"version_id": version_id, "kinds": json.dumps(list(labels.kinds)),
+            "concepts": json.dumps(list(labels.concepts)), "origin": labels.origin}
+
+
 def backfill_kinds(conn: Connection) -> int:
     """Derived labels for every version that has none (a registry written before ``model_kind`` existed)."""
     rows = conn.execute(text(
@@ -140,9 +142,7 @@ def backfill_kinds(conn: Connection) -> int:
     )).all()
     params = []
     for vid, mtype, mname, vname, tags, words, desc in rows:
-        labels = derive(mtype, mname, vname, json.loads(tags), json.loads(words), desc or "")
-        params.append({"version_id": vid, "kinds": json.dumps(list(labels.kinds)),
-                       "concepts": json.dumps(list(labels.concepts)), "origin": "derived"})
+        params.append(_kind_row(vid, derive(mtype, mname, vname, json.loads(tags), json.loads(words), desc or "")))
     if params:
         conn.execute(text(_upsert_sql("model_kind", KIND_COLS, key="version_id")), params)
     return len(params)
