@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,11 +96,6 @@ class VersionInfo(BaseModel):
     concepts: list[str] = Field(default_factory=list)
     files: list[FileInfo] = Field(default_factory=list)
     usage: UsageInfo | None = None
-
-    @property
-    def standalone(self) -> bool:
-        """False for checkpoints that cannot render alone (refiners, inpainting models)."""
-        return not (set(self.kinds) & NOT_STANDALONE)
 
     @property
     def display_name(self) -> str:
@@ -196,6 +192,7 @@ class Registry:
         self._index: _Index | None = None
         self._prompt_index = None
         self._creator_index = None
+        self._trigger_memo: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
@@ -419,7 +416,21 @@ class Registry:
 
     def trigger_matches(self, query: str, types: tuple[str, ...] = ("lora", "locon"), limit: int = 50) -> dict[int, float]:
         """Add-ons whose trigger words appear verbatim in ``query`` (creators type them to activate a
-        LoRA), scored by the longest matched trigger's share of the query, scaled to [0, 1]."""
+        LoRA), scored by the longest matched trigger's share of the query, scaled to [0, 1]. Memoised: a
+        selection asks for the same query's add-ons twice (the creators' vote and the request's intent)."""
+        key = (query, types, limit)
+        with self._lock:
+            hit = self._trigger_memo.get(key)
+        if hit is not None:
+            return dict(hit)
+        out = self._trigger_matches(query, types, limit)
+        with self._lock:
+            self._trigger_memo[key] = out
+            while len(self._trigger_memo) > 256:
+                self._trigger_memo.popitem(last=False)
+        return dict(out)
+
+    def _trigger_matches(self, query: str, types: tuple[str, ...], limit: int) -> dict[int, float]:
         q = fts_query(query)
         if q is None:
             return {}
