@@ -6,8 +6,10 @@ Any malformed input raises ``ImportFailed`` naming the line (or item) so nothing
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
+import zlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,34 +32,63 @@ def _open_text(path: Path) -> io.TextIOBase:
 def items_from_json(doc: Any, where: str) -> list[dict]:
     """The model items in a parsed JSON document (an item, an API page or a list)."""
     if isinstance(doc, dict) and isinstance(doc.get("items"), list):
-        return doc["items"]
-    if isinstance(doc, dict) and "modelVersions" in doc:
+        doc = doc["items"]
+    elif isinstance(doc, dict) and "modelVersions" in doc:
         return [doc]
-    if isinstance(doc, list):
+    if isinstance(doc, list) and all(isinstance(x, dict) for x in doc):
         return doc
-    raise ImportFailed(
-        f"{where}: not a Civitai model item, API page ({{'items': [...]}}) or list of items"
-    )
+    got = "an object without 'items' or 'modelVersions'" if isinstance(doc, dict) else _describe(doc)
+    raise ImportFailed(f"{where}: {got}, not a Civitai model item, API page ({{'items': [...]}}) or list of items")
+
+
+def _describe(doc: Any) -> str:
+    """What a JSON value is, for an error message ("a list of 3 numbers", "a string")."""
+    if isinstance(doc, list):
+        kinds = {type(x) for x in doc}
+        of = {int: "numbers", float: "numbers", str: "strings", list: "lists", dict: "objects"}
+        what = of.get(kinds.pop(), "values") if len(kinds) == 1 else "values"
+        return f"a list of {len(doc)} {what}"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", type(None): "null"}.get(
+        type(doc), type(doc).__name__)
+
+
+@contextlib.contextmanager
+def _read_errors(path: Path, n: list[int]) -> Iterator[None]:
+    """What a damaged file raises while it is read, as ``ImportFailed`` (``n[0]``: the last line read)."""
+    try:
+        yield
+    except EOFError:
+        raise ImportFailed(f"{path}: the gzip data ends early (after line {n[0]}); the file is truncated: "
+                           "download or copy it again") from None
+    except (gzip.BadGzipFile, zlib.error) as e:
+        raise ImportFailed(f"{path}: not valid gzip data after line {n[0]} ({e}); the file is corrupt: download "
+                           "or copy it again, or give the uncompressed .jsonl") from None
+    except UnicodeDecodeError as e:
+        raise ImportFailed(f"{path}: not UTF-8 text (line {n[0] + 1}, byte {e.start}); Civitai exports are UTF-8: "
+                           "convert the file or give the original export") from None
 
 
 def iter_items(path: Path) -> Iterator[tuple[str, dict]]:
-    """Yield ``(location, item)`` from a .json / .jsonl / .jsonl.gz file."""
+    """Yield ``(location, item)`` from a .json / .jsonl / .jsonl.gz file. A damaged file (truncated or corrupt
+    gzip data, bytes that are not UTF-8) raises ``ImportFailed`` naming the file and the last line read."""
     name = path.name.lower()
+    n = [0]  # the last line read, for the damaged-file messages
     if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
-        with _open_text(path) as fh:
-            for n, line in enumerate(fh, 1):
+        with _read_errors(path, n), _open_text(path) as fh:
+            for line in fh:
+                n[0] += 1
                 if not line.strip():
                     continue
                 try:
                     doc = json.loads(line)
                 except json.JSONDecodeError as e:
                     what = e.msg.removesuffix(" at")  # "Invalid control character at" already ends in "at"
-                    raise ImportFailed(f"{path}:{n}: invalid JSON ({what} at column {e.colno}); "
+                    raise ImportFailed(f"{path}:{n[0]}: invalid JSON ({what} at column {e.colno}); "
                                        "fix or remove that line and import again") from None
-                for i, item in enumerate(items_from_json(doc, f"{path}:{n}")):
-                    yield f"{path}:{n}" + (f"[{i}]" if i else ""), item
+                for i, item in enumerate(items_from_json(doc, f"{path}:{n[0]}")):
+                    yield f"{path}:{n[0]}" + (f"[{i}]" if i else ""), item
         return
-    with _open_text(path) as fh:
+    with _read_errors(path, n), _open_text(path) as fh:
         try:
             doc = json.load(fh)
         except json.JSONDecodeError as e:
@@ -123,12 +154,18 @@ def image_record(image: dict) -> ImageRecord | None:
 
 def item_to_record(item: dict, where: str = "item") -> ModelRecord:
     """Map one Civitai model item to a ``ModelRecord`` (raises ``ImportFailed`` when unusable)."""
-    try:
-        model_id = int(item["id"])
-        name = str(item["name"]).strip()
-        versions_in = item.get("modelVersions") or []
-    except (KeyError, TypeError, ValueError) as e:
-        raise ImportFailed(f"{where}: model item lacks a valid {e} field") from None
+    for key in ("id", "name"):
+        if key not in item:
+            raise ImportFailed(f"{where}: model item lacks a valid '{key}' field")
+    if isinstance(item["id"], bool) or not isinstance(item["id"], int | str) or parse_int(item["id"]) is None \
+            or str(parse_int(item["id"])) != str(item["id"]).strip():
+        raise ImportFailed(f"{where}: model item lacks a valid 'id' field: 'id' must be an integer, got "
+                           f"{_describe(item['id'])}")
+    model_id = int(item["id"])
+    name = str(item["name"]).strip()
+    versions_in = item.get("modelVersions") or []
+    if not isinstance(versions_in, list):
+        raise ImportFailed(f"{where}: 'modelVersions' of model {model_id} must be a list, got {_describe(versions_in)}")
     stats = item.get("stats") or {}
     creator = item.get("creator") or {}
     mtype = type_name(item.get("type"))

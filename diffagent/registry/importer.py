@@ -80,6 +80,7 @@ def import_records(
     create: bool = True,
     total: int | None = None,
 ) -> ImportReport:
+    new_file = not Path(registry).exists()
     engine = open_engine(registry, create=create)
     report = ImportReport(source=source)
     counts = WriteCounts()
@@ -99,12 +100,17 @@ def import_records(
             bar.close()
             report.seconds["write"] = time.perf_counter() - t0
             finalize(conn, embedder, report, progress)
-    except ImportFailed as e:
-        raise ImportFailed(f"{e}; nothing was imported, the registry is unchanged") from None
-    except KeyboardInterrupt:
-        raise ImportFailed("import interrupted; nothing was imported, the registry is unchanged") from None
-    finally:
+    except BaseException as e:
         engine.dispose()
+        if new_file:  # a failed first import leaves no empty database behind
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{registry}{suffix}").unlink(missing_ok=True)
+        if isinstance(e, ImportFailed):
+            raise ImportFailed(f"{e}; nothing was imported, the registry is unchanged") from None
+        if isinstance(e, KeyboardInterrupt):
+            raise ImportFailed("import interrupted; nothing was imported, the registry is unchanged") from None
+        raise
+    engine.dispose()
     report.models, report.versions, report.files, report.images = (
         counts.models, counts.versions, counts.files, counts.images)
     report.seconds["total"] = time.perf_counter() - t0
@@ -149,8 +155,11 @@ def import_path(
 def _count_lines(path: Path) -> int | None:
     from diffagent.registry.civitai import _open_text
 
-    with _open_text(path) as fh:
-        return sum(1 for _ in fh)
+    try:
+        with _open_text(path) as fh:
+            return sum(1 for _ in fh)
+    except (EOFError, OSError, UnicodeDecodeError, ValueError):  # damaged: the import itself says how
+        return None
 
 
 def _download_json(url: str, dest: Path, timeout: float) -> None:

@@ -349,3 +349,50 @@ def test_civitai_number_fields_parse_leniently_or_not_at_all():
     assert [parse_int(v) for v in (25, "25", "25,", " 25.0 ", 7.9)] == [25, 25, 25, 25, 7]
     assert [parse_int(v) for v in ("abc", "", None, "nan", "inf", [1])] == [None] * 6
     assert parse_float("7.5,") == 7.5 and parse_float("x") is None
+
+
+# ------------------------------------------------------------------------------ broken files (issue 14)
+
+
+def _gz_bytes(rows) -> bytes:
+    return gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda data: data[: len(data) // 2], r"dump\.jsonl\.gz: the gzip data ends early .*line \d+"),
+    (lambda data: data[:10] + b"garbage" * 40, r"dump\.jsonl\.gz: not valid gzip data"),
+])
+def test_damaged_gzip_dump_is_named_without_a_traceback(tmp_path, populated, damage, message):
+    before = content_rows(populated)
+    src = tmp_path / "dump.jsonl.gz"
+    src.write_bytes(damage(_gz_bytes(items())))
+    with pytest.raises(ImportFailed, match=message) as err:
+        import_path(src, populated, embedder=None)
+    assert "unchanged" in str(err.value)
+    assert content_rows(populated) == before
+
+
+@pytest.mark.parametrize("line, says", [("[1, 2, 3]", "a list of 3 numbers"), ('"text"', "a string"),
+                                        ("42", "a number"), ('{"id": "x", "name": "n", "modelVersions": []}', "'id' must be an integer")])
+def test_lines_that_are_not_model_items_say_what_they_are(tmp_path, db, line, says):
+    src = tmp_path / "dump.jsonl"
+    src.write_text(json.dumps(items()[0]) + "\n" + line + "\n")
+    with pytest.raises(ImportFailed, match=r"dump\.jsonl:2: ") as err:
+        import_path(src, db, embedder=None)
+    assert says in str(err.value)
+
+
+def test_failed_import_into_a_new_path_leaves_no_file(tmp_path, db):
+    src = tmp_path / "dump.jsonl"
+    src.write_text(json.dumps(items()[0]) + "\n{broken\n")
+    with pytest.raises(ImportFailed):
+        import_path(src, db, embedder=None)
+    assert not db.exists()
+    assert not list(db.parent.glob(db.name + "*"))  # no -wal / -shm / -journal either
+
+
+def test_non_utf8_file_is_named(tmp_path, db):
+    src = tmp_path / "dump.jsonl"
+    src.write_bytes(json.dumps(items()[0]).encode() + b"\n\xff\xfe\x00bad\n")
+    with pytest.raises(ImportFailed, match=r"dump\.jsonl: not UTF-8 text"):
+        import_path(src, db, embedder=None)
