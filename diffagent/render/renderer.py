@@ -23,7 +23,7 @@ from diffagent.families import RENDERABLE, compatible, ecosystem_of
 from diffagent.render import png
 from diffagent.render.prompt import strip_extra_networks, with_tokens
 from diffagent.render.schedulers import make_scheduler, sampler_spec
-from diffagent.render.weights import RegistryResolver, ResolvedWeights, Resolver, WeightStore
+from diffagent.render.weights import RegistryResolver, ResolvedWeights, Resolver, WeightStore, cancellable
 from diffagent.settings import Settings, get_settings
 
 Progress = Callable[[int, int], None]
@@ -160,9 +160,10 @@ class Renderer:
                                  "diffagent renders SD 1.x and SDXL-family checkpoints only")
         spec = sampler_spec(call.sampler)  # unknown sampler: fail before any file is touched
 
-        ckpt = self._resolve(call.checkpoint, "checkpoint", call.checkpoint.family)
-        loras = [(ref, self._resolve(ref, "lora", call.checkpoint.family)) for ref in call.loras]
-        embeddings = [(ref, self._resolve(ref, "embedding", call.checkpoint.family)) for ref in call.embeddings]
+        with cancellable(cancel):  # a weight download stops when the caller cancels
+            ckpt = self._resolve(call.checkpoint, "checkpoint", call.checkpoint.family)
+            loras = [(ref, self._resolve(ref, "lora", call.checkpoint.family)) for ref in call.loras]
+            embeddings = [(ref, self._resolve(ref, "embedding", call.checkpoint.family)) for ref in call.embeddings]
         timings["resolve"] = time.perf_counter() - t0
 
         positive_tokens = [e.token for e in call.embeddings if not e.negative]

@@ -9,6 +9,7 @@ its final name is always complete. The filename is kept because loaders read the
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import email.message
 import hashlib
 import os
@@ -49,6 +50,56 @@ def source_kind(source) -> str | None:
 
 class DownloadError(DiffAgentError):
     """A download failed for a reason the user can act on (network, auth, hash)."""
+
+
+class DownloadCancelled(DiffAgentError):
+    """The caller's cancel event was set during a download; what arrived is kept and the next try resumes."""
+
+
+#: the cancel event of the render that is resolving weights in this thread (``cancellable``)
+_CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("diffagent_cancel", default=None)
+
+
+@contextlib.contextmanager
+def cancellable(cancel: threading.Event | None) -> Iterator[None]:
+    """Downloads started inside stop soon after ``cancel`` is set (``DownloadCancelled``): between blocks of a
+    URL download, and within a fraction of a second for Hugging Face downloads (which run in a helper thread
+    that finishes in the background, into the hub's resumable cache)."""
+    token = _CANCEL.set(cancel)
+    try:
+        yield
+    finally:
+        _CANCEL.reset(token)
+
+
+def _check_cancel(name: str) -> None:
+    cancel = _CANCEL.get()
+    if cancel is not None and cancel.is_set():
+        raise DownloadCancelled(f"the download of {name} was cancelled; what arrived is kept and the next render "
+                                "of this model resumes it")
+
+
+def _interruptible(fn: Callable[[], Path], name: str, poll_s: float = 0.1) -> Path:
+    """``fn()`` (a blocking hub download), abandoned when the cancel event is set."""
+    cancel = _CANCEL.get()
+    if cancel is None:
+        return fn()
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            box["error"] = e
+
+    worker = threading.Thread(target=run, name=f"download {name}", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        _check_cancel(name)
+        worker.join(poll_s)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 class ResolvedWeights(BaseModel):
@@ -180,7 +231,7 @@ class WeightStore:
         except LocalEntryNotFoundError:
             self._require_downloads(name or filename, f"https://huggingface.co/{repo}")
             try:
-                path = Path(hf_hub_download(repo, filename))
+                path = _interruptible(lambda: Path(hf_hub_download(repo, filename)), name or filename)
             except LocalEntryNotFoundError as e:
                 raise DownloadError(f"cannot download {repo}/{filename}: the hub is unreachable or "
                                     f"HF_HUB_OFFLINE is set ({e})") from e
@@ -219,9 +270,10 @@ class WeightStore:
         except (LocalEntryNotFoundError, IncompleteFolder):
             self._require_downloads(name or repo, f"https://huggingface.co/{repo}")
         try:
-            path = fetch(DIFFUSERS_FILES, offline=False)
+            path = _interruptible(lambda: fetch(DIFFUSERS_FILES, offline=False), name or repo)
             if missing := _components_without_weights(path):  # an older repo with .bin weights only
-                fetch([f"{c}/*.bin" for c in missing] + DIFFUSERS_FILES, offline=False)
+                _interruptible(lambda: fetch([f"{c}/*.bin" for c in missing] + DIFFUSERS_FILES, offline=False),
+                               name or repo)
         except LocalEntryNotFoundError as e:
             raise DownloadError(f"cannot download {repo}: the hub is unreachable or HF_HUB_OFFLINE is set ({e})") from e
         check_diffusers_folder(path, repo)
@@ -275,8 +327,10 @@ class WeightStore:
         final_name = _safe_filename(filename, fmt) if filename else None
         last_error: Exception | None = None
         for attempt in range(self.retries + 1):
+            _check_cancel(name)
             if attempt:
                 self._sleep(min(2.0 ** attempt, 30.0))
+                _check_cancel(name)
             offset = part.stat().st_size if part.exists() else 0
             headers = self._headers(url)
             if offset:
@@ -301,6 +355,7 @@ class WeightStore:
                         for block in r.iter_bytes():  # as it arrives: a dropped link loses nothing
                             f.write(block)
                             bar.update(len(block))
+                            _check_cancel(name)
                     if total is not None and part.stat().st_size != total:
                         raise httpx.RemoteProtocolError(f"got {part.stat().st_size} of {total} bytes")
                     return final_name

@@ -22,6 +22,7 @@ class FakeFile:
     needs_key: bool = False
     html: bool = False
     drop_after: int | None = None  # close the connection after this many body bytes, once
+    chunk_s: float = 0.0  # a slow link: sleep this long after each 64 KiB
 
     @property
     def sha256(self) -> str:
@@ -126,6 +127,17 @@ class FakeCivitai:
                     self.wfile.flush()
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
+                    return
+                if f.chunk_s:
+                    import time
+
+                    for i in range(0, len(body), 65536):
+                        try:
+                            self.wfile.write(body[i:i + 65536])
+                            self.wfile.flush()
+                        except OSError:  # the client went away
+                            return
+                        time.sleep(f.chunk_s)
                     return
                 self.wfile.write(body)
 

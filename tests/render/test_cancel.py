@@ -76,3 +76,24 @@ def test_concurrent_renders_are_serialised_and_correct(shared_renderer, tiny, tm
     assert len(runs) == 3, "denoising loops of two renders interleaved: the device lock did not hold"
     same = [np.asarray(Image.open(res.path)) for seed, res in results if seed == 1]
     assert np.array_equal(same[0], same[1])
+
+
+def test_cancel_reaches_a_download_during_weight_resolution(make_renderer, tiny, tmp_path):
+    """The render's cancel event is the one downloads check while its weights resolve (issue 14)."""
+    import time
+
+    from diffagent.render.weights import DownloadCancelled, _check_cancel
+
+    def downloading(ref):
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # stands in for a long download's block loop
+            _check_cancel(ref.name)
+            time.sleep(0.01)
+        raise AssertionError("the download never saw the cancel")
+
+    cancel = threading.Event()
+    threading.Timer(0.2, cancel.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(DownloadCancelled):
+        make_renderer(resolver=downloading).render(tiny.call(1, steps=2), output_dir=tmp_path, cancel=cancel)
+    assert time.monotonic() - t0 < 2

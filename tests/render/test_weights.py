@@ -172,3 +172,49 @@ def test_registry_resolver_uses_weight_source(civitai, store):
 
     resolved = RegistryResolver(Registry(), store)(ModelRef(id=7, air="a", name="n", family=Family.SD1))
     assert resolved.path.read_bytes() == PAYLOAD and resolved.type == "lora" and resolved.family == Family.SD1
+
+
+def test_cancel_stops_a_download_and_the_next_fetch_resumes(civitai, store):
+    """A cancelled render must not hold the render worker until a multi-GB download ends (issue 14)."""
+    import threading
+    import time
+
+    from diffagent.render.weights import DownloadCancelled, cancellable
+
+    civitai.files[7] = FakeFile(PAYLOAD, "slow.safetensors", chunk_s=0.05)  # about 2.5 s for the whole file
+    src = source(civitai.url(7), civitai.files[7].sha256)
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    t0 = time.monotonic()
+    with cancellable(cancel), pytest.raises(DownloadCancelled, match="cancelled.*resumes"):
+        store.fetch(src)
+    assert time.monotonic() - t0 < 1.5  # stopped within a block or two of the cancel, not at the end
+    partial = [p for p in store.root.rglob("*.partial")]
+    assert partial and 0 < partial[0].stat().st_size < len(PAYLOAD)
+    civitai.files[7].chunk_s = 0.0
+    assert store.fetch(src).read_bytes() == PAYLOAD  # resumed from what arrived
+    assert civitai.log.storage[-1]["range"] is not None
+
+
+def test_cancel_abandons_a_blocking_hub_download(store, monkeypatch):
+    import threading
+    import time
+
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from diffagent.render.weights import DownloadCancelled, cancellable
+
+    def hub(repo, filename, local_files_only=False):
+        if local_files_only:
+            raise LocalEntryNotFoundError("not cached")
+        time.sleep(5)  # a long hub download
+        raise AssertionError("the caller should have stopped waiting")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    t0 = time.monotonic()
+    with cancellable(cancel), pytest.raises(DownloadCancelled):
+        store.from_hf("org/repo", "model.safetensors", name="Big Model")
+    assert time.monotonic() - t0 < 1.5
