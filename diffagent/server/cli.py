@@ -37,5 +37,10 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.http:
         run_http(server, host=args.host, port=args.port, token=settings.http_token)
     else:
-        server.run()  # stdio: the SDK points fd 1 at stderr while serving, so stray prints miss the wire
+        import anyio
+
+        from diffagent.server.stdio import run_stdio
+
+        # stdio: the SDK points fd 1 at stderr while serving, so stray prints miss the wire
+        anyio.run(run_stdio, server)
     return 0

@@ -87,3 +87,39 @@ async def test_diffagent_serve_over_stdio(world_settings):
             assert r.structured_content["status"] == "done" and seen == [1, 2, 3]
             png = await client.read_resource(f"outputs://{r.structured_content['result']['output_id']}")
             assert png.contents[0].mime_type == "image/png"
+
+
+@pytest.mark.timeout(180)
+def test_malformed_lines_over_stdio_get_json_rpc_errors(world_settings):
+    """Every line gets an answer: a client that sends a broken line must not wait forever (issue 14)."""
+    import json
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "DIFFAGENT_REGISTRY": str(world_settings.registry), "DIFFAGENT_DATA_DIR": str(world_settings.data_dir),
+           "DIFFAGENT_SELECTOR": "retrieval"}
+    lines = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        "{not json", {"jsonrpc": "2.0", "id": 5, "method": 7}, "[1, 2, 3]",
+        {"jsonrpc": "2.0", "id": 9, "method": "ping"},
+    ]
+    proc = subprocess.Popen([sys.executable, "-m", "diffagent", "serve"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        proc.stdin.write("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines).encode())
+        proc.stdin.flush()
+        replies = []
+        while not any(r.get("id") == 9 for r in replies):  # the ping's answer comes last; the test's timeout bounds it
+            replies.append(json.loads(proc.stdout.readline()))
+    finally:
+        proc.stdin.close()
+        stderr = proc.stderr.read().decode()
+        proc.wait(timeout=60)
+    by_id = {r.get("id"): r for r in replies if r.get("id") is not None}
+    nulls = [r for r in replies if r.get("id") is None]
+    assert by_id[5]["error"]["code"] == -32600
+    assert sorted(r["error"]["code"] for r in nulls) == [-32700, -32600]
+    assert by_id[9]["result"] == {}  # still serving
+    assert stderr.count("malformed message on stdin") == 3
