@@ -19,6 +19,8 @@ from diffagent.samplers import A1111_SAMPLERS, canonical_sampler
 
 SCHEMA_VERSION = "1"
 MAX_SEED = 2**32 - 1
+#: registry ids are SQLite integers
+MAX_ID = 2**63 - 1
 #: most LoRAs and embeddings one call may carry (A1111 users stack a handful; a caller must not send thousands)
 MAX_LORAS = 8
 MAX_EMBEDDINGS = 16
@@ -31,7 +33,7 @@ class ModelRef(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    id: int = Field(description="registry id of the model version")
+    id: int = Field(ge=0, le=MAX_ID, description="registry id of the model version")
     air: str = Field(description="AIR id, e.g. urn:air:sd1:checkpoint:civitai:4384@128713")
     name: str
     family: Family = Field(description="base-model family of the weights")

@@ -15,6 +15,14 @@ _SPACES = re.compile(r"[^\S\n\r]+")
 _ZERO_WIDTH = re.compile(r"[\u200b\u200c\u200d\u2060\ufeff]")
 
 
+def has_visible_text(text: str) -> bool:
+    """Whether ``text`` holds anything a model could draw from: a character that is not a space, a control
+    character (NUL, tab) or an invisible format character (zero-width space, BOM)."""
+    import unicodedata
+
+    return any(not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf", "Zs", "Zl", "Zp") for ch in text)
+
+
 def strip_resource_tags(prompt: str) -> str:
     """Remove A1111 resource tags and tidy the separators they leave behind; weighting such as
     ``(word:1.2)`` is kept."""

@@ -12,7 +12,7 @@ import threading
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from diffagent.apicall import ApiCall
 from diffagent.errors import UserInputError
@@ -26,7 +26,10 @@ Base = Literal["any", "sd15", "sdxl"]
 
 
 class SelectOptions(BaseModel):
-    """Options of ``select_t2i_api``. NSFW policy is a setting, deliberately not an option here."""
+    """Options of ``select_t2i_api``. NSFW policy is a setting, deliberately not an option here. Unknown keys are
+    refused (a misspelt ``max_lora`` must not be ignored silently)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     base: Base = Field("any", description="restrict to a base family: sd15, sdxl or any")
     max_loras: int = Field(2, ge=0, le=5, description="most LoRAs to add")
@@ -78,10 +81,17 @@ def get_runtime(settings: Settings | None = None) -> Runtime:
 
 def select_t2i_api(prompt: str, options: SelectOptions | None = None, *, runtime: Runtime | None = None) -> ApiCall:
     """Turn a prompt into a complete text-to-image call, choosing only models the registry holds."""
-    if not prompt or not prompt.strip():
-        raise UserInputError("prompt is empty; describe the picture you want, e.g. 'a watercolor fox'")
+    check_prompt(prompt)
     rt = runtime or get_runtime()
     return rt.selector.select(prompt, options or SelectOptions())
+
+
+def check_prompt(prompt: str | None) -> None:
+    from diffagent.prompttext import has_visible_text
+
+    if not prompt or not has_visible_text(prompt):
+        raise UserInputError("prompt is empty (only spaces, control or invisible characters); describe the picture "
+                             "you want, e.g. 'a watercolor fox'")
 
 
 class ModelSummary(BaseModel):
@@ -197,17 +207,55 @@ _SLOT_TYPES = {"checkpoint": {"checkpoint"}, "lora": {"lora", "locon"}, "embeddi
 
 
 def check_refs(call: ApiCall, *, runtime: Runtime | None = None) -> None:
-    """Every model an ``ApiCall`` names must be in the registry, with the right type, before it renders."""
+    """Every model an ``ApiCall`` names must be in the registry, with the right type and the family the call
+    says, before it renders (a wrong family would otherwise fail only after the weights were fetched)."""
     rt = runtime or get_runtime()
     slots = [("checkpoint", call.checkpoint)]
     slots += [("lora", r) for r in call.loras] + [("embedding", r) for r in call.embeddings]
+    slots += [("checkpoint", a.checkpoint) for a in call.alternatives]
+    seen: set[int] = set()
     for slot, ref in slots:
+        if ref.id in seen:
+            continue
+        seen.add(ref.id)
         info = rt.registry.version(ref.id)  # NotFoundError says: call search_models
         if info.type not in _SLOT_TYPES[slot]:
             raise UserInputError(
                 f"model id {ref.id} ({info.display_name!r}) is a {info.type}, not a {slot}; "
                 f"call search_models with type={slot!r} to find one"
             )
+        if str(info.family) != str(ref.family):
+            raise UserInputError(
+                f"model id {ref.id} ({info.display_name!r}) is a {info.family} model, but the call says family "
+                f"{str(ref.family)!r}; use the family get_model reports, or the call select_t2i_api returned"
+            )
+
+
+def best_of_renderer():
+    """``render_best_of``, or a ``MissingDependency`` naming the extra that brings the scorers."""
+    from diffagent.errors import MissingDependency
+
+    try:
+        import open_clip  # noqa: F401 - the scorers' first import; checked here so the error names the extra
+
+        from diffagent.scoring.best_of import render_best_of
+    except ImportError as e:
+        raise MissingDependency(e.name or "the image scorers", "score") from e
+    return render_best_of
+
+
+def check_render(call: ApiCall | None, prompt: str | None, best_of: int, *, runtime: Runtime | None = None) -> None:
+    """Everything ``render_image`` can refuse before any work starts (the MCP server runs it before queueing)."""
+    if (call is None) == (prompt is None):
+        raise UserInputError("give exactly one of 'call' (from select_t2i_api) or 'prompt'")
+    if not 1 <= best_of <= 8:
+        raise UserInputError(f"best_of must be between 1 and 8, got {best_of}")
+    if prompt is not None:
+        check_prompt(prompt)
+    if best_of > 1:
+        best_of_renderer()
+    if call is not None:
+        check_refs(call, runtime=runtime)
 
 
 def render_image(
@@ -226,21 +274,15 @@ def render_image(
     total)`` is called after each denoising step; setting ``cancel`` stops the loop at the next step
     (the renderer raises ``RenderCancelled``). The output path is always chosen by the server.
     """
-    if (call is None) == (prompt is None):
-        raise UserInputError("give exactly one of 'call' (from select_t2i_api) or 'prompt'")
-    if not 1 <= best_of <= 8:
-        raise UserInputError(f"best_of must be between 1 and 8, got {best_of}")
     rt = runtime or get_runtime()
+    check_render(call, prompt, best_of, runtime=rt)
     if call is None:
         call = select_t2i_api(prompt, options, runtime=rt)
-    else:
-        check_refs(call, runtime=rt)
     output_dir = Path(rt.settings.output_dir)
     scores: list[float] = []
     if best_of > 1:
         # renders the selected call, its ranked alternatives, then other seeds; keeps the best-scored
-        from diffagent.scoring.best_of import render_best_of
-
+        render_best_of = best_of_renderer()
         picked = render_best_of(
             call, best_of, prompt=prompt, settings=rt.settings, registry=rt.registry, progress=progress,
             cancel=cancel, output_dir=output_dir,

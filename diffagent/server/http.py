@@ -32,7 +32,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+#: a bearer token shorter than this is guessable (``secrets.token_urlsafe(32)`` gives 43 characters)
+MIN_TOKEN_CHARS = 24
+
+
 def check_bind(host: str, token: str | None) -> None:
+    if token is not None and (len(token) < MIN_TOKEN_CHARS or len(set(token)) < 8 or token != token.strip()):
+        raise UserInputError(
+            f"DIFFAGENT_HTTP_TOKEN is too weak ({len(token)} characters, {len(set(token))} distinct; no spaces at "
+            f"the ends): use at least {MIN_TOKEN_CHARS} random characters, e.g. the output of "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
     if not is_loopback(host) and not token:
         raise UserInputError(
             f"refusing to serve on {host}: anyone who can reach it could use the GPU and read outputs. "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, nullcontext
@@ -24,13 +25,15 @@ import anyio
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.shared.exceptions import MCPError
 from mcp.shared.path_security import PathEscapeError, safe_join
-from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent, ToolAnnotations
+from mcp.types import INVALID_PARAMS, CallToolResult, ImageContent, ResourceLink, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from diffagent import __version__, tools
-from diffagent.apicall import ApiCall
+from diffagent.apicall import MAX_ID, ApiCall
 from diffagent.errors import DiffAgentError, NotFoundError
+from diffagent.prompttext import has_visible_text
 from diffagent.registry.store import VersionInfo
 from diffagent.server.jobs import Job, JobManager
 from diffagent.settings import Settings, get_settings
@@ -50,8 +53,8 @@ RENDER_WAIT_S = 45.0
 #: renders waiting or running at once; more is refused with "queue full, retry"
 MAX_PENDING = 8
 POLL_S = 0.05
-#: registry ids are SQLite integers
-MAX_ID = 2**63 - 1
+#: output ids are server-chosen file names (with a date folder); anything longer is not one of ours
+MAX_OUTPUT_ID = 255
 
 Prompt = Annotated[str, Field(min_length=1, max_length=2000, description="what the picture should show")]
 JobId = Annotated[str, Field(min_length=1, max_length=64, description="job_id returned by render_image")]
@@ -78,10 +81,21 @@ class ServerState:
     select_lock: threading.Lock
 
 
+#: an absolute POSIX path in a message (not the path part of a URL: no ``:`` or ``/`` just before it)
+_SERVER_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s'\"(),;:]+/)*[^\s'\"(),;:]*")
+
+
+def redact_paths(text: str) -> str:
+    """A message with the server's file paths replaced by their last component: a remote caller cannot act on
+    the server's folders, and they say how the machine is laid out. (The CLI shows full paths.)"""
+    return _SERVER_PATH.sub(lambda m: f"<server>/{m.group(0).rstrip('/').rsplit('/', 1)[-1]}", text)
+
+
 def caller_message(exc: BaseException) -> str:
-    """What a caller may see of a failure: diffagent's own errors verbatim, anything else masked."""
+    """What a caller may see of a failure: diffagent's own errors (server paths shortened), anything else
+    masked."""
     if isinstance(exc, DiffAgentError):
-        return str(exc)
+        return redact_paths(str(exc))
     return "the render failed with an internal error (details are in the server log); retry or change the call"
 
 
@@ -91,7 +105,7 @@ def caller_errors() -> Iterator[None]:
     try:
         yield
     except DiffAgentError as exc:
-        raise ToolError(str(exc)) from exc
+        raise ToolError(redact_paths(str(exc))) from exc
 
 
 def create_server(
@@ -167,11 +181,8 @@ def create_server(
     ) -> Annotated[CallToolResult, RenderStatus]:
         """Render a call (or a prompt) to a PNG; returns a preview, the file and metadata, or a job_id if slow."""
         st = state(ctx)
-        if (call is None) == (prompt is None):
-            raise ToolError("give exactly one of 'call' (from select_t2i_api) or 'prompt'")
-        if call is not None:
-            with caller_errors():
-                tools.check_refs(call, runtime=st.runtime)  # fail now, not after queueing
+        with caller_errors():  # fail now, not after queueing; off the event loop (it reads the registry)
+            await anyio.to_thread.run_sync(lambda: tools.check_render(call, prompt, best_of, runtime=st.runtime))
 
         def work(progress, cancel) -> RenderOutput:
             return tools.render_image(call, prompt, best_of, progress=progress, cancel=cancel, runtime=st.runtime)
@@ -226,8 +237,14 @@ def create_server(
         return read_output(settings, output_id)
 
     @mcp.prompt()
-    def text_to_image(subject: str, style: str = "") -> str:
+    def text_to_image(subject: str = "", style: str = "") -> str:
         """Select a model and settings for a subject, then render it."""
+        # checked here, not by the SDK: its own refusals of prompt arguments reach clients as "Internal server error"
+        if not has_visible_text(subject) or len(subject) > 2000:
+            raise MCPError(INVALID_PARAMS, "text_to_image needs a 'subject' of 1 to 2000 characters: what the "
+                                           f"picture should show (got {len(subject)} characters)")
+        if len(style) > 200:
+            raise MCPError(INVALID_PARAMS, f"'style' is at most 200 characters (got {len(style)}), e.g. 'anime'")
         hint = f' with options {{"style": {json.dumps(style)}}}' if style else ""
         return (
             f"Make an image of: {subject}\n"
@@ -272,7 +289,9 @@ def status_result(job: Job, jobs: JobManager) -> CallToolResult:
     ttl_min = f"{jobs.ttl_s / 60:g}"
     message = {
         "queued": f"queued behind other renders; call get_render with job_id={job.id} (add wait_s=30 to wait)",
-        "running": f"rendering, step {job.step}/{job.total}; call get_render with job_id={job.id} and wait_s=30",
+        "running": (f"rendering, step {job.step}/{job.total}" if job.total else
+                    "preparing: resolving the weights (a first use downloads them, which can take minutes)")
+                   + f"; call get_render with job_id={job.id} and wait_s=30",
         "done": f"done: full image at {result.path if result else ''} (outputs://{result.output_id if result else ''})",
         "failed": f"the render failed: {job.error}",
         "cancelled": "the render was cancelled; call render_image again to restart it",
@@ -294,11 +313,17 @@ def status_result(job: Job, jobs: JobManager) -> CallToolResult:
 def read_output(settings: Settings, output_id: str) -> bytes:
     """The bytes of a rendered PNG, confined to the output folder."""
     root = settings.output_dir
+    shown = output_id if len(output_id) <= 80 else output_id[:60] + f"... ({len(output_id)} characters)"
+    if len(output_id) > MAX_OUTPUT_ID:
+        raise ResourceNotFoundError(f"no rendered image {shown!r}: output ids are at most {MAX_OUTPUT_ID} "
+                                    "characters; use an output_id from render_image")
     try:
         path = safe_join(root, output_id)
+        if path.suffix.lower() != ".png" or not path.is_file():
+            raise ResourceNotFoundError(f"no rendered image {shown!r}; use an output_id from render_image")
+        return path.read_bytes()
     except (PathEscapeError, ValueError) as exc:
-        raise ResourceNotFoundError(f"{output_id!r} is not inside the output folder; use an output_id "
+        raise ResourceNotFoundError(f"{shown!r} is not inside the output folder; use an output_id "
                                     "from render_image") from exc
-    if path.suffix.lower() != ".png" or not path.is_file():
-        raise ResourceNotFoundError(f"no rendered image {output_id!r}; use an output_id from render_image")
-    return path.read_bytes()
+    except OSError as exc:  # a name the file system refuses (too long, NUL)
+        raise ResourceNotFoundError(f"no rendered image {shown!r}; use an output_id from render_image") from exc

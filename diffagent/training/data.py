@@ -24,7 +24,6 @@ import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
 from pydantic import BaseModel, Field
 
 from diffagent.agent.prompt import CHECKPOINT_LABELS, LORA_LABELS, answer_text, render_prompt

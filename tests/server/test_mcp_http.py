@@ -21,6 +21,8 @@ from diffagent.errors import UserInputError
 from diffagent.server import create_server
 from diffagent.server.http import check_bind, http_app
 
+TOKEN = "kQ3v8Zr1XyP0mN7bT5wL2cH9"
+
 pytestmark = pytest.mark.anyio
 
 
@@ -76,7 +78,7 @@ async def test_dns_rebinding_guard_and_bearer_token(settings, runtime):
         async with httpx.AsyncClient() as http:
             r = await http.post(url, headers={"Host": "evil.example:80"}, json={})
             assert r.status_code in (403, 421)
-    with serving(http_app(create_server(settings, runtime=runtime), token="s3cret")) as url:
+    with serving(http_app(create_server(settings, runtime=runtime), token=TOKEN)) as url:
         async with httpx.AsyncClient() as http:
             assert (await http.post(url, json={})).status_code == 401
             wrong = await http.post(url, json={}, headers={"Authorization": "Bearer nope"})
@@ -84,7 +86,7 @@ async def test_dns_rebinding_guard_and_bearer_token(settings, runtime):
         with pytest.raises(Exception):  # noqa: B017 - no token: the connection is refused, whatever the type
             async with Client(url, mode="legacy"):
                 pass
-        async with httpx2.AsyncClient(headers={"Authorization": "Bearer s3cret"}) as http:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
             async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
                 assert len((await client.list_tools()).tools) == 6
 
@@ -110,6 +112,9 @@ def test_transport_security_is_explicit_for_every_bind():
 def test_non_loopback_bind_needs_a_token():
     with pytest.raises(UserInputError, match="DIFFAGENT_HTTP_TOKEN"):
         check_bind("0.0.0.0", None)
-    check_bind("0.0.0.0", "long-random-secret")
+    check_bind("0.0.0.0", TOKEN)
+    for weak in ["s3cret", "a" * 40, " " + TOKEN]:
+        with pytest.raises(UserInputError, match="too weak"):
+            check_bind("0.0.0.0", weak)
     check_bind("::1", None)
     check_bind("localhost", None)
