@@ -2,11 +2,15 @@
 
     python benchmarks/mcp_load.py [--clients 16] [--calls 50] [--registry registry.db]
                                   [--selector retrieval|llm] [--mode auto|legacy]
+                                  [--llm-instances 1] [--llm-threads 2]
 
 Starts ``diffagent serve --http`` on a free 127.0.0.1 port as a subprocess (one process, models loaded
 once and shared, as in production), warms it with one call (not timed), then runs the clients at
 once. A failure is an exception or an ``isError`` result. Prints p50/p95/p99/max latency, throughput
 and failures, and writes them to benchmarks/results/mcp_load.json (git-ignored).
+
+Then a stall probe: one client sends ``render_image`` with a call of 20,000 LoRAs (1.8 MB of JSON, refused by
+validation) while another pings every 20 ms; the slowest ping says whether one request can stall the server.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ def free_port() -> int:
 
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DIFFAGENT_SELECTOR": args.selector,
+           "DIFFAGENT_LLM_INSTANCES": str(args.llm_instances), "DIFFAGENT_LLM_THREADS": str(args.llm_threads),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if args.registry:
         env["DIFFAGENT_REGISTRY"] = str(Path(args.registry).resolve())
@@ -108,6 +113,37 @@ async def run(url: str, args: argparse.Namespace) -> dict:
     }
 
 
+async def stall_probe(url: str) -> dict:
+    """Ping latencies while a 20,000-LoRA ``render_image`` request is parsed and refused."""
+    lora = {"id": 1, "air": "urn:air:sd1:lora:civitai:1@1", "name": "x", "family": "sd1", "weight": 0.5}
+    call = {"checkpoint": {"id": 1, "air": "urn:air:sd1:checkpoint:civitai:1@1", "name": "x", "family": "sd1"},
+            "prompt": "a cat", "loras": [lora] * 20_000}
+    pings: list[float] = []
+    async with Client(url, mode="legacy") as pinger, Client(url, mode="legacy") as sender:
+        done = anyio.Event()
+        big: dict = {}
+
+        async def ping_until_done() -> None:
+            while not done.is_set():
+                t = time.perf_counter()
+                await pinger.send_ping()
+                pings.append(time.perf_counter() - t)
+                await anyio.sleep(0.02)
+
+        async def send_big() -> None:
+            t = time.perf_counter()
+            r = await sender.call_tool("render_image", {"call": call, "wait": False})
+            big.update(seconds=round(time.perf_counter() - t, 3), refused=r.is_error,
+                       message=" ".join(b.text for b in r.content if b.type == "text")[:160])
+            done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ping_until_done)
+            tg.start_soon(send_big)
+    return {"big_request": big, "pings": len(pings), "ping_median_ms": round(statistics.median(pings) * 1000, 1),
+            "ping_max_ms": round(max(pings) * 1000, 1)}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=16)
@@ -115,12 +151,16 @@ def main() -> int:
     p.add_argument("--registry", help="registry database (default: the server's default)")
     p.add_argument("--selector", choices=["retrieval", "llm"], default="retrieval")
     p.add_argument("--mode", choices=["auto", "legacy"], default="auto", help="protocol era of the clients")
+    p.add_argument("--llm-instances", type=int, default=1, help="DIFFAGENT_LLM_INSTANCES of the server")
+    p.add_argument("--llm-threads", type=int, default=2, help="DIFFAGENT_LLM_THREADS of the server")
     args = p.parse_args()
 
     port = free_port()
     server = start_server(args, port)
     try:
         result = anyio.run(run, f"http://127.0.0.1:{port}/mcp", args)
+        result["llm_instances"], result["llm_threads"] = args.llm_instances, args.llm_threads
+        result["stall_probe"] = anyio.run(stall_probe, f"http://127.0.0.1:{port}/mcp")
     finally:
         server.terminate()
         try:
@@ -137,6 +177,10 @@ def main() -> int:
     print(f"latency p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, p99 {result['p99_ms']} ms, "
           f"max {result['max_ms']} ms")
     print(f"throughput {result['throughput_per_s']} calls/s (wall {result['wall_s']} s; warm-up {result['warmup_s']} s)")
+    sp = result["stall_probe"]
+    print(f"stall probe: a 20,000-LoRA render_image took {sp['big_request']['seconds']} s "
+          f"(refused: {sp['big_request']['refused']}); {sp['pings']} pings meanwhile, median {sp['ping_median_ms']} ms, "
+          f"max {sp['ping_max_ms']} ms")
     for f in result["failure_samples"]:
         print("  failure:", f)
     return 1 if result["failures"] else 0

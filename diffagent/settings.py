@@ -47,7 +47,9 @@ class Settings(BaseSettings):
     )
     llm_model: Path | None = Field(None, description="GGUF path; default: the bundled Gemma 3 270M")
     llm_lora: Path | None = Field(None, description="GGUF LoRA adapter applied to llm_model")
-    llm_threads: int = Field(2, ge=1)
+    llm_threads: int = Field(2, ge=1, description="llama.cpp threads of each LLM copy")
+    llm_instances: int = Field(1, ge=1, le=16, description="LLM copies that decode concurrent requests at once "
+                                                           "(about 250 MB each); give each llm_threads cores")
     llm_ctx: int = Field(2048, ge=256)
     candidates_k: int = Field(6, ge=1, le=12, description="checkpoints shown to the LLM")
     ranker: str = Field("default", description="checkpoint ranker: 'default' (bundled, trained on Civitai "

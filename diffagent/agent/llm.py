@@ -8,7 +8,10 @@ shared with the previous call, so the fixed instructions are paid for once per p
 from __future__ import annotations
 
 import os
+import queue
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +94,57 @@ class LlamaBackend:
             self.llm.n_tokens = common
             self.llm.eval(tokens[common:])
             return self._last_logits()
+
+
+class BackendPool:
+    """Up to ``size`` loaded copies of one GGUF model. A request borrows one for its whole decode, so two requests
+    never interleave on one KV cache (each would evict the other's prefix), and up to ``size`` requests decode
+    at once (llama.cpp releases the GIL while it evaluates). Copies are made on demand; the most recently
+    returned one is lent first, so a quiet server keeps reusing one warm cache."""
+
+    def __init__(self, factory: Callable[[], LlamaBackend], size: int = 1):
+        if size < 1:
+            raise UserInputError(f"llm_instances must be at least 1, got {size}")
+        self._factory = factory
+        self.size = size
+        self._free: queue.LifoQueue[LlamaBackend] = queue.LifoQueue()
+        self._made: list[LlamaBackend] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, backend: LlamaBackend) -> BackendPool:
+        """A pool of one given backend (tests, and callers that load the model themselves)."""
+        pool = cls(lambda: backend, 1)
+        pool._made.append(backend)
+        pool._free.put(backend)
+        return pool
+
+    @property
+    def first(self) -> LlamaBackend:
+        """One loaded copy, for what does not evaluate (tokenizing: every copy has the same vocabulary)."""
+        with self._lock:
+            if not self._made:
+                self._made.append(self._factory())
+                self._free.put(self._made[0])
+            return self._made[0]
+
+    @contextmanager
+    def borrow(self) -> Iterator[LlamaBackend]:
+        try:
+            backend = self._free.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                grow = len(self._made) < self.size
+                if grow:
+                    backend = self._factory()
+                    self._made.append(backend)
+            if not grow:
+                backend = self._free.get()  # every copy is busy: wait for one
+        try:
+            with backend.lock:
+                yield backend
+        finally:
+            self._free.put(backend)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from diffagent.agent.decode import Decoded, Decoder, Labels, dedupe
 from diffagent.agent.direct import NameTrie, decode_name, direct_prompt
-from diffagent.agent.llm import LlamaBackend
+from diffagent.agent.llm import BackendPool, LlamaBackend
 from diffagent.agent.prompt import BETWEEN, END, NONE, RenderedPrompt, render_prompt
 from diffagent.agent.ranker import load_setting as load_ranker
 from diffagent.agent.rebuild import build_call, lora_weight
@@ -65,7 +65,7 @@ class Selector:
         self.registry = registry
         self.settings = settings
         self.weights = weights or RetrievalWeights()
-        self._backend = backend
+        self._pool = BackendPool.of(backend) if backend is not None else None
         self._tries: dict = {}
         self.ranker = load_ranker(settings.ranker)
         self.card = load_card(settings.card_adapter)
@@ -76,12 +76,19 @@ class Selector:
         return self.settings.selector
 
     @property
-    def backend(self) -> LlamaBackend:
+    def pool(self) -> BackendPool:
+        """The LLM copies (``llm_instances``), loaded on first use; a request borrows one for its decode."""
         with self._lock:
-            if self._backend is None:
-                self._backend = LlamaBackend(self.settings.llm_model, lora_path=self.settings.llm_lora,
-                                             n_ctx=self.settings.llm_ctx, n_threads=self.settings.llm_threads)
-            return self._backend
+            if self._pool is None:
+                s = self.settings
+                self._pool = BackendPool(lambda: LlamaBackend(s.llm_model, lora_path=s.llm_lora, n_ctx=s.llm_ctx,
+                                                              n_threads=s.llm_threads), s.llm_instances)
+            return self._pool
+
+    @property
+    def backend(self) -> LlamaBackend:
+        """A loaded copy of the LLM for tokenizing (decoding borrows one from ``pool``)."""
+        return self.pool.first
 
     def warm(self) -> None:
         """Load the index, the embedder and (LLM mode) the model, and cache the fixed prompt prefix."""
@@ -161,25 +168,25 @@ class Selector:
         labels = self._labels(len(loras), options.max_loras)
         labels = Labels(checkpoints=labels.checkpoints[: len(checkpoints)], loras=labels.loras, none=labels.none,
                         end=labels.end, between=labels.between, max_loras=labels.max_loras)
-        backend = self.backend
-        tokens = backend.tokenize(rendered.text, bos=True)
-        decoder = Decoder(backend.logits, tokens, labels, n_loras=len(loras))
-        timings["prepare"] = time.perf_counter() - t
-        t = time.perf_counter()
-        ck_lp = decoder.checkpoint_logprobs()
-        timings["llm_prompt"] = time.perf_counter() - t
-        t = time.perf_counter()
-        strategy = getattr(options, "strategy", "rank")
-        if strategy == "sample":
-            decoded = decoder.sample(max(options.n_candidates * 2, 4), temperature=options.temperature,
-                                     seed=options.seed or 0)
-        elif strategy == "beam":
-            decoded = decoder.diverse_beam_search(groups=max(options.n_candidates, 2), beams_per_group=1,
-                                                  diversity_penalty=1.0)
-        else:  # "rank": exact ranking of every checkpoint label, LoRAs decoded greedily for the best
-            best = decoder.greedy()
-            decoded = [best] + [Decoded(checkpoint=i, loras=(), logprob=float(lp))
-                                for i, lp in enumerate(ck_lp) if i != best.checkpoint]
+        with self.pool.borrow() as backend:  # one request per copy: its KV cache holds this prompt's prefix
+            tokens = backend.tokenize(rendered.text, bos=True)
+            decoder = Decoder(backend.logits, tokens, labels, n_loras=len(loras))
+            timings["prepare"] = time.perf_counter() - t
+            t = time.perf_counter()
+            ck_lp = decoder.checkpoint_logprobs()
+            timings["llm_prompt"] = time.perf_counter() - t
+            t = time.perf_counter()
+            strategy = getattr(options, "strategy", "rank")
+            if strategy == "sample":
+                decoded = decoder.sample(max(options.n_candidates * 2, 4), temperature=options.temperature,
+                                         seed=options.seed or 0)
+            elif strategy == "beam":
+                decoded = decoder.diverse_beam_search(groups=max(options.n_candidates, 2), beams_per_group=1,
+                                                      diversity_penalty=1.0)
+            else:  # "rank": exact ranking of every checkpoint label, LoRAs decoded greedily for the best
+                best = decoder.greedy()
+                decoded = [best] + [Decoded(checkpoint=i, loras=(), logprob=float(lp))
+                                    for i, lp in enumerate(ck_lp) if i != best.checkpoint]
         timings["llm_decode"] = time.perf_counter() - t
         choices = []
         for d in dedupe(decoded):
@@ -208,8 +215,9 @@ class Selector:
                         timings: dict[str, float]) -> list[Choice]:
         t = time.perf_counter()
         trie = self._trie(base)
-        tokens = self.backend.tokenize(direct_prompt(request), bos=True)
-        vid, logprob = decode_name(self.backend, trie, tokens)
+        with self.pool.borrow() as backend:
+            tokens = backend.tokenize(direct_prompt(request), bos=True)
+            vid, logprob = decode_name(backend, trie, tokens)
         timings["llm_decode"] = time.perf_counter() - t
         info = self.registry.versions([vid])[vid]
         first = next((c for c in checkpoints if c.version.id == vid), None) or Candidate(info, 0.0, {})

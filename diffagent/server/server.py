@@ -15,9 +15,8 @@ import base64
 import json
 import logging
 import re
-import threading
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, nullcontext
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -77,8 +76,6 @@ class ServerState:
 
     runtime: Runtime
     jobs: JobManager
-    #: the selector's LLM is not re-entrant; concurrent LLM selections queue here
-    select_lock: threading.Lock
 
 
 #: an absolute POSIX path in a message (not the path part of a URL: no ``:`` or ``/`` just before it)
@@ -125,7 +122,7 @@ def create_server(
     async def lifespan(_server: MCPServer[ServerState]) -> AsyncIterator[ServerState]:
         jobs = JobManager(max_pending=max_pending, ttl_s=job_ttl_s, error_text=caller_message)
         try:
-            yield ServerState(runtime=runtime, jobs=jobs, select_lock=threading.Lock())
+            yield ServerState(runtime=runtime, jobs=jobs)
         finally:
             await anyio.to_thread.run_sync(jobs.close)
 
@@ -139,11 +136,9 @@ def create_server(
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=False, open_world_hint=False))
     def select_t2i_api(prompt: Prompt, ctx: Context[ServerState], options: SelectOptions | None = None) -> ApiCall:
         """Pick checkpoint, LoRAs and settings from the registry for a prompt; returns a call for render_image."""
-        st = state(ctx)
-        # the LLM (llama.cpp) is not re-entrant; retrieval-only selection runs concurrently
-        lock = st.select_lock if settings.selector == "llm" else nullcontext()
-        with caller_errors(), lock:
-            return tools.select_t2i_api(prompt, options, runtime=st.runtime)
+        # runs in a worker thread (the SDK's, for a sync tool); the selector lends each request its own LLM copy
+        with caller_errors():
+            return tools.select_t2i_api(prompt, options, runtime=state(ctx).runtime)
 
     @mcp.tool(annotations=read_only)
     def search_models(

@@ -75,7 +75,7 @@ def test_retrieval_only_mode(tiny_registry, settings):
     sel = Selector(tiny_registry, settings.model_copy(update={"selector": "retrieval"}))
     call = sel.select("watercolor painting of a fox in a misty forest", SelectOptions(seed=3))
     assert call.checkpoint.name.startswith("Aquarelle")
-    assert sel._backend is None  # the LLM was never loaded
+    assert sel._pool is None  # the LLM was never loaded
 
 
 def test_no_candidates_is_a_clear_error(tmp_path, embedder, settings):
