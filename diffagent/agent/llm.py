@@ -141,8 +141,7 @@ class BackendPool:
             if not grow:
                 backend = self._free.get()  # every copy is busy: wait for one
         try:
-            with backend.lock:
-                yield backend
+            yield backend
         finally:
             self._free.put(backend)
 
