@@ -24,6 +24,7 @@ MAX_ID = 2**63 - 1
 #: most LoRAs and embeddings one call may carry (A1111 users stack a handful; a caller must not send thousands)
 MAX_LORAS = 8
 MAX_EMBEDDINGS = 16
+MAX_ALTERNATIVES = 16
 #: the LoRA strengths a call accepts (A1111 users use 0.3 to 1.2)
 LORA_WEIGHT_MIN, LORA_WEIGHT_MAX = -4.0, 4.0
 
@@ -74,7 +75,7 @@ class ApiCall(BaseModel):
     clip_skip: int = Field(1, ge=1, le=12, description="A1111 'Clip skip' (1 = last layer)")
     seed: int = Field(0, ge=0, le=MAX_SEED)
     rationale: str = Field("", max_length=2000)
-    alternatives: list[Alternative] = Field(default_factory=list)
+    alternatives: list[Alternative] = Field(default_factory=list, max_length=MAX_ALTERNATIVES)
 
     @field_validator("sampler")
     @classmethod

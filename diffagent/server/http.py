@@ -89,11 +89,18 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+#: the largest request body served: a full ApiCall (two 8,000-character prompts, 8 LoRAs, 16 embeddings,
+#: 16 alternatives) is under 64 KiB; the SDK's default (4 MiB) lets one client make the event loop parse
+#: megabytes of JSON while every other client waits
+MAX_BODY_BYTES = 256 * 1024
+
+
 def http_app(server: MCPServer, *, host: str = "127.0.0.1", token: str | None = None) -> ASGIApp:
     """The ASGI app serving ``server`` at ``/mcp`` (guarded as described above)."""
     check_bind(host, token)
     app: ASGIApp = server.streamable_http_app(streamable_http_path=MCP_PATH, host=host,
-                                              transport_security=transport_security(host))
+                                              transport_security=transport_security(host),
+                                              max_request_body_size=MAX_BODY_BYTES)
     return BearerAuth(app, token) if token else app
 
 

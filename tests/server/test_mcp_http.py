@@ -73,6 +73,19 @@ async def test_http_select_render_progress_cancel(settings, runtime, renderer, m
             assert renderer.stopped_at < 100
 
 
+async def test_oversized_bodies_are_refused_before_parsing(settings, runtime):
+    """A 1.8 MB call (20,000 LoRAs) is refused by size, so no client can make the event loop parse megabytes."""
+    from diffagent.server.http import MAX_BODY_BYTES
+
+    lora = {"id": 2, "air": "urn:air:sd1:lora:civitai:20@2", "name": "x", "family": "sd1", "weight": 0.5}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "render_image", "arguments": {
+        "call": {"checkpoint": {**lora, "weight": None}, "prompt": "a cat", "loras": [lora] * 20_000}}}}
+    with serving(http_app(create_server(settings, runtime=runtime))) as url:
+        async with httpx.AsyncClient() as http:
+            r = await http.post(url, json=body, headers={"Accept": "application/json, text/event-stream"})
+            assert r.status_code == 413 and len(r.request.content) > MAX_BODY_BYTES
+
+
 async def test_dns_rebinding_guard_and_bearer_token(settings, runtime):
     with serving(http_app(create_server(settings, runtime=runtime))) as url:
         async with httpx.AsyncClient() as http:
