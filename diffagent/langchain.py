@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import functools
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.tools import StructuredTool, ToolException
 from pydantic import BaseModel, Field, ValidationError
@@ -25,13 +25,12 @@ from diffagent import tools
 from diffagent.apicall import ApiCall
 from diffagent.errors import DiffAgentError
 from diffagent.settings import Settings
-from diffagent.tools import Runtime, SelectOptions
+from diffagent.agent.options import (Base, BestOf, MinDownloads, ModelType, Prompt, Query, SearchLimit, SelectOptions,
+                                     VersionId)
+from diffagent.tools import Runtime
 
 if TYPE_CHECKING:
     from mcp import Client
-
-Prompt = Annotated[str, Field(min_length=1, max_length=2000, description="what the picture should show")]
-
 
 class SelectArgs(BaseModel):
     prompt: Prompt
@@ -39,21 +38,21 @@ class SelectArgs(BaseModel):
 
 
 class SearchArgs(BaseModel):
-    query: str = Field(max_length=500, description="words to match, e.g. 'anime lineart'")
-    type: Literal["checkpoint", "lora", "locon", "embedding", "vae"] | None = None
-    base: Literal["any", "sd15", "sdxl"] = "any"
-    min_downloads: int = Field(0, ge=0)
-    limit: int = Field(10, ge=1, le=50)
+    query: Query
+    type: ModelType | None = None
+    base: Base = "any"
+    min_downloads: MinDownloads = 0
+    limit: SearchLimit = 10
 
 
 class GetModelArgs(BaseModel):
-    version_id: int = Field(ge=0, description="id from search_models")
+    version_id: VersionId
 
 
 class RenderArgs(BaseModel):
     call: ApiCall | None = Field(None, description="the call from select_t2i_api (possibly edited)")
     prompt: Prompt | None = Field(None, description="instead of call: select for this prompt, then render")
-    best_of: int = Field(1, ge=1, le=8, description="render n seeds, keep the best-scored")
+    best_of: BestOf = 1
 
 
 def _validation_message(exc: ValidationError) -> str:

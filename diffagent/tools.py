@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import threading
 from functools import cached_property
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from diffagent.agent.options import SEARCH_LIMIT_MAX, Base, ModelType, SelectOptions  # SelectOptions: public here too
 from diffagent.apicall import ApiCall
 from diffagent.errors import UserInputError
 from diffagent.settings import Settings, get_settings
@@ -21,26 +22,6 @@ from diffagent.settings import Settings, get_settings
 if TYPE_CHECKING:
     from diffagent.agent.selector import Selector
     from diffagent.registry.store import Registry
-
-Base = Literal["any", "sd15", "sdxl"]
-
-
-class SelectOptions(BaseModel):
-    """Options of ``select_t2i_api``. NSFW policy is a setting, deliberately not an option here. Unknown keys are
-    refused (a misspelt ``max_lora`` must not be ignored silently)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    base: Base = Field("any", description="restrict to a base family: sd15, sdxl or any")
-    max_loras: int = Field(2, ge=0, le=5, description="most LoRAs to add")
-    style: str | None = Field(None, max_length=200, description="style hint, e.g. 'anime', 'photo'")
-    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="image seed; random when omitted")
-    n_candidates: int = Field(3, ge=1, le=8, description="ranked alternatives to return")
-    strategy: Literal["rank", "beam", "sample"] = Field(
-        "rank", description="rank: exact LLM ranking; beam: diverse beam search; sample: multinomial sampling"
-    )
-    temperature: float = Field(0.8, gt=0, le=2.0, description="sampling temperature (strategy=sample)")
-
 
 class Runtime:
     """Process-wide owner of the loaded registry and selector (lazy, thread-safe)."""
@@ -54,7 +35,7 @@ class Runtime:
         from diffagent.registry.store import Registry
 
         with self._lock:
-            return Registry.open(self.settings.registry, allow_nsfw=self.settings.allow_nsfw)
+            return Registry.from_settings(self.settings)
 
     @cached_property
     def selector(self) -> Selector:
@@ -109,18 +90,20 @@ class ModelSummary(BaseModel):
 
 def search_models(
     query: str,
-    type: str | None = None,
+    type: ModelType | None = None,
     base: Base = "any",
     min_downloads: int = 0,
     limit: int = 10,
     *,
     runtime: Runtime | None = None,
 ) -> list[ModelSummary]:
-    """Hybrid (lexical + semantic) registry search with filters."""
+    """Hybrid (lexical + semantic) registry search with filters (bounds: ``agent/options.py``)."""
     from diffagent.families import parse_base_constraint
 
-    if not 1 <= limit <= 100:
-        raise UserInputError(f"limit must be between 1 and 100, got {limit}")
+    if not 1 <= limit <= SEARCH_LIMIT_MAX:
+        raise UserInputError(f"limit must be between 1 and {SEARCH_LIMIT_MAX}, got {limit}")
+    if type is not None and type not in get_args(ModelType):
+        raise UserInputError(f"unknown model type {type!r}; use one of {', '.join(get_args(ModelType))}")
     rt = runtime or get_runtime()
     types = [type] if type else None
     hits = rt.registry.search(

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from diffagent.agent.decode import Decoded, Decoder, Labels, dedupe
 from diffagent.agent.direct import NameTrie, decode_name, direct_prompt
 from diffagent.agent.llm import BackendPool, LlamaBackend
+from diffagent.agent.options import SelectOptions
 from diffagent.agent.prompt import BETWEEN, END, NONE, RenderedPrompt, render_prompt
 from diffagent.agent.ranker import load_setting as load_ranker
 from diffagent.agent.rebuild import build_call, lora_weight
@@ -94,13 +95,13 @@ class Selector:
         """Load the index, the embedder and (LLM mode) the model, and cache the fixed prompt prefix."""
         self.registry.warm()
         if self.mode == "llm":
-            self.select_many("a photo of a cat", _options(n_candidates=1))
+            self.select_many("a photo of a cat", SelectOptions(n_candidates=1))
 
     # ------------------------------------------------------------------ public API
-    def select(self, prompt: str, options) -> ApiCall:
+    def select(self, prompt: str, options: SelectOptions) -> ApiCall:
         return self.select_many(prompt, options).calls[0]
 
-    def select_many(self, prompt: str, options) -> Selection:
+    def select_many(self, prompt: str, options: SelectOptions) -> Selection:
         t0 = time.perf_counter()
         request = strip_resource_tags(prompt)
         query = f"{request} {options.style}" if options.style else request
@@ -139,7 +140,7 @@ class Selector:
         return Selection(calls=calls, choices=choices, timings=timings, prompt=rendered)
 
     # ------------------------------------------------------------------ retrieval-only
-    def _retrieval_choices(self, query: str, checkpoints: list[Candidate], options) -> list[Choice]:
+    def _retrieval_choices(self, query: str, checkpoints: list[Candidate], options: SelectOptions) -> list[Choice]:
         return [Choice(ck, self._evidenced_loras(query, ck.version, options.max_loras), ck.score,
                        notes=["retrieval"]) for ck in checkpoints[: options.n_candidates]]
 
@@ -158,7 +159,7 @@ class Selector:
             max_loras=max_loras,
         )
 
-    def _llm_choices(self, request: str, query: str, checkpoints: list[Candidate], options,
+    def _llm_choices(self, request: str, query: str, checkpoints: list[Candidate], options: SelectOptions,
                      timings: dict[str, float]) -> tuple[list[Choice], RenderedPrompt]:
         t = time.perf_counter()
         # LoRAs are offered for the best retrieved checkpoint's ecosystem; a choice of a checkpoint
@@ -176,7 +177,7 @@ class Selector:
             ck_lp = decoder.checkpoint_logprobs()
             timings["llm_prompt"] = time.perf_counter() - t
             t = time.perf_counter()
-            strategy = getattr(options, "strategy", "rank")
+            strategy = options.strategy
             if strategy == "sample":
                 decoded = decoder.sample(max(options.n_candidates * 2, 4), temperature=options.temperature,
                                          seed=options.seed or 0)
@@ -211,7 +212,7 @@ class Selector:
                 self._tries[key] = trie
         return trie
 
-    def _direct_choices(self, request: str, query: str, checkpoints: list[Candidate], base, options,
+    def _direct_choices(self, request: str, query: str, checkpoints: list[Candidate], base, options: SelectOptions,
                         timings: dict[str, float]) -> list[Choice]:
         t = time.perf_counter()
         trie = self._trie(base)
@@ -294,8 +295,3 @@ def _rationale(ch: Choice, n_images: int) -> str:
     parts.append(f"settings from {n_images} creator images" if n_images >= 3 else "settings from defaults")
     return ". ".join(parts)[:2000]
 
-
-def _options(**kw):
-    from diffagent.tools import SelectOptions
-
-    return SelectOptions(**kw)

@@ -34,9 +34,9 @@ def cmd_select(args, settings: Settings) -> int:
     from diffagent.bench.select import KnnBaseline, Prediction, evaluate, markdown_table, plot
     from diffagent.registry.stats import lora_name_index
     from diffagent.registry.store import Registry
-    from diffagent.tools import SelectOptions
+    from diffagent.agent.options import SelectOptions
 
-    registry = Registry.open(settings.registry, allow_nsfw=settings.allow_nsfw)
+    registry = Registry.from_settings(settings)
     pairs = _sample(list(load_pairs(args.pairs, splits={args.split})), args.limit, args.seed)
     if not pairs:
         print(f"no {args.split} pairs in {args.pairs}", file=sys.stderr)
@@ -171,10 +171,10 @@ def cmd_fit(args, settings: Settings) -> int:
     from diffagent.agent.selector import Selector
     from diffagent.bench.fit import evaluate_fit, load_fit_set, load_model_labels, markdown_table
     from diffagent.registry.store import Registry
-    from diffagent.tools import SelectOptions
+    from diffagent.agent.options import SelectOptions
 
     items = load_fit_set(args.prompts_root or _default_prompts_root(), args.split)
-    registry = Registry.open(settings.registry, allow_nsfw=settings.allow_nsfw)
+    registry = Registry.from_settings(settings)
     selector = Selector(registry, settings)
     selector.warm()
     options = SelectOptions(base=args.base, max_loras=args.max_loras, n_candidates=1, seed=0)

@@ -57,11 +57,9 @@ def cmd_build_default(args, settings: Settings) -> int:
 
 
 def _registry(settings: Settings):
-    from diffagent.registry.embeddings import Embedder
     from diffagent.registry.store import Registry
 
-    # queries must be embedded by the model the registry's vectors were built with (DIFFAGENT_EMBEDDER)
-    return Registry.open(settings.registry, allow_nsfw=settings.allow_nsfw, embedder=Embedder(settings.embedder))
+    return Registry.from_settings(settings)
 
 
 def cmd_search(args, settings: Settings) -> int:

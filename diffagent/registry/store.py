@@ -199,6 +199,15 @@ class Registry:
     def open(cls, path: Path | str, *, allow_nsfw: bool = False, embedder: Embedder | None = None) -> Registry:
         return cls(Path(path), allow_nsfw=allow_nsfw, embedder=embedder)
 
+    @classmethod
+    def from_settings(cls, settings, path: Path | str | None = None) -> Registry:
+        """The registry as every command and tool opens it: ``settings.registry`` (or ``path``), the NSFW policy,
+        and queries embedded by the configured embedder (``DIFFAGENT_EMBEDDER``), the model its vectors were
+        built with. Opening it any other way would search a registry built with another embedder without
+        its vectors."""
+        return cls(Path(path or settings.registry), allow_nsfw=settings.allow_nsfw,
+                   embedder=Embedder(settings.embedder))
+
     def close(self) -> None:
         self.engine.dispose()
 

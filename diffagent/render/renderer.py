@@ -112,7 +112,7 @@ class Renderer:
                 if registry is None:
                     from diffagent.registry.store import Registry
 
-                    registry = Registry.open(self.settings.registry, allow_nsfw=self.settings.allow_nsfw)
+                    registry = Registry.from_settings(self.settings)
                 store = WeightStore(self.settings.weights_dir, allow_downloads=self.settings.allow_downloads,
                                     civitai_api_key=self.settings.civitai_api_key)
                 self._resolver = RegistryResolver(registry, store)

@@ -36,7 +36,9 @@ from diffagent.prompttext import has_visible_text
 from diffagent.registry.store import VersionInfo
 from diffagent.server.jobs import Job, JobManager
 from diffagent.settings import Settings, get_settings
-from diffagent.tools import ModelSummary, RenderOutput, Runtime, SelectOptions
+from diffagent.agent.options import (Base, BestOf, MinDownloads, ModelType, Prompt, Query, SearchLimit, SelectOptions,
+                                     VersionId)
+from diffagent.tools import ModelSummary, RenderOutput, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,6 @@ POLL_S = 0.05
 #: output ids are server-chosen file names (with a date folder); anything longer is not one of ours
 MAX_OUTPUT_ID = 255
 
-Prompt = Annotated[str, Field(min_length=1, max_length=2000, description="what the picture should show")]
 JobId = Annotated[str, Field(min_length=1, max_length=64, description="job_id returned by render_image")]
 
 
@@ -142,12 +143,12 @@ def create_server(
 
     @mcp.tool(annotations=read_only)
     def search_models(
-        query: Annotated[str, Field(max_length=500, description="words to match, e.g. 'anime lineart'")],
+        query: Query,
         ctx: Context[ServerState],
-        type: Literal["checkpoint", "lora", "locon", "embedding", "vae"] | None = None,
-        base: Literal["any", "sd15", "sdxl"] = "any",
-        min_downloads: Annotated[int, Field(ge=0)] = 0,
-        limit: Annotated[int, Field(ge=1, le=50)] = 10,
+        type: ModelType | None = None,
+        base: Base = "any",
+        min_downloads: MinDownloads = 0,
+        limit: SearchLimit = 10,
     ) -> list[ModelSummary]:
         """Search the model registry by text, type, base family and popularity."""
         with caller_errors():
@@ -156,8 +157,7 @@ def create_server(
             )
 
     @mcp.tool(annotations=read_only)
-    def get_model(version_id: Annotated[int, Field(ge=0, le=MAX_ID, description="id from search_models")],
-                  ctx: Context[ServerState]) -> VersionInfo:
+    def get_model(version_id: VersionId, ctx: Context[ServerState]) -> VersionInfo:
         """Everything the registry knows about one model version (trigger words, recommended settings)."""
         with caller_errors():
             return tools.get_model(version_id, runtime=state(ctx).runtime)
@@ -168,10 +168,9 @@ def create_server(
     async def render_image(
         ctx: Context[ServerState],
         call: Annotated[ApiCall | None, Field(description="the call from select_t2i_api (possibly edited)")] = None,
-        prompt: Annotated[str | None, Field(min_length=1, max_length=2000,
-                                            description="instead of call: select for this prompt, then render")] = None,
-        best_of: Annotated[int, Field(ge=1, le=8, description="render n candidates (alternative checkpoints, "
-                                                              "other seeds), keep the best-scored")] = 1,
+        prompt: Annotated[Prompt | None,
+                          Field(description="instead of call: select for this prompt, then render")] = None,
+        best_of: BestOf = 1,
         wait: Annotated[bool, Field(description="false: return a job_id at once")] = True,
     ) -> Annotated[CallToolResult, RenderStatus]:
         """Render a call (or a prompt) to a PNG; returns a preview, the file and metadata, or a job_id if slow."""

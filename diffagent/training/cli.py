@@ -66,7 +66,7 @@ def cmd_ranker(args, settings: Settings) -> int:
     from diffagent.registry.store import Registry
     from diffagent.training.ranker import train_ranker
 
-    registry = Registry.open(settings.registry, allow_nsfw=settings.allow_nsfw)
+    registry = Registry.from_settings(settings)
     work = args.work_dir or settings.data_dir / "training" / "ranker"
     out = args.out or work / "ranker.json"
     return _print(train_ranker(registry, args.pairs, out, work_dir=work, limit=args.limit, val_limit=args.val_limit,
@@ -77,7 +77,7 @@ def cmd_cards(args, settings: Settings) -> int:
     from diffagent.registry.store import Registry
     from diffagent.training.cards import results_table, train_cards
 
-    registry = Registry.open(settings.registry, allow_nsfw=settings.allow_nsfw)
+    registry = Registry.from_settings(settings)
     work = args.work_dir or settings.data_dir / "training" / "cards"
     out = args.out or work / "card_adapter.npz"
     meta = train_cards(registry, args.pairs, out, work_dir=work, per_page=args.per_page, steps=args.steps,

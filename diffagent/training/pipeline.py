@@ -70,7 +70,7 @@ def _registry(cfg: TrainConfig, settings: Settings):
     if not path.is_file():
         raise UserInputError(f"registry {path} not found; set registry in the config or pass --registry")
     # opened as `bench select` and the runtime open it, so retrieval sees the same models
-    return Registry.open(path, allow_nsfw=settings.allow_nsfw)
+    return Registry.from_settings(settings, path)
 
 
 def _setup_torch(cfg: TrainConfig):

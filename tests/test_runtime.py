@@ -1,0 +1,69 @@
+"""Every entry point opens the registry the same way (``Registry.from_settings``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from diffagent.settings import Settings
+
+
+@pytest.fixture
+def custom(tmp_path) -> Settings:
+    return Settings(registry=Path(__file__).resolve().parents[1] / "registry.db", data_dir=tmp_path, embedder=tmp_path / "my-embedder",
+                    selector="retrieval")
+
+
+def test_the_tools_runtime_uses_the_configured_embedder(custom):
+    from diffagent.tools import Runtime
+
+    assert Runtime(custom).registry.embedder.model_dir == custom.embedder
+
+
+def test_the_renderer_and_the_commands_use_it_too(custom, monkeypatch):
+    import diffagent.bench.cli as bench_cli
+    import diffagent.training.pipeline as pipeline
+    from diffagent.registry.store import Registry
+    from diffagent.render.renderer import Renderer
+
+    seen = []
+    real = Registry.from_settings.__func__
+
+    def spy(cls, settings, path=None):
+        reg = real(cls, settings, path)
+        seen.append(reg.embedder.model_dir)
+        return reg
+
+    monkeypatch.setattr(Registry, "from_settings", classmethod(spy))
+    Renderer(custom).resolver  # noqa: B018 - opens the registry
+    pipeline._registry(pipeline.TrainConfig(registry=str(custom.registry)), custom)
+    assert seen == [custom.embedder, custom.embedder]
+    assert "Registry.open(" not in Path(bench_cli.__file__).read_text()
+
+
+def test_tool_arguments_have_one_definition(tmp_path):
+    """The MCP server, the LangChain adapter and the tool functions share bounds and choices
+    (``agent/options.py``); they had drifted (limit 100 vs 50, type free text vs a choice)."""
+    import anyio
+    from mcp import Client
+
+    from diffagent.agent.options import SEARCH_LIMIT_MAX
+    from diffagent.errors import UserInputError
+    from diffagent.langchain import SearchArgs
+    from diffagent.server import create_server
+    from diffagent.tools import search_models
+
+    async def mcp_schema():
+        settings = Settings(registry=tmp_path / "none.db", data_dir=tmp_path)
+        async with Client(create_server(settings)) as client:
+            return {t.name: t.input_schema for t in (await client.list_tools()).tools}["search_models"]
+
+    mcp = anyio.run(mcp_schema)["properties"]
+    lc = SearchArgs.model_json_schema()["properties"]
+    assert mcp["limit"]["maximum"] == lc["limit"]["maximum"] == SEARCH_LIMIT_MAX
+    assert mcp["type"] == lc["type"]
+    with pytest.raises(UserInputError, match=f"between 1 and {SEARCH_LIMIT_MAX}"):
+        search_models("cat", limit=SEARCH_LIMIT_MAX + 1)
+    with pytest.raises(UserInputError, match="unknown model type"):
+        search_models("cat", type="lorra")
