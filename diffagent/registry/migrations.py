@@ -8,15 +8,54 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sqlalchemy import Connection, text
-from sqlmodel import SQLModel
-
-from diffagent.registry import schema  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 Migration = Callable[[Connection], None]
 
 
+#: the tables of the first release, frozen as SQL: ``schema.py`` may grow, but a new column or table reaches every
+#: database (fresh or old) through a new migration, never through this one
+_M001 = (
+    ('CREATE TABLE model (id INTEGER NOT NULL, source VARCHAR NOT NULL, slug VARCHAR, name VARCHAR NOT '
+     'NULL, type VARCHAR NOT NULL, description VARCHAR NOT NULL, creator VARCHAR, nsfw BOOLEAN NOT NULL, '
+     'poi BOOLEAN NOT NULL, allow_commercial_use VARCHAR, allow_derivatives BOOLEAN, allow_no_credit '
+     'BOOLEAN, allow_different_license BOOLEAN, downloads INTEGER NOT NULL, favorites INTEGER NOT NULL, '
+     'rating FLOAT, rating_count INTEGER NOT NULL, tags JSON NOT NULL, PRIMARY KEY (id), UNIQUE (slug))'),
+    'CREATE INDEX ix_model_type ON model (type)',
+    'CREATE INDEX ix_model_nsfw ON model (nsfw)',
+    'CREATE INDEX ix_model_source ON model (source)',
+    'CREATE INDEX ix_model_downloads ON model (downloads)',
+    ('CREATE TABLE sample_image (id INTEGER NOT NULL, page_model_id INTEGER NOT NULL, page_version_id '
+     'INTEGER NOT NULL, version_id INTEGER, model_hash VARCHAR, prompt VARCHAR NOT NULL, negative_prompt '
+     'VARCHAR NOT NULL, sampler VARCHAR, steps INTEGER, cfg_scale FLOAT, width INTEGER, height INTEGER, '
+     'clip_skip INTEGER, nsfw BOOLEAN NOT NULL, resources JSON NOT NULL, PRIMARY KEY (id))'),
+    'CREATE INDEX ix_sample_image_model_hash ON sample_image (model_hash)',
+    'CREATE INDEX ix_sample_image_page_model_id ON sample_image (page_model_id)',
+    'CREATE INDEX ix_sample_image_version_id ON sample_image (version_id)',
+    'CREATE INDEX ix_sample_image_page_version_id ON sample_image (page_version_id)',
+    ('CREATE TABLE model_version (id INTEGER NOT NULL, model_id INTEGER NOT NULL, name VARCHAR NOT NULL, '
+     'base_model VARCHAR NOT NULL, family VARCHAR NOT NULL, air VARCHAR NOT NULL, trained_words JSON NOT '
+     'NULL, description VARCHAR NOT NULL, created_at VARCHAR, downloads INTEGER NOT NULL, rating FLOAT, '
+     'hf_repo VARCHAR, hf_file VARCHAR, download_url VARCHAR, local_path VARCHAR, recommended JSON NOT '
+     'NULL, PRIMARY KEY (id), FOREIGN KEY(model_id) REFERENCES model (id), UNIQUE (air))'),
+    'CREATE INDEX ix_model_version_model_id ON model_version (model_id)',
+    'CREATE INDEX ix_model_version_family ON model_version (family)',
+    ('CREATE TABLE model_file (id INTEGER NOT NULL, version_id INTEGER NOT NULL, name VARCHAR NOT NULL, '
+     'kind VARCHAR NOT NULL, size_kb FLOAT, format VARCHAR, fp VARCHAR, size VARCHAR, sha256 VARCHAR, '
+     'autov2 VARCHAR, blake3 VARCHAR, crc32 VARCHAR, download_url VARCHAR, "primary" BOOLEAN NOT NULL, '
+     'PRIMARY KEY (id), FOREIGN KEY(version_id) REFERENCES model_version (id))'),
+    'CREATE INDEX ix_model_file_version_id ON model_file (version_id)',
+    'CREATE INDEX ix_model_file_autov2 ON model_file (autov2)',
+    'CREATE INDEX ix_model_file_sha256 ON model_file (sha256)',
+    ('CREATE TABLE usage_stats (version_id INTEGER NOT NULL, n_images INTEGER NOT NULL, samplers JSON NOT '
+     'NULL, steps JSON NOT NULL, cfg_scale JSON NOT NULL, sizes JSON NOT NULL, clip_skip JSON NOT NULL, '
+     'negative_prompt VARCHAR NOT NULL, loras JSON NOT NULL, lora_weight FLOAT, PRIMARY KEY (version_id), '
+     'FOREIGN KEY(version_id) REFERENCES model_version (id))'),
+)
+
+
 def m001_tables(conn: Connection) -> None:
-    SQLModel.metadata.create_all(conn)
+    for statement in _M001:
+        conn.execute(text(statement))
 
 
 def m002_fulltext(conn: Connection) -> None:

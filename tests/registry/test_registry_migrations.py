@@ -77,3 +77,33 @@ def test_foreign_keys_are_enforced(db):
             "INSERT INTO model_version (id, model_id, name, base_model, family, air, trained_words, description,"
             " downloads, recommended) VALUES (1, 999, 'v', 'SD 1.5', 'sd1', 'urn:x', '[]', '', 0, '{}')"))
     engine.dispose()
+
+
+def test_migrations_build_exactly_the_tables_schema_py_declares(db):
+    """m001 is frozen SQL: a column added to ``schema.py`` without a migration of its own fails here."""
+    from sqlmodel import SQLModel
+
+    from diffagent.registry import schema  # noqa: F401 - registers the tables
+
+    open_engine(db, create=True).dispose()
+    con = sqlite3.connect(db)
+    try:
+        for table in SQLModel.metadata.sorted_tables:
+            in_db = {r[1]: (r[3], r[5]) for r in con.execute(f"PRAGMA table_info({table.name})")}
+            declared = {c.name: (not c.nullable, c.primary_key) for c in table.columns}
+            assert set(in_db) == set(declared), (table.name, set(in_db) ^ set(declared))
+            for name, (not_null, pk) in declared.items():
+                assert bool(in_db[name][1]) == bool(pk), (table.name, name)
+                assert bool(in_db[name][0]) == not_null or pk, (table.name, name)
+            indexes = {r[1] for r in con.execute(f"PRAGMA index_list({table.name})") if r[1].startswith("ix_")}
+            assert indexes == {i.name for i in table.indexes}, table.name
+    finally:
+        con.close()
+
+
+def test_m001_is_frozen_sql():
+    import inspect
+
+    from diffagent.registry import migrations
+
+    assert "create_all" not in inspect.getsource(migrations)
