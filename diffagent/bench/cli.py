@@ -28,13 +28,13 @@ def _sample(pairs: list, limit: int | None, seed: int) -> list:
 
 
 def cmd_select(args, settings: Settings) -> int:
+    from diffagent.agent.options import SelectOptions
     from diffagent.agent.selector import Selector
     from diffagent.apicall import ApiCall
     from diffagent.bench.pairs import load_pairs
     from diffagent.bench.select import KnnBaseline, Prediction, evaluate, markdown_table, plot
     from diffagent.registry.stats import lora_name_index
     from diffagent.registry.store import Registry
-    from diffagent.agent.options import SelectOptions
 
     registry = Registry.from_settings(settings)
     pairs = _sample(list(load_pairs(args.pairs, splits={args.split})), args.limit, args.seed)
@@ -168,10 +168,10 @@ def _default_prompts_root() -> Path:
 
 def cmd_fit(args, settings: Settings) -> int:
     """Natural-request fit: wrong-kind rate, mean fit, harmful-LoRA rate (``bench/fit.py``)."""
+    from diffagent.agent.options import SelectOptions
     from diffagent.agent.selector import Selector
     from diffagent.bench.fit import evaluate_fit, load_fit_set, load_model_labels, markdown_table
     from diffagent.registry.store import Registry
-    from diffagent.agent.options import SelectOptions
 
     items = load_fit_set(args.prompts_root or _default_prompts_root(), args.split)
     registry = Registry.from_settings(settings)

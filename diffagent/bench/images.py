@@ -32,9 +32,9 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from diffagent.apicall import ApiCall, ModelRef
+from diffagent.atomic import write_atomic, write_text_atomic
 from diffagent.errors import NotFoundError, UserInputError
 from diffagent.families import ecosystem_of
-from diffagent.atomic import write_atomic, write_text_atomic
 from diffagent.scoring.best_of import SKIPPABLE, best_of_n, candidate_calls, scoring_prompt
 from diffagent.scoring.normalization import ReferenceStats
 from diffagent.scoring.types import Scorer, ScoreResult

@@ -9,8 +9,8 @@ rebuilt only after an import changes the prompts. The cache is plain arrays (``.
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 

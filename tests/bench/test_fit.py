@@ -10,8 +10,15 @@ from pathlib import Path
 import pytest
 
 from diffagent.apicall import ApiCall
-from diffagent.bench.fit import (KINDS, PROMPT_LABELS, FitItem, evaluate_fit, load_fit_set, load_labels,
-                                 load_model_labels)
+from diffagent.bench.fit import (
+    KINDS,
+    PROMPT_LABELS,
+    FitItem,
+    evaluate_fit,
+    load_fit_set,
+    load_labels,
+    load_model_labels,
+)
 from diffagent.errors import UserInputError
 
 SHARED_PROMPTS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "prompts"

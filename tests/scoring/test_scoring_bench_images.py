@@ -6,9 +6,9 @@ import math
 from pathlib import Path
 
 import pytest
+import tiny_scorers
 from PIL import Image
 
-import tiny_scorers
 from diffagent.apicall import ApiCall, LoraRef, ModelRef
 from diffagent.bench import images as bench
 from diffagent.errors import NotFoundError, UserInputError

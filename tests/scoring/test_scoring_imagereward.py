@@ -3,9 +3,9 @@
 import json
 
 import pytest
+import tiny_scorers
 import torch
 
-import tiny_scorers
 from diffagent.errors import NotFoundError, UserInputError
 from diffagent.scoring import cache, imagereward_compat
 from diffagent.scoring.imagereward import ImageRewardScorer

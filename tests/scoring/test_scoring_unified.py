@@ -1,8 +1,8 @@
 import pytest
-
 import tiny_scorers
+
 from diffagent.errors import UserInputError
-from diffagent.scoring import ReferenceStats, ScoreResult, Scorer
+from diffagent.scoring import ReferenceStats, Scorer, ScoreResult
 from diffagent.scoring.config import ScoringConfig
 from diffagent.scoring.unified import UnifiedScorer
 
@@ -102,3 +102,11 @@ def test_config_from_settings():
     assert cfg.hps_checkpoint == "hf:xswu/HPSv2/HPS_v2.1_compressed.pt"
     with pytest.raises(ValueError, match="unknown device"):
         ScoringConfig(device="gpu0")
+
+
+def test_package_exports_every_lazy_name():
+    import diffagent.scoring as scoring
+
+    lazy = set(scoring._LAZY)
+    assert lazy <= set(scoring.__all__)
+    assert lazy == set(scoring.__all__) - {n for n in scoring.__all__ if n in vars(scoring)}

@@ -3,7 +3,6 @@ was a masked error, an internal error, a silent acceptance or a stall before its
 
 from __future__ import annotations
 
-import json
 import time
 
 import anyio

@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tiny_llm import ToyTokenizer, tiny_gemma  # noqa: E402
 from test_data import fox_pair  # noqa: E402
+from tiny_llm import ToyTokenizer, tiny_gemma  # noqa: E402
 
 from diffagent.bench.pairs import Pair, Target, TargetLora  # noqa: E402
 from diffagent.errors import UserInputError  # noqa: E402
