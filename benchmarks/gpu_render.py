@@ -132,7 +132,7 @@ def bench_family(eco: str, folder: Path, args, renderer) -> dict:
 
     bare()  # warm-up
     bare_times = timed(bare, args.device, args.repeats)
-    del pipe
+    pipe = None  # frees the pipeline (bare() still refers to the name, so no `del`)
     renderer.cache.clear()
 
     # --- diffagent renderer

@@ -131,15 +131,15 @@ def main(argv=None) -> int:
             if metric == "clip_score":
                 label = "open_clip ViT-L-14"
                 m = build_open_clip("ViT-L-14", args.device, TINY_CLIP if args.tiny else None, folder)
-                fn = lambda: openclip_models.cosines(m, PROMPT, images, batch_size=args.batch, half=half)  # noqa: E731
+                fn = lambda m=m: openclip_models.cosines(m, PROMPT, images, batch_size=args.batch, half=half)  # noqa: E731
             elif metric == "hps_v2":
                 label = "open_clip ViT-H-14"
                 m = build_open_clip("ViT-H-14", args.device, TINY_CLIP if args.tiny else None, folder)
-                fn = lambda: openclip_models.cosines(m, PROMPT, images, batch_size=args.batch, half=half)  # noqa: E731
+                fn = lambda m=m: openclip_models.cosines(m, PROMPT, images, batch_size=args.batch, half=half)  # noqa: E731
             elif metric == "image_reward":
                 label = "BLIP ViT-L/16 + BERT-base"
                 m = build_image_reward(args.device, args.tiny, folder)
-                fn = lambda: imagereward.reward(m, PROMPT, images, batch_size=args.batch, half=half)  # noqa: E731
+                fn = lambda m=m: imagereward.reward(m, PROMPT, images, batch_size=args.batch, half=half)  # noqa: E731
             else:
                 print(f"unknown metric {metric!r}", file=sys.stderr)
                 return 2
