@@ -108,7 +108,7 @@ def test_evaluate_fit_on_the_default_registry():
 
     reg = Registry.open(Settings().registry)
     by_slug = {}
-    for vid, info in reg.versions(reg.popular(types=["checkpoint", "lora"], limit=1000)).items():
+    for _vid, info in reg.versions(reg.popular(types=["checkpoint", "lora"], limit=1000)).items():
         by_slug[info.slug] = info
     photo, anime, moxin = by_slug["realistic-vision-v51"], by_slug["anything-v3"], by_slug["moxin"]
 
