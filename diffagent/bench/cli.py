@@ -16,7 +16,8 @@ def cmd_build(args, settings: Settings) -> int:
     from diffagent.bench.pairs import build_pairs
 
     counts = build_pairs(args.rows, args.out, sfw_only=not args.include_nsfw)
-    print(f"wrote {sum(counts.values())} pairs to {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print(f"wrote {sum(counts.values())} pairs to {args.out}: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return 0
 
 
@@ -88,7 +89,8 @@ def cmd_select(args, settings: Settings) -> int:
         if progress:
             print(f"{method}: {json.dumps(results[method])}", file=sys.stderr)
     report = {"pairs": str(args.pairs), "split": args.split, "n": len(pairs), "registry": str(settings.registry),
-              "selector_model": settings.llm_model and str(settings.llm_model), "lora": settings.llm_lora and str(settings.llm_lora),
+              "selector_model": settings.llm_model and str(settings.llm_model),
+              "lora": settings.llm_lora and str(settings.llm_lora),
               "ranker": settings.ranker,
               "results": results}
     if args.plot:
@@ -148,14 +150,16 @@ def cmd_prompts(args, settings: Settings) -> int:
         lat.sort()
         rows[path.name] = {
             "prompts": len(prompts), "valid": valid, "hallucinated_ids": halluc,
-            "distinct_checkpoints": len(chosen), "top_checkpoint_share": round(chosen.most_common(1)[0][1] / valid, 3) if valid else None,
+            "distinct_checkpoints": len(chosen),
+            "top_checkpoint_share": round(chosen.most_common(1)[0][1] / valid, 3) if valid else None,
             "p50_ms": round(1000 * lat[len(lat) // 2], 1) if lat else None,
             "p95_ms": round(1000 * lat[min(len(lat) - 1, int(0.95 * len(lat)))], 1) if lat else None,
         }
     if args.json:
         print(json.dumps(rows))
     else:
-        cols = ["prompts", "valid", "hallucinated_ids", "distinct_checkpoints", "top_checkpoint_share", "p50_ms", "p95_ms"]
+        cols = ["prompts", "valid", "hallucinated_ids", "distinct_checkpoints", "top_checkpoint_share",
+                "p50_ms", "p95_ms"]
         print("| set | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 1) + "|")
         for name, r in rows.items():
             print(f"| {name} | " + " | ".join(str(r[c]) for c in cols) + " |")

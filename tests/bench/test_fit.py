@@ -119,7 +119,8 @@ def test_evaluate_fit_on_the_default_registry():
     plain = frozenset({"photo", "general"})
     items = [FitItem("a", "a sheep in a field", plain, frozenset({"art"}), False, (), "heldout"),
              FitItem("b", "a sheep in a field", plain, frozenset({"art"}), False, (), "heldout"),
-             FitItem("c", "an ink wash painting of a sheep", frozenset({"art"}), frozenset(), True, ("ink wash",), "heldout"),
+             FitItem("c", "an ink wash painting of a sheep", frozenset({"art"}), frozenset(), True, ("ink wash",),
+                     "heldout"),
              FitItem("d", "boom", plain, frozenset(), False, (), "heldout")]
     answers = {"a": call(photo), "b": call(anime, [moxin]), "c": call(photo, [moxin])}
 
