@@ -61,7 +61,8 @@ def build_real(eco: str, out: Path, device: str, dtype) -> None:
             "tokenizer": CLIPTokenizer.from_pretrained(skel / "tokenizer"),
         }
         if eco == "sdxl":
-            parts["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(skel / "text_encoder_2"))
+            parts["text_encoder_2"] = CLIPTextModelWithProjection(
+                CLIPTextConfig.from_pretrained(skel / "text_encoder_2"))
             parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(skel / "tokenizer_2")
     for k, v in parts.items():
         if isinstance(v, torch.nn.Module):
@@ -132,7 +133,7 @@ def bench_family(eco: str, folder: Path, args, renderer) -> dict:
 
     bare()  # warm-up
     bare_times = timed(bare, args.device, args.repeats)
-    del pipe
+    pipe = None  # frees the pipeline (bare() still refers to the name, so no `del`)
     renderer.cache.clear()
 
     # --- diffagent renderer

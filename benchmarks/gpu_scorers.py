@@ -82,7 +82,8 @@ def build_image_reward(device: str, tiny: bool, folder: Path):
         "num_hidden_layers": layers, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": n + 2,
         "encoder_width": 1024, "add_cross_attention": True,
     }))
-    vit = imagereward_compat.VitSpec(64, 1, 1, 16) if tiny else imagereward_compat.VitSpec(*imagereward_compat.RELEASED_VIT)
+    vit = (imagereward_compat.VitSpec(64, 1, 1, 16) if tiny
+           else imagereward_compat.VitSpec(*imagereward_compat.RELEASED_VIT))
     torch.manual_seed(0)
     model = imagereward_compat.build(med, imagereward_compat.load_tokenizer(folder / "bert"), vit)
     model.device = device
@@ -131,15 +132,15 @@ def main(argv=None) -> int:
             if metric == "clip_score":
                 label = "open_clip ViT-L-14"
                 m = build_open_clip("ViT-L-14", args.device, TINY_CLIP if args.tiny else None, folder)
-                fn = lambda: openclip_models.cosines(m, PROMPT, images, batch_size=args.batch, half=half)  # noqa: E731
+                fn = lambda m=m: openclip_models.cosines(m, PROMPT, images, batch_size=args.batch, half=half)  # noqa: E731
             elif metric == "hps_v2":
                 label = "open_clip ViT-H-14"
                 m = build_open_clip("ViT-H-14", args.device, TINY_CLIP if args.tiny else None, folder)
-                fn = lambda: openclip_models.cosines(m, PROMPT, images, batch_size=args.batch, half=half)  # noqa: E731
+                fn = lambda m=m: openclip_models.cosines(m, PROMPT, images, batch_size=args.batch, half=half)  # noqa: E731
             elif metric == "image_reward":
                 label = "BLIP ViT-L/16 + BERT-base"
                 m = build_image_reward(args.device, args.tiny, folder)
-                fn = lambda: imagereward.reward(m, PROMPT, images, batch_size=args.batch, half=half)  # noqa: E731
+                fn = lambda m=m: imagereward.reward(m, PROMPT, images, batch_size=args.batch, half=half)  # noqa: E731
             else:
                 print(f"unknown metric {metric!r}", file=sys.stderr)
                 return 2
@@ -166,15 +167,18 @@ def main(argv=None) -> int:
                 "batch": args.batch,
                 "batch_s": round(best, 4),
                 "images_per_s": round(args.batch / best, 2),
-                "peak_mem_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2) if args.device.startswith("cuda") else None,
+                "peak_mem_GiB": (round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                                 if args.device.startswith("cuda") else None),
             }
             rows.append(row)
             del m, fn
             if args.device.startswith("cuda"):
                 torch.cuda.empty_cache()
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+    device_name = (torch.cuda.get_device_name() if args.device.startswith("cuda")
+                   else f"cpu ({torch.get_num_threads()} threads)")
     if args.json:
-        print(json.dumps({"device": device_name, "fp16_autocast": half, "image_size": args.image_size, "rows": rows}, indent=2))
+        print(json.dumps({"device": device_name, "fp16_autocast": half, "image_size": args.image_size, "rows": rows},
+                         indent=2))
         return 0
     print(f"device: {device_name}, fp16 autocast: {half}, {args.image_size}px random images, best of {args.repeats}")
     print("| metric | model | params (M) | build (s) | batch | s / batch | images / s | peak GiB |")

@@ -15,8 +15,13 @@ import random
 from dataclasses import replace
 
 from diffagent.agent.ranker import load_setting
-from diffagent.agent.retrieve import (RetrievalWeights, lora_evidence, request_intent, retrieve_checkpoints,
-                                      retrieve_loras)
+from diffagent.agent.retrieve import (
+    RetrievalWeights,
+    lora_evidence,
+    request_intent,
+    retrieve_checkpoints,
+    retrieve_loras,
+)
 from diffagent.bench.pairs import load_pairs
 from diffagent.families import parse_base_constraint
 from diffagent.prompttext import strip_resource_tags

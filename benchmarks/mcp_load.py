@@ -204,10 +204,12 @@ def main() -> int:
     print(f"ok {result['ok']}, failures {result['failures']}")
     print(f"latency p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, p99 {result['p99_ms']} ms, "
           f"max {result['max_ms']} ms")
-    print(f"throughput {result['throughput_per_s']} calls/s (wall {result['wall_s']} s; warm-up {result['warmup_s']} s)")
+    print(f"throughput {result['throughput_per_s']} calls/s "
+          f"(wall {result['wall_s']} s; warm-up {result['warmup_s']} s)")
     sp = result["stall_probe"]
     print(f"stall probe: a 20,000-LoRA render_image took {sp['big_request']['seconds']} s "
-          f"(refused: {sp['big_request']['refused']}); {sp['pings']} pings meanwhile, median {sp['ping_median_ms']} ms, "
+          f"(refused: {sp['big_request']['refused']}); {sp['pings']} pings meanwhile, "
+          f"median {sp['ping_median_ms']} ms, "
           f"max {sp['ping_max_ms']} ms (idle: median {sp['idle_ping_median_ms']} ms)")
     for f in result["failure_samples"]:
         print("  failure:", f)

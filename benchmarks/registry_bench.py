@@ -240,7 +240,8 @@ def bench_latency(db: Path, queries: list[str], qvecs: dict[str, np.ndarray], em
                   embedder: Embedder, label: str) -> dict:
     """Search time with the query vector given; query embedding is timed apart (``embed_queries``)."""
     con = sqlite3.connect(db)
-    models, versions = con.execute("SELECT (SELECT count(*) FROM model), (SELECT count(*) FROM model_version)").fetchone()
+    models, versions = con.execute(
+        "SELECT (SELECT count(*) FROM model), (SELECT count(*) FROM model_version)").fetchone()
     con.close()
     reg = Registry.open(db, embedder=embedder)
     t = time.perf_counter()
@@ -387,7 +388,8 @@ def markdown(results: dict) -> str:
     if a:
         s = a["seconds"]
         lines += ["| import (fresh DB) | value |", "|---|---|",
-                  f"| models / versions / sample images | {a['models']:,} / {a['versions']:,} / {a['sample_images']:,} |",
+                  f"| models / versions / sample images "
+                  f"| {a['models']:,} / {a['versions']:,} / {a['sample_images']:,} |",
                   f"| write + index (s) | {s['write_plus_index']} (write {s['write']}, index {s['index']}) |",
                   f"| embedding (s) | {s['embed']} ({a['embedded']}) |",
                   f"| total wall (s) | {s['total']} |",

@@ -41,7 +41,8 @@ class ModelRef(BaseModel):
 
 
 class LoraRef(ModelRef):
-    weight: float = Field(1.0, ge=LORA_WEIGHT_MIN, le=LORA_WEIGHT_MAX, description="LoRA strength, as in <lora:name:weight>")
+    weight: float = Field(1.0, ge=LORA_WEIGHT_MIN, le=LORA_WEIGHT_MAX,
+                          description="LoRA strength, as in <lora:name:weight>")
 
 
 class EmbeddingRef(ModelRef):

@@ -22,11 +22,20 @@ from langchain_core.tools import StructuredTool, ToolException
 from pydantic import BaseModel, Field, ValidationError
 
 from diffagent import tools
+from diffagent.agent.options import (
+    Base,
+    BestOf,
+    MinDownloads,
+    ModelType,
+    Prompt,
+    Query,
+    SearchLimit,
+    SelectOptions,
+    VersionId,
+)
 from diffagent.apicall import ApiCall
 from diffagent.errors import DiffAgentError
 from diffagent.settings import Settings
-from diffagent.agent.options import (Base, BestOf, MinDownloads, ModelType, Prompt, Query, SearchLimit, SelectOptions,
-                                     VersionId)
 from diffagent.tools import Runtime
 
 if TYPE_CHECKING:

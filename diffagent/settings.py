@@ -43,7 +43,8 @@ class Settings(BaseSettings):
     # --- selector ----------------------------------------------------------------------------
     selector: Literal["llm", "retrieval"] = "llm"
     llm_design: Literal["listed", "direct"] = Field(
-        "listed", description="listed: retrieved candidates in the prompt; direct: name generated under a trie of all ids"
+        "listed",
+        description="listed: retrieved candidates in the prompt; direct: name generated under a trie of all ids",
     )
     llm_model: Path | None = Field(None, description="GGUF path; default: the bundled Gemma 3 270M")
     llm_lora: Path | None = Field(None, description="GGUF LoRA adapter applied to llm_model")

@@ -69,7 +69,8 @@ XLANIME = "xlanime_v1.safetensors"
 def items() -> list[dict]:
     return [
         _model(101, 1001, "PhotonReal", "Checkpoint", "SD 1.5", file=PHOTO, downloads=90_000,
-               tags=["photorealistic", "portraits", "base model"], desc="Photorealistic portraits and street photography.",
+               tags=["photorealistic", "portraits", "base model"],
+               desc="Photorealistic portraits and street photography.",
                images=[
                    _image(9001, "portrait photo of an old fisherman, 85mm, film grain, <lora:filmGrain_v1:0.6>", PHOTO,
                           loras=[("filmGrain_v1", 0.6)]),

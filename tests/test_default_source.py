@@ -161,7 +161,8 @@ def _entry(slug: str = "bad-one", *, top: str = "", weights: str | None = None, 
            type_: str = "lora", base: str = "SD 1.5", triggers: str = '["x"]') -> str:
     w = weights if weights is not None else 'hf_repo = "owner/bad"\nhf_file = "bad.safetensors"\nformat = "SafeTensor"'
     rec = f"[model.recommended]\n{recommended}\n" if recommended else ""
-    labels = {"lora": 'kinds = ["style"]\nconcepts = ["bad style"]\n', "locon": 'kinds = ["style"]\nconcepts = ["bad style"]\n',
+    labels = {"lora": 'kinds = ["style"]\nconcepts = ["bad style"]\n',
+              "locon": 'kinds = ["style"]\nconcepts = ["bad style"]\n',
               "checkpoint": 'kinds = ["general"]\n'}.get(type_, "")
     return (
         f'\n[[model]]\nslug = "{slug}"\nname = "Bad One"\nversion = "v1"\ntype = "{type_}"\n'

@@ -11,8 +11,8 @@ from diffagent.settings import Settings
 
 @pytest.fixture
 def custom(tmp_path) -> Settings:
-    return Settings(registry=Path(__file__).resolve().parents[1] / "registry.db", data_dir=tmp_path, embedder=tmp_path / "my-embedder",
-                    selector="retrieval")
+    return Settings(registry=Path(__file__).resolve().parents[1] / "registry.db", data_dir=tmp_path,
+                    embedder=tmp_path / "my-embedder", selector="retrieval")
 
 
 def test_the_tools_runtime_uses_the_configured_embedder(custom):

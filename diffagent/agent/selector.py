@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from diffagent.agent.cards import load_setting as load_card
 from diffagent.agent.decode import Decoded, Decoder, Labels, dedupe
 from diffagent.agent.direct import NameTrie, decode_name, direct_prompt
 from diffagent.agent.llm import BackendPool, LlamaBackend
@@ -22,9 +23,7 @@ from diffagent.agent.options import SelectOptions
 from diffagent.agent.prompt import BETWEEN, END, NONE, RenderedPrompt, render_prompt
 from diffagent.agent.ranker import load_setting as load_ranker
 from diffagent.agent.rebuild import build_call, lora_weight
-from diffagent.agent.cards import load_setting as load_card
-from diffagent.agent.retrieve import (Candidate, RetrievalWeights, evidenced_loras, request_intent,
-                                      retrieve_checkpoints)
+from diffagent.agent.retrieve import Candidate, RetrievalWeights, evidenced_loras, request_intent, retrieve_checkpoints
 from diffagent.apicall import LORA_WEIGHT_MAX, LORA_WEIGHT_MIN, MAX_LORAS, Alternative, ApiCall
 from diffagent.errors import NotFoundError, UserInputError
 from diffagent.families import RENDERABLE, compatible, parse_base_constraint

@@ -16,7 +16,8 @@ def cmd_build(args, settings: Settings) -> int:
     from diffagent.bench.pairs import build_pairs
 
     counts = build_pairs(args.rows, args.out, sfw_only=not args.include_nsfw)
-    print(f"wrote {sum(counts.values())} pairs to {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print(f"wrote {sum(counts.values())} pairs to {args.out}: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return 0
 
 
@@ -28,13 +29,13 @@ def _sample(pairs: list, limit: int | None, seed: int) -> list:
 
 
 def cmd_select(args, settings: Settings) -> int:
+    from diffagent.agent.options import SelectOptions
     from diffagent.agent.selector import Selector
     from diffagent.apicall import ApiCall
     from diffagent.bench.pairs import load_pairs
     from diffagent.bench.select import KnnBaseline, Prediction, evaluate, markdown_table, plot
     from diffagent.registry.stats import lora_name_index
     from diffagent.registry.store import Registry
-    from diffagent.agent.options import SelectOptions
 
     registry = Registry.from_settings(settings)
     pairs = _sample(list(load_pairs(args.pairs, splits={args.split})), args.limit, args.seed)
@@ -88,7 +89,8 @@ def cmd_select(args, settings: Settings) -> int:
         if progress:
             print(f"{method}: {json.dumps(results[method])}", file=sys.stderr)
     report = {"pairs": str(args.pairs), "split": args.split, "n": len(pairs), "registry": str(settings.registry),
-              "selector_model": settings.llm_model and str(settings.llm_model), "lora": settings.llm_lora and str(settings.llm_lora),
+              "selector_model": settings.llm_model and str(settings.llm_model),
+              "lora": settings.llm_lora and str(settings.llm_lora),
               "ranker": settings.ranker,
               "results": results}
     if args.plot:
@@ -148,14 +150,16 @@ def cmd_prompts(args, settings: Settings) -> int:
         lat.sort()
         rows[path.name] = {
             "prompts": len(prompts), "valid": valid, "hallucinated_ids": halluc,
-            "distinct_checkpoints": len(chosen), "top_checkpoint_share": round(chosen.most_common(1)[0][1] / valid, 3) if valid else None,
+            "distinct_checkpoints": len(chosen),
+            "top_checkpoint_share": round(chosen.most_common(1)[0][1] / valid, 3) if valid else None,
             "p50_ms": round(1000 * lat[len(lat) // 2], 1) if lat else None,
             "p95_ms": round(1000 * lat[min(len(lat) - 1, int(0.95 * len(lat)))], 1) if lat else None,
         }
     if args.json:
         print(json.dumps(rows))
     else:
-        cols = ["prompts", "valid", "hallucinated_ids", "distinct_checkpoints", "top_checkpoint_share", "p50_ms", "p95_ms"]
+        cols = ["prompts", "valid", "hallucinated_ids", "distinct_checkpoints", "top_checkpoint_share",
+                "p50_ms", "p95_ms"]
         print("| set | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 1) + "|")
         for name, r in rows.items():
             print(f"| {name} | " + " | ".join(str(r[c]) for c in cols) + " |")
@@ -168,10 +172,10 @@ def _default_prompts_root() -> Path:
 
 def cmd_fit(args, settings: Settings) -> int:
     """Natural-request fit: wrong-kind rate, mean fit, harmful-LoRA rate (``bench/fit.py``)."""
+    from diffagent.agent.options import SelectOptions
     from diffagent.agent.selector import Selector
     from diffagent.bench.fit import evaluate_fit, load_fit_set, load_model_labels, markdown_table
     from diffagent.registry.store import Registry
-    from diffagent.agent.options import SelectOptions
 
     items = load_fit_set(args.prompts_root or _default_prompts_root(), args.split)
     registry = Registry.from_settings(settings)

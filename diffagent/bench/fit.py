@@ -174,7 +174,8 @@ class FitScores:
     def row(self) -> dict:
         p = lambda a: round(a / self.n, 4) if self.n else None  # noqa: E731
         fit = sum(g * c for g, c in self.grades.items())
-        cue = {("style_cue" if k else "no_cue"): {"n": v["n"], "wrong_kind": round(v[0] / v["n"], 4) if v["n"] else None}
+        cue = {("style_cue" if k else "no_cue"): {"n": v["n"],
+                                                   "wrong_kind": round(v[0] / v["n"], 4) if v["n"] else None}
                for k, v in self.by_cue.items()}
         return {"n": self.n, "wrong_kind_rate": p(self.grades[0]), "mean_fit": p(fit),
                 "good": self.grades[2], "acceptable": self.grades[1], "wrong": self.grades[0],

@@ -32,9 +32,9 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from diffagent.apicall import ApiCall, ModelRef
+from diffagent.atomic import write_atomic, write_text_atomic
 from diffagent.errors import NotFoundError, UserInputError
 from diffagent.families import ecosystem_of
-from diffagent.atomic import write_atomic, write_text_atomic
 from diffagent.scoring.best_of import SKIPPABLE, best_of_n, candidate_calls, scoring_prompt
 from diffagent.scoring.normalization import ReferenceStats
 from diffagent.scoring.types import Scorer, ScoreResult
@@ -160,7 +160,8 @@ def _read_prompt_file(path: Path) -> list[PromptItem]:
         except json.JSONDecodeError as e:
             raise UserInputError(f"{str(path)!r} is not JSON: {e}") from e
         if isinstance(data, dict):  # {"dataset": [prompts...]}
-            return [_record(r, str(ds), str(path)).model_copy(update={"dataset": str(ds)}) for ds, rs in data.items() for r in rs]
+            return [_record(r, str(ds), str(path)).model_copy(update={"dataset": str(ds)})
+                    for ds, rs in data.items() for r in rs]
         if isinstance(data, list):
             return [_record(r, stem, str(path)) for r in data]
         raise UserInputError(f"{str(path)!r}: expected a list of prompts or an object of dataset -> prompts")
@@ -190,7 +191,8 @@ def registry_baselines(registry, overrides: dict[str, int] | None = None) -> Cal
         else:
             slug = BASELINE_SLUGS.get(eco)
             if slug is None:
-                raise NotFoundError(f"no baseline model known for the {eco} ecosystem; pass --baseline {eco}=VERSION_ID")
+                raise NotFoundError(f"no baseline model known for the {eco} ecosystem; "
+                                    f"pass --baseline {eco}=VERSION_ID")
             try:
                 ref = registry.model_ref(synthetic_id(slug + "@version"))
             except NotFoundError:
@@ -231,7 +233,8 @@ def run(
         try:
             selected = select_fn(item.prompt)
             pair.selected_call = selected
-            pair.baseline_call = baseline_call(selected, baseline_fn(ecosystem_of(selected.checkpoint.family)), item.prompt)
+            pair.baseline_call = baseline_call(selected, baseline_fn(ecosystem_of(selected.checkpoint.family)),
+                                               item.prompt)
             if best_of > 1:
                 cands = candidate_calls(selected, best_of)
                 sel_result, _ = best_of_n([c for _, c in cands], render_fn, scorer, score_prompt)
@@ -357,7 +360,8 @@ def write_plots(report: BenchReport, out_dir: Path) -> list[Path]:
     gains = [s.gain_pct for s in report.datasets]
     bars = ax.bar(names, gains, color=["tab:green" if g >= 0 else "tab:red" for g in gains])
     for bar, s in zip(bars, report.datasets, strict=True):
-        ax.annotate(f"{s.gain_pct:+.1f}%\nΔz {s.delta_unified:+.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+        ax.annotate(f"{s.gain_pct:+.1f}%\nΔz {s.delta_unified:+.2f}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom" if s.gain_pct >= 0 else "top", fontsize=8)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_ylabel("unified-metric gain over baseline (%)")

@@ -59,8 +59,8 @@ class Scores:
             "lora_precision": p(self.lora_tp, self.lora_pred), "lora_recall": p(self.lora_tp, self.lora_gt),
             **{f"arg_{k}": p(self.args[k], self.args_n) for k in ("sampler", "steps", "cfg", "size", "clip_skip")},
             "hallucinated_ids": self.hallucinated_ids, "lora_base_mismatch": self.mismatched,
-            "invalid_calls": self.invalid, "hallucination_rate": p(self.hallucinated_ids + self.mismatched + self.invalid,
-                                                                  self.n),
+            "invalid_calls": self.invalid,
+            "hallucination_rate": p(self.hallucinated_ids + self.mismatched + self.invalid, self.n),
             "distinct_checkpoints": len(self.chosen),
             "latency_p50_ms": round(1000 * lat[len(lat) // 2], 1) if lat else None,
             "latency_p95_ms": round(1000 * lat[min(len(lat) - 1, int(0.95 * len(lat)))], 1) if lat else None,
@@ -144,9 +144,9 @@ def _models(ranked: list[int], registry: Registry, model_of: dict[int, int]) -> 
 
 
 def markdown_table(results: dict[str, dict]) -> str:
-    cols = ["n", "checkpoint_top1", "checkpoint_top5", "model_top1", "model_top5", "lora_precision", "lora_recall", "arg_sampler",
-            "arg_steps", "arg_cfg", "arg_size", "arg_clip_skip", "hallucination_rate", "distinct_checkpoints",
-            "latency_p50_ms", "latency_p95_ms"]
+    cols = ["n", "checkpoint_top1", "checkpoint_top5", "model_top1", "model_top5", "lora_precision", "lora_recall",
+            "arg_sampler", "arg_steps", "arg_cfg", "arg_size", "arg_clip_skip", "hallucination_rate",
+            "distinct_checkpoints", "latency_p50_ms", "latency_p95_ms"]
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for method, row in results.items():
         cells = ["-" if row.get(c) is None else (f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]))
@@ -161,7 +161,8 @@ def plot(results: dict[str, dict], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = ["checkpoint_top1", "checkpoint_top5", "model_top1", "model_top5", "lora_recall", "arg_sampler", "arg_size"]
+    metrics = ["checkpoint_top1", "checkpoint_top5", "model_top1", "model_top5", "lora_recall", "arg_sampler",
+               "arg_size"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     x = np.arange(len(metrics))
     width = 0.8 / max(len(results), 1)

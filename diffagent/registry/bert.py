@@ -68,7 +68,8 @@ class NumpyBert:
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
         self.tokenizer.no_padding()
-        missing = [k for k in ("embeddings.word_embeddings.weight", f"encoder.layer.{self.layers - 1}.output.dense.bias")
+        missing = [k for k in ("embeddings.word_embeddings.weight",
+                               f"encoder.layer.{self.layers - 1}.output.dense.bias")
                    if k not in self.w]
         if missing:
             raise Unsupported(f"weights lack {missing}")

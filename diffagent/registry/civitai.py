@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
-import zlib
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any

@@ -9,8 +9,8 @@ rebuilt only after an import changes the prompts. The cache is plain arrays (``.
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +21,8 @@ from diffagent.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 FORMAT = 4
-VECTORIZER_ARGS = {"sublinear_tf": True, "stop_words": "english", "ngram_range": (1, 2), "max_features": 200_000, "dtype": np.float32}
+VECTORIZER_ARGS = {"sublinear_tf": True, "stop_words": "english", "ngram_range": (1, 2), "max_features": 200_000,
+                   "dtype": np.float32}
 
 
 @dataclass
@@ -149,8 +150,8 @@ def build(engine: Engine, key: str) -> PromptIndex:
 
     with engine.connect() as conn:
         rows = conn.execute(text(
-            "SELECT prompt, version_id, resources, page_model_id FROM sample_image WHERE version_id IS NOT NULL AND NOT nsfw"
-            " AND length(prompt) > 0 ORDER BY id")).all()
+            "SELECT prompt, version_id, resources, page_model_id FROM sample_image"
+            " WHERE version_id IS NOT NULL AND NOT nsfw AND length(prompt) > 0 ORDER BY id")).all()
         by_stem = lora_name_index(conn)
     if not rows:  # e.g. the default registry: no sample images, and no 0.6 s scikit-learn import
         return _empty(key)

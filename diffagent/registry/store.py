@@ -331,11 +331,13 @@ class Registry:
                 downloads = np.array([max(r[4] or 0, 0) for r in rows], dtype=np.int64)
                 model_dl = np.array([max(r[5] or 0, 0) for r in rows], dtype=np.int64)
                 pop = np.log1p(np.maximum(downloads, model_dl // 4).astype(np.float64))
-                prior = (pop / pop.max()).astype(np.float32) if len(pop) and pop.max() > 0 else np.zeros(len(ids), np.float32)
+                prior = ((pop / pop.max()).astype(np.float32) if len(pop) and pop.max() > 0
+                         else np.zeros(len(ids), np.float32))
                 vec = pvec = None
                 has_p = np.zeros(len(ids), dtype=bool)
                 mine = self.embedder.name
-                others = conn.execute(text("SELECT DISTINCT model FROM vector WHERE model != :m"), {"m": mine}).scalars().all()
+                others = conn.execute(text("SELECT DISTINCT model FROM vector WHERE model != :m"),
+                                      {"m": mine}).scalars().all()
                 if others:
                     self.embedder.check()  # a misconfigured embedder is an error, not a silent fallback
                     # query vectors from another model live in another space: those rows would rank noise
@@ -423,7 +425,8 @@ class Registry:
         best = -rows[0][1] or 1.0
         return {int(r[0]): max(-r[1], 0.0) / best for r in rows}
 
-    def trigger_matches(self, query: str, types: tuple[str, ...] = ("lora", "locon"), limit: int = 50) -> dict[int, float]:
+    def trigger_matches(self, query: str, types: tuple[str, ...] = ("lora", "locon"),
+                        limit: int = 50) -> dict[int, float]:
         """Add-ons whose trigger words appear verbatim in ``query`` (creators type them to activate a
         LoRA), scored by the longest matched trigger's share of the query, scaled to [0, 1]. Memoised: a
         selection asks for the same query's add-ons twice (the creators' vote and the request's intent)."""

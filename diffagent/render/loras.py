@@ -119,7 +119,8 @@ def apply_embeddings(entry: CachedPipeline, embeddings: list[tuple[str, str, Pat
         for tok, enc in _pairs(pipe):
             for t in tokens:
                 # multi-vector embeddings were added as "t", "t_1", "t_2", ...
-                added = [a for a in tok.get_added_vocab() if a == t or (a.startswith(t + "_") and a[len(t) + 1:].isdigit())]
+                added = [a for a in tok.get_added_vocab()
+                         if a == t or (a.startswith(t + "_") and a[len(t) + 1:].isdigit())]
                 if added:
                     pipe.unload_textual_inversion(added, tokenizer=tok, text_encoder=enc)
         entry.embeddings.clear()

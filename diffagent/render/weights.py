@@ -434,8 +434,8 @@ def check_diffusers_folder(path: Path, name: str = "") -> None:
         if header is None or f.stat().st_size < 8 + n + end:
             problems.append(f"{f.parent.name}/{f.name} (truncated or not safetensors)")
     if problems:
-        raise IncompleteFolder(f"the diffusers folder of {label} is incomplete: missing or broken {', '.join(problems)}; "
-                               f"delete {path} and download it again")
+        raise IncompleteFolder(f"the diffusers folder of {label} is incomplete: "
+                               f"missing or broken {', '.join(problems)}; delete {path} and download it again")
 
 
 class RegistryResolver:

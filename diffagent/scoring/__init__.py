@@ -41,7 +41,16 @@ __all__ = [
     "ScoreResult",
     "Scorer",
     "ScoringConfig",
-    *_LAZY,
+    # _LAZY's names, spelled out so that linters and type checkers see the re-exports
+    # (tests/scoring/test_scoring_unified.py checks that the two lists agree)
+    "ClipScorer",
+    "HpsV2Scorer",
+    "ImageRewardScorer",
+    "UnifiedScorer",
+    "best_of_n",
+    "candidate_calls",
+    "render_best_of",
+    "BestOfResult",
 ]
 
 

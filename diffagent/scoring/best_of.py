@@ -19,9 +19,9 @@ from PIL import Image, PngImagePlugin
 from pydantic import BaseModel, ConfigDict, Field
 
 from diffagent.apicall import MAX_SEED, ApiCall
+from diffagent.atomic import write_atomic
 from diffagent.errors import MissingDependency, UserInputError
 from diffagent.families import compatible
-from diffagent.atomic import write_atomic
 from diffagent.scoring.types import Scorer, ScoreResult
 
 #: PNG text chunk holding the scores of every candidate (beside A1111's ``parameters`` chunk)

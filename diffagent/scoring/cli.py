@@ -110,7 +110,8 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
             raise UserInputError(f"cannot read image {str(path)!r}: {e}") from e
     results = UnifiedScorer.from_config(scoring_config(args, settings)).score(args.prompt, images)
     if args.json:
-        print(json.dumps([{"image": str(p), **r.model_dump()} for p, r in zip(args.images, results, strict=True)], indent=2))
+        print(json.dumps([{"image": str(p), **r.model_dump()} for p, r in zip(args.images, results, strict=True)],
+                         indent=2))
         return 0
     metrics = list(results[0].metrics) if results else []
     print("| image | " + " | ".join(metrics) + " | unified |")

@@ -32,8 +32,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from diffagent.errors import UserInputError
 from diffagent.atomic import write_text_atomic
+from diffagent.errors import UserInputError
 
 SHIPPED_STATS = "reference_stats.json"
 

@@ -85,7 +85,8 @@ def load(
             ) from e
         raise
     model.eval()
-    return OpenClipModel(model=model, preprocess=preprocess, tokenizer=open_clip.get_tokenizer(name), device=device, name=name)
+    return OpenClipModel(model=model, preprocess=preprocess, tokenizer=open_clip.get_tokenizer(name), device=device,
+                         name=name)
 
 
 def _load_checkpoint(open_clip, model, path: Path, trust_pickles: bool) -> None:

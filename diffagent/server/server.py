@@ -30,14 +30,23 @@ from mcp.types import INVALID_PARAMS, CallToolResult, ImageContent, ResourceLink
 from pydantic import BaseModel, Field
 
 from diffagent import __version__, tools
+from diffagent.agent.options import (
+    Base,
+    BestOf,
+    MinDownloads,
+    ModelType,
+    Prompt,
+    Query,
+    SearchLimit,
+    SelectOptions,
+    VersionId,
+)
 from diffagent.apicall import MAX_ID, ApiCall
 from diffagent.errors import DiffAgentError, NotFoundError
 from diffagent.prompttext import has_visible_text
 from diffagent.registry.store import VersionInfo
 from diffagent.server.jobs import Job, JobManager
 from diffagent.settings import Settings, get_settings
-from diffagent.agent.options import (Base, BestOf, MinDownloads, ModelType, Prompt, Query, SearchLimit, SelectOptions,
-                                     VersionId)
 from diffagent.tools import ModelSummary, RenderOutput, Runtime
 
 log = logging.getLogger(__name__)

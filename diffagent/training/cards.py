@@ -149,7 +149,8 @@ def results_table(meta: dict) -> str:
     lines = ["| split / pairs | n | stock top-1 | stock top-5 | adapted top-1 | adapted top-5 |", "|---" * 6 + "|"]
     for key, r in meta.get("results", {}).items():
         s, a = r["stock"], r["adapted"]
-        lines.append(f"| {key} | {s['n']} | {s['model_top1']} | {s['model_top5']} | {a['model_top1']} | {a['model_top5']} |")
+        lines.append(f"| {key} | {s['n']} | {s['model_top1']} | {s['model_top5']} "
+                     f"| {a['model_top1']} | {a['model_top5']} |")
     return "\n".join(lines)
 
 

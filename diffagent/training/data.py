@@ -26,11 +26,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from diffagent.agent.cards import CardAdapter
+from diffagent.agent.cards import load_setting as load_card
 from diffagent.agent.prompt import CHECKPOINT_LABELS, LORA_LABELS, answer_text, render_prompt
 from diffagent.agent.ranker import TreeEnsemble
 from diffagent.agent.ranker import load_setting as load_ranker
-from diffagent.agent.cards import CardAdapter
-from diffagent.agent.cards import load_setting as load_card
 from diffagent.agent.retrieve import RetrievalWeights, evidenced_loras, request_intent, retrieve_checkpoints
 from diffagent.agent.selector import LORA_CANDIDATES
 from diffagent.bench.pairs import Pair, Target, load_pairs

@@ -116,7 +116,7 @@ def test_bench_select_cli_end_to_end(tmp_path, tiny_registry_path, capsys, metho
     prompts = {1003: "watercolor painting of a fox", 1002: "1girl, anime, school uniform"}
     with open(rows, "w") as fh:
         i = 0
-        for sp, pgs in pages.items():
+        for _sp, pgs in pages.items():
             for p in pgs:
                 for vid, text in prompts.items():
                     i += 1

@@ -10,8 +10,15 @@ from pathlib import Path
 import pytest
 
 from diffagent.apicall import ApiCall
-from diffagent.bench.fit import (KINDS, PROMPT_LABELS, FitItem, evaluate_fit, load_fit_set, load_labels,
-                                 load_model_labels)
+from diffagent.bench.fit import (
+    KINDS,
+    PROMPT_LABELS,
+    FitItem,
+    evaluate_fit,
+    load_fit_set,
+    load_labels,
+    load_model_labels,
+)
 from diffagent.errors import UserInputError
 
 SHARED_PROMPTS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "prompts"
@@ -101,7 +108,7 @@ def test_evaluate_fit_on_the_default_registry():
 
     reg = Registry.open(Settings().registry)
     by_slug = {}
-    for vid, info in reg.versions(reg.popular(types=["checkpoint", "lora"], limit=1000)).items():
+    for _vid, info in reg.versions(reg.popular(types=["checkpoint", "lora"], limit=1000)).items():
         by_slug[info.slug] = info
     photo, anime, moxin = by_slug["realistic-vision-v51"], by_slug["anything-v3"], by_slug["moxin"]
 
@@ -112,7 +119,8 @@ def test_evaluate_fit_on_the_default_registry():
     plain = frozenset({"photo", "general"})
     items = [FitItem("a", "a sheep in a field", plain, frozenset({"art"}), False, (), "heldout"),
              FitItem("b", "a sheep in a field", plain, frozenset({"art"}), False, (), "heldout"),
-             FitItem("c", "an ink wash painting of a sheep", frozenset({"art"}), frozenset(), True, ("ink wash",), "heldout"),
+             FitItem("c", "an ink wash painting of a sheep", frozenset({"art"}), frozenset(), True, ("ink wash",),
+                     "heldout"),
              FitItem("d", "boom", plain, frozenset(), False, (), "heldout")]
     answers = {"a": call(photo), "b": call(anime, [moxin]), "c": call(photo, [moxin])}
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-
 from loopback_civitai import Loopback, Reply, Seen  # noqa: F401  (re-exported for the fixtures)
 
 

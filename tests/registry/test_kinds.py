@@ -92,7 +92,8 @@ def test_default_registry_stores_curated_labels():
     db = Path(__file__).resolve().parents[2] / "registry.db"
     con = sqlite3.connect(db)
     try:
-        rows = con.execute("SELECT k.kinds, k.origin, m.slug FROM model_kind k JOIN model_version v ON v.id = k.version_id"
+        rows = con.execute("SELECT k.kinds, k.origin, m.slug FROM model_kind k"
+                           " JOIN model_version v ON v.id = k.version_id"
                            " JOIN model m ON m.id = v.model_id WHERE m.type = 'checkpoint'").fetchall()
     finally:
         con.close()

@@ -273,7 +273,8 @@ def test_types_airs_and_families(tmp_path, db):
 
 def test_sample_prompts_lose_resource_tags_and_link_to_their_checkpoint(tmp_path, db):
     import_path(write_jsonl(tmp_path / "items.jsonl"), db, embedder=None)
-    prompt, version_id, model_hash = _one(db, "SELECT prompt, version_id, model_hash FROM sample_image WHERE id = 9001")[0]
+    prompt, version_id, model_hash = _one(
+        db, "SELECT prompt, version_id, model_hash FROM sample_image WHERE id = 9001")[0]
     assert prompt == "portrait photo of an old fisherman, 85mm, film grain"
     assert version_id == 1001
     assert model_hash == model_hash.upper()
@@ -373,7 +374,8 @@ def test_damaged_gzip_dump_is_named_without_a_traceback(tmp_path, populated, dam
 
 
 @pytest.mark.parametrize("line, says", [("[1, 2, 3]", "a list of 3 numbers"), ('"text"', "a string"),
-                                        ("42", "a number"), ('{"id": "x", "name": "n", "modelVersions": []}', "'id' must be an integer")])
+                                        ("42", "a number"),
+                                        ('{"id": "x", "name": "n", "modelVersions": []}', "'id' must be an integer")])
 def test_lines_that_are_not_model_items_say_what_they_are(tmp_path, db, line, says):
     src = tmp_path / "dump.jsonl"
     src.write_text(json.dumps(items()[0]) + "\n" + line + "\n")

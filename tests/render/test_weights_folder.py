@@ -10,8 +10,7 @@ import pytest
 from diffagent.errors import UserInputError
 from diffagent.families import Family
 from diffagent.registry.store import WeightSource
-from diffagent.render.weights import (DIFFUSERS_FILES, IncompleteFolder, WeightStore, check_diffusers_folder,
-                                      source_kind)
+from diffagent.render.weights import DIFFUSERS_FILES, IncompleteFolder, WeightStore, check_diffusers_folder, source_kind
 
 
 def folder_source(**kw) -> WeightSource:

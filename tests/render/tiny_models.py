@@ -245,7 +245,8 @@ def to_ldm_sd15(pipe) -> dict:
 
 
 def to_ldm_sdxl(pipe) -> dict:
-    usd = {k.replace("add_embedding.linear_1.", "label_emb.0.0.").replace("add_embedding.linear_2.", "label_emb.0.2."): v
+    usd = {k.replace("add_embedding.linear_1.", "label_emb.0.0.")
+            .replace("add_embedding.linear_2.", "label_emb.0.2."): v
            for k, v in pipe.unet.state_dict().items()}
     sd = _unet_vae_ldm(pipe, usd)
     sd.update({"conditioner.embedders.0.transformer." + k: t for k, t in _clip_l(pipe.text_encoder).items()})

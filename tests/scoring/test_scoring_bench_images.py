@@ -6,9 +6,9 @@ import math
 from pathlib import Path
 
 import pytest
+import tiny_scorers
 from PIL import Image
 
-import tiny_scorers
 from diffagent.apicall import ApiCall, LoraRef, ModelRef
 from diffagent.bench import images as bench
 from diffagent.errors import NotFoundError, UserInputError
@@ -32,7 +32,8 @@ def test_prompt_file_formats(tmp_path):
     (tmp_path / "ir.json").write_text(json.dumps([{"id": "1", "prompt": "a concept art of a vehicle"}, "plain string"]))
     (tmp_path / "mixed.jsonl").write_text('{"prompt": "p1", "dataset": "A"}\n{"text": "p2"}\n')
     (tmp_path / "grouped.json").write_text(json.dumps({"X": ["x1", "x2"], "Y": ["y1"]}))
-    items = bench.load_prompts([tmp_path / n for n in ("drawbench.csv", "geneval.txt", "ir.json", "mixed.jsonl", "grouped.json")])
+    items = bench.load_prompts([tmp_path / n for n in ("drawbench.csv", "geneval.txt", "ir.json", "mixed.jsonl",
+                                                       "grouped.json")])
     got = [(i.dataset, i.prompt) for i in items]
     assert got == [
         ("drawbench", "A red colored car."), ("drawbench", "A black dog."),
@@ -70,7 +71,8 @@ def test_shared_benchmark_prompt_files_load():
     root = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "prompts"
     if not root.is_dir():
         pytest.skip("../shared/data/prompts is not present")
-    items = bench.load_prompts([root / "drawbench" / "DrawBench.csv", root / "imagereward" / "benchmark-prompts.json"], n=3)
+    items = bench.load_prompts([root / "drawbench" / "DrawBench.csv", root / "imagereward" / "benchmark-prompts.json"],
+                               n=3)
     assert [i.dataset for i in items] == ["DrawBench"] * 3 + ["benchmark-prompts"] * 3
 
 
@@ -157,7 +159,8 @@ def pair(dataset, sel, base, raw=1.0):
 
 
 def test_summary_maths():
-    pairs = [pair("d", 1.0, 0.0), pair("d", 0.0, 0.5), pair("d", 0.5, -0.5), bench.PairResult(dataset="d", prompt="x", error="boom")]
+    pairs = [pair("d", 1.0, 0.0), pair("d", 0.0, 0.5), pair("d", 0.5, -0.5),
+             bench.PairResult(dataset="d", prompt="x", error="boom")]
     s = bench.summarize("d", pairs)
     assert (s.n, s.failed) == (3, 1)
     assert s.selected_unified == pytest.approx(0.5) and s.baseline_unified == pytest.approx(0.0)

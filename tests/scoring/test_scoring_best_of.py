@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_scorers
 from PIL import Image, PngImagePlugin
 
-import tiny_scorers
 from diffagent.apicall import Alternative, ApiCall, LoraRef, ModelRef
 from diffagent.errors import NotFoundError
 from diffagent.families import Family
@@ -179,7 +179,7 @@ def test_render_best_of_user_prompt_and_cancel(tmp_path):
 @pytest.mark.slow
 def test_render_best_of_with_the_real_renderer_on_tiny_pipelines(tmp_path, tiny_config):
     tm = tiny_scorers.render_tiny_models()
-    from diffagent.render import Renderer, RenderCancelled
+    from diffagent.render import RenderCancelled, Renderer
     from diffagent.render.weights import ResolvedWeights
     from diffagent.settings import Settings
 

@@ -1,10 +1,10 @@
 """CLIP score and HPS v2 through their real loading path (open_clip + local checkpoint files)."""
 
 import pytest
+import tiny_scorers
 import torch
 from safetensors.torch import load_file, save_file
 
-import tiny_scorers
 from diffagent.errors import NotFoundError, UserInputError
 from diffagent.scoring import cache, openclip_models
 from diffagent.scoring.clip import ClipScorer

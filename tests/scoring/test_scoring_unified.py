@@ -1,8 +1,8 @@
 import pytest
-
 import tiny_scorers
+
 from diffagent.errors import UserInputError
-from diffagent.scoring import ReferenceStats, ScoreResult, Scorer
+from diffagent.scoring import ReferenceStats, Scorer, ScoreResult
 from diffagent.scoring.config import ScoringConfig
 from diffagent.scoring.unified import UnifiedScorer
 
@@ -22,7 +22,8 @@ class FixedScorer:
 
 def stats():
     return ReferenceStats.model_validate(
-        {"metrics": {"clip_score": {"mean": 30, "std": 5}, "image_reward": {"mean": 0, "std": 1}, "hps_v2": {"mean": 0.25, "std": 0.02}}}
+        {"metrics": {"clip_score": {"mean": 30, "std": 5}, "image_reward": {"mean": 0, "std": 1},
+                     "hps_v2": {"mean": 0.25, "std": 0.02}}}
     )
 
 
@@ -89,7 +90,8 @@ def test_from_config_with_custom_stats_and_weights(tiny_config, tmp_path):
     u = UnifiedScorer.from_config(cfg)
     assert u.metrics == ["hps_v2", "clip_score"]
     (r,) = u.score(PROMPT, tiny_scorers.images(1))
-    z = {m: (r.metrics[m].raw - ReferenceStats.load(path).metrics[m].mean) / ReferenceStats.load(path).metrics[m].std for m in r.metrics}
+    z = {m: (r.metrics[m].raw - ReferenceStats.load(path).metrics[m].mean) / ReferenceStats.load(path).metrics[m].std
+         for m in r.metrics}
     assert r.unified == pytest.approx((3 * z["hps_v2"] + z["clip_score"]) / 4)
 
 
@@ -102,3 +104,11 @@ def test_config_from_settings():
     assert cfg.hps_checkpoint == "hf:xswu/HPSv2/HPS_v2.1_compressed.pt"
     with pytest.raises(ValueError, match="unknown device"):
         ScoringConfig(device="gpu0")
+
+
+def test_package_exports_every_lazy_name():
+    import diffagent.scoring as scoring
+
+    lazy = set(scoring._LAZY)
+    assert lazy <= set(scoring.__all__)
+    assert lazy == set(scoring.__all__) - {n for n in scoring.__all__ if n in vars(scoring)}

@@ -3,7 +3,6 @@ was a masked error, an internal error, a silent acceptance or a stall before its
 
 from __future__ import annotations
 
-import json
 import time
 
 import anyio
@@ -55,7 +54,8 @@ async def test_lora_tag_weight_out_of_range_names_the_tag(world_settings):
 async def test_ids_beyond_sqlite_integers_are_refused(server, where):
     big = 2**70
     ref = {"id": big, "air": "urn:air:sd1:checkpoint:civitai:1@1", "name": "x", "family": "sd1"}
-    call = {"checkpoint": call_dict(checkpoint=ref), "alternative": call_dict(alternatives=[{"checkpoint": ref, "score": 1}]),
+    call = {"checkpoint": call_dict(checkpoint=ref),
+            "alternative": call_dict(alternatives=[{"checkpoint": ref, "score": 1}]),
             "lora": call_dict(loras=[ref | {"weight": 0.5}])}[where]
     async with Client(server) as client:
         text = await error_text(client, "render_image", {"call": call, "best_of": 2 if where == "alternative" else 1})

@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tiny_llm import ToyTokenizer, tiny_gemma  # noqa: E402
 from test_data import fox_pair  # noqa: E402
+from tiny_llm import ToyTokenizer, tiny_gemma  # noqa: E402
 
 from diffagent.bench.pairs import Pair, Target, TargetLora  # noqa: E402
 from diffagent.errors import UserInputError  # noqa: E402
@@ -52,7 +52,8 @@ def test_agreement_reward_on_known_numbers(tiny_registry, examples):
     off = target.model_copy(update={"steps": call.steps + 10, "width": call.width + 64})
     assert agreement_reward(call, off, [2002], checkpoint_model_id=103).args == pytest.approx(0.6)
     # the creator used two LoRAs, we chose one of them: F1 = 2*1/(1+2)
-    assert agreement_reward(call, target, [2002, 2001], checkpoint_model_id=103).lora_f1 == pytest.approx(0.6667, abs=1e-4)
+    assert agreement_reward(call, target, [2002, 2001], checkpoint_model_id=103).lora_f1 == pytest.approx(
+        0.6667, abs=1e-4)
     # another version of the same model; a different model; a dropped mismatched LoRA; an invalid call
     other = target.model_copy(update={"checkpoint_version_id": 777})
     assert agreement_reward(call, other, [2002], checkpoint_model_id=103).checkpoint == 0.5
@@ -117,7 +118,8 @@ def test_rrhf_training_raises_the_better_candidates(tiny_registry, examples, tmp
     assert report.reward == AGREEMENT_REWARD and report.steps == 8 * report.informative_prompts
     metrics = json.loads((tmp_path / "rrhf" / "metrics.json").read_text())
     assert set(metrics["extras"]) == {"rank", "sft"}
-    first, last = metrics["extras"]["rank"][: report.informative_prompts], metrics["extras"]["rank"][-report.informative_prompts:]
+    ranks = metrics["extras"]["rank"]
+    first, last = ranks[: report.informative_prompts], ranks[-report.informative_prompts:]
     assert sum(last) < sum(first)
     assert (tmp_path / "rrhf" / "adapter" / "adapter_model.safetensors").is_file()
 

@@ -35,7 +35,8 @@ class ToyTokenizer:
     def encode(self, text: str, *, bos: bool = False) -> list[int]:
         ids = [BOS] if bos else []
         for piece in self._pieces.findall(text):
-            ids.append(self.table.get(piece) or self.first_free + zlib.crc32(piece.encode()) % (VOCAB - self.first_free))
+            ids.append(self.table.get(piece)
+                       or self.first_free + zlib.crc32(piece.encode()) % (VOCAB - self.first_free))
         return ids
 
 
