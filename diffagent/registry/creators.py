@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, bindparam, text
 
 #: model types whose trigger words point at a creator (checkpoints are ranked by the search itself)
 ADDON_TYPES = ("lora", "locon", "embedding", "hypernetwork")
@@ -41,7 +41,8 @@ class CreatorIndex:
                 usage[creator][page][version] = n
             creator_of = {v: c for v, c in conn.execute(text(
                 "SELECT v.id, m.creator FROM model_version v JOIN model m ON m.id = v.model_id"
-                f" WHERE m.creator IS NOT NULL AND m.type IN ({','.join(repr(t) for t in ADDON_TYPES)})"))}
+                " WHERE m.creator IS NOT NULL AND m.type IN :types").bindparams(bindparam("types", expanding=True)),
+                {"types": list(ADDON_TYPES)})}
         return cls(usage={c: dict(p) for c, p in usage.items()}, creator_of=creator_of)
 
     def checkpoints(self, creator: str, exclude_page: int | None = None) -> dict[int, float]:

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import numpy as np
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, bindparam, text
 
 from diffagent.registry.embeddings import Embedder
 from diffagent.registry.writer import chunks as _chunks
@@ -61,8 +61,8 @@ def _store(conn: Connection, kind: str, items: dict[int, str], embedder: Embedde
     have = dict(conn.execute(text("SELECT owner_id, text_hash FROM vector WHERE kind=:k"), {"k": kind}).all())
     stale = set(have) - set(items)
     for chunk in _chunks(sorted(stale), 900):
-        conn.execute(text(f"DELETE FROM vector WHERE kind=:k AND owner_id IN ({','.join(map(str, chunk))})"),
-                     {"k": kind})
+        conn.execute(text("DELETE FROM vector WHERE kind=:k AND owner_id IN :ids").bindparams(
+            bindparam("ids", expanding=True)), {"k": kind, "ids": list(chunk)})
     todo = [(oid, t, _hash(t)) for oid, t in items.items() if have.get(oid) != _hash(t)]
     done = 0
     for chunk in _chunks(todo, batch):
@@ -109,7 +109,8 @@ def rebuild_vectors(conn: Connection, embedder: Embedder,
     changed = {vid: j for vid, j in joined.items() if have.get(vid) != _hash(j)}
     stale = set(have) - set(joined)
     for chunk in _chunks(sorted(stale), 900):
-        conn.execute(text(f"DELETE FROM vector WHERE kind='prompts' AND owner_id IN ({','.join(map(str, chunk))})"))
+        conn.execute(text("DELETE FROM vector WHERE kind='prompts' AND owner_id IN :ids").bindparams(
+            bindparam("ids", expanding=True)), {"ids": list(chunk)})
     flat = [(vid, p) for vid in changed for p in prompts[vid]]
     rows_out = []
     for i, chunk in enumerate(_chunks(flat, 512)):

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 
 from diffagent.apicall import ModelRef
 from diffagent.blas import one_blas_thread
@@ -235,9 +235,9 @@ class Registry:
             return {}
         out: dict[int, VersionInfo] = {}
         with self.engine.connect() as conn:
+            query = text(f"{self._VERSION_SQL} WHERE v.id IN :ids").bindparams(bindparam("ids", expanding=True))
             for part in chunks(ids, 900):
-                marks = ",".join(str(int(x)) for x in part)
-                for r in conn.execute(text(f"{self._VERSION_SQL} WHERE v.id IN ({marks})")):
+                for r in conn.execute(query, {"ids": [int(x) for x in part]}):
                     out[r[0]] = self._row_to_info(r)
         return out
 
@@ -472,9 +472,8 @@ class Registry:
         claims: dict[str, int] = {}
         with self.engine.connect() as conn:
             for (words,) in conn.execute(text(
-                "SELECT v.trained_words FROM model_version v JOIN model m ON m.id = v.model_id"
-                f" WHERE m.type IN ({','.join(repr(t) for t in types)})"
-            )):
+                "SELECT v.trained_words FROM model_version v JOIN model m ON m.id = v.model_id WHERE m.type IN :types"
+            ).bindparams(bindparam("types", expanding=True)), {"types": list(types)}):
                 for w in {w.lower().strip(" ,") for w in json.loads(words)}:
                     claims[w] = claims.get(w, 0) + 1
         with self._lock:
@@ -608,8 +607,8 @@ class Registry:
             rows = conn.execute(text(
                 "SELECT v.id, f.name FROM model_version v JOIN model m ON m.id = v.model_id"
                 " LEFT JOIN model_file f ON f.version_id = v.id"
-                f" WHERE m.type IN ({','.join(repr(t) for t in types)}) ORDER BY m.downloads DESC, v.id"
-            )).all()
+                " WHERE m.type IN :types ORDER BY m.downloads DESC, v.id"
+            ).bindparams(bindparam("types", expanding=True)), {"types": list(types)}).all()
         infos = self.versions(sorted({r[0] for r in rows}))
         out: dict[str, VersionInfo] = {}
         for vid, fname in rows:

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, bindparam, text
 
 from diffagent.families import family_of
 from diffagent.registry.kinds import ModelKinds, derive
@@ -105,10 +105,12 @@ def write_records(conn: Connection, records: Iterable[ModelRecord], counts: Writ
     if versions:
         conn.execute(text(_upsert_sql("model_version", VERSION_COLS)), versions)
     # replace children of the versions we just wrote
+    drop_files = text("DELETE FROM model_file WHERE version_id IN :ids").bindparams(bindparam("ids", expanding=True))
+    drop_images = text("DELETE FROM sample_image WHERE page_version_id IN :ids").bindparams(
+        bindparam("ids", expanding=True))
     for chunk in chunks(version_ids, 900):
-        marks = ",".join(str(int(i)) for i in chunk)
-        conn.execute(text(f"DELETE FROM model_file WHERE version_id IN ({marks})"))
-        conn.execute(text(f"DELETE FROM sample_image WHERE page_version_id IN ({marks})"))
+        conn.execute(drop_files, {"ids": [int(i) for i in chunk]})
+        conn.execute(drop_images, {"ids": [int(i) for i in chunk]})
     if kinds:
         conn.execute(text(_upsert_sql("model_kind", KIND_COLS, key="version_id")), kinds)
     if files:
