@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from diffagent.atomic import write_atomic
 from diffagent.bench.split import split_of
 from diffagent.errors import UserInputError
 from diffagent.prompttext import strip_resource_tags
@@ -124,16 +123,13 @@ def build_pairs(rows: Path, out: Path, *, sfw_only: bool = True) -> Counter:
     """Write pairs for every usable row to ``out`` (.jsonl or .jsonl.gz) atomically; count per split."""
     counts: Counter = Counter()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".pairs-", dir=out.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         opener = gzip.open if out.name.endswith(".gz") else open
         with opener(tmp, "wt", encoding="utf-8") as fh:
             for pair in load_pairs(rows, sfw_only=sfw_only):
                 fh.write(pair.model_dump_json() + "\n")
                 counts[pair.split] += 1
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+    write_atomic(out, write)
     return counts

@@ -3,11 +3,10 @@ readable ``default_models.toml`` by ``diffagent registry build-default``."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import tempfile
 from pathlib import Path
 
+from diffagent.atomic import write_atomic
 from diffagent.registry.embeddings import Embedder
 from diffagent.registry.importer import ImportReport, import_records
 
@@ -23,23 +22,19 @@ def build_default(dest: Path, *, source: Path = SOURCE, embedder: Embedder | Non
     from diffagent.registry.default_source import load_default_source
 
     records = load_default_source(source)
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".registry-", suffix=".db", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    tmp.unlink()
-    try:
-        report = import_records(tmp, records, source=str(source), embedder=embedder or Embedder(),
-                                progress=progress)
+    reports = []
+
+    def build(tmp: Path) -> None:
+        tmp.unlink()  # the importer creates the database itself
+        reports.append(import_records(tmp, records, source=str(source), embedder=embedder or Embedder(),
+                                      progress=progress))
         con = sqlite3.connect(tmp)
         con.execute("VACUUM")
         con.close()
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    report.source = str(source)
-    return report
+
+    write_atomic(Path(dest), build)
+    reports[0].source = str(source)
+    return reports[0]
 
 
 def content_rows(db: Path) -> dict[str, list[tuple]]:

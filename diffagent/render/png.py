@@ -16,11 +16,11 @@ import io
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from diffagent.atomic import write_atomic
 from diffagent.errors import UserInputError
 
 PREVIEW_MAX_SIDE = 512
@@ -143,16 +143,14 @@ def write_png(image, directory: Path, name: str, parameters: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
     data = png_bytes(image, parameters)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".png.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            os.fsync(f.fileno())  # a render is minutes of GPU time: on disk before it is reported done
+
+    write_atomic(target, write)
     return target
 
 

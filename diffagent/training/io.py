@@ -82,11 +82,7 @@ class AppendLog:
         good = self.records()
         if raw.count(b"\n") == len(good) and (not raw or raw.endswith(b"\n")):
             return
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for r in good:
-                fh.write(json.dumps(r) + "\n")
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in good))
 
     @contextmanager
     def open(self) -> Iterator[Callable[[dict], None]]:
