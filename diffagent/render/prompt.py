@@ -1,26 +1,15 @@
 """Prompt text as the text encoder should see it.
 
 A1111 prompts carry extra-network tags (``<lora:name:0.8>``, ``<hypernet:...>``) that select resources
-rather than describe the picture; A1111 removes them before encoding, and so do we (the LoRAs themselves
-come from ``ApiCall.loras``). Embedding trigger words must appear in the text to have any effect, so a
+rather than describe the picture; A1111 removes them before encoding, and so do we, with the same stripper
+the registry and the selector use (``prompttext.strip_resource_tags``; the LoRAs themselves come from
+``ApiCall.loras``). Embedding trigger words must appear in the text to have any effect, so a
 listed embedding whose token is missing is appended to the prompt it belongs to.
 """
 
 from __future__ import annotations
 
 import re
-
-_EXTRA_NETWORK = re.compile(r"<\s*(?:lora|lyco|locon|hypernet|lcm)\s*:[^<>]*>", re.IGNORECASE)
-_EMPTY_SEPARATORS = re.compile(r"\s*,(?:\s*,)+\s*")
-_SPACES = re.compile(r"[ \t]+")
-
-
-def strip_extra_networks(prompt: str) -> str:
-    """Remove ``<lora:...>``-style tags and the empty separators they leave."""
-    text = _EXTRA_NETWORK.sub("", prompt or "")
-    text = _EMPTY_SEPARATORS.sub(", ", text)
-    text = _SPACES.sub(" ", text)
-    return text.strip().strip(",").strip()
 
 
 def has_word(text: str, word: str) -> bool:

@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from diffagent.apicall import ApiCall, ModelRef
 from diffagent.errors import DiffAgentError, UserInputError
 from diffagent.families import RENDERABLE, compatible, ecosystem_of
+from diffagent.prompttext import strip_resource_tags
 from diffagent.render import png
-from diffagent.render.prompt import strip_extra_networks, with_tokens
+from diffagent.render.prompt import with_tokens
 from diffagent.render.schedulers import make_scheduler, sampler_spec
 from diffagent.render.weights import RegistryResolver, ResolvedWeights, Resolver, WeightStore, cancellable
 from diffagent.settings import Settings, get_settings
@@ -170,8 +171,8 @@ class Renderer:
         negative_tokens = [e.token for e in call.embeddings if e.negative]
         rendered = call.model_copy(update={"prompt": with_tokens(call.prompt, positive_tokens),
                                            "negative_prompt": with_tokens(call.negative_prompt, negative_tokens)})
-        prompt = strip_extra_networks(rendered.prompt)
-        negative = strip_extra_networks(rendered.negative_prompt)
+        prompt = strip_resource_tags(rendered.prompt)  # A1111 removes extra-network tags before encoding
+        negative = strip_resource_tags(rendered.negative_prompt)
 
         image, cache_hit = self._denoise(call, ecosystem, ckpt, loras, embeddings, prompt, negative,
                                          progress, cancel, timings)
