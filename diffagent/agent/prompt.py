@@ -9,8 +9,10 @@ markers, and quoted, and the model can only answer with labels we assign. A desc
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from diffagent.agent.decode import Labels
 from diffagent.agent.retrieve import Candidate
 from diffagent.prompttext import strip_resource_tags
 
@@ -85,3 +87,13 @@ def answer_text(checkpoint_label: str, lora_labels: list[str]) -> str:
     """The answer a training example teaches (exactly what the decoder produces)."""
     loras = "".join(f" {lab}" for lab in lora_labels) + END if lora_labels else NONE
     return f" {checkpoint_label}{BETWEEN}{loras}"
+
+
+def prompt_labels(single: Callable[[str], int], encode: Callable[[str], list[int]], *, n_checkpoints: int,
+                  n_loras: int, max_loras: int) -> Labels:
+    """The decoder's label tokens for a prompt listing ``n_checkpoints`` and ``n_loras`` candidates: built here for
+    the selector (over llama.cpp's tokenizer) and for training (over the tokenizer it trains with) alike.
+    ``single(text)`` is the one token of ``text``; ``encode(text)`` its tokens."""
+    return Labels(checkpoints=tuple(single(f" {c}") for c in CHECKPOINT_LABELS[:n_checkpoints]),
+                  loras=tuple(single(f" {c}") for c in LORA_LABELS[:n_loras]),
+                  none=single(NONE), end=single(END), between=tuple(encode(BETWEEN)), max_loras=max_loras)

@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass, field
 
 from diffagent.agent.cards import load_setting as load_card
-from diffagent.agent.decode import Decoded, Decoder, Labels, dedupe
+from diffagent.agent.decode import Decoded, Decoder, dedupe
 from diffagent.agent.direct import NameTrie, decode_name, direct_prompt
 from diffagent.agent.llm import BackendPool, LlamaBackend
 from diffagent.agent.options import SelectOptions
-from diffagent.agent.prompt import BETWEEN, END, NONE, RenderedPrompt, render_prompt
+from diffagent.agent.prompt import RenderedPrompt, prompt_labels, render_prompt
 from diffagent.agent.ranker import load_setting as load_ranker
 from diffagent.agent.rebuild import build_call, lora_weight
 from diffagent.agent.retrieve import Candidate, RetrievalWeights, evidenced_loras, request_intent, retrieve_checkpoints
@@ -147,17 +147,6 @@ class Selector:
         return evidenced_loras(self.registry, query, checkpoint, k=LORA_CANDIDATES, weights=self.weights)[:limit]
 
     # ------------------------------------------------------------------ LLM
-    def _labels(self, n_loras: int, max_loras: int) -> Labels:
-        b = self.backend
-        from diffagent.agent.prompt import CHECKPOINT_LABELS, LORA_LABELS
-
-        return Labels(
-            checkpoints=tuple(b.single_token(f" {c}") for c in CHECKPOINT_LABELS),
-            loras=tuple(b.single_token(f" {c}") for c in LORA_LABELS[:n_loras]),
-            none=b.single_token(NONE), end=b.single_token(END), between=tuple(b.tokenize(BETWEEN)),
-            max_loras=max_loras,
-        )
-
     def _llm_choices(self, request: str, query: str, checkpoints: list[Candidate], options: SelectOptions,
                      timings: dict[str, float]) -> tuple[list[Choice], RenderedPrompt]:
         t = time.perf_counter()
@@ -165,9 +154,8 @@ class Selector:
         # from another ecosystem drops incompatible ones in validation.
         loras = self._evidenced_loras(query, checkpoints[0].version, LORA_CANDIDATES) if options.max_loras else []
         rendered = render_prompt(request, checkpoints, loras, style=options.style)
-        labels = self._labels(len(loras), options.max_loras)
-        labels = Labels(checkpoints=labels.checkpoints[: len(checkpoints)], loras=labels.loras, none=labels.none,
-                        end=labels.end, between=labels.between, max_loras=labels.max_loras)
+        labels = prompt_labels(self.backend.single_token, self.backend.tokenize, n_checkpoints=len(checkpoints),
+                               n_loras=len(loras), max_loras=options.max_loras)
         with self.pool.borrow() as backend:  # one request per copy: its KV cache holds this prompt's prefix
             tokens = backend.tokenize(rendered.text, bos=True)
             decoder = Decoder(backend.logits, tokens, labels, n_loras=len(loras))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from diffagent.agent.decode import Labels
-from diffagent.agent.prompt import BETWEEN, CHECKPOINT_LABELS, END, LORA_LABELS, NONE
+from diffagent.agent.prompt import BETWEEN, CHECKPOINT_LABELS, END, LORA_LABELS, NONE, prompt_labels
 from diffagent.errors import MissingDependency, UserInputError
 
 
@@ -46,11 +46,9 @@ def single(tok: Tokenizer, text: str) -> int:
 
 
 def labels_for(tok: Tokenizer, n_checkpoints: int, n_loras: int, max_loras: int) -> Labels:
-    """The decoder's label tokens for a prompt with these candidate counts (as ``Selector._labels``)."""
-    return Labels(checkpoints=tuple(single(tok, f" {c}") for c in CHECKPOINT_LABELS[:n_checkpoints]),
-                  loras=tuple(single(tok, f" {c}") for c in LORA_LABELS[:n_loras]),
-                  none=single(tok, NONE), end=single(tok, END), between=tuple(tok.encode(BETWEEN)),
-                  max_loras=max_loras)
+    """The decoder's label tokens for a prompt with these candidate counts (``prompt_labels``, as the selector)."""
+    return prompt_labels(lambda text: single(tok, text), tok.encode, n_checkpoints=n_checkpoints, n_loras=n_loras,
+                         max_loras=max_loras)
 
 
 def answer_ids(tok: Tokenizer, checkpoint: int, loras: list[int] | tuple[int, ...]) -> list[int]:
