@@ -8,7 +8,6 @@ batches). Folders the numpy encoder does not cover use sentence-transformers for
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -54,7 +53,8 @@ class Embedder:
         return path
 
     def _load(self):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # a local folder and local_files_only: no hub access, and no process-wide HF_HUB_OFFLINE (it would also
+        # turn off the renderer's weight downloads in the same process)
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 

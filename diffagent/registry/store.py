@@ -373,7 +373,7 @@ class Registry:
     def warm(self) -> None:
         """Load the search index and the embedding model now (servers call this at start-up)."""
         self._load_index()
-        self.embedder.encode(["warm up"])
+        self.embedder.encode_query("warm up")  # the request path's encoder (numpy where the folder allows)
         self.prompt_neighbours("warm up")
         self._creators()
 

@@ -111,3 +111,16 @@ def test_a_query_is_encoded_on_one_blas_thread(monkeypatch):
         after = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
     assert seen and set(seen) == {1}
     assert after == {2}  # restored
+
+
+def test_bulk_encoding_leaves_the_process_online(monkeypatch):
+    """Loading sentence-transformers must not set HF_HUB_OFFLINE for the whole process: in a server the
+    renderer's weight downloads would then fail (the hub reads it once, at import)."""
+    import os
+
+    from diffagent.registry.embeddings import Embedder
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    vec = Embedder().encode(["a watercolor fox"])
+    assert vec.shape == (1, 384)
+    assert "HF_HUB_OFFLINE" not in os.environ
