@@ -591,6 +591,12 @@ class Registry:
         """Model cards are embedded (semantic search, the card adapter) in the configured embedder's space."""
         return self._load_index().vec is not None
 
+    def has_creator_prompts(self, version_id: int) -> bool:
+        """Whether creators' sample prompts in this registry reach the version (its prompt-set vector exists)."""
+        idx = self._load_index()
+        i = idx.pos.get(int(version_id))
+        return i is not None and bool(idx.has_pvec[i])
+
     def is_renderable(self, version_id: int) -> bool:
         """The registry knows where this version's weights are, and (a checkpoint) it renders alone."""
         idx = self._load_index()

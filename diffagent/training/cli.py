@@ -87,6 +87,16 @@ def cmd_cards(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_cardlm(args, settings: Settings) -> int:
+    from diffagent.training.cardlm import CardLMConfig, run_cardlm
+
+    cfg = CardLMConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    report = run_cardlm(settings, args.pairs, args.work_dir or settings.data_dir / "training" / "cardlm", cfg=cfg,
+                        per_page=args.per_page, train_limit=args.train_limit, eval_split=args.split,
+                        eval_limit=args.eval_limit, threads=args.threads, progress=not args.quiet)
+    return _print(report)
+
+
 def register(subparsers) -> None:
     train = add_group(subparsers, "train", "train the DiffAgent selector LLM (data, SFT, RRHF, GGUF export) "
                       "and the checkpoint ranker")
@@ -157,3 +167,19 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_cards)
+
+    p = add_command(train, "cardlm", help="the LLM as a conditional language model of creators' prompts given a "
+                    "model card: evaluate, train (resumable), evaluate")
+    p.add_argument("--pairs", type=Path, required=True, help="pairs from `diffagent bench build`")
+    p.add_argument("--work-dir", type=Path, default=None, help="default <data_dir>/training/cardlm")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--per-page", type=int, default=3, help="most train prompts per model page")
+    p.add_argument("--train-limit", type=int, default=20000, help="train pairs at most (a seeded sample)")
+    p.add_argument("--split", choices=["val", "test"], default="val", help="held-out pairs to evaluate on")
+    p.add_argument("--eval-limit", type=int, default=150, help="held-out pairs whose checkpoint is shortlisted")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_cardlm)

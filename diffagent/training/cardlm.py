@@ -1,0 +1,292 @@
+"""The selector's LLM as a conditional language model of creators' prompts given a model card (issue 15).
+
+In the label format (``training/sft.py``) one token per example carries the learning signal, and SFT learned
+label positions rather than content. Here every token of a creator's prompt is a target: the model reads the
+card of the checkpoint the creator used (name, version, tags, trigger words, 300 characters of description,
+``registry/index.version_text``) and learns to write the creator's prompt after it. A request then scores each
+shortlisted checkpoint as a generative classifier:
+
+    PMI(card, request) = log p(request | card) - log p(request | no card)
+
+and, because a card is text, the score reaches models no creator image shows.
+
+``diffagent train cardlm`` builds the (card, prompt) pairs from the train split (at most ``per_page`` prompts per
+model page, so popular pages do not dominate), trains a LoRA on the base GGUF model's weights with the shared
+resumable loop (``training/loop.py``: a killed run continues from its last checkpoint), and evaluates on held-out
+pairs whose creator's checkpoint is in the selector's shortlist, before and after training: PMI top-1 within the
+shortlist against the retrieval ranker's, their fusion, and the mean per-token NLL of a prompt under its
+creator's card and under another shortlisted card (a model that ignores the card scores the two alike).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from diffagent.errors import UserInputError
+from diffagent.registry.index import version_text
+
+#: what precedes the prompt with and without a card (kept short: the card carries the signal)
+CARD_HEAD = "Model: {card}\nA prompt written for this model:"
+NO_CARD = "A prompt written for an image model:"
+#: prompts are cut to this many tokens (creators' tag lists run long; the first tokens say the most)
+MAX_REQUEST_TOKENS = 64
+CARD_CHARS = 600
+
+
+def card_prefix(info) -> str:
+    """The text a candidate's card contributes (``info``: a registry ``VersionInfo``)."""
+    card = version_text(info.model_name, info.name, list(info.tags)[:12], list(info.trained_words), info.description)
+    return CARD_HEAD.format(card=" ".join(card.split())[:CARD_CHARS])
+
+
+@dataclass(frozen=True)
+class CardPair:
+    card: str  # card_prefix of the creator's checkpoint
+    request: str
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    request: str
+    cards: tuple[str, ...]  # card_prefix of each shortlisted checkpoint, in the ranker's order
+    ranker: tuple[float, ...]  # the ranker's probability (or fused score) of each
+    target: int  # index of the creator's checkpoint in the shortlist
+    target_has_prompts: bool  # whether creators' prompts in the registry reach the creator's checkpoint
+
+
+class CardLMConfig(BaseModel):
+    steps: int = Field(300, ge=1, description="optimizer steps")
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    warmup_steps: int = Field(10, ge=0)
+    checkpoint_every: int = Field(25, ge=1)
+    seed: int = 0
+
+
+def encode(tok, prefix: str, request: str) -> tuple[list[int], list[int]]:
+    """(prefix tokens with BOS, request tokens cut to ``MAX_REQUEST_TOKENS``); the request starts with a space."""
+    return tok.encode(prefix, bos=True), tok.encode(" " + request.strip())[:MAX_REQUEST_TOKENS]
+
+
+def request_logprobs(model, tok, prefixes: Sequence[str], request: str) -> list[tuple[float, int]]:
+    """(summed log-probability, token count) of ``request`` after each prefix, in one batched forward pass."""
+    import torch
+
+    from diffagent.training.model import answer_logprobs, make_batch
+
+    seqs = [encode(tok, p, request) for p in prefixes]
+    seqs = [(p, a) for p, a in seqs if a]
+    if len(seqs) != len(prefixes):
+        raise UserInputError(f"the request {request[:60]!r} has no tokens")
+    with torch.no_grad():
+        lp = answer_logprobs(model, make_batch(seqs))
+    return [(float(lp[i].sum()), len(seqs[i][1])) for i in range(len(seqs))]
+
+
+def shortlist_scores(logprob: Callable[[Sequence[str], str], list[tuple[float, int]]],
+                     item: EvalItem) -> tuple[list[float], float, float, int]:
+    """PMI of each shortlisted card, the per-token NLL of the request under its creator's card and under
+    another (seeded) card of the shortlist, and the request's token count."""
+    scored = logprob([NO_CARD, *item.cards], item.request)
+    (base, n), cards = scored[0], scored[1:]
+    pmi = [lp - base for lp, _ in cards]
+    other = random.Random(item.request).choice([j for j in range(len(item.cards)) if j != item.target])
+    return pmi, -cards[item.target][0] / n, -cards[other][0] / n, n
+
+
+def evaluate(logprob: Callable[[Sequence[str], str], list[tuple[float, int]]], items: Sequence[EvalItem],
+             betas: Sequence[float] = (0.5, 1.0, 2.0, 4.0)) -> dict:
+    """PMI top-1 within the shortlist against the ranker's, their fusion (ranker logit + beta * PMI per request
+    token), and the NLL of the request under its creator's card vs another card; for all items and for those
+    whose creator's checkpoint no creator prompt reaches."""
+    rows = [(it, *shortlist_scores(logprob, it)) for it in items]
+
+    def top1(subset, fuse: float | None) -> float | None:
+        if not subset:
+            return None
+        hits = 0
+        for it, pmi, _, _, n_tok in subset:
+            if fuse is None:
+                score = pmi
+            else:
+                score = [math.log(max(r, 1e-6) / max(1 - r, 1e-6)) + fuse * p / n_tok
+                         for r, p in zip(it.ranker, pmi, strict=True)]
+            hits += max(range(len(score)), key=score.__getitem__) == it.target
+        return round(hits / len(subset), 4)
+
+    def summary(subset) -> dict:
+        if not subset:
+            return {"n": 0}
+        return {"n": len(subset),
+                "ranker_top1": round(sum(max(range(len(it.ranker)), key=it.ranker.__getitem__) == it.target
+                                         for it, *_ in subset) / len(subset), 4),
+                "pmi_top1": top1(subset, None),
+                "fused_top1": {str(b): top1(subset, b) for b in betas},
+                "nll_creator_card": round(sum(r[2] for r in subset) / len(subset), 4),
+                "nll_other_card": round(sum(r[3] for r in subset) / len(subset), 4),
+                "chance": round(sum(1 / len(it.cards) for it, *_ in subset) / len(subset), 4)}
+
+    return {"all": summary(rows), "no_creator_prompts": summary([r for r in rows if not r[0].target_has_prompts])}
+
+
+def train_pairs(pairs_path: Path, registry, *, per_page: int, limit: int, seed: int) -> list[CardPair]:
+    """(card of the creator's checkpoint, creator's prompt) for train-split pairs whose checkpoint the registry
+    holds, at most ``per_page`` per model page."""
+    from diffagent.bench.pairs import load_pairs
+    from diffagent.prompttext import strip_resource_tags
+    from diffagent.training.cards import sample_train
+
+    train = sample_train(list(load_pairs(pairs_path, splits={"train"})), per_page, seed)[:limit]
+    infos = registry.versions(sorted({p.target.checkpoint_version_id for p in train}))
+    out = [CardPair(card_prefix(infos[p.target.checkpoint_version_id]), strip_resource_tags(p.instruction))
+           for p in train if p.target.checkpoint_version_id in infos]
+    out = [p for p in out if p.request.strip()]
+    if not out:
+        raise UserInputError(f"no train pair in {pairs_path} names a checkpoint {registry.path} holds")
+    return out
+
+
+def eval_items(pairs_path: Path, registry, *, split: str, limit: int, seed: int, shortlist: int = 6,
+               progress: bool = False) -> list[EvalItem]:
+    """Held-out pairs with the selector's shortlist (the ranker's order, natural-request intent included),
+    kept when the creator's checkpoint is in it: the LLM can only choose within the shortlist."""
+    from tqdm import tqdm
+
+    from diffagent.agent.ranker import load_setting
+    from diffagent.agent.retrieve import RetrievalWeights, first_stage, pool_size, rank_hits, request_intent
+    from diffagent.bench.pairs import load_pairs
+    from diffagent.families import parse_base_constraint
+    from diffagent.prompttext import strip_resource_tags
+
+    ranker = load_setting("default")
+    pairs = list(load_pairs(pairs_path, splits={split}))
+    random.Random(seed).shuffle(pairs)
+    items: list[EvalItem] = []
+    bar = tqdm(total=limit, desc=f"{split} shortlists", disable=not progress)
+    for p in pairs:
+        if len(items) >= limit:
+            break
+        request = strip_resource_tags(p.instruction)
+        if not request.strip():
+            continue
+        intent = request_intent(registry, request)
+        hits = first_stage(registry, request, base=parse_base_constraint("any"),
+                           limit=pool_size(shortlist, ranker, intent))
+        short = rank_hits(hits, k=shortlist, weights=RetrievalWeights(), ranker=ranker, intent=intent)
+        ids = [c.version.id for c in short]
+        if p.target.checkpoint_version_id not in ids or len(ids) < 2:
+            continue
+        target = ids.index(p.target.checkpoint_version_id)
+        items.append(EvalItem(request=request, cards=tuple(card_prefix(c.version) for c in short),
+                              ranker=tuple(float(c.score) for c in short), target=target,
+                              target_has_prompts=registry.has_creator_prompts(ids[target])))
+        bar.update(1)
+    bar.close()
+    return items
+
+
+def train_cardlm(model, tok, pairs: Sequence[CardPair], cfg: CardLMConfig, out_dir: Path, *,
+                 progress: bool = True):
+    """Train the peft ``model`` to write each creator's prompt after its checkpoint's card (loss on the prompt's
+    tokens only); resumable through ``training/loop.py``. Returns the loop's state."""
+    from diffagent.training.loop import LoopSettings, train_loop
+    from diffagent.training.losses import sft_loss
+    from diffagent.training.model import answer_logprobs, make_batch
+
+    seqs = [s for s in (encode(tok, p.card, p.request) for p in pairs) if s[1]]
+    order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i][0]) + len(seqs[i][1]), i))
+    units = [[seqs[i] for i in order[k : k + cfg.batch_size]] for k in range(0, len(order), cfg.batch_size)]
+    random.Random(cfg.seed).shuffle(units)
+
+    def loss_fn(m, unit):
+        b = make_batch(unit)
+        return sft_loss(answer_logprobs(m, b), b.mask), {}
+
+    epochs = max(1, math.ceil(cfg.steps * cfg.grad_accum / max(len(units), 1)))
+    loop = LoopSettings(epochs=epochs, max_steps=cfg.steps, grad_accum=cfg.grad_accum, lr=cfg.lr,
+                        warmup_steps=cfg.warmup_steps, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed)
+    return train_loop(model, units, loss_fn, Path(out_dir), loop, progress=progress, desc="cardlm")
+
+
+def _items_to_json(items: Sequence[EvalItem]) -> list[dict]:
+    return [{"request": it.request, "cards": list(it.cards), "ranker": list(it.ranker), "target": it.target,
+             "target_has_prompts": it.target_has_prompts} for it in items]
+
+
+def _items_from_json(rows: list[dict]) -> list[EvalItem]:
+    return [EvalItem(request=r["request"], cards=tuple(r["cards"]), ranker=tuple(r["ranker"]), target=r["target"],
+                     target_has_prompts=r["target_has_prompts"]) for r in rows]
+
+
+def run_cardlm(settings, pairs_path: Path, work_dir: Path, *, cfg: CardLMConfig, per_page: int = 3,
+               train_limit: int = 20000, eval_split: str = "val", eval_limit: int = 150, threads: int = 1,
+               progress: bool = True) -> dict:
+    """Evaluate the base model, train, evaluate again; every step's result is kept in ``work_dir``, so a rerun
+    after a kill skips what is done and the training resumes from its last checkpoint."""
+    import json
+    import time
+
+    from diffagent.registry.store import Registry
+    from diffagent.training.config import LoraShape
+    from diffagent.training.io import write_json_atomic
+
+    def read_json(path: Path):
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    from diffagent.training.model import add_lora, ensure_hf_base, load_base, require_torch
+    from diffagent.training.tokens import GGUFTokenizer
+
+    torch = require_torch()
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    registry = Registry.from_settings(settings)
+    from diffagent.agent.llm import default_model_path
+
+    gguf = Path(settings.llm_model) if settings.llm_model else default_model_path()
+    hf = ensure_hf_base(gguf, Path(settings.data_dir) / "training" / "base_hf")
+    tok = GGUFTokenizer(gguf)
+
+    items_file = work_dir / f"eval_items_{eval_split}.json"
+    if items_file.is_file():
+        items = _items_from_json(read_json(items_file))
+    else:
+        items = eval_items(pairs_path, registry, split=eval_split, limit=eval_limit, seed=cfg.seed,
+                           progress=progress)
+        write_json_atomic(items_file, _items_to_json(items))
+    if not items:
+        raise UserInputError(f"no {eval_split} pair of {pairs_path} has its checkpoint in the shortlist")
+
+    def scored(model):
+        model.eval()
+        return evaluate(lambda prefixes, request: request_logprobs(model, tok, prefixes, request), items)
+
+    base_file = work_dir / "eval_base.json"
+    if not base_file.is_file():
+        t0 = time.perf_counter()
+        result = scored(load_base(hf)) | {"seconds": round(time.perf_counter() - t0, 1)}
+        write_json_atomic(base_file, result)
+    base = read_json(base_file)
+
+    train = train_pairs(pairs_path, registry, per_page=per_page, limit=train_limit, seed=cfg.seed)
+    model = add_lora(load_base(hf), LoraShape())
+    model.train()
+    state = train_cardlm(model, tok, train, cfg, work_dir / "train", progress=progress)
+    t0 = time.perf_counter()
+    trained = scored(model) | {"seconds": round(time.perf_counter() - t0, 1)}
+    report = {"pairs": str(pairs_path), "registry": str(registry.path), "base_model": str(gguf),
+              "train_pairs": len(train), "per_page": per_page, "config": json.loads(cfg.model_dump_json()),
+              "steps": state.step, "train_seconds": round(state.seconds, 1),
+              "first_loss": state.losses[0] if state.losses else None,
+              "last_loss": state.losses[-1] if state.losses else None,
+              "eval_split": eval_split, "base": base, "trained": trained,
+              "adapter": str(work_dir / "train" / "adapter")}
+    write_json_atomic(work_dir / "report.json", report)
+    return report

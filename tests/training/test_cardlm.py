@@ -1,0 +1,75 @@
+"""The card-LM formulation on a tiny random Gemma 3: the prompt's likelihood comes to depend on the card, so the
+PMI ranks the right card first after training, where the untrained model ranks at chance."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tiny_llm import tiny_gemma  # noqa: E402
+
+from diffagent.training.cardlm import (  # noqa: E402
+    CARD_HEAD,
+    CardLMConfig,
+    CardPair,
+    EvalItem,
+    evaluate,
+    request_logprobs,
+    train_cardlm,
+)
+from diffagent.training.config import LoraShape  # noqa: E402
+from diffagent.training.model import add_lora  # noqa: E402
+
+#: four "models", each with the words its creators write
+STYLES = {"inkline": "ink lines sketch monochrome", "aquarelle": "watercolor wash soft paper",
+          "neonpunk": "neon city rain night", "realvis": "photo portrait skin bokeh"}
+
+
+def _pairs() -> list[CardPair]:
+    out = []
+    for name, words in STYLES.items():
+        w = words.split()
+        for i in range(6):
+            out.append(CardPair(CARD_HEAD.format(card=f"{name} v1. {words}"), " ".join(w[i % 4:] + w[: i % 4])))
+    return out
+
+
+def _items() -> list[EvalItem]:
+    cards = tuple(CARD_HEAD.format(card=f"{n} v1. {w}") for n, w in STYLES.items())
+    return [EvalItem(request=" ".join(w.split()[1:] + w.split()[:1]), cards=cards, ranker=(0.25,) * 4, target=j,
+                     target_has_prompts=j % 2 == 0) for j, w in enumerate(STYLES.values())]
+
+
+def test_training_makes_the_prompt_depend_on_the_card(tmp_path, toy_tok):
+    model = add_lora(tiny_gemma(seed=1), LoraShape(r=8, alpha=16))
+
+    def scored():
+        model.eval()
+        return evaluate(lambda prefixes, request: request_logprobs(model, toy_tok, prefixes, request), _items())
+
+    before = scored()
+    model.train()
+    state = train_cardlm(model, toy_tok, _pairs(), CardLMConfig(steps=60, batch_size=4, lr=2e-2, warmup_steps=0,
+                                                                checkpoint_every=20), tmp_path, progress=False)
+    after = scored()
+    assert state.step == 60 and state.losses[-1] < 0.5 * state.losses[0]
+    assert after["all"]["pmi_top1"] == 1.0 and before["all"]["pmi_top1"] <= 0.5
+    # the creator's card explains the prompt better than another card of the shortlist
+    assert after["all"]["nll_creator_card"] < after["all"]["nll_other_card"] - 0.5
+    assert after["all"]["n"] == 4 and after["no_creator_prompts"]["n"] == 2
+    assert after["all"]["ranker_top1"] == 0.25  # ties go to the first candidate: one of four
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+
+
+def test_fusion_adds_pmi_per_token_to_the_ranker_logit():
+    items = [EvalItem(request="a b", cards=("x", "y"), ranker=(0.6, 0.4), target=1, target_has_prompts=True)]
+
+    def logprob(prefixes, request):  # the no-card prefix first, then the two cards
+        return [(-10.0, 2), (-10.0, 2), (-6.0, 2)]
+
+    r = evaluate(logprob, items, betas=(0.1, 1.0))["all"]
+    assert r["ranker_top1"] == 0.0 and r["pmi_top1"] == 1.0
+    # ranker logit gap log(0.6/0.4) = 0.405; PMI per token of card y = 2.0: beta 0.1 adds 0.2, beta 1 adds 2
+    assert r["fused_top1"] == {"0.1": 0.0, "1.0": 1.0}
+    assert r["nll_creator_card"] == 3.0 and r["nll_other_card"] == 5.0
