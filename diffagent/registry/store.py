@@ -212,22 +212,26 @@ class Registry:
         self.engine.dispose()
 
     # ----------------------------------------------------------------------------- lookups
+    #: the columns of a ``VersionInfo``, each labelled with its field name (rows are read by name)
     _VERSION_SQL = (
-        "SELECT v.id, v.model_id, v.name, m.name, m.slug, m.type, v.base_model, v.family, v.air,"
-        " v.trained_words, m.tags, m.description, m.creator, m.nsfw, m.downloads, m.rating, v.recommended,"
-        " v.hf_repo, v.hf_file, v.download_url, v.local_path, k.kinds, k.concepts"
+        "SELECT v.id AS id, v.model_id AS model_id, v.name AS name, m.name AS model_name, m.slug AS slug,"
+        " m.type AS type, v.base_model AS base_model, v.family AS family, v.air AS air,"
+        " v.trained_words AS trained_words, m.tags AS tags, m.description AS description, m.creator AS creator,"
+        " m.nsfw AS nsfw, m.downloads AS downloads, m.rating AS rating, v.recommended AS recommended,"
+        " v.hf_repo AS hf_repo, v.hf_file AS hf_file, v.download_url AS download_url, v.local_path AS local_path,"
+        " k.kinds AS kinds, k.concepts AS concepts"
         " FROM model_version v JOIN model m ON m.id = v.model_id LEFT JOIN model_kind k ON k.version_id = v.id"
     )
+    _JSON_FIELDS = {"trained_words": "[]", "tags": "[]", "recommended": "{}", "kinds": "[]", "concepts": "[]"}
 
-    @staticmethod
-    def _row_to_info(r) -> VersionInfo:
-        return VersionInfo(
-            id=r[0], model_id=r[1], name=r[2], model_name=r[3], slug=r[4], type=r[5], base_model=r[6],
-            family=Family(r[7]), air=r[8], trained_words=json.loads(r[9]), tags=json.loads(r[10]),
-            description=r[11] or "", creator=r[12], nsfw=bool(r[13]), downloads=r[14] or 0, rating=r[15],
-            recommended=json.loads(r[16] or "{}"), hf_repo=r[17], hf_file=r[18], download_url=r[19],
-            local_path=r[20], kinds=json.loads(r[21] or "[]"), concepts=json.loads(r[22] or "[]"),
-        )
+    @classmethod
+    def _row_to_info(cls, r) -> VersionInfo:
+        row = dict(r._mapping)
+        for key, empty in cls._JSON_FIELDS.items():
+            row[key] = json.loads(row[key] or empty)
+        row.update(family=Family(row["family"]), description=row["description"] or "", nsfw=bool(row["nsfw"]),
+                   downloads=row["downloads"] or 0)
+        return VersionInfo(**row)
 
     def versions(self, ids: list[int]) -> dict[int, VersionInfo]:
         """Light lookups (no files, no usage) for many ids at once."""
@@ -238,7 +242,7 @@ class Registry:
             query = text(f"{self._VERSION_SQL} WHERE v.id IN :ids").bindparams(bindparam("ids", expanding=True))
             for part in chunks(ids, 900):
                 for r in conn.execute(query, {"ids": [int(x) for x in part]}):
-                    out[r[0]] = self._row_to_info(r)
+                    out[r.id] = self._row_to_info(r)
         return out
 
     def version(self, version_id: int, *, with_files: bool = True) -> VersionInfo:
@@ -273,9 +277,10 @@ class Registry:
             r = conn.execute(sql, {"id": int(version_id)}).first()
         if r is None:
             return None
-        return UsageInfo(n_images=r[0], samplers=json.loads(r[1]), steps=json.loads(r[2]),
-                         cfg_scale=json.loads(r[3]), sizes=json.loads(r[4]), clip_skip=json.loads(r[5]),
-                         negative_prompt=r[6], loras=json.loads(r[7]), lora_weight=r[8])
+        row = dict(r._mapping)
+        for key in ("samplers", "steps", "cfg_scale", "sizes", "clip_skip", "loras"):
+            row[key] = json.loads(row[key])
+        return UsageInfo(**row)
 
     def model_ref(self, version_id: int) -> ModelRef:
         return self.version(version_id, with_files=False).ref()
@@ -319,17 +324,19 @@ class Registry:
                 return self._index
             with self.engine.connect() as conn:
                 rows = conn.execute(text(
-                    "SELECT v.id, m.type, v.family, m.nsfw, v.downloads, m.downloads, k.kinds,"
+                    "SELECT v.id AS id, m.type AS type, v.family AS family, m.nsfw AS nsfw, v.downloads AS downloads,"
+                    " m.downloads AS model_downloads, k.kinds AS kinds,"
                     " (v.hf_repo IS NOT NULL OR v.download_url IS NOT NULL OR v.local_path IS NOT NULL OR EXISTS"
                     "  (SELECT 1 FROM model_file f WHERE f.version_id = v.id AND f.download_url IS NOT NULL))"
+                    " AS has_weights"
                     " FROM model_version v JOIN model m ON m.id = v.model_id"
                     " LEFT JOIN model_kind k ON k.version_id = v.id"
                     " WHERE m.type IN ('checkpoint','lora','locon','embedding','vae') ORDER BY v.id"
                 )).all()
-                ids = np.array([r[0] for r in rows], dtype=np.int64)
+                ids = np.array([r.id for r in rows], dtype=np.int64)
                 pos = {int(v): i for i, v in enumerate(ids)}
-                downloads = np.array([max(r[4] or 0, 0) for r in rows], dtype=np.int64)
-                model_dl = np.array([max(r[5] or 0, 0) for r in rows], dtype=np.int64)
+                downloads = np.array([max(r.downloads or 0, 0) for r in rows], dtype=np.int64)
+                model_dl = np.array([max(r.model_downloads or 0, 0) for r in rows], dtype=np.int64)
                 pop = np.log1p(np.maximum(downloads, model_dl // 4).astype(np.float64))
                 prior = ((pop / pop.max()).astype(np.float32) if len(pop) and pop.max() > 0
                          else np.zeros(len(ids), np.float32))
@@ -361,11 +368,11 @@ class Registry:
                     if kind == "prompts":
                         has_p[i] = True
             self._index = _Index(
-                ids=ids, types=np.array([r[1] for r in rows], dtype=object),
-                eco=np.array([ecosystem_of(r[2]) for r in rows], dtype=object),
-                nsfw=np.array([bool(r[3]) for r in rows]), downloads=np.maximum(downloads, model_dl),
+                ids=ids, types=np.array([r.type for r in rows], dtype=object),
+                eco=np.array([ecosystem_of(r.family) for r in rows], dtype=object),
+                nsfw=np.array([bool(r.nsfw) for r in rows]), downloads=np.maximum(downloads, model_dl),
                 prior=prior, vec=vec, pvec=pvec, has_pvec=has_p, pos=pos,
-                renderable=np.array([bool(r[7]) and not (set(json.loads(r[6] or "[]")) & NOT_STANDALONE)
+                renderable=np.array([bool(r.has_weights) and not (set(json.loads(r.kinds or "[]")) & NOT_STANDALONE)
                                      for r in rows], dtype=bool),
             )
             return self._index
