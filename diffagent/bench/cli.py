@@ -29,12 +29,8 @@ def _sample(pairs: list, limit: int | None, seed: int) -> list:
 
 
 def cmd_select(args, settings: Settings) -> int:
-    from diffagent.agent.options import SelectOptions
-    from diffagent.agent.selector import Selector
-    from diffagent.apicall import ApiCall
     from diffagent.bench.pairs import load_pairs
-    from diffagent.bench.select import KnnBaseline, Prediction, evaluate, markdown_table, plot
-    from diffagent.registry.stats import lora_name_index
+    from diffagent.bench.select import compare, markdown_table, plot
     from diffagent.registry.store import Registry
 
     registry = Registry.from_settings(settings)
@@ -42,52 +38,8 @@ def cmd_select(args, settings: Settings) -> int:
     if not pairs:
         print(f"no {args.split} pairs in {args.pairs}", file=sys.stderr)
         return 2
-    options = SelectOptions(base="any", max_loras=args.max_loras, n_candidates=5, seed=0)
-    with registry.engine.connect() as conn:
-        loras = lora_name_index(conn)
-    results: dict[str, dict] = {}
-    progress = not args.json
-
-    def from_ranking(ranked: list[int]) -> Prediction:
-        from diffagent.agent.rebuild import build_call
-
-        known = registry.versions(ranked[:5])
-        ranked = [r for r in ranked if r in known] or registry.popular(types=["checkpoint"], limit=5)
-        info = known.get(ranked[0]) or registry.version(ranked[0], with_files=False)
-        call = build_call("x", info, registry.usage(info.id), [], seed=0)
-        return Prediction(ranked=ranked, call=call)
-
-    for method in args.methods:
-        t0 = time.perf_counter()
-        if method == "popularity":
-            # the most downloaded version of each of the most downloaded checkpoint pages
-            ids = registry.popular(types=["checkpoint"], limit=200)
-            infos = registry.versions(ids)
-            pages: dict[int, int] = {}
-            for v in ids:
-                pages.setdefault(infos[v].model_id, v)
-            fixed = from_ranking(list(pages.values())[:20])
-            predict = lambda p, fixed=fixed: Prediction(fixed.ranked, fixed.call, seconds=1e-6)  # noqa: E731
-        elif method == "knn":
-            train = list(load_pairs(args.train_pairs or args.pairs, splits={"train"}))
-            knn = KnnBaseline(train)
-            predict = lambda p, knn=knn: from_ranking(knn.rank(p.instruction) or [])  # noqa: E731
-        else:
-            sel_settings = settings.model_copy(update={"selector": method})
-            selector = Selector(registry, sel_settings)
-            selector.warm()
-
-            def predict(p, selector=selector):
-                t = time.perf_counter()
-                sel = selector.select_many(p.instruction, options)
-                call: ApiCall = sel.calls[0]
-                ranked = [call.checkpoint.id] + [a.checkpoint.id for a in call.alternatives]
-                return Prediction(ranked=ranked, call=call, seconds=time.perf_counter() - t)
-
-        scores = evaluate(pairs, predict, registry, loras, progress=progress)
-        results[method] = scores.row() | {"wall_s": round(time.perf_counter() - t0, 1)}
-        if progress:
-            print(f"{method}: {json.dumps(results[method])}", file=sys.stderr)
+    results = compare(args.methods, pairs, registry, settings, max_loras=args.max_loras,
+                      train_pairs=args.train_pairs or args.pairs, progress=not args.json)
     report = {"pairs": str(args.pairs), "split": args.split, "n": len(pairs), "registry": str(settings.registry),
               "selector_model": settings.llm_model and str(settings.llm_model),
               "lora": settings.llm_lora and str(settings.llm_lora),

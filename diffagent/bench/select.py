@@ -8,6 +8,7 @@ training prompts, voting for their checkpoints), ``retrieval`` (the selector wit
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -133,6 +134,66 @@ def evaluate(pairs: list[Pair], predict: Callable[[Pair], Prediction], registry:
         s.args["size"] += (call.width, call.height) == (tgt.width, tgt.height)
         s.args["clip_skip"] += call.clip_skip == (tgt.clip_skip or 1)
     return s
+
+
+def predictor(method: str, registry: Registry, settings, *, max_loras: int, train_pairs: Path | None = None
+              ) -> Callable[[Pair], Prediction]:
+    """The predictor of one method: ``popularity``, ``knn`` (TF-IDF over ``train_pairs``' prompts), or a selector
+    mode (``retrieval``, ``llm``) run as ``select_t2i_api`` runs it."""
+    from diffagent.agent.options import SelectOptions
+    from diffagent.agent.rebuild import build_call
+    from diffagent.agent.selector import Selector
+    from diffagent.bench.pairs import load_pairs
+
+    def from_ranking(ranked: list[int]) -> Prediction:
+        known = registry.versions(ranked[:5])
+        ranked = [r for r in ranked if r in known] or registry.popular(types=["checkpoint"], limit=5)
+        info = known.get(ranked[0]) or registry.version(ranked[0], with_files=False)
+        return Prediction(ranked=ranked, call=build_call("x", info, registry.usage(info.id), [], seed=0))
+
+    if method == "popularity":
+        # the most downloaded version of each of the most downloaded checkpoint pages
+        ids = registry.popular(types=["checkpoint"], limit=200)
+        infos = registry.versions(ids)
+        pages: dict[int, int] = {}
+        for v in ids:
+            pages.setdefault(infos[v].model_id, v)
+        fixed = from_ranking(list(pages.values())[:20])
+        return lambda p: Prediction(fixed.ranked, fixed.call, seconds=1e-6)
+    if method == "knn":
+        if train_pairs is None:
+            raise ValueError("the knn baseline needs train pairs")
+        knn = KnnBaseline(list(load_pairs(train_pairs, splits={"train"})))
+        return lambda p: from_ranking(knn.rank(p.instruction) or [])
+    selector = Selector(registry, settings.model_copy(update={"selector": method}))
+    selector.warm()
+    options = SelectOptions(base="any", max_loras=max_loras, n_candidates=5, seed=0)
+
+    def predict(p: Pair) -> Prediction:
+        t = time.perf_counter()
+        call = selector.select_many(p.instruction, options).calls[0]
+        ranked = [call.checkpoint.id] + [a.checkpoint.id for a in call.alternatives]
+        return Prediction(ranked=ranked, call=call, seconds=time.perf_counter() - t)
+
+    return predict
+
+
+def compare(methods: list[str], pairs: list[Pair], registry: Registry, settings, *, max_loras: int,
+            train_pairs: Path | None = None, progress: bool = False) -> dict[str, dict]:
+    """Every method's scores on ``pairs`` (``Scores.row()`` plus its wall time)."""
+    from diffagent.registry.stats import lora_name_index
+
+    with registry.engine.connect() as conn:
+        loras = lora_name_index(conn)
+    results: dict[str, dict] = {}
+    for method in methods:
+        t0 = time.perf_counter()
+        predict = predictor(method, registry, settings, max_loras=max_loras, train_pairs=train_pairs)
+        scores = evaluate(pairs, predict, registry, loras, progress=progress)
+        results[method] = scores.row() | {"wall_s": round(time.perf_counter() - t0, 1)}
+        if progress:
+            print(f"{method}: {json.dumps(results[method])}", file=sys.stderr)
+    return results
 
 
 def _models(ranked: list[int], registry: Registry, model_of: dict[int, int]) -> list[int]:
