@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from diffagent.apicall import MAX_SEED, ApiCall, EmbeddingRef, LoraRef
 from diffagent.families import Family, compatible, ecosystem_of
-from diffagent.registry.store import UsageInfo, VersionInfo
+from diffagent.registry.info import UsageInfo, VersionInfo
 from diffagent.samplers import canonical_sampler
 
 MIN_IMAGES = 3  # usage statistics from fewer images than this are ignored

@@ -19,8 +19,10 @@ from diffagent.agent.cards import CardAdapter
 from diffagent.agent.intent import Intent, style_intent
 from diffagent.agent.ranker import POOL, TreeEnsemble, applies, rerank
 from diffagent.families import RENDERABLE, ecosystem_of
+from diffagent.registry.info import VersionInfo
 from diffagent.registry.kinds import name_phrase
-from diffagent.registry.store import Registry, VersionInfo, contains_words
+from diffagent.registry.query import contains_words
+from diffagent.registry.store import Registry
 
 _WORDS = re.compile(r"[a-z0-9]+")
 

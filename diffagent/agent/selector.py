@@ -28,7 +28,8 @@ from diffagent.apicall import LORA_WEIGHT_MAX, LORA_WEIGHT_MIN, MAX_LORAS, Alter
 from diffagent.errors import NotFoundError, UserInputError
 from diffagent.families import RENDERABLE, compatible, parse_base_constraint
 from diffagent.prompttext import lora_tags, strip_resource_tags
-from diffagent.registry.store import Registry, VersionInfo
+from diffagent.registry.info import VersionInfo
+from diffagent.registry.store import Registry
 from diffagent.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from pathlib import Path
 from diffagent.apicall import ApiCall
 from diffagent.errors import UserInputError
 from diffagent.registry.kinds import NEUTRAL_ROLES, NOT_STANDALONE, name_phrase
-from diffagent.registry.store import contains_words
+from diffagent.registry.query import contains_words
 
 LABELS_DIR = Path(__file__).with_name("fit_labels")
 PROMPT_LABELS = LABELS_DIR / "prompts.jsonl"

@@ -8,13 +8,14 @@ Search fuses six signals, each scaled to [0, 1]:
   creators  the checkpoints used by the authors of add-ons named by trigger word (``creators.py``),
   prior     log-popularity (downloads),
 after hard filters (type, base ecosystem, NSFW policy, min downloads).
+
+What it returns is defined in ``info.py``; query text helpers are in ``query.py`` (both re-exported here).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
 from sqlalchemy import bindparam, text
 
 from diffagent.apicall import ModelRef
@@ -31,104 +31,14 @@ from diffagent.errors import NotFoundError
 from diffagent.families import Family, ecosystem_of
 from diffagent.registry.db import open_engine
 from diffagent.registry.embeddings import Embedder
+from diffagent.registry.info import FileInfo, SearchHit, UsageInfo, VersionInfo, WeightSource
 from diffagent.registry.kinds import NOT_STANDALONE
+from diffagent.registry.query import STOPWORDS, contains_words, fts_query
 from diffagent.registry.writer import chunks
 
 log = logging.getLogger(__name__)
-_WORD = re.compile(r"[\w']+", re.UNICODE)
-STOPWORDS = frozenset(
-    "a an the of in on at to and or with for by from is are be as it its this that into over under very "
-    "best quality masterpiece high highly detailed".split()
-)
-
-
-class FileInfo(BaseModel):
-    id: int
-    name: str
-    kind: str
-    size_kb: float | None
-    format: str | None
-    fp: str | None
-    sha256: str | None
-    autov2: str | None
-    download_url: str | None
-    primary: bool
-
-
-class UsageInfo(BaseModel):
-    n_images: int = 0
-    samplers: dict[str, int] = Field(default_factory=dict)
-    steps: dict[str, int] = Field(default_factory=dict)
-    cfg_scale: dict[str, int] = Field(default_factory=dict)
-    sizes: dict[str, int] = Field(default_factory=dict)
-    clip_skip: dict[str, int] = Field(default_factory=dict)
-    negative_prompt: str = ""
-    loras: dict[str, Any] = Field(default_factory=dict)
-    lora_weight: float | None = None
-
-
-class VersionInfo(BaseModel):
-    """Everything the registry knows about one model version."""
-
-    id: int
-    model_id: int
-    name: str
-    model_name: str
-    slug: str | None = None
-    type: str
-    base_model: str
-    family: Family
-    air: str
-    trained_words: list[str]
-    tags: list[str]
-    description: str
-    creator: str | None
-    nsfw: bool
-    downloads: int
-    rating: float | None
-    recommended: dict[str, Any]
-    hf_repo: str | None
-    hf_file: str | None
-    download_url: str | None
-    local_path: str | None
-    #: what the model is for (``registry/kinds.py``): checkpoint kinds or a LoRA's role, and its concepts
-    kinds: list[str] = Field(default_factory=list)
-    concepts: list[str] = Field(default_factory=list)
-    files: list[FileInfo] = Field(default_factory=list)
-    usage: UsageInfo | None = None
-
-    @property
-    def display_name(self) -> str:
-        if not self.name or self.name.lower() in self.model_name.lower():
-            return self.model_name
-        return f"{self.model_name} {self.name}"
-
-    def ref(self) -> ModelRef:
-        return ModelRef(id=self.id, air=self.air, name=self.display_name, family=self.family)
-
-
-class WeightSource(BaseModel):
-    """Where a version's weights can be found, for the renderer."""
-
-    version_id: int
-    air: str
-    name: str
-    type: str
-    family: Family
-    local_path: str | None
-    hf_repo: str | None
-    hf_file: str | None
-    download_url: str | None
-    sha256: str | None
-    filename: str | None
-    format: str | None
-
-
-@dataclass
-class SearchHit:
-    version: VersionInfo
-    score: float
-    signals: dict[str, float]
+__all__ = ["STOPWORDS", "FileInfo", "Registry", "SearchHit", "UsageInfo", "VersionInfo", "WeightSource",
+           "contains_words", "fts_query"]
 
 
 @dataclass
@@ -150,33 +60,6 @@ class _Index:
     pos: dict[int, int]
     #: filter key -> (mask, its row numbers, vec rows, pvec rows): searches repeat a few filters
     subsets: dict = field(default_factory=dict)
-
-
-def _is_word_char(ch: str) -> bool:
-    return ch.isalnum() or ch == "_"
-
-
-def contains_words(text: str, phrase: str) -> bool:
-    r"""``phrase`` occurs in ``text`` with no word character right before or after it (the regex
-    ``(?<!\w)phrase(?!\w)`` without compiling one pattern per trigger word: thousands per request)."""
-    if not phrase:
-        return False
-    start = text.find(phrase)
-    while start != -1:
-        end = start + len(phrase)
-        if (start == 0 or not _is_word_char(text[start - 1])) and (end == len(text) or not _is_word_char(text[end])):
-            return True
-        start = text.find(phrase, start + 1)
-    return False
-
-
-def fts_query(query: str) -> str | None:
-    """A safe FTS5 query: the query's words, quoted, OR-ed (BM25 ranks documents matching more)."""
-    words = [w.lower() for w in _WORD.findall(query) if len(w) > 1 and w.lower() not in STOPWORDS]
-    words = list(dict.fromkeys(words))[:32]
-    if not words:
-        return None
-    return " OR ".join('"' + w.replace('"', "") + '"' for w in words)
 
 
 class Registry:

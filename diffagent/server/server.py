@@ -44,7 +44,7 @@ from diffagent.agent.options import (
 from diffagent.apicall import MAX_ID, ApiCall
 from diffagent.errors import DiffAgentError, NotFoundError
 from diffagent.prompttext import has_visible_text
-from diffagent.registry.store import VersionInfo
+from diffagent.registry.info import VersionInfo
 from diffagent.server.jobs import Job, JobManager
 from diffagent.settings import Settings, get_settings
 from diffagent.tools import ModelSummary, RenderOutput, Runtime
