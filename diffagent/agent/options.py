@@ -17,8 +17,11 @@ Base = Literal["any", "sd15", "sdxl"]
 ModelType = Literal["checkpoint", "lora", "locon", "embedding", "vae"]
 #: most hits ``search_models`` returns at once
 SEARCH_LIMIT_MAX = 50
+#: longest request and style hint a caller may send
+PROMPT_MAX_CHARS = 2000
+STYLE_MAX_CHARS = 200
 
-Prompt = Annotated[str, Field(min_length=1, max_length=2000, description="what the picture should show")]
+Prompt = Annotated[str, Field(min_length=1, max_length=PROMPT_MAX_CHARS, description="what the picture should show")]
 Query = Annotated[str, Field(max_length=500, description="words to match, e.g. 'anime lineart'")]
 SearchLimit = Annotated[int, Field(ge=1, le=SEARCH_LIMIT_MAX, description="most hits to return")]
 MinDownloads = Annotated[int, Field(ge=0, description="only models downloaded at least this often")]
@@ -35,7 +38,7 @@ class SelectOptions(BaseModel):
 
     base: Base = Field("any", description="restrict to a base family: sd15, sdxl or any")
     max_loras: int = Field(2, ge=0, le=5, description="most LoRAs to add")
-    style: str | None = Field(None, max_length=200, description="style hint, e.g. 'anime', 'photo'")
+    style: str | None = Field(None, max_length=STYLE_MAX_CHARS, description="style hint, e.g. 'anime', 'photo'")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="image seed; random when omitted")
     n_candidates: int = Field(3, ge=1, le=8, description="ranked alternatives to return")
     strategy: Literal["rank", "beam", "sample"] = Field(

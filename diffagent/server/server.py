@@ -31,6 +31,8 @@ from pydantic import BaseModel, Field
 
 from diffagent import __version__, tools
 from diffagent.agent.options import (
+    PROMPT_MAX_CHARS,
+    STYLE_MAX_CHARS,
     Base,
     BestOf,
     MinDownloads,
@@ -243,11 +245,12 @@ def create_server(
     def text_to_image(subject: str = "", style: str = "") -> str:
         """Select a model and settings for a subject, then render it."""
         # checked here, not by the SDK: its own refusals of prompt arguments reach clients as "Internal server error"
-        if not has_visible_text(subject) or len(subject) > 2000:
-            raise MCPError(INVALID_PARAMS, "text_to_image needs a 'subject' of 1 to 2000 characters: what the "
-                                           f"picture should show (got {len(subject)} characters)")
-        if len(style) > 200:
-            raise MCPError(INVALID_PARAMS, f"'style' is at most 200 characters (got {len(style)}), e.g. 'anime'")
+        if not has_visible_text(subject) or len(subject) > PROMPT_MAX_CHARS:
+            raise MCPError(INVALID_PARAMS, f"text_to_image needs a 'subject' of 1 to {PROMPT_MAX_CHARS} characters: "
+                                           f"what the picture should show (got {len(subject)} characters)")
+        if len(style) > STYLE_MAX_CHARS:
+            raise MCPError(INVALID_PARAMS, f"'style' is at most {STYLE_MAX_CHARS} characters (got {len(style)}), "
+                                           "e.g. 'anime'")
         hint = f' with options {{"style": {json.dumps(style)}}}' if style else ""
         return (
             f"Make an image of: {subject}\n"
