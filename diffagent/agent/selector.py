@@ -155,9 +155,9 @@ class Selector:
         # from another ecosystem drops incompatible ones in validation.
         loras = self._evidenced_loras(query, checkpoints[0].version, LORA_CANDIDATES) if options.max_loras else []
         rendered = render_prompt(request, checkpoints, loras, style=options.style)
-        labels = prompt_labels(self.backend.single_token, self.backend.tokenize, n_checkpoints=len(checkpoints),
-                               n_loras=len(loras), max_loras=options.max_loras)
         with self.pool.borrow() as backend:  # one request per copy: its KV cache holds this prompt's prefix
+            labels = prompt_labels(backend.single_token, backend.tokenize, n_checkpoints=len(checkpoints),
+                                   n_loras=len(loras), max_loras=options.max_loras)
             tokens = backend.tokenize(rendered.text, bos=True)
             decoder = Decoder(backend.logits, tokens, labels, n_loras=len(loras))
             timings["prepare"] = time.perf_counter() - t
@@ -234,7 +234,7 @@ class Selector:
         return list(out.values())
 
     def _build_calls(self, prompt: str, requested: list[tuple[VersionInfo, float]], choices: list[Choice],
-                     options) -> list[ApiCall]:
+                     options: SelectOptions) -> list[ApiCall]:
         embeddings = self.registry.addons_by_trigger(("embedding",))
         calls: list[ApiCall] = []
         seen = set()
