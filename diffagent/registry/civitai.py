@@ -152,16 +152,25 @@ def image_record(image: dict) -> ImageRecord | None:
     )
 
 
+def _item_id(value: Any) -> int | None:
+    """A model id: an integer, or a string that is exactly one ("25"; not "25.0", "2.5e1" or true)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    n = parse_int(value) if isinstance(value, str) else None
+    return n if n is not None and str(n) == value.strip() else None
+
+
 def item_to_record(item: dict, where: str = "item") -> ModelRecord:
     """Map one Civitai model item to a ``ModelRecord`` (raises ``ImportFailed`` when unusable)."""
     for key in ("id", "name"):
         if key not in item:
             raise ImportFailed(f"{where}: model item lacks a valid '{key}' field")
-    if isinstance(item["id"], bool) or not isinstance(item["id"], int | str) or parse_int(item["id"]) is None \
-            or str(parse_int(item["id"])) != str(item["id"]).strip():
+    model_id = _item_id(item["id"])
+    if model_id is None:
         raise ImportFailed(f"{where}: model item lacks a valid 'id' field: 'id' must be an integer, got "
                            f"{_describe(item['id'])}")
-    model_id = int(item["id"])
     name = str(item["name"]).strip()
     versions_in = item.get("modelVersions") or []
     if not isinstance(versions_in, list):
