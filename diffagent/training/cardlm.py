@@ -215,14 +215,8 @@ def train_cardlm(model, tok, pairs: Sequence[CardPair], cfg: CardLMConfig, out_d
     return train_loop(model, units, loss_fn, Path(out_dir), loop, progress=progress, desc="cardlm")
 
 
-def _items_to_json(items: Sequence[EvalItem]) -> list[dict]:
-    return [{"request": it.request, "cards": list(it.cards), "ranker": list(it.ranker), "target": it.target,
-             "target_has_prompts": it.target_has_prompts} for it in items]
-
-
 def _items_from_json(rows: list[dict]) -> list[EvalItem]:
-    return [EvalItem(request=r["request"], cards=tuple(r["cards"]), ranker=tuple(r["ranker"]), target=r["target"],
-                     target_has_prompts=r["target_has_prompts"]) for r in rows]
+    return [EvalItem(**{**r, "cards": tuple(r["cards"]), "ranker": tuple(r["ranker"])}) for r in rows]
 
 
 def run_cardlm(settings, pairs_path: Path, work_dir: Path, *, cfg: CardLMConfig, per_page: int = 3,
@@ -230,28 +224,28 @@ def run_cardlm(settings, pairs_path: Path, work_dir: Path, *, cfg: CardLMConfig,
                progress: bool = True) -> dict:
     """Evaluate the base model, train, evaluate again; every step's result is kept in ``work_dir``, so a rerun
     after a kill skips what is done and the training resumes from its last checkpoint."""
+    import dataclasses
     import json
     import time
 
     from diffagent.registry.store import Registry
-    from diffagent.training.config import LoraShape
+    from diffagent.training.config import LoraShape, TrainConfig
     from diffagent.training.io import write_json_atomic
+    from diffagent.training.model import add_lora, ensure_hf_base, load_base
+    from diffagent.training.pipeline import _setup_torch, base_gguf, layout
+    from diffagent.training.tokens import GGUFTokenizer
 
     def read_json(path: Path):
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    from diffagent.training.model import add_lora, ensure_hf_base, load_base, require_torch
-    from diffagent.training.tokens import GGUFTokenizer
 
-    torch = require_torch()
-    torch.set_num_threads(threads)
-    torch.manual_seed(cfg.seed)
+    # the same base model, converted folder, threads and seed as the other training stages
+    stages = TrainConfig(threads=threads, seed=cfg.seed)
+    _setup_torch(stages)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     registry = Registry.from_settings(settings)
-    from diffagent.agent.llm import default_model_path
-
-    gguf = Path(settings.llm_model) if settings.llm_model else default_model_path()
-    hf = ensure_hf_base(gguf, Path(settings.data_dir) / "training" / "base_hf")
+    gguf = base_gguf(stages, settings)
+    hf = ensure_hf_base(gguf, layout(stages, settings).base_hf)
     tok = GGUFTokenizer(gguf)
 
     items_file = work_dir / f"eval_items_{eval_split}.json"
@@ -260,7 +254,7 @@ def run_cardlm(settings, pairs_path: Path, work_dir: Path, *, cfg: CardLMConfig,
     else:
         items = eval_items(pairs_path, registry, split=eval_split, limit=eval_limit, seed=cfg.seed,
                            progress=progress)
-        write_json_atomic(items_file, _items_to_json(items))
+        write_json_atomic(items_file, [dataclasses.asdict(it) for it in items])
     if not items:
         raise UserInputError(f"no {eval_split} pair of {pairs_path} has its checkpoint in the shortlist")
 
