@@ -329,7 +329,11 @@ class WeightStore:
         for attempt in range(self.retries + 1):
             _check_cancel(name)
             if attempt:
-                self._sleep(min(2.0 ** attempt, 30.0))
+                delay, cancel = min(2.0 ** attempt, 30.0), _CANCEL.get()
+                if cancel is None:
+                    self._sleep(delay)
+                else:
+                    cancel.wait(delay)  # a cancelled render does not sit out the backoff
                 _check_cancel(name)
             offset = part.stat().st_size if part.exists() else 0
             headers = self._headers(url)

@@ -218,3 +218,22 @@ def test_cancel_abandons_a_blocking_hub_download(store, monkeypatch):
     with cancellable(cancel), pytest.raises(DownloadCancelled):
         store.from_hf("org/repo", "model.safetensors", name="Big Model")
     assert time.monotonic() - t0 < 1.5
+
+
+def test_cancel_reaches_the_retry_backoff(store):
+    """An unreachable host retries with growing waits (2, 4, 8, 16 s); a cancel ends the wait at once."""
+    import socket
+    import threading
+    import time
+
+    from diffagent.render.weights import DownloadCancelled, cancellable
+
+    with socket.socket() as s:  # a port nothing listens on: every try fails at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    t0 = time.monotonic()
+    with cancellable(cancel), pytest.raises(DownloadCancelled):
+        store.fetch(source(f"http://127.0.0.1:{port}/x.safetensors", None))
+    assert time.monotonic() - t0 < 1.5
