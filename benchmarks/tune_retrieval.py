@@ -3,9 +3,14 @@
 The first stage (the registry's hybrid search) is the slow part; it runs once per pair and its hits are pickled
 to ``--cache``. Each setting of ``RetrievalWeights`` is then scored by re-ranking the cached hits with
 ``agent.retrieve.rank_hits``, the function the selector uses: checkpoint top-1 / top-5 and model-page top-1 /
-top-5, overall and for natural-sentence prompts.
+top-5, overall, for natural-sentence prompts and for pairs whose checkpoint no creator prompt in the registry
+reaches ("unvoted": only its card can find it).
 
-    python benchmarks/tune_retrieval.py --pairs pairs.jsonl.gz --registry big.db --split val --limit 1000
+With ``--card-encoder`` each cached hit gets the ``card`` signal of that encoder (its cosine with the hit's card
+vector, as ``Registry.search`` computes it) and the settings weighing it on the ranker's logit are added.
+
+    python benchmarks/tune_retrieval.py --pairs pairs.jsonl.gz --registry big.db --split val --limit 1000 \
+        [--card-encoder diffagent/agent/cards/card_encoder.npz]
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
+from diffagent.agent.cards import CardEncoder
 from diffagent.agent.ranker import load_setting
 from diffagent.agent.retrieve import RetrievalWeights, first_stage, pool_size, rank_hits, request_intent
 from diffagent.bench.pairs import load_pairs
@@ -36,6 +44,16 @@ SETTINGS = {
     "tags 0.5": {"kind_tags": 0.5, "kind_fused_tags": 0.15},
     "no bonuses": {"primary_bonus": 0.0, "family_bonus": 0.0},
 }
+CARD_SETTINGS = {f"card on the ranker's logit x {w:g}": {"card_ranked": w} for w in (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)}
+
+
+def add_card_signal(reg: Registry, rows: list, encoder: CardEncoder) -> None:
+    """Give every cached hit the ``card`` signal (clipped cosine of the request's card vector with the hit's)."""
+    idx = reg._load_index()  # noqa: SLF001 - the registry's own card vectors
+    q = encoder.encode(reg.embedder, [r[0] for r in rows])
+    for (_request, _vid, _mid, hits, _intent), v in zip(rows, q, strict=True):
+        for h in hits:
+            h.signals["card"] = float(np.clip(idx.vec[idx.pos[h.version.id]] @ v, 0, 1))
 
 
 def main() -> None:
@@ -46,13 +64,14 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/diffagent-tune-hits.pkl"))
+    ap.add_argument("--card-encoder", type=Path, default=None, help="add the card signal of this encoder")
     args = ap.parse_args()
 
     ranker = load_setting("default")
+    reg = Registry.open(args.registry, allow_nsfw=True)
     if args.cache.is_file():
         rows = pickle.loads(args.cache.read_bytes())
     else:
-        reg = Registry.open(args.registry, allow_nsfw=True)
         pairs = list(load_pairs(args.pairs, splits={args.split}))
         pairs = random.Random(args.seed).sample(pairs, min(args.limit, len(pairs)))
         rows = []
@@ -62,13 +81,19 @@ def main() -> None:
             hits = first_stage(reg, request, base=parse_base_constraint("any"), limit=pool_size(6, ranker, intent))
             rows.append((request, p.target.checkpoint_version_id, p.target.checkpoint_model_id, hits, intent))
         args.cache.write_bytes(pickle.dumps(rows))
-    n_nat = sum(r[4].natural for r in rows)
-    print(f"{len(rows)} {args.split} pairs ({n_nat} natural sentences)")
-    print("| setting | top-1 | top-5 | model top-1 | model top-5 | natural top-1 |\n|---|---|---|---|---|---|")
-    for name, over in SETTINGS.items():
+    settings = dict(SETTINGS)
+    if args.card_encoder:
+        add_card_signal(reg, rows, CardEncoder.load(args.card_encoder))
+        settings = {"shipped": {}, **CARD_SETTINGS}
+    unvoted = [not reg.has_creator_prompts(r[1]) for r in rows]
+    n_nat, n_unv = sum(r[4].natural for r in rows), sum(unvoted)
+    print(f"{len(rows)} {args.split} pairs ({n_nat} natural sentences, {n_unv} unvoted checkpoints)")
+    print("| setting | top-1 | top-5 | model top-1 | model top-5 | natural top-1 | unvoted model top-1 |\n"
+          "|---|---|---|---|---|---|---|")
+    for name, over in settings.items():
         w = replace(RetrievalWeights(), **(over or {}))
-        t1 = t5 = m1 = m5 = nat = 0
-        for _request, vid, mid, hits, cached_intent in rows:
+        t1 = t5 = m1 = m5 = nat = unv = 0
+        for (_request, vid, mid, hits, cached_intent), no_votes in zip(rows, unvoted, strict=True):
             intent = cached_intent if over is not None else None
             ranked = rank_hits(hits, k=60, weights=w, ranker=ranker, intent=intent)
             ids = [c.version.id for c in ranked]
@@ -78,8 +103,10 @@ def main() -> None:
             m1 += pages[:1] == [mid]
             m5 += mid in pages[:5]
             nat += ids[:1] == [vid] and cached_intent.natural
+            unv += pages[:1] == [mid] and no_votes
         n = len(rows)
-        print(f"| {name} | {t1 / n:.3f} | {t5 / n:.3f} | {m1 / n:.3f} | {m5 / n:.3f} | {nat / max(n_nat, 1):.3f} |")
+        print(f"| {name} | {t1 / n:.3f} | {t5 / n:.3f} | {m1 / n:.3f} | {m5 / n:.3f} | {nat / max(n_nat, 1):.3f} "
+              f"| {unv / max(n_unv, 1):.3f} |")
 
 
 if __name__ == "__main__":

@@ -55,9 +55,9 @@ class Settings(BaseSettings):
     candidates_k: int = Field(6, ge=1, le=12, description="checkpoints shown to the LLM")
     ranker: str = Field("default", description="checkpoint ranker: 'default' (bundled, trained on Civitai "
                         "2023-07 creators' choices), 'none' (the search's weighted sum), or a ranker JSON path")
-    card_adapter: str = Field("default", description="request-to-model-card adapter for semantic search: "
-                              "'default' (bundled, trained on Civitai 2023-07 creators' choices), 'none', or a .npz "
-                              "path (diffagent train cards)")
+    card_adapter: str = Field("default", description="card encoder (the request's side of the card signal, LoRA "
+                              "on the sentence model): 'default' (bundled, trained on Civitai 2023-07 creators' "
+                              "choices), 'none', or a .npz path (diffagent train cards)")
     embedder: Path | None = Field(None, description="sentence-transformers folder; default: bundled MiniLM")
 
     # --- renderer ----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from diffagent.agent.cards import CardAdapter
+from diffagent.agent.cards import CardEncoder
 from diffagent.agent.intent import Intent, style_intent
 from diffagent.agent.ranker import POOL, TreeEnsemble, applies, rerank
 from diffagent.families import RENDERABLE, ecosystem_of
@@ -172,14 +172,14 @@ def names_addon(registry: Registry, request: str) -> bool:
 
 def first_stage(registry: Registry, prompt: str, *, base: set[str] | None, limit: int,
                 weights: RetrievalWeights | None = None, exclude_page: int | None = None,
-                card: CardAdapter | None = None) -> list:
+                card: CardEncoder | None = None) -> list:
     """The registry's hybrid search over renderable checkpoints: the hits a ranker reorders. With a card
-    adapter (and a registry embedded by the adapter's embedder) hits carry the ``card`` signal."""
+    encoder (and a registry embedded by the encoder's embedder) hits carry the ``card`` signal."""
     w = weights or RetrievalWeights()
     ecosystems = (base or RENDERABLE) & RENDERABLE
     card_vector = None
     if card is not None and prompt.strip() and registry.has_vectors and card.embedder in (None, registry.embedder.name):
-        card_vector = card.transform(registry.embedder.encode_query(prompt))
+        card_vector = card.encode_query(registry.embedder, prompt)
     return registry.search(prompt, types=["checkpoint"], base=ecosystems, limit=limit,
                            weights={"knn": w.knn, "creators": w.creators, "card": w.card_fused},
                            exclude_page=exclude_page, renderable_only=True, card_vector=card_vector)
@@ -188,7 +188,7 @@ def first_stage(registry: Registry, prompt: str, *, base: set[str] | None, limit
 def retrieve_checkpoints(registry: Registry, prompt: str, *, base: set[str] | None, k: int,
                          weights: RetrievalWeights | None = None, exclude_page: int | None = None,
                          ranker: TreeEnsemble | None = None, intent: Intent | None = None,
-                         card: CardAdapter | None = None) -> list[Candidate]:
+                         card: CardEncoder | None = None) -> list[Candidate]:
     """The ``k`` best checkpoints for ``prompt``. ``exclude_page`` hides one model page's sample images
     (training examples see the registry as a held-out benchmark page does).
 

@@ -75,15 +75,17 @@ def cmd_ranker(args, settings: Settings) -> int:
 
 def cmd_cards(args, settings: Settings) -> int:
     from diffagent.registry.store import Registry
-    from diffagent.training.cards import results_table, train_cards
+    from diffagent.training.cards import CardsConfig, results_table, train_cards
 
     registry = Registry.from_settings(settings)
     work = args.work_dir or settings.data_dir / "training" / "cards"
-    out = args.out or work / "card_adapter.npz"
-    meta = train_cards(registry, args.pairs, out, work_dir=work, per_page=args.per_page, steps=args.steps,
-                       eval_limit=args.eval_limit, seed=args.seed or 0, progress=not args.quiet)
+    out = args.out or work / "card_encoder.npz"
+    cfg = CardsConfig(steps=args.steps, batch_size=args.batch_size, per_page=args.per_page, seed=args.seed or 0,
+                      device=args.device)
+    meta = train_cards(registry, args.pairs, out, work_dir=work, cfg=cfg, eval_limit=args.eval_limit,
+                       progress=not args.quiet)
     print(results_table(meta))
-    print(f"wrote {out} (embedding {meta['embed_seconds']} s, fitting {meta['fit_seconds']} s)")
+    print(f"wrote {out} ({meta['seconds']} s of training; final loss {meta['final_loss']})")
     return 0
 
 
@@ -156,13 +158,16 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_ranker)
 
-    p = add_command(train, "cards", help="fit the card adapter: requests -> model cards creators chose "
-                    "(DIFFAGENT_CARD_ADAPTER)")
+    p = add_command(train, "cards", help="fine-tune the card encoder: requests -> the model cards creators chose "
+                    "(resumable; DIFFAGENT_CARD_ADAPTER)")
     p.add_argument("--pairs", type=Path, required=True, help="pairs from `diffagent bench build`")
-    p.add_argument("--out", type=Path, default=None, help="default: <work_dir>/card_adapter.npz")
-    p.add_argument("--work-dir", type=Path, default=None, help="prompt-vector cache; default <data_dir>/training/cards")
+    p.add_argument("--out", type=Path, default=None, help="default: <work_dir>/card_encoder.npz")
+    p.add_argument("--work-dir", type=Path, default=None,
+                   help="checkpoints (a rerun resumes) and vector cache; default <data_dir>/training/cards")
     p.add_argument("--per-page", type=int, default=15, help="most train prompts per model page")
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     p.add_argument("--eval-limit", type=int, default=2000, help="val/test pairs for the report")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress output")

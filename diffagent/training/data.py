@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from diffagent.agent.cards import CardAdapter
+from diffagent.agent.cards import CardEncoder
 from diffagent.agent.cards import load_setting as load_card
 from diffagent.agent.prompt import CHECKPOINT_LABELS, LORA_LABELS, answer_text, render_prompt
 from diffagent.agent.ranker import TreeEnsemble
@@ -65,7 +65,7 @@ class Example(BaseModel):
 
 def build_example(registry: Registry, pair: Pair, lora_index: dict[str, int], *, candidates_k: int,
                   max_loras: int, weights: RetrievalWeights | None = None, leave_page_out: bool = False,
-                  ranker: TreeEnsemble | None = None, card: CardAdapter | None = None) -> Example:
+                  ranker: TreeEnsemble | None = None, card: CardEncoder | None = None) -> Example:
     """One pair -> one example, with the candidates the selector would show for its instruction
     (with the pair's own model page left out of the registry's votes when ``leave_page_out``)."""
     weights = weights or RetrievalWeights()

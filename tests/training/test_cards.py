@@ -1,47 +1,113 @@
-"""The card adapter: fitting on tiny data, saving and loading, and training end to end on the tiny registry."""
+"""The card encoder: its numpy forward pass equals torch's with the same LoRA updates, saving and loading, fitting on
+tiny data, training end to end on the tiny registry, and the signal reaching retrieval."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
-from diffagent.agent.cards import CardAdapter, load_setting
+from diffagent.agent.cards import CardEncoder, load_setting
 from diffagent.bench.pairs import Pair, Target
 from diffagent.errors import UserInputError
-from diffagent.training.cards import evaluate, fit, train_cards
+from diffagent.training.cards import CardsConfig, evaluate, factors_of, fit_encoder, lora_model, train_cards
+
+LAYER = "encoder.layer.0.attention.self.query"
 
 
-def _unit(x):
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+def _random_factors(rank: int = 4, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {LAYER: (rng.normal(0, 0.05, (rank, 384)).astype(np.float32),
+                    rng.normal(0, 0.05, (384, rank)).astype(np.float32)),
+            "encoder.layer.5.intermediate.dense": (rng.normal(0, 0.05, (rank, 384)).astype(np.float32),
+                                                   rng.normal(0, 0.05, (1536, rank)).astype(np.float32))}
 
 
-def test_fit_learns_a_map_from_queries_to_their_cards():
-    rng = np.random.default_rng(0)
-    d, m = 16, 12
-    cards = _unit(rng.normal(size=(m, d)))
-    rot = np.linalg.qr(rng.normal(size=(d, d)))[0].astype(np.float32)  # queries live in a rotated space
-    pos = rng.integers(0, m, size=400)
-    q = _unit(cards[pos] @ rot.T + 0.3 * rng.normal(size=(400, d)))
-    pages = np.arange(m)
-    before = evaluate(q, pos, pages, cards)["model_top1"]
-    w = fit(q, pos, cards, steps=300, batch=64, lr=1e-2, tau=0.1)
-    after = evaluate(CardAdapter(w).transform(q), pos, pages, cards)["model_top1"]
-    assert before < 0.5 and after > 0.8
+def test_numpy_encoder_with_merged_updates_equals_torch(embedder):
+    import torch
+    from transformers import AutoModel
+
+    from diffagent.training.cards import _mean_pool
+
+    enc = CardEncoder(_random_factors(), scale=2.0, meta={"embedder": embedder.name})
+    texts = ["a watercolor painting of a fox", "portrait photo of an old fisherman, soft light"]
+    ours = enc.encode(embedder, texts)
+    model = AutoModel.from_pretrained(str(embedder.check()), local_files_only=True).eval()
+    with torch.no_grad():
+        for name, (a, b) in enc.factors.items():
+            layer = model.get_submodule(name)
+            layer.weight += torch.from_numpy(2.0 * (b @ a))
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(embedder.check()), local_files_only=True)
+        theirs = _mean_pool(model, tok, texts, embedder.max_seq_length, "cpu").numpy()
+    assert np.allclose(ours, theirs, atol=2e-5)
+    stock = embedder.encode(texts)
+    assert not np.allclose(ours, stock, atol=1e-3)  # the updates change the vectors
+    assert np.allclose(enc.encode_query(embedder, texts[0]), ours[0], atol=1e-6)
 
 
-def test_adapter_round_trip_and_settings(tmp_path):
-    w = np.eye(4, dtype=np.float32) * 0.5
-    a = CardAdapter(w, {"embedder": "all-MiniLM-L6-v2"})
-    path = a.save(tmp_path / "a.npz")
-    b = CardAdapter.load(path)
-    assert b.embedder == "all-MiniLM-L6-v2" and b.digest() == a.digest()
-    v = b.transform(np.array([[1.0, 0, 0, 0]], dtype=np.float32))
-    assert np.allclose(np.linalg.norm(v), 1.0)
-    assert load_setting("none") is None and load_setting(str(path)).dim == 4
+def test_save_load_round_trip_and_settings(tmp_path, embedder):
+    enc = CardEncoder(_random_factors(), scale=2.0, meta={"embedder": "all-MiniLM-L6-v2", "steps": 3})
+    path = enc.save(tmp_path / "e.npz")
+    back = CardEncoder.load(path)
+    assert back.embedder == "all-MiniLM-L6-v2" and back.meta["steps"] == 3 and back.scale == 2.0
+    assert back.digest() == enc.digest()  # float16 on disk, the digest is of the float16 factors
+    assert sorted(json.loads(path.with_suffix(".json").read_text())["layers"]) == sorted(enc.factors)
+    assert load_setting("none") is None and load_setting(str(path)).embedder == "all-MiniLM-L6-v2"
     with pytest.raises(UserInputError, match="train cards"):
         load_setting(str(tmp_path / "missing.npz"))
-    with pytest.raises(UserInputError, match="square"):
-        CardAdapter(np.zeros((2, 3)))
+    path.with_suffix(".json").unlink()
+    with pytest.raises(UserInputError, match="copy both files"):
+        CardEncoder.load(path)
+    with pytest.raises(UserInputError, match="B @ A"):
+        CardEncoder({LAYER: (np.zeros((4, 384)), np.zeros((384, 3)))}, 1.0)
+    with pytest.raises(UserInputError, match="not in the sentence model"):
+        CardEncoder({"encoder.layer.9.output.dense": (np.zeros((2, 384)), np.zeros((384, 2)))}, 1.0).encode(
+            embedder, ["x"])
+
+
+def test_fit_encoder_learns_which_card_a_prompt_belongs_to(tmp_path, embedder):
+    """Four 'cards' that are random directions (the stock encoder ranks them at chance); after a few dozen steps the
+    prompts of each kind land on their card, and the numpy encoder with the exported factors agrees."""
+    rng = np.random.default_rng(0)
+    cards = rng.normal(size=(6, 384)).astype(np.float32)
+    cards /= np.linalg.norm(cards, axis=1, keepdims=True)
+    kinds = {0: ["a photo of a {} in the street", "photograph, {}, 35mm"],
+             1: ["anime girl with a {}", "1girl, {}, school uniform"],
+             2: ["watercolor painting of a {}", "ink wash, {}, paper texture"],
+             3: ["pixel art {}", "8-bit sprite of a {}"]}
+    things = ["cat", "house", "tree", "car", "boat", "bird", "lamp", "river"]
+    texts, pos = [], []
+    for k, templates in kinds.items():
+        for t in templates:
+            for th in things:
+                texts.append(t.format(th))
+                pos.append(k)
+    pos = np.array(pos)
+    cfg = CardsConfig(steps=40, batch_size=16, lr=2e-3, tau=0.1, rank=4, alpha=8, checkpoint_every=20)
+    enc, info = fit_encoder(texts, pos, cards, embedder.check(), tmp_path / "run", cfg)
+    held = ["a photo of a dog in the street", "anime girl with a sword", "watercolor painting of a mountain",
+            "pixel art castle"]
+    stock = evaluate(embedder.encode(held), np.arange(4), np.arange(6), cards)["model_top1"]
+    tuned = evaluate(enc.encode(embedder, held), np.arange(4), np.arange(6), cards)["model_top1"]
+    assert stock <= 0.5 and tuned == 1.0
+    assert info["positive_cards"] == 4  # cards 4 and 5 were nobody's positive: never in the softmax
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    # a rerun with the same plan finds the finished state and returns the same factors without training
+    again, _ = fit_encoder(texts, pos, cards, embedder.check(), tmp_path / "run", cfg)
+    assert again.digest() == enc.digest()
+
+
+def test_factors_of_names_layers_as_the_numpy_encoder_does(embedder):
+    model, _ = lora_model(embedder.check(), CardsConfig(rank=2, alpha=4))
+    names = set(factors_of(model))
+    assert len(names) == 6 * 6 and LAYER in names and "encoder.layer.5.output.dense" in names
+    w = {f"{n}.weight" for n in names}
+    from diffagent.registry.bert import NumpyBert
+
+    assert w <= set(NumpyBert(embedder.check(), 32).w)
 
 
 def test_train_cards_end_to_end_on_the_tiny_registry(tiny_registry, tmp_path):
@@ -55,24 +121,25 @@ def test_train_cards_end_to_end_on_the_tiny_registry(tiny_registry, tmp_path):
             ck, page = targets[i % 4]
             fh.write(Pair(image_id=i, page_model_id=page, split=split, instruction=prompts[i % 4],
                           target=Target(checkpoint_version_id=ck, checkpoint_model_id=page)).model_dump_json() + "\n")
-    meta = train_cards(tiny_registry, path, tmp_path / "out" / "a.npz", work_dir=tmp_path / "work", steps=30,
+    cfg = CardsConfig(steps=20, batch_size=4, lr=2e-3, rank=2, alpha=4, checkpoint_every=10)
+    meta = train_cards(tiny_registry, path, tmp_path / "out" / "e.npz", work_dir=tmp_path / "work", cfg=cfg,
                        eval_limit=10)
-    assert meta["train_pairs"] == 16 and meta["cards"] >= 4
+    assert meta["train_pairs"] == 16 and meta["cards"] >= 4 and meta["config"]["steps"] == 20
     assert set(meta["results"]) >= {"val/all", "test/all"}
     assert meta["results"]["val/all"]["adapted"]["model_top1"] >= meta["results"]["val/all"]["stock"]["model_top1"]
-    assert CardAdapter.load(tmp_path / "out" / "a.npz").embedder == tiny_registry.embedder.name
-    assert list((tmp_path / "work").glob("prompts-*.npy"))  # prompt vectors cached for a refit
+    assert CardEncoder.load(tmp_path / "out" / "e.npz").embedder == tiny_registry.embedder.name
 
 
 def test_the_card_signal_reaches_retrieval(tiny_registry):
     from diffagent.agent.retrieve import first_stage
 
-    d = tiny_registry.embedder.encode_query("x").shape[0]
-    adapter = CardAdapter(np.zeros((d, d), dtype=np.float32), {"embedder": tiny_registry.embedder.name})
-    hits = first_stage(tiny_registry, "a watercolor fox", base=None, limit=10, card=adapter)
+    name = tiny_registry.embedder.name
+    zero = {LAYER: (np.zeros((2, 384), np.float32), np.zeros((384, 2), np.float32))}
+    stock = CardEncoder(zero, 1.0, {"embedder": name})  # no update: the card signal is the semantic one
+    hits = first_stage(tiny_registry, "a watercolor fox", base=None, limit=10, card=stock)
     assert hits and all("card" in h.signals for h in hits)
-    assert max(h.signals["card"] for h in hits) > 0  # W = 0: the stock query, so card = semantic here
+    assert max(h.signals["card"] for h in hits) > 0
     assert all(abs(h.signals["card"] - h.signals["semantic"]) < 1e-5 for h in hits)
     assert "card" not in first_stage(tiny_registry, "a watercolor fox", base=None, limit=10)[0].signals
-    other = CardAdapter(adapter.w, {"embedder": "another-model"})  # vectors of another space: not used
+    other = CardEncoder(zero, 1.0, {"embedder": "another-model"})  # vectors of another space: not used
     assert "card" not in first_stage(tiny_registry, "a watercolor fox", base=None, limit=10, card=other)[0].signals
