@@ -1,4 +1,4 @@
-"""Query text helpers of the registry: whole-word containment and safe FTS5 queries."""
+"""Query text helpers of the registry: whole-word containment and the words a search matches."""
 
 from __future__ import annotations
 
@@ -29,10 +29,7 @@ def contains_words(text: str, phrase: str) -> bool:
     return False
 
 
-def fts_query(query: str) -> str | None:
-    """A safe FTS5 query: the query's words, quoted, OR-ed (BM25 ranks documents matching more)."""
+def query_words(query: str) -> list[str]:
+    """The words a search matches: lower-cased, longer than one character, no stopwords, distinct, at most 32."""
     words = [w.lower() for w in _WORD.findall(query) if len(w) > 1 and w.lower() not in STOPWORDS]
-    words = list(dict.fromkeys(words))[:32]
-    if not words:
-        return None
-    return " OR ".join('"' + w.replace('"', "") + '"' for w in words)
+    return list(dict.fromkeys(words))[:32]

@@ -33,12 +33,12 @@ from diffagent.registry.db import open_engine
 from diffagent.registry.embeddings import Embedder
 from diffagent.registry.info import FileInfo, SearchHit, UsageInfo, VersionInfo, WeightSource
 from diffagent.registry.kinds import NOT_STANDALONE
-from diffagent.registry.query import STOPWORDS, contains_words, fts_query
+from diffagent.registry.query import STOPWORDS, contains_words, query_words
 from diffagent.registry.writer import chunks
 
 log = logging.getLogger(__name__)
 __all__ = ["STOPWORDS", "FileInfo", "Registry", "SearchHit", "UsageInfo", "VersionInfo", "WeightSource",
-           "contains_words", "fts_query"]
+           "contains_words", "query_words"]
 
 
 @dataclass
@@ -75,6 +75,8 @@ class Registry:
         self._index: _Index | None = None
         self._prompt_index = None
         self._creator_index = None
+        self._trigger_index = None
+        self._lexical_index = None
         self._trigger_memo: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
@@ -266,6 +268,8 @@ class Registry:
         self.embedder.encode_query("warm up")  # the request path's encoder (numpy where the folder allows)
         self.prompt_neighbours("warm up")
         self._creators()
+        self._triggers()
+        self._lexical()
 
     def _subset(self, idx: _Index, types, base, min_downloads, allow_nsfw, renderable_only=False):
         """The filter's mask, row numbers and vector rows, cached per filter (a search then multiplies
@@ -301,19 +305,18 @@ class Registry:
         return mask
 
     def lexical_scores(self, query: str, limit: int = 400) -> dict[int, float]:
-        """BM25 over model text, scaled to [0, 1] by the best match."""
-        q = fts_query(query)
-        if q is None:
-            return {}
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                text("SELECT rowid, bm25(model_fts, 5.0, 3.0, 2.0, 1.0) FROM model_fts WHERE model_fts MATCH :q"
-                     " ORDER BY 2 LIMIT :n"), {"q": q, "n": limit}
-            ).all()
-        if not rows:
-            return {}
-        best = -rows[0][1] or 1.0
-        return {int(r[0]): max(-r[1], 0.0) / best for r in rows}
+        """BM25 over model text (FTS5's, computed in memory: ``registry/lexical.py``), scaled to [0, 1] by the
+        best match; the ``limit`` best versions."""
+        words = query_words(query)
+        return self._lexical().top(words, limit) if words else {}
+
+    def _lexical(self):
+        from diffagent.registry.lexical import load_or_build
+
+        with self._lock:
+            if self._lexical_index is None:
+                self._lexical_index = load_or_build(self.engine, self.path)
+            return self._lexical_index
 
     def trigger_matches(self, query: str, types: tuple[str, ...] = ("lora", "locon"),
                         limit: int = 50) -> dict[int, float]:
@@ -333,42 +336,20 @@ class Registry:
         return dict(out)
 
     def _trigger_matches(self, query: str, types: tuple[str, ...], limit: int) -> dict[int, float]:
-        q = fts_query(query)
-        if q is None:
-            return {}
-        with self.engine.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT rowid FROM model_fts WHERE model_fts MATCH :q ORDER BY bm25(model_fts, 0, 0, 1, 0) LIMIT :n"),
-                {"q": "trained_words : (" + q + ")", "n": limit}).all()
-        lowered = f" {query.lower()} "
-        claims = self._trigger_claims(types)
-        out: dict[int, float] = {}
-        for vid, info in self.versions([r[0] for r in rows]).items():
-            if info.type not in types:
-                continue
-            # a trigger many add-ons share ("masterpiece", "1girl") says nothing about which one is meant
-            hits = [w for w in info.trained_words if len(w) >= 3 and claims.get(w.lower().strip(" ,"), 0) <= 2
-                    and contains_words(lowered, w.lower().strip(" ,"))]
-            if hits:
-                out[vid] = min(1.0, 0.5 + max(len(h) for h in hits) / 40)
+        out = self._triggers().matches(query, types)
+        if len(out) > limit:  # the longest (most specific) phrases first
+            out = dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0]))[:limit])
         return out
 
-    def _trigger_claims(self, types: tuple[str, ...]) -> dict[str, int]:
-        """How many add-on versions list each trigger word (cached)."""
+    def _triggers(self):
+        from diffagent.registry.creators import ADDON_TYPES
+        from diffagent.registry.triggers import TriggerIndex
+
         with self._lock:
-            cache = self.__dict__.setdefault("_claims_cache", {})
-            if types in cache:
-                return cache[types]
-        claims: dict[str, int] = {}
-        with self.engine.connect() as conn:
-            for (words,) in conn.execute(text(
-                "SELECT v.trained_words FROM model_version v JOIN model m ON m.id = v.model_id WHERE m.type IN :types"
-            ).bindparams(bindparam("types", expanding=True)), {"types": list(types)}):
-                for w in {w.lower().strip(" ,") for w in json.loads(words)}:
-                    claims[w] = claims.get(w, 0) + 1
-        with self._lock:
-            cache[types] = claims
-        return claims
+            if self._trigger_index is None:
+                with self.engine.connect() as conn:
+                    self._trigger_index = TriggerIndex.build(conn, ADDON_TYPES)
+            return self._trigger_index
 
     def prompt_neighbours(self, query: str, k: int = 20, exclude_page: int | None = None) -> dict[int, float]:
         """Checkpoints whose creators wrote prompts like ``query`` (TF-IDF kNN vote, SFW prompts only),

@@ -7,7 +7,7 @@ import pytest
 
 from diffagent.errors import NotFoundError
 from diffagent.families import Family, parse_base_constraint
-from diffagent.registry.store import Registry, fts_query
+from diffagent.registry.store import Registry, query_words
 
 CHECKPOINTS = {1001, 1002, 1003, 1004, 1005}  # SFW ones; 1006 is NSFW
 LORAS = {2001, 2002, 2003, 2004}  # 2004 is a LoCon
@@ -92,8 +92,8 @@ def test_limit_is_respected(tiny_registry):
 def test_queries_with_fts_syntax_are_safe(tiny_registry):
     for q in ['"unbalanced', "NEAR(a b)", "a OR b AND -c*", "(masterpiece:1.2), best quality", "^~:;"]:
         tiny_registry.search(q, limit=3)
-    assert fts_query("the best quality masterpiece") is None
-    assert fts_query('Fox "fox" forest') == '"fox" OR "forest"'
+    assert query_words("the best quality masterpiece") == []
+    assert query_words('Fox "fox" forest') == ["fox", "forest"]
 
 
 def test_prompt_neighbours_vote_for_checkpoints_with_similar_prompts(tiny_registry):
