@@ -44,7 +44,8 @@ SETTINGS = {
     "tags 0.5": {"kind_tags": 0.5, "kind_fused_tags": 0.15},
     "no bonuses": {"primary_bonus": 0.0, "family_bonus": 0.0},
 }
-CARD_SETTINGS = {f"card on the ranker's logit x {w:g}": {"card_ranked": w} for w in (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)}
+CARD_SETTINGS = {f"card on the ranker's logit x {w:g}": {"card_ranked": w}
+                 for w in (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0)}
 
 
 def add_card_signal(reg: Registry, rows: list, encoder: CardEncoder) -> None:

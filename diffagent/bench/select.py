@@ -50,6 +50,10 @@ class Scores:
     invalid: int = 0
     latencies: list[float] = field(default_factory=list)
     chosen: Counter = field(default_factory=Counter)
+    #: pairs whose checkpoint's page has no train-split image: only the model's card can lead to it
+    unseen: int = 0
+    unseen_model_top1: int = 0
+    unseen_model_top5: int = 0
 
     def row(self) -> dict:
         p = lambda a, b: round(a / b, 4) if b else None  # noqa: E731
@@ -63,6 +67,8 @@ class Scores:
             "invalid_calls": self.invalid,
             "hallucination_rate": p(self.hallucinated_ids + self.mismatched + self.invalid, self.n),
             "distinct_checkpoints": len(self.chosen),
+            "no_train_image_n": self.unseen, "no_train_image_model_top1": p(self.unseen_model_top1, self.unseen),
+            "no_train_image_model_top5": p(self.unseen_model_top5, self.unseen),
             "latency_p50_ms": round(1000 * lat[len(lat) // 2], 1) if lat else None,
             "latency_p95_ms": round(1000 * lat[min(len(lat) - 1, int(0.95 * len(lat)))], 1) if lat else None,
         }
@@ -90,7 +96,9 @@ class KnnBaseline:
 
 
 def evaluate(pairs: list[Pair], predict: Callable[[Pair], Prediction], registry: Registry,
-             lora_index: dict[str, int], progress: bool = False) -> Scores:
+             lora_index: dict[str, int], progress: bool = False, train_pages: set[int] | None = None) -> Scores:
+    """Scores of ``predict`` on ``pairs``; with ``train_pages`` (the checkpoint pages train-split images show),
+    the pairs whose checkpoint page is not among them are also scored apart."""
     from tqdm import tqdm
 
     model_of: dict[int, int] = {}
@@ -114,6 +122,10 @@ def evaluate(pairs: list[Pair], predict: Callable[[Pair], Prediction], registry:
         models = _models(ranked, registry, model_of)
         s.model_top1 += bool(models and models[0] == tgt.checkpoint_model_id)
         s.model_top5 += tgt.checkpoint_model_id in models[:5]
+        if train_pages is not None and tgt.checkpoint_model_id not in train_pages:
+            s.unseen += 1
+            s.unseen_model_top1 += bool(models and models[0] == tgt.checkpoint_model_id)
+            s.unseen_model_top5 += tgt.checkpoint_model_id in models[:5]
         call = pred.call
         s.chosen[call.checkpoint.id] += 1
         ids = [call.checkpoint.id, *(lo.id for lo in call.loras)]
@@ -181,15 +193,18 @@ def predictor(method: str, registry: Registry, settings, *, max_loras: int, trai
 def compare(methods: list[str], pairs: list[Pair], registry: Registry, settings, *, max_loras: int,
             train_pairs: Path | None = None, progress: bool = False) -> dict[str, dict]:
     """Every method's scores on ``pairs`` (``Scores.row()`` plus its wall time)."""
+    from diffagent.bench.pairs import load_pairs
     from diffagent.registry.stats import lora_name_index
 
     with registry.engine.connect() as conn:
         loras = lora_name_index(conn)
+    train_pages = ({p.target.checkpoint_model_id for p in load_pairs(train_pairs, splits={"train"})}
+                   if train_pairs is not None else None)
     results: dict[str, dict] = {}
     for method in methods:
         t0 = time.perf_counter()
         predict = predictor(method, registry, settings, max_loras=max_loras, train_pairs=train_pairs)
-        scores = evaluate(pairs, predict, registry, loras, progress=progress)
+        scores = evaluate(pairs, predict, registry, loras, progress=progress, train_pages=train_pages or None)
         results[method] = scores.row() | {"wall_s": round(time.perf_counter() - t0, 1)}
         if progress:
             print(f"{method}: {json.dumps(results[method])}", file=sys.stderr)
@@ -207,7 +222,7 @@ def _models(ranked: list[int], registry: Registry, model_of: dict[int, int]) -> 
 def markdown_table(results: dict[str, dict]) -> str:
     cols = ["n", "checkpoint_top1", "checkpoint_top5", "model_top1", "model_top5", "lora_precision", "lora_recall",
             "arg_sampler", "arg_steps", "arg_cfg", "arg_size", "arg_clip_skip", "hallucination_rate",
-            "distinct_checkpoints", "latency_p50_ms", "latency_p95_ms"]
+            "distinct_checkpoints", "no_train_image_n", "no_train_image_model_top1", "latency_p50_ms", "latency_p95_ms"]
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for method, row in results.items():
         cells = ["-" if row.get(c) is None else (f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]))

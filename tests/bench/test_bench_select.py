@@ -85,6 +85,11 @@ def test_metrics_on_known_predictions(tiny_registry):
     assert row["lora_precision"] == 1.0 and row["lora_recall"] == 1.0
     assert row["hallucination_rate"] == 0.0
     assert "| method |" in markdown_table({"x": row})
+    assert row["no_train_image_n"] == 0  # no train pages given: no subset
+    # page 102 has no train image: pair 2 is scored apart too (its checkpoint is third there: top-5, not top-1)
+    apart = evaluate(pairs, lambda p: preds[p.image_id], tiny_registry, loras, train_pages={103}).row()
+    assert apart["no_train_image_n"] == 1 and apart["no_train_image_model_top1"] == 0.0
+    assert apart["no_train_image_model_top5"] == 1.0
 
 
 def test_hallucinated_ids_and_failures_are_counted(tiny_registry):
