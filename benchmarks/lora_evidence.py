@@ -79,6 +79,27 @@ def main() -> None:
     for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
         wt = replace(w, lora_knn_min=t)
         variants[f"evidence rule, kNN >= {t}"] = lambda c, r, wt=wt: lora_evidence(c, r, wt) is not None
+    for t in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5):
+        wt = replace(w, lora_trigger_use_min=t)
+        variants[f"evidence rule, trigger use >= {t}"] = lambda c, r, wt=wt: lora_evidence(c, r, wt) is not None
+    why = lambda c, r: lora_evidence(c, r, w)  # noqa: E731
+    variants |= {
+        "evidence: trigger word only": lambda c, r: why(c, r) == "trigger",
+        "evidence: concept only": lambda c, r: why(c, r) == "concept",
+        "evidence: creators only": lambda c, r: why(c, r) == "creators",
+        "evidence: trigger or creators": lambda c, r: why(c, r) in ("trigger", "creators"),
+        "evidence, a trigger only where creators' use is known": lambda c, r: why(c, r) is not None and (
+            why(c, r) != "trigger" or c.signals["trigger_use"] >= 0),
+        "evidence, a trigger with known use >= 0.3": lambda c, r: why(c, r) is not None and (
+            why(c, r) != "trigger" or c.signals["trigger_use"] >= 0.3),
+        "evidence, a trigger with known use >= 0.5": lambda c, r: why(c, r) is not None and (
+            why(c, r) != "trigger" or c.signals["trigger_use"] >= 0.5),
+        "evidence + creators used it with this checkpoint": lambda c, r: why(c, r) is not None
+        and c.signals["cooccurrence"] > 0,
+        "evidence + some kNN vote": lambda c, r: why(c, r) is not None and c.signals["knn"] > 0,
+        "trigger word + some kNN vote or use with the checkpoint": lambda c, r: why(c, r) == "trigger"
+        and (c.signals["knn"] > 0 or c.signals["cooccurrence"] > 0),
+    }
     for name, keep in variants.items():
         prec, rec, n = score(keep)
         print(f"| {name} | {prec:.3f} | {rec:.3f} | {n} |")

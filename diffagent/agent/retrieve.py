@@ -52,6 +52,9 @@ class RetrievalWeights:
     #: a LoRA is added only on evidence (``lora_evidence``): its trigger words or concepts in the request, or
     #: creators' use of it with this checkpoint for similar prompts (share of the kNN vote, calibrated on val)
     lora_knn_min: float = 0.5
+    #: a trigger word is evidence only if creators who typed it used the LoRA at least this often
+    #: (``Registry.trigger_use``; words typed too rarely to tell, or a registry without images, keep the rule)
+    lora_trigger_use_min: float = 0.1
     #: how much the request's style intent (``agent/intent.py``) moves a checkpoint, per grade step: on the
     #: ranker's logit, or on the fused score; natural requests vs creators' tag lists
     kind_natural: float = 3.0
@@ -66,10 +69,11 @@ class RetrievalWeights:
     #: requests want a good kind; creators' tag lists often name models whose labels say little
     acceptable_natural: float = 0.75
     acceptable_tags: float = 0.25
-    #: the card adapter's cosine (``agent/cards.py``; only with an adapter configured): in the fused score, and on
-    #: the ranker's logit (val 600 with a 400-step adapter: 0.247 / 0.387 -> 0.250 / 0.390 top-1 / top-5)
+    #: the card encoder's cosine (``agent/cards.py``): in the fused score, and on the ranker's logit (chosen on two
+    #: val samples of 1,000: 0 -> 8 moved top-1 / top-5 0.244 / 0.382 -> 0.259 / 0.395 and 0.267 / 0.373 ->
+    #: 0.276 / 0.383; ``benchmarks/tune_retrieval.py --card-encoder``)
     card_fused: float = 0.0
-    card_ranked: float = 2.0
+    card_ranked: float = 8.0
 
     def kind_weight(self, intent: Intent, ranked: bool) -> float:
         if ranked:
@@ -97,7 +101,7 @@ def lora_evidence(c: Candidate, request: str, weights: RetrievalWeights | None =
 
     - ``trigger``: one of its *distinctive* trigger words is in the request (creators type them to activate the
       LoRA; "gaogenxie" or "hatsune miku" name it; "green" or "couch", which creators also list, and words that
-      several add-ons claim, do not);
+      several add-ons claim, do not), unless creators who typed its triggers rarely used it ("nerdy", "hanfu");
     - ``concept``: the request names its style, subject or purpose (``kinds.py`` concepts such as "pixel art",
       or the LoRA's own name);
     - ``creators``: creators used it with this checkpoint in prompts like this one (kNN share and use
@@ -108,8 +112,9 @@ def lora_evidence(c: Candidate, request: str, weights: RetrievalWeights | None =
     v = c.version
     triggers = {t.lower().strip(" ,") for t in v.trained_words}
     # the trigger signal already leaves out words that several add-ons claim ("masterpiece", "pastel colors")
-    if c.signals.get("trigger", 0.0) > 0 and any(len(t) >= 3 and distinctive(t) and contains_words(low, t)
-                                                 for t in triggers):
+    use = c.signals.get("trigger_use", -1.0)  # -1: creators typed its triggers too rarely to tell
+    if (c.signals.get("trigger", 0.0) > 0 and (use < 0 or use >= w.lora_trigger_use_min)
+            and any(len(t) >= 3 and distinctive(t) and contains_words(low, t) for t in triggers)):
         return "trigger"
     if any(len(p) >= 3 and contains_words(low, p) for p in (*v.concepts, name_phrase(v.model_name))):
         return "concept"
@@ -266,6 +271,8 @@ def retrieve_loras(registry: Registry, prompt: str, checkpoint: VersionInfo, *, 
         c.signals["knn"] = votes.get(vid, 0.0)
         c.signals["trigger"] = triggers.get(vid, 0.0)
         c.signals["cooccurrence"] = (used["count"] / total) if used and total else 0.0
+        use = registry.trigger_use(vid) if c.signals["trigger"] > 0 else None
+        c.signals["trigger_use"] = -1.0 if use is None else use
         c.score += (w.lora_knn * c.signals["knn"] + w.lora_trigger * c.signals["trigger"]
                     + w.lora_cooccurrence * c.signals["cooccurrence"])
     out = sorted(cands.values(), key=lambda c: (-c.score, c.version.id))

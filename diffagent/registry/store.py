@@ -77,6 +77,7 @@ class Registry:
         self._creator_index = None
         self._trigger_index = None
         self._lexical_index = None
+        self._trigger_use = None
         self._trigger_memo: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
@@ -270,6 +271,7 @@ class Registry:
         self._creators()
         self._triggers()
         self._lexical()
+        self.trigger_use(0)
 
     def _subset(self, idx: _Index, types, base, min_downloads, allow_nsfw, renderable_only=False):
         """The filter's mask, row numbers and vector rows, cached per filter (a search then multiplies
@@ -340,6 +342,17 @@ class Registry:
         if len(out) > limit:  # the longest (most specific) phrases first
             out = dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0]))[:limit])
         return out
+
+    def trigger_use(self, version_id: int) -> float | None:
+        """The share of creators' sample prompts matching this LoRA's trigger words whose image used the LoRA
+        (``triggers.TriggerUse``), or None where they typed them too rarely to tell (or there are no images)."""
+        from diffagent.registry.triggers import load_or_build_use
+
+        index = self._triggers()
+        with self._lock:
+            if self._trigger_use is None:
+                self._trigger_use = load_or_build_use(self.engine, self.path, index)
+            return self._trigger_use.precision(int(version_id))
 
     def _triggers(self):
         from diffagent.registry.creators import ADDON_TYPES

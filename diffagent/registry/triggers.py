@@ -82,3 +82,78 @@ class TriggerIndex:
                         and len(e.phrase) > best.get(e.version_id, 0) and contains_words(lowered, e.phrase)):
                     best[e.version_id] = len(e.phrase)
         return {vid: min(1.0, 0.5 + n / 40) for vid, n in best.items()}
+
+
+#: a trigger phrase's use is judged only after creators typed it this often
+MIN_SEEN = 5
+USE_FORMAT = 1
+
+
+@dataclass
+class TriggerUse:
+    """How often creators who typed an add-on's trigger words used the add-on: for each LoRA version, the
+    registry's SFW sample prompts whose text matches its triggers (``seen``) and those of them whose image used it
+    (``used``). "nerdy" or "hanfu" are typed far more often than the LoRAs that list them are used."""
+
+    key: str
+    seen: dict[int, int]
+    used: dict[int, int]
+
+    def precision(self, version_id: int) -> float | None:
+        """used / seen, or None when creators typed its triggers fewer than ``MIN_SEEN`` times."""
+        n = self.seen.get(version_id, 0)
+        return self.used.get(version_id, 0) / n if n >= MIN_SEEN else None
+
+
+def _use_key(conn: Connection) -> str:
+    n, top = conn.execute(text("SELECT count(*), coalesce(max(id), 0) FROM sample_image")).one()
+    nv, topv = conn.execute(text("SELECT count(*), coalesce(max(id), 0) FROM model_version")).one()
+    return f"u{USE_FORMAT}:{n}:{top}:{nv}:{topv}:{MIN_SEEN}"
+
+
+def build_use(conn: Connection, index: TriggerIndex, types: tuple[str, ...] = ("lora", "locon")) -> TriggerUse:
+    from diffagent.prompttext import strip_resource_tags
+    from diffagent.registry.stats import lora_name_index
+
+    key = _use_key(conn)
+    by_stem = lora_name_index(conn)
+    seen: dict[int, int] = defaultdict(int)
+    used: dict[int, int] = defaultdict(int)
+    for prompt, resources in conn.execute(text(
+            "SELECT prompt, resources FROM sample_image WHERE NOT nsfw AND length(prompt) > 0")):
+        matched = index.matches(strip_resource_tags(prompt), types)
+        if not matched:
+            continue
+        mine = {by_stem.get(str(x.get("name", "")).lower()) for x in json.loads(resources or "[]")
+                if isinstance(x, dict) and str(x.get("type", "")).lower() in ("lora", "lycoris", "locon")}
+        for vid in matched:
+            seen[vid] += 1
+            used[vid] += vid in mine
+    return TriggerUse(key=key, seen=dict(seen), used={k: v for k, v in used.items() if v})
+
+
+def load_or_build_use(engine, db_path, index: TriggerIndex) -> TriggerUse:
+    """``build_use``, cached beside the registry (``<db>.triggers.json``) by a key of its images and versions."""
+    from pathlib import Path
+
+    from diffagent.atomic import write_atomic
+
+    cache = Path(f"{db_path}.triggers.json")
+    with engine.connect() as conn:
+        key = _use_key(conn)
+        if cache.exists():
+            try:
+                data = json.loads(cache.read_text(encoding="utf-8"))
+                if data.get("key") == key:
+                    return TriggerUse(key=key, seen={int(k): v for k, v in data["seen"].items()},
+                                      used={int(k): v for k, v in data["used"].items()})
+            except (ValueError, KeyError, OSError):  # a damaged cache is rebuilt
+                pass
+        use = build_use(conn, index)
+    if use.seen:
+        try:
+            write_atomic(cache, lambda tmp: tmp.write_text(json.dumps(
+                {"key": use.key, "seen": use.seen, "used": use.used}), encoding="utf-8"))
+        except OSError:  # a read-only registry folder just means no cache
+            pass
+    return use

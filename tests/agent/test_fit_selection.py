@@ -105,6 +105,18 @@ def test_an_everyday_trigger_word_is_no_evidence(registry):
     assert lora_evidence(Candidate(named, 1.0, {"trigger": 0.0}), "gaogenxie, a frog") is None
 
 
+def test_a_trigger_creators_type_without_the_lora_is_no_evidence(registry):
+    """"nerdy" is a distinctive word to the vocabulary check, but creators who typed it used the LoRA listing it in
+    2 of 100 images: not evidence. Where their use is unknown (-1) or high, the trigger still counts."""
+    named = _lora(registry, "moxin").model_copy(update={"trained_words": ["gaogenxie"], "concepts": []})
+    ask = "gaogenxie, a frog"
+    assert lora_evidence(Candidate(named, 1.0, {"trigger": 0.7, "trigger_use": 0.02}), ask) is None
+    assert lora_evidence(Candidate(named, 1.0, {"trigger": 0.7, "trigger_use": 0.6}), ask) == "trigger"
+    assert lora_evidence(Candidate(named, 1.0, {"trigger": 0.7, "trigger_use": -1.0}), ask) == "trigger"
+    strict = RetrievalWeights(lora_trigger_use_min=0.7)
+    assert lora_evidence(Candidate(named, 1.0, {"trigger": 0.7, "trigger_use": 0.6}), ask, strict) is None
+
+
 def test_detail_and_speed_loras_are_not_added_on_a_guess(registry):
     detail = _lora(registry, "detail-tweaker-lora")
     c = Candidate(detail, 1.0, {"trigger": 0.0, "knn": 0.0, "cooccurrence": 0.0})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diffagent.registry.triggers import TriggerIndex, _Entry
+from diffagent.registry.triggers import MIN_SEEN, TriggerIndex, TriggerUse, _Entry, load_or_build_use
 
 
 def _index(*entries) -> TriggerIndex:
@@ -38,3 +38,23 @@ def test_built_from_the_registry(tiny_registry):
     assert idx.matches(f"a picture, {phrase}", ADDON_TYPES)
     assert tiny_registry.trigger_matches(f"a picture, {phrase}", types=ADDON_TYPES) == idx.matches(
         f"a picture, {phrase}", ADDON_TYPES)
+
+
+def test_trigger_use_needs_enough_prompts():
+    use = TriggerUse(key="k", seen={1: MIN_SEEN, 2: MIN_SEEN - 1, 3: 40}, used={1: 1, 3: 30})
+    assert use.precision(1) == 1 / MIN_SEEN and use.precision(2) is None and use.precision(3) == 0.75
+    assert use.precision(99) is None
+
+
+def test_trigger_use_counts_creators_prompts_and_their_loras(tiny_registry, tmp_path):
+    """In the tiny registry two sample prompts type the watercolor LoRA's trigger and neither image used it; the
+    film-grain LoRA's trigger is typed once, by the image that used it."""
+    reg = tiny_registry
+    use = load_or_build_use(reg.engine, tmp_path / "r.db", reg._triggers())  # noqa: SLF001
+    assert use.seen == {2001: 1, 2002: 2} and use.used == {2001: 1}
+    assert use.precision(2002) is None  # typed too rarely to tell
+    assert (tmp_path / "r.db.triggers.json").is_file()
+    again = load_or_build_use(reg.engine, tmp_path / "r.db", reg._triggers())  # noqa: SLF001
+    assert again.seen == use.seen and again.used == use.used
+    (tmp_path / "r.db.triggers.json").write_text("{not json")  # a damaged cache is rebuilt
+    assert load_or_build_use(reg.engine, tmp_path / "r.db", reg._triggers()).seen == use.seen  # noqa: SLF001
