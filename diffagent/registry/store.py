@@ -274,8 +274,8 @@ class Registry:
         self.trigger_use(0)
 
     def _subset(self, idx: _Index, types, base, min_downloads, allow_nsfw, renderable_only=False):
-        """The filter's mask, row numbers and vector rows, cached per filter (a search then multiplies
-        only the rows it may return: a sixth of the matrix for checkpoints)."""
+        """The filter's mask, row numbers, their card vectors, and the rows with prompt vectors and those, cached
+        per filter (a search then multiplies only the rows it may return: a sixth of the matrix for checkpoints)."""
         key = (tuple(sorted(types or ())), tuple(sorted(base or ())), int(min_downloads or 0), bool(allow_nsfw),
                bool(renderable_only))
         hit = idx.subsets.get(key)
@@ -284,8 +284,9 @@ class Registry:
             if renderable_only:
                 mask &= idx.renderable
             rows = np.flatnonzero(mask)
+            prows = rows[idx.has_pvec[rows]]  # prompt vectors exist for checkpoints with creators' images only
             hit = (mask, rows, None if idx.vec is None else np.ascontiguousarray(idx.vec[rows]),
-                   None if idx.pvec is None else np.ascontiguousarray(idx.pvec[rows]))
+                   prows, None if idx.pvec is None else np.ascontiguousarray(idx.pvec[prows]))
             if len(idx.subsets) >= 32:
                 idx.subsets.clear()
             idx.subsets[key] = hit  # one assignment: safe to share between threads
@@ -423,7 +424,7 @@ class Registry:
         idx = self._load_index()
         w = {**self.WEIGHTS, **(weights or {})}
         allow = self.allow_nsfw if allow_nsfw is None else allow_nsfw
-        mask, rows, vec, pvec = self._subset(idx, types, base, min_downloads, allow, renderable_only)
+        mask, rows, vec, prows, pvec = self._subset(idx, types, base, min_downloads, allow, renderable_only)
         if not len(rows):
             return []
         score = w["prior"] * idx.prior.copy()
@@ -440,10 +441,11 @@ class Registry:
             if (idx.vec is not None or idx.pvec is not None) and (w["semantic"] or w["prompts"]):
                 qv = query_vector if query_vector is not None else self.embedder.encode_query(query)
                 with one_blas_thread():
-                    for name, matrix, v in (("semantic", vec, qv), ("prompts", pvec, qv), ("card", vec, card_vector)):
+                    for name, matrix, at, v in (("semantic", vec, rows, qv), ("prompts", pvec, prows, qv),
+                                                ("card", vec, rows, card_vector)):
                         if matrix is not None and v is not None:
                             sim = np.zeros(len(idx.ids), dtype=np.float32)
-                            sim[rows] = np.clip(matrix @ v, 0, 1)
+                            sim[at] = np.clip(matrix @ v, 0, 1)
                             signals[name] = sim
                             score += w.get(name, 0.0) * sim
             votes = {"knn": lambda: self.prompt_neighbours(query, k=50, exclude_page=exclude_page),
