@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from diffagent.registry.store import Registry
 
 class Runtime:
-    """Process-wide owner of the loaded registry and selector (lazy, thread-safe)."""
+    """Process-wide owner of what the tools load (lazy, thread-safe): the registry, the selector, the renderer
+    (its pipeline cache) and the scorers (CLIP, ImageReward, HPS v2: loaded once, not per best-of request)."""
 
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or get_settings()
@@ -43,6 +44,22 @@ class Runtime:
 
         with self._lock:
             return Selector(self.registry, self.settings)
+
+    @cached_property
+    def renderer(self):
+        from diffagent.render.renderer import Renderer
+
+        with self._lock:
+            return Renderer(self.settings, registry=self.registry)
+
+    @cached_property
+    def scorer(self):
+        """The unified scorer of best-of-n (needs the ``score`` extra; ``best_of_renderer`` checks first)."""
+        from diffagent.scoring.config import ScoringConfig
+        from diffagent.scoring.unified import UnifiedScorer
+
+        with self._lock:
+            return UnifiedScorer.from_config(ScoringConfig.from_settings(self.settings))
 
 
 _runtime: Runtime | None = None
@@ -266,17 +283,17 @@ def render_image(
     if best_of > 1:
         # renders the selected call, its ranked alternatives, then other seeds; keeps the best-scored
         render_best_of = best_of_renderer()
+
+        def render_one(c: ApiCall, *, progress=None, cancel=None, output_dir=None, **_):
+            return rt.renderer.render(c, progress=progress, cancel=cancel, output_dir=output_dir)
+
         picked = render_best_of(
-            call, best_of, prompt=prompt, settings=rt.settings, registry=rt.registry, progress=progress,
-            cancel=cancel, output_dir=output_dir,
+            call, best_of, prompt=prompt, settings=rt.settings, registry=rt.registry, scorer=rt.scorer,
+            progress=progress, cancel=cancel, output_dir=output_dir, render_fn=render_one,
         )
         result, scores = picked.best, [round(s, 4) for s in picked.scores]
     else:
-        from diffagent.render import render
-
-        result = render(
-            call, settings=rt.settings, registry=rt.registry, progress=progress, cancel=cancel, output_dir=output_dir
-        )
+        result = rt.renderer.render(call, progress=progress, cancel=cancel, output_dir=output_dir)
     path = Path(result.path).resolve()
     return RenderOutput(
         output_id=path.relative_to(output_dir.resolve()).as_posix(),

@@ -65,11 +65,32 @@ class FakeSelector:
                        seed=options.seed or 7, rationale="fake")
 
 
+class ModuleRenderer:
+    """The runtime's renderer in these tests: ``diffagent.render.render``, which the fixtures replace."""
+
+    def __init__(self, settings: Settings, registry) -> None:
+        self.settings, self.registry = settings, registry
+
+    def render(self, call: ApiCall, *, progress=None, cancel=None, output_dir=None):
+        import diffagent.render
+
+        return diffagent.render.render(call, settings=self.settings, registry=self.registry, progress=progress,
+                                       cancel=cancel, output_dir=output_dir)
+
+
 class FakeRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.registry = FakeRegistry()
         self.selector = FakeSelector(self.registry)
+        self.renderer = ModuleRenderer(settings, self.registry)
+
+    @property
+    def scorer(self):
+        from diffagent.scoring.config import ScoringConfig
+        from diffagent.scoring.unified import UnifiedScorer
+
+        return UnifiedScorer.from_config(ScoringConfig.from_settings(self.settings))
 
 
 class RenderCancelled(Exception):

@@ -67,3 +67,46 @@ def test_tool_arguments_have_one_definition(tmp_path):
         search_models("cat", limit=SEARCH_LIMIT_MAX + 1)
     with pytest.raises(UserInputError, match="unknown model type"):
         search_models("cat", type="lorra")
+
+
+def test_the_runtime_owns_one_renderer_and_one_scorer(tmp_path, monkeypatch):
+    """Every render_image of a runtime goes through its one renderer (one pipeline cache), and best-of requests
+    share one scorer: the scorers' models were loaded again for every best-of request."""
+    import diffagent.render.renderer as renderer_mod
+    from diffagent.scoring.unified import UnifiedScorer
+    from diffagent.tools import Runtime, render_image, select_t2i_api
+
+    made, rendered, scorers = [], [], []
+
+    class Recorder:
+        def __init__(self, settings, registry=None):
+            made.append(registry)
+
+        def render(self, call, *, progress=None, cancel=None, output_dir=None):
+            from types import SimpleNamespace
+
+            from PIL import Image
+
+            output_dir.mkdir(parents=True, exist_ok=True)
+            path = output_dir / f"{len(rendered)}.png"
+            Image.new("RGB", (8, 8), "red").save(path)
+            rendered.append(call.seed)
+            return SimpleNamespace(path=path, call=call, seconds=0.0, parameters="", preview_png=path.read_bytes())
+
+    class Scorer:
+        def score(self, prompt, images):
+            from diffagent.scoring.types import ScoreResult
+
+            return [ScoreResult(metrics={}, unified=0.5) for _ in images]
+
+    monkeypatch.setattr(renderer_mod, "Renderer", Recorder)
+    monkeypatch.setattr(UnifiedScorer, "from_config", classmethod(lambda cls, cfg: scorers.append(1) or Scorer()))
+    monkeypatch.setattr("diffagent.scoring.best_of.write_scores_into_png", lambda *a, **k: None)
+    rt = Runtime(Settings(registry=Path(__file__).resolve().parents[1] / "registry.db", data_dir=tmp_path,
+                          selector="retrieval"))
+    call = select_t2i_api("a lighthouse in a storm", runtime=rt)
+    render_image(call, runtime=rt)
+    render_image(call, runtime=rt)
+    render_image(call, best_of=2, runtime=rt)
+    render_image(call, best_of=2, runtime=rt)
+    assert made == [rt.registry] and len(rendered) == 6 and scorers == [1]
