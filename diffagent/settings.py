@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     card_adapter: str = Field("default", description="card encoder (the request's side of the card signal, LoRA "
                               "on the sentence model): 'default' (bundled, trained on Civitai 2023-07 creators' "
                               "choices), 'none', or a .npz path (diffagent train cards)")
+    local_only: bool = Field(False, description="select only models whose weights are on this machine "
+                             "(diffagent registry scan); a select option overrides it")
     embedder: Path | None = Field(None, description="sentence-transformers folder; default: bundled MiniLM")
 
     # --- renderer ----------------------------------------------------------------------------

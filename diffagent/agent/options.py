@@ -41,6 +41,8 @@ class SelectOptions(BaseModel):
     style: str | None = Field(None, max_length=STYLE_MAX_CHARS, description="style hint, e.g. 'anime', 'photo'")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="image seed; random when omitted")
     n_candidates: int = Field(3, ge=1, le=8, description="ranked alternatives to return")
+    local_only: bool | None = Field(None, description="choose only models whose weights are on this machine "
+                                    "(found by `diffagent registry scan`); default: the server's setting")
     strategy: Literal["rank", "beam", "sample"] = Field(
         "rank", description="rank: exact LLM ranking; beam: diverse beam search; sample: multinomial sampling"
     )

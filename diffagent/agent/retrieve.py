@@ -177,7 +177,7 @@ def names_addon(registry: Registry, request: str) -> bool:
 
 def first_stage(registry: Registry, prompt: str, *, base: set[str] | None, limit: int,
                 weights: RetrievalWeights | None = None, exclude_page: int | None = None,
-                card: CardEncoder | None = None) -> list:
+                card: CardEncoder | None = None, local_only: bool = False) -> list:
     """The registry's hybrid search over renderable checkpoints: the hits a ranker reorders. With a card
     encoder (and a registry embedded by the encoder's embedder) hits carry the ``card`` signal."""
     w = weights or RetrievalWeights()
@@ -187,13 +187,14 @@ def first_stage(registry: Registry, prompt: str, *, base: set[str] | None, limit
         card_vector = card.encode_query(registry.embedder, prompt)
     return registry.search(prompt, types=["checkpoint"], base=ecosystems, limit=limit,
                            weights={"knn": w.knn, "creators": w.creators, "card": w.card_fused},
-                           exclude_page=exclude_page, renderable_only=True, card_vector=card_vector)
+                           exclude_page=exclude_page, renderable_only=True, card_vector=card_vector,
+                           local_only=local_only)
 
 
 def retrieve_checkpoints(registry: Registry, prompt: str, *, base: set[str] | None, k: int,
                          weights: RetrievalWeights | None = None, exclude_page: int | None = None,
                          ranker: TreeEnsemble | None = None, intent: Intent | None = None,
-                         card: CardEncoder | None = None) -> list[Candidate]:
+                         card: CardEncoder | None = None, local_only: bool = False) -> list[Candidate]:
     """The ``k`` best checkpoints for ``prompt``. ``exclude_page`` hides one model page's sample images
     (training examples see the registry as a held-out benchmark page does).
 
@@ -205,7 +206,7 @@ def retrieve_checkpoints(registry: Registry, prompt: str, *, base: set[str] | No
     a wrong kind ranks below every fitting one unless retrieval is far more certain about it."""
     w = weights or RetrievalWeights()
     hits = first_stage(registry, prompt, base=base, limit=pool_size(k, ranker, intent), weights=w,
-                       exclude_page=exclude_page, card=card)
+                       exclude_page=exclude_page, card=card, local_only=local_only)
     return rank_hits(hits, k=k, weights=w, ranker=ranker, intent=intent)
 
 
@@ -244,7 +245,8 @@ def rank_hits(hits: list, *, k: int, weights: RetrievalWeights | None = None, ra
 
 
 def retrieve_loras(registry: Registry, prompt: str, checkpoint: VersionInfo, *, k: int,
-                   weights: RetrievalWeights | None = None, exclude_page: int | None = None) -> list[Candidate]:
+                   weights: RetrievalWeights | None = None, exclude_page: int | None = None,
+                   local_only: bool = False) -> list[Candidate]:
     """LoRAs compatible with ``checkpoint`` for ``prompt`` (best first): what creators used in similar
     prompts, what they used with this checkpoint, and what the registry text search finds."""
     if k <= 0:
@@ -253,7 +255,7 @@ def retrieve_loras(registry: Registry, prompt: str, checkpoint: VersionInfo, *, 
     eco = ecosystem_of(checkpoint.family)
     cands: dict[int, Candidate] = {}
     for h in registry.search(prompt, types=["lora"], base={eco}, limit=max(3 * k, 20),
-                             weights={"knn": 0.0, "creators": 0.0}, renderable_only=True):
+                             weights={"knn": 0.0, "creators": 0.0}, renderable_only=True, local_only=local_only):
         cands[h.version.id] = Candidate(h.version, w.lora_search * h.score, {"search": h.score})
     votes = registry.lora_neighbours(prompt, exclude_page=exclude_page)
     triggers = registry.trigger_matches(prompt)
@@ -261,7 +263,7 @@ def retrieve_loras(registry: Registry, prompt: str, checkpoint: VersionInfo, *, 
     for vid, info in registry.versions(missing).items():
         if info.type in ("lora", "locon") and ecosystem_of(info.family) == eco and (
             registry.allow_nsfw or not info.nsfw
-        ) and registry.is_renderable(vid):
+        ) and registry.is_renderable(vid) and (not local_only or registry.is_local(vid)):
             cands[vid] = Candidate(info, 0.0, {"search": 0.0})
     usage = registry.usage(checkpoint.id)
     co = (usage.loras if usage else {}) or {}
@@ -280,13 +282,15 @@ def retrieve_loras(registry: Registry, prompt: str, checkpoint: VersionInfo, *, 
 
 
 def evidenced_loras(registry: Registry, request: str, checkpoint: VersionInfo, *, k: int,
-                    weights: RetrievalWeights | None = None, exclude_page: int | None = None) -> list[Candidate]:
+                    weights: RetrievalWeights | None = None, exclude_page: int | None = None,
+                    local_only: bool = False) -> list[Candidate]:
     """The retrieved LoRAs that the request asks for (``lora_evidence``), best first, each with its reason in
     ``signals["evidence"]``. Most plain requests get none: no LoRA is the right answer for them."""
     if k <= 0:
         return []
     out = []
-    for c in retrieve_loras(registry, request, checkpoint, k=k, weights=weights, exclude_page=exclude_page):
+    for c in retrieve_loras(registry, request, checkpoint, k=k, weights=weights, exclude_page=exclude_page,
+                            local_only=local_only):
         why = lora_evidence(c, request, weights)
         if why is not None:
             c.signals["evidence"] = why

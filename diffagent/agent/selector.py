@@ -107,13 +107,15 @@ class Selector:
         query = f"{request} {options.style}" if options.style else request
         base = parse_base_constraint(options.base)
         intent = request_intent(self.registry, query)
+        local = self._local(options)
         checkpoints = retrieve_checkpoints(self.registry, query, base=base,
                                            k=max(self.settings.candidates_k, options.n_candidates, 5),
                                            weights=self.weights, ranker=self.ranker, intent=intent,
-                                           card=self.card)
+                                           card=self.card, local_only=local)
         if not checkpoints:
             raise NotFoundError(
-                f"the registry has no {options.base if options.base != 'any' else 'renderable'} checkpoint "
+                f"the registry has no {options.base if options.base != 'any' else 'renderable'} checkpoint"
+                f"{' on this machine (run diffagent registry scan on your model folders)' if local else ''} "
                 "that the current policy allows; import models (diffagent registry import) or relax --base"
             )
         timings = {"retrieve": time.perf_counter() - t0}
@@ -141,11 +143,17 @@ class Selector:
 
     # ------------------------------------------------------------------ retrieval-only
     def _retrieval_choices(self, query: str, checkpoints: list[Candidate], options: SelectOptions) -> list[Choice]:
-        return [Choice(ck, self._evidenced_loras(query, ck.version, options.max_loras), ck.score,
+        return [Choice(ck, self._evidenced_loras(query, ck.version, options.max_loras, self._local(options)), ck.score,
                        notes=["retrieval"]) for ck in checkpoints[: options.n_candidates]]
 
-    def _evidenced_loras(self, query: str, checkpoint: VersionInfo, limit: int) -> list[Candidate]:
-        return evidenced_loras(self.registry, query, checkpoint, k=LORA_CANDIDATES, weights=self.weights)[:limit]
+    def _local(self, options: SelectOptions) -> bool:
+        """Only models on this machine: the request's option, else the setting."""
+        return self.settings.local_only if options.local_only is None else options.local_only
+
+    def _evidenced_loras(self, query: str, checkpoint: VersionInfo, limit: int, local_only: bool = False
+                         ) -> list[Candidate]:
+        return evidenced_loras(self.registry, query, checkpoint, k=LORA_CANDIDATES, weights=self.weights,
+                               local_only=local_only)[:limit]
 
     # ------------------------------------------------------------------ LLM
     def _llm_choices(self, request: str, query: str, checkpoints: list[Candidate], options: SelectOptions,
@@ -153,7 +161,8 @@ class Selector:
         t = time.perf_counter()
         # LoRAs are offered for the best retrieved checkpoint's ecosystem; a choice of a checkpoint
         # from another ecosystem drops incompatible ones in validation.
-        loras = self._evidenced_loras(query, checkpoints[0].version, LORA_CANDIDATES) if options.max_loras else []
+        loras = (self._evidenced_loras(query, checkpoints[0].version, LORA_CANDIDATES, self._local(options))
+                 if options.max_loras else [])
         rendered = render_prompt(request, checkpoints, loras, style=options.style)
         with self.pool.borrow() as backend:  # one request per copy: its KV cache holds this prompt's prefix
             labels = prompt_labels(backend.single_token, backend.tokenize, n_checkpoints=len(checkpoints),
@@ -210,7 +219,7 @@ class Selector:
         timings["llm_decode"] = time.perf_counter() - t
         info = self.registry.versions([vid])[vid]
         first = next((c for c in checkpoints if c.version.id == vid), None) or Candidate(info, 0.0, {})
-        loras = self._evidenced_loras(query, info, options.max_loras)
+        loras = self._evidenced_loras(query, info, options.max_loras, self._local(options))
         rest = [Choice(c, [], c.score - 100.0, notes=["retrieval"]) for c in checkpoints if c.version.id != vid]
         return [Choice(first, loras, 0.0, llm_logprob=logprob, notes=[f"llm named it (logprob {logprob:.2f})"]),
                 *rest]

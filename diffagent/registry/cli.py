@@ -1,4 +1,4 @@
-"""``diffagent registry ...``: import, sync, build-default, search, stats, show."""
+"""``diffagent registry ...``: import, sync, scan, build-default, search, stats, show."""
 
 from __future__ import annotations
 
@@ -26,6 +26,17 @@ def cmd_import(args, settings: Settings) -> int:
     report = import_path(args.source, settings.registry, embedder=_embedder(args, settings),
                          progress=not args.quiet, keep_images=keep)
     print(report.summary())
+    return 0
+
+
+def cmd_scan(args, settings: Settings) -> int:
+    from pathlib import Path
+
+    from diffagent.registry.scan import scan
+
+    report = scan(settings.registry, [Path(d) for d in args.folders], cache_path=settings.data_dir / "scan-hashes.json",
+                  import_unknown=not args.no_import, embedder=_embedder(args, settings), progress=not args.quiet)
+    print(json.dumps(report.as_dict()) if args.json else report.summary())
     return 0
 
 
@@ -135,6 +146,15 @@ def register(subparsers) -> None:
                    help="drop sample images of model pages in these benchmark splits (no test leakage)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_import)
+
+    p = add_command(reg, "scan", help="find the weights already on disk (A1111/Forge/ComfyUI model folders): match "
+                    "them to registry versions by hash, import unknown .safetensors as local models")
+    p.add_argument("folders", nargs="+", help="model folders or files, e.g. stable-diffusion-webui/models")
+    p.add_argument("--no-import", action="store_true", help="only match files to registry versions")
+    p.add_argument("--no-vectors", action="store_true", help="do not embed the imported models' cards")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_scan)
 
     p = add_command(reg, "sync", help="page the live Civitai API into the registry (needs network)")
     p.add_argument("--max-pages", type=int, default=10)

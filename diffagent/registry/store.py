@@ -57,6 +57,7 @@ class _Index:
     #: can be selected: the registry knows where its weights are (a file, a Hugging Face file or diffusers
     #: folder, a download URL) and it renders alone (not a refiner or an inpainting model)
     renderable: np.ndarray  # bool
+    local: np.ndarray  # bool: weights on this machine (a local path)
     pos: dict[int, int]
     #: filter key -> (mask, its row numbers, vec rows, pvec rows): searches repeat a few filters
     subsets: dict = field(default_factory=dict)
@@ -214,7 +215,7 @@ class Registry:
                     " m.downloads AS model_downloads, k.kinds AS kinds,"
                     " (v.hf_repo IS NOT NULL OR v.download_url IS NOT NULL OR v.local_path IS NOT NULL OR EXISTS"
                     "  (SELECT 1 FROM model_file f WHERE f.version_id = v.id AND f.download_url IS NOT NULL))"
-                    " AS has_weights"
+                    " AS has_weights, v.local_path IS NOT NULL AS local"
                     " FROM model_version v JOIN model m ON m.id = v.model_id"
                     " LEFT JOIN model_kind k ON k.version_id = v.id"
                     " WHERE m.type IN ('checkpoint','lora','locon','embedding','vae') ORDER BY v.id"
@@ -258,6 +259,7 @@ class Registry:
                 eco=np.array([ecosystem_of(r.family) for r in rows], dtype=object),
                 nsfw=np.array([bool(r.nsfw) for r in rows]), downloads=np.maximum(downloads, model_dl),
                 prior=prior, vec=vec, pvec=pvec, has_pvec=has_p, pos=pos,
+                local=np.array([bool(r.local) for r in rows], dtype=bool),
                 renderable=np.array([bool(r.has_weights) and not (set(json.loads(r.kinds or "[]")) & NOT_STANDALONE)
                                      for r in rows], dtype=bool),
             )
@@ -273,16 +275,18 @@ class Registry:
         self._lexical()
         self.trigger_use(0)
 
-    def _subset(self, idx: _Index, types, base, min_downloads, allow_nsfw, renderable_only=False):
+    def _subset(self, idx: _Index, types, base, min_downloads, allow_nsfw, renderable_only=False, local_only=False):
         """The filter's mask, row numbers, their card vectors, and the rows with prompt vectors and those, cached
         per filter (a search then multiplies only the rows it may return: a sixth of the matrix for checkpoints)."""
         key = (tuple(sorted(types or ())), tuple(sorted(base or ())), int(min_downloads or 0), bool(allow_nsfw),
-               bool(renderable_only))
+               bool(renderable_only), bool(local_only))
         hit = idx.subsets.get(key)
         if hit is None:
             mask = self._mask(idx, types, base, min_downloads, allow_nsfw)
             if renderable_only:
                 mask &= idx.renderable
+            if local_only:
+                mask &= idx.local
             rows = np.flatnonzero(mask)
             prows = rows[idx.has_pvec[rows]]  # prompt vectors exist for checkpoints with creators' images only
             hit = (mask, rows, None if idx.vec is None else np.ascontiguousarray(idx.vec[rows]),
@@ -412,19 +416,22 @@ class Registry:
         exclude_page: int | None = None,
         renderable_only: bool = False,
         card_vector: np.ndarray | None = None,
+        local_only: bool = False,
     ) -> list[SearchHit]:
         """Hybrid search; ``base`` is a set of ecosystems ({'sd1'}, {'sdxl'}) or None for any.
         ``card_vector`` (a query moved by the card adapter, ``agent/cards.py``) adds the ``card`` signal: its
         cosine with each model's card vector, weighted by ``weights["card"]``.
         ``renderable_only`` leaves out what a call cannot use: models with no known weights, and checkpoints
-        that cannot render alone (refiners, inpainting models).
+        that cannot render alone (refiners, inpainting models); ``local_only`` keeps the models whose weights are
+        on this machine (a local path, as ``registry scan`` records).
 
         ``exclude_page`` leaves one model page's sample images out of the kNN and creator votes (how
         training examples see the registry, like the benchmark's held-out pages)."""
         idx = self._load_index()
         w = {**self.WEIGHTS, **(weights or {})}
         allow = self.allow_nsfw if allow_nsfw is None else allow_nsfw
-        mask, rows, vec, prows, pvec = self._subset(idx, types, base, min_downloads, allow, renderable_only)
+        mask, rows, vec, prows, pvec = self._subset(idx, types, base, min_downloads, allow, renderable_only,
+                                                    local_only)
         if not len(rows):
             return []
         score = w["prior"] * idx.prior.copy()
@@ -482,6 +489,12 @@ class Registry:
         idx = self._load_index()
         i = idx.pos.get(int(version_id))
         return i is not None and bool(idx.has_pvec[i])
+
+    def is_local(self, version_id: int) -> bool:
+        """The version's weights are on this machine (a local path the registry records)."""
+        idx = self._load_index()
+        i = idx.pos.get(int(version_id))
+        return i is not None and bool(idx.local[i])
 
     def is_renderable(self, version_id: int) -> bool:
         """The registry knows where this version's weights are, and (a checkpoint) it renders alone."""

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from tiny_llm import VOCAB, ToyTokenizer
 
+from diffagent.agent.cards import load_setting as load_card
 from diffagent.agent.prompt import answer_text
 from diffagent.agent.ranker import load_setting as load_ranker
 from diffagent.agent.selector import Selector
@@ -55,7 +56,7 @@ def lora_index(tiny_registry):
 def test_example_prompt_is_exactly_what_the_selector_renders(tiny_registry, tiny_registry_path, lora_index):
     settings = Settings(registry=tiny_registry_path, selector="llm")
     ex = build_example(tiny_registry, fox_pair(), lora_index, candidates_k=settings.candidates_k, max_loras=2,
-                       ranker=load_ranker(settings.ranker))
+                       ranker=load_ranker(settings.ranker), card=load_card(settings.card_adapter))
     sel = Selector(tiny_registry, settings, backend=FakeBackend()).select_many(FOX, SelectOptions(seed=0))
     assert ex.prompt == sel.prompt.text
     assert ex.usable and ex.checkpoint_ids[ex.answer_checkpoint] == 1003
