@@ -10,7 +10,6 @@ rebuilt only after an import changes the prompts. The cache is plain arrays (``.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from sqlalchemy import Engine, text
 
 from diffagent.atomic import write_atomic
 
-log = logging.getLogger(__name__)
 FORMAT = 4
 VECTORIZER_ARGS = {"sublinear_tf": True, "stop_words": "english", "ngram_range": (1, 2), "max_features": 200_000,
                    "dtype": np.float32}
@@ -118,22 +116,12 @@ def _load(path: Path, key: str) -> PromptIndex | None:
 
 
 def load_or_build(engine: Engine, db_path: Path) -> PromptIndex:
+    from diffagent.registry import sidecar
+
     key = _content_key(engine)
-    cache = Path(f"{db_path}.knn.npz")
-    if cache.exists():
-        try:
-            index = _load(cache, key)
-            if index is not None:
-                return index
-        except Exception as e:  # a stale or damaged cache is rebuilt
-            log.warning("ignoring prompt index cache %s: %s", cache, e)
-    index = build(engine, key)
-    if index.matrix.shape[0]:
-        try:
-            _save(index, cache)
-        except OSError as e:  # a read-only registry folder just means no cache
-            log.info("could not cache the prompt index beside %s: %s", db_path, e)
-    return index
+    return sidecar.load_or_build(Path(f"{db_path}.knn.npz"), key, load=_load, build=lambda: build(engine, key),
+                                 save=_save, worth_saving=lambda index: bool(index.matrix.shape[0]),
+                                 what="prompt index")
 
 
 def _empty(key: str) -> PromptIndex:

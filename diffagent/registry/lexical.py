@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 import sqlite3
 import threading
@@ -33,8 +32,6 @@ import numpy as np
 from sqlalchemy import Engine, text
 
 from diffagent.atomic import write_atomic
-
-log = logging.getLogger(__name__)
 
 FORMAT = 1
 K1, B = 1.2, 0.75
@@ -165,20 +162,9 @@ def _load(path: Path, key: str) -> LexicalIndex | None:
 
 
 def load_or_build(engine: Engine, db_path: Path) -> LexicalIndex:
+    from diffagent.registry import sidecar
+
     with engine.connect() as conn:
         key = _content_key(conn)
-        cache = Path(f"{db_path}.bm25.npz")
-        if cache.exists():
-            try:
-                index = _load(cache, key)
-                if index is not None:
-                    return index
-            except Exception as e:  # noqa: BLE001 - a stale or damaged cache is rebuilt
-                log.warning("ignoring full-text cache %s: %s", cache, e)
-        index = build(conn, key)
-    if index.terms:
-        try:
-            _save(index, cache)
-        except OSError as e:  # a read-only registry folder just means no cache
-            log.info("could not cache the full-text index beside %s: %s", db_path, e)
-    return index
+        return sidecar.load_or_build(Path(f"{db_path}.bm25.npz"), key, load=_load, build=lambda: build(conn, key),
+                                     save=_save, worth_saving=lambda index: bool(index.terms), what="full-text index")

@@ -132,28 +132,29 @@ def build_use(conn: Connection, index: TriggerIndex, types: tuple[str, ...] = ("
     return TriggerUse(key=key, seen=dict(seen), used={k: v for k, v in used.items() if v})
 
 
+def _load_use(path, key: str) -> TriggerUse | None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("key") != key:
+        return None
+    return TriggerUse(key=key, seen={int(k): v for k, v in data["seen"].items()},
+                      used={int(k): v for k, v in data["used"].items()})
+
+
+def _save_use(use: TriggerUse, path) -> None:
+    from diffagent.atomic import write_atomic
+
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps({"key": use.key, "seen": use.seen, "used": use.used}),
+                                                  encoding="utf-8"))
+
+
 def load_or_build_use(engine, db_path, index: TriggerIndex) -> TriggerUse:
     """``build_use``, cached beside the registry (``<db>.triggers.json``) by a key of its images and versions."""
     from pathlib import Path
 
-    from diffagent.atomic import write_atomic
+    from diffagent.registry import sidecar
 
-    cache = Path(f"{db_path}.triggers.json")
     with engine.connect() as conn:
         key = _use_key(conn)
-        if cache.exists():
-            try:
-                data = json.loads(cache.read_text(encoding="utf-8"))
-                if data.get("key") == key:
-                    return TriggerUse(key=key, seen={int(k): v for k, v in data["seen"].items()},
-                                      used={int(k): v for k, v in data["used"].items()})
-            except (ValueError, KeyError, OSError):  # a damaged cache is rebuilt
-                pass
-        use = build_use(conn, index)
-    if use.seen:
-        try:
-            write_atomic(cache, lambda tmp: tmp.write_text(json.dumps(
-                {"key": use.key, "seen": use.seen, "used": use.used}), encoding="utf-8"))
-        except OSError:  # a read-only registry folder just means no cache
-            pass
-    return use
+        return sidecar.load_or_build(Path(f"{db_path}.triggers.json"), key, load=_load_use,
+                                     build=lambda: build_use(conn, index), save=_save_use,
+                                     worth_saving=lambda use: bool(use.seen), what="trigger use")
