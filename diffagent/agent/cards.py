@@ -75,16 +75,19 @@ class CardEncoder:
             weights[key] = weights[key] + self.scale * (b @ a)
 
     def _encoder(self, embedder):
-        from diffagent.registry.bert import NumpyBert, Unsupported
+        """A copy of ``embedder``'s numpy encoder with the updates merged: the weights it does not update (the
+        token embeddings, layer norms) and the tokenizer are shared, not loaded again."""
+        import copy
 
         key = (str(embedder.check()), embedder.max_seq_length)
         with self._lock:
             if key not in self._bound:
-                try:
-                    bert = NumpyBert(embedder.check(), embedder.max_seq_length)
-                except Unsupported as e:
+                base = embedder.numpy_encoder()
+                if base is None:
                     raise UserInputError(f"the card encoder needs a plain BERT sentence model; {embedder.name} is "
-                                         f"not one ({e}); set DIFFAGENT_CARD_ADAPTER=none") from e
+                                         "not one; set DIFFAGENT_CARD_ADAPTER=none")
+                bert = copy.copy(base)
+                bert.w = dict(base.w)  # merge_into replaces the updated matrices; the base's stay untouched
                 self.merge_into(bert.w)
                 self._bound[key] = bert
             return self._bound[key]

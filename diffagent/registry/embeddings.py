@@ -65,7 +65,7 @@ class Embedder:
         model.max_seq_length = self.max_seq_length
         return model
 
-    def _query_encoder(self) -> NumpyBert | None:
+    def numpy_encoder(self) -> NumpyBert | None:
         """The numpy encoder of this folder, or None where it needs sentence-transformers (decided once)."""
         with self._lock:
             if self._numpy is None:
@@ -82,7 +82,7 @@ class Embedder:
             if hit is not None:
                 self._queries.move_to_end(text)
                 return hit
-        fast = self._query_encoder()
+        fast = self.numpy_encoder()
         if fast is not None:
             with one_blas_thread():  # spinning BLAS threads would slow the LLM step that follows
                 vec = fast.encode([text])[0]

@@ -32,7 +32,10 @@ def test_numpy_encoder_with_merged_updates_equals_torch(embedder):
 
     enc = CardEncoder(_random_factors(), scale=2.0, meta={"embedder": embedder.name})
     texts = ["a watercolor painting of a fox", "portrait photo of an old fisherman, soft light"]
+    before = embedder.numpy_encoder().encode(texts)
     ours = enc.encode(embedder, texts)
+    # the card encoder shares the query encoder's unchanged weights: the query encoder itself stays stock
+    assert np.array_equal(embedder.numpy_encoder().encode(texts), before)
     model = AutoModel.from_pretrained(str(embedder.check()), local_files_only=True).eval()
     with torch.no_grad():
         for name, (a, b) in enc.factors.items():
