@@ -24,10 +24,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 
 from diffagent.atomic import write_atomic
 from diffagent.errors import UserInputError
+from diffagent.registry.index import SEARCHABLE_TYPES
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 #: ids of models found only on disk: far above Civitai's ids, below SQLite's integer limit
@@ -213,41 +214,41 @@ def scan(registry: Path, roots: list[Path], *, cache_path: Path, import_unknown:
     cache.save()
 
     engine = open_engine(Path(registry))
-    with engine.connect() as conn:
-        by_hash = {str(h).lower(): int(v) for h, v in conn.execute(text(
-            "SELECT sha256, version_id FROM model_file WHERE sha256 IS NOT NULL ORDER BY id DESC"))}
-    engine.dispose()
-    unknown = []
-    for f, sha in hashes.items():
-        if sha in by_hash:
-            report.matched.append((str(f), by_hash[sha]))
-            continue
-        if not import_unknown:
-            report.skipped.append((str(f), "not in the registry (import of unknown files is off)"))
-        elif f.suffix.lower() != ".safetensors":
-            report.skipped.append((str(f), "a pickle not in the registry: not opened (unsafe); convert it to "
-                                           ".safetensors to use it"))
-        else:
-            try:
-                header = safetensors_header(f)
-            except (ValueError, OSError) as e:
-                report.skipped.append((str(f), f"not a readable safetensors file ({e})"))
+    try:
+        with engine.connect() as conn:
+            by_hash = {str(h).lower(): int(v) for h, v in conn.execute(text(
+                "SELECT sha256, version_id FROM model_file WHERE sha256 IS NOT NULL ORDER BY id DESC"))}
+        unknown = []
+        for f, sha in hashes.items():
+            if sha in by_hash:
+                report.matched.append((str(f), by_hash[sha]))
                 continue
-            kind, base, name = describe(f, header)
-            if kind not in ("checkpoint", "lora", "locon", "embedding", "vae"):
-                report.skipped.append((str(f), "not a checkpoint, LoRA, embedding or VAE (put it in the matching "
-                                               "models folder if it is one)"))
-            elif base is None:
-                report.skipped.append((str(f), "its header names no base model (SD 1.5 or SDXL)"))
+            if not import_unknown:
+                report.skipped.append((str(f), "not in the registry (import of unknown files is off)"))
+            elif f.suffix.lower() != ".safetensors":
+                report.skipped.append((str(f), "a pickle not in the registry: not opened (unsafe); convert it to "
+                                               ".safetensors to use it"))
             else:
-                unknown.append(local_record(f, sha, kind, base, name, header))
-                report.imported.append((str(f), unknown[-1].id, kind, base))
-    if unknown:
-        import_records(Path(registry), unknown, source="local scan", embedder=embedder, create=False)
-    if report.matched:
-        engine = open_engine(Path(registry))
-        with engine.begin() as conn:
-            conn.execute(text("UPDATE model_version SET local_path = :p WHERE id = :v").bindparams(
-                bindparam("p"), bindparam("v")), [{"p": p, "v": v} for p, v in report.matched])
+                try:
+                    header = safetensors_header(f)
+                except (ValueError, OSError) as e:
+                    report.skipped.append((str(f), f"not a readable safetensors file ({e})"))
+                    continue
+                kind, base, name = describe(f, header)
+                if kind not in SEARCHABLE_TYPES:
+                    report.skipped.append((str(f), "not a checkpoint, LoRA, embedding or VAE (put it in the "
+                                                   "matching models folder if it is one)"))
+                elif base is None:
+                    report.skipped.append((str(f), "its header names no base model (SD 1.5 or SDXL)"))
+                else:
+                    unknown.append(local_record(f, sha, kind, base, name, header))
+                    report.imported.append((str(f), unknown[-1].id, kind, base))
+        if unknown:
+            import_records(Path(registry), unknown, source="local scan", embedder=embedder, create=False)
+        if report.matched:
+            with engine.begin() as conn:
+                conn.execute(text("UPDATE model_version SET local_path = :p WHERE id = :v"),
+                             [{"p": p, "v": v} for p, v in report.matched])
+    finally:
         engine.dispose()
     return report
