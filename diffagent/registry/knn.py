@@ -134,7 +134,7 @@ def _empty(key: str) -> PromptIndex:
 
 
 def build(engine: Engine, key: str) -> PromptIndex:
-    from diffagent.registry.stats import lora_name_index
+    from diffagent.registry.stats import lora_name_index, loras_used
 
     with engine.connect() as conn:
         rows = conn.execute(text(
@@ -147,9 +147,7 @@ def build(engine: Engine, key: str) -> PromptIndex:
 
     ptr, ids = [0], []
     for r in rows:
-        used = {by_stem.get(str(x.get("name", "")).lower()) for x in json.loads(r[2] or "[]")
-                if str(x.get("type", "")).lower() in ("lora", "lycoris", "locon")}
-        ids += sorted(u for u in used if u is not None)
+        ids += sorted(loras_used(r[2], by_stem))
         ptr.append(len(ids))
     vectorizer = TfidfVectorizer(min_df=2 if len(rows) > 1000 else 1, **VECTORIZER_ARGS)
     try:

@@ -46,6 +46,14 @@ def lora_name_index(conn: Connection) -> dict[str, int]:
     return index
 
 
+def loras_used(resources: str | None, by_stem: dict[str, int]) -> set[int]:
+    """The registry LoRA versions a sample image's resources JSON names (by file stem, ``lora_name_index``)."""
+    used = {by_stem.get(str(x.get("name", "")).lower()) for x in json.loads(resources or "[]")
+            if str(x.get("type", "")).lower() in ("lora", "lycoris", "locon")}
+    used.discard(None)
+    return used
+
+
 def _typical(texts: list[str]) -> str:
     """The most common text; among singletons, the one whose words are most common overall."""
     texts = [t.strip() for t in texts if t and t.strip()]

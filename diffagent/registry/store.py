@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,7 +78,6 @@ class Registry:
         self._trigger_index = None
         self._lexical_index = None
         self._trigger_use = None
-        self._trigger_memo: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
@@ -328,21 +326,8 @@ class Registry:
     def trigger_matches(self, query: str, types: tuple[str, ...] = ("lora", "locon"),
                         limit: int = 50) -> dict[int, float]:
         """Add-ons whose trigger words appear verbatim in ``query`` (creators type them to activate a
-        LoRA), scored by the longest matched trigger's share of the query, scaled to [0, 1]. Memoised: a
-        selection asks for the same query's add-ons twice (the creators' vote and the request's intent)."""
-        key = (query, types, limit)
-        with self._lock:
-            hit = self._trigger_memo.get(key)
-        if hit is not None:
-            return dict(hit)
-        out = self._trigger_matches(query, types, limit)
-        with self._lock:
-            self._trigger_memo[key] = out
-            while len(self._trigger_memo) > 256:
-                self._trigger_memo.popitem(last=False)
-        return dict(out)
-
-    def _trigger_matches(self, query: str, types: tuple[str, ...], limit: int) -> dict[int, float]:
+        LoRA), scored by the longest matched trigger's length (``triggers.TriggerIndex.matches``), at most
+        ``limit``. An in-memory lookup (well under a millisecond), so it is not memoised."""
         out = self._triggers().matches(query, types)
         if len(out) > limit:  # the longest (most specific) phrases first
             out = dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0]))[:limit])
@@ -419,7 +404,7 @@ class Registry:
         local_only: bool = False,
     ) -> list[SearchHit]:
         """Hybrid search; ``base`` is a set of ecosystems ({'sd1'}, {'sdxl'}) or None for any.
-        ``card_vector`` (a query moved by the card adapter, ``agent/cards.py``) adds the ``card`` signal: its
+        ``card_vector`` (the request as the card encoder reads it, ``agent/cards.py``) adds the ``card`` signal: its
         cosine with each model's card vector, weighted by ``weights["card"]``.
         ``renderable_only`` leaves out what a call cannot use: models with no known weights, and checkpoints
         that cannot render alone (refiners, inpainting models); ``local_only`` keeps the models whose weights are

@@ -39,7 +39,7 @@ class _Entry:
 class TriggerIndex:
     def __init__(self, entries: list[_Entry]):
         self._by_word: dict[str, list[_Entry]] = defaultdict(list)
-        self._claims: dict[tuple[str, tuple[str, ...]], dict[str, int]] = {}
+        self._claims: dict[tuple[str, ...], dict[str, int]] = {}
         self._entries = entries
         for e in entries:
             first = _TOKEN.search(e.phrase)
@@ -61,7 +61,7 @@ class TriggerIndex:
 
     def claims(self, types: tuple[str, ...]) -> dict[str, int]:
         """How many versions of ``types`` list each trigger phrase."""
-        key = ("claims", tuple(sorted(types)))
+        key = tuple(sorted(types))
         if key not in self._claims:
             counts: dict[str, int] = defaultdict(int)
             for e in self._entries:
@@ -114,7 +114,7 @@ def _use_key(conn: Connection) -> str:
 
 def build_use(conn: Connection, index: TriggerIndex, types: tuple[str, ...] = ("lora", "locon")) -> TriggerUse:
     from diffagent.prompttext import strip_resource_tags
-    from diffagent.registry.stats import lora_name_index
+    from diffagent.registry.stats import lora_name_index, loras_used
 
     key = _use_key(conn)
     by_stem = lora_name_index(conn)
@@ -125,8 +125,7 @@ def build_use(conn: Connection, index: TriggerIndex, types: tuple[str, ...] = ("
         matched = index.matches(strip_resource_tags(prompt), types)
         if not matched:
             continue
-        mine = {by_stem.get(str(x.get("name", "")).lower()) for x in json.loads(resources or "[]")
-                if isinstance(x, dict) and str(x.get("type", "")).lower() in ("lora", "lycoris", "locon")}
+        mine = loras_used(resources, by_stem)
         for vid in matched:
             seen[vid] += 1
             used[vid] += vid in mine
