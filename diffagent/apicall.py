@@ -66,6 +66,8 @@ class ApiCall(BaseModel):
     checkpoint: ModelRef
     loras: list[LoraRef] = Field(default_factory=list, max_length=MAX_LORAS)
     embeddings: list[EmbeddingRef] = Field(default_factory=list, max_length=MAX_EMBEDDINGS)
+    vae: ModelRef | None = Field(None, description="a standalone VAE that decodes instead of the checkpoint's own "
+                                 "(A1111's 'SD VAE'); none keeps the checkpoint's")
     prompt: str = Field(min_length=1, max_length=8000, description="final prompt, A1111 weighting kept")
     negative_prompt: str = Field("", max_length=8000)
     sampler: str = Field("DPM++ 2M Karras", description="A1111/Civitai sampler name")
@@ -91,7 +93,7 @@ class ApiCall(BaseModel):
         ids = [lo.id for lo in self.loras]
         if len(set(ids)) != len(ids):
             raise ValueError("the same LoRA is listed twice; list each LoRA once, with the weight you want")
-        for addon in [*self.loras, *self.embeddings]:
+        for addon in [*self.loras, *self.embeddings, *([self.vae] if self.vae else [])]:
             if not compatible(self.checkpoint.family, addon.family):
                 raise ValueError(
                     f"{addon.name!r} is a {addon.family.value} add-on and cannot load into the "
@@ -117,6 +119,8 @@ class ApiCall(BaseModel):
         ]
         if self.clip_skip > 1:
             fields.append(f"Clip skip: {self.clip_skip}")
+        if self.vae is not None:
+            fields.append(f"VAE: {self.vae.name}")
         return f"{prompt}\nNegative prompt: {self.negative_prompt}\n" + ", ".join(fields)
 
 

@@ -54,7 +54,7 @@ def pipeline_class(ecosystem: str):
     return classes[ecosystem]
 
 
-def _dtype_kwarg() -> str:
+def dtype_kwarg() -> str:
     """diffusers 0.42 renamed ``torch_dtype`` to ``dtype`` (the old name warns); older versions know only the old."""
     import diffusers
     from packaging.version import Version
@@ -67,7 +67,7 @@ def load_pipeline(path: Path, ecosystem: str, *, device: str, dtype, skeleton: P
     cls = pipeline_class(ecosystem)
     path = Path(path)
     extra: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False} if ecosystem == "sd1" else {}
-    extra[_dtype_kwarg()] = dtype
+    extra[dtype_kwarg()] = dtype
     if path.is_dir():
         if not (path / "model_index.json").exists():
             raise UserInputError(f"{path} is a folder without model_index.json; give a diffusers pipeline folder "
@@ -128,6 +128,9 @@ class CachedPipeline:
     loras: dict[str, Path] = field(default_factory=dict)
     #: tokens of loaded textual-inversion embeddings -> file
     embeddings: dict[str, Path] = field(default_factory=dict)
+    #: the standalone VAE file decoding instead of the checkpoint's own (None: the checkpoint's), and that own VAE
+    vae: Path | None = None
+    own_vae: Any = None
     hits: int = 0
 
 

@@ -141,6 +141,8 @@ class Renderer:
             raise UserInputError(f"{ref.name!r} is a {weights.type}, not a LoRA")
         if kind == "embedding" and weights.type != "embedding":
             raise UserInputError(f"{ref.name!r} is a {weights.type}, not a textual-inversion embedding")
+        if kind == "vae" and weights.type != "vae":
+            raise UserInputError(f"{ref.name!r} is a {weights.type}, not a VAE")
         return weights
 
     def _load(self, weights: ResolvedWeights, ecosystem: str):
@@ -165,6 +167,7 @@ class Renderer:
             ckpt = self._resolve(call.checkpoint, "checkpoint", call.checkpoint.family)
             loras = [(ref, self._resolve(ref, "lora", call.checkpoint.family)) for ref in call.loras]
             embeddings = [(ref, self._resolve(ref, "embedding", call.checkpoint.family)) for ref in call.embeddings]
+            vae = (call.vae, self._resolve(call.vae, "vae", call.checkpoint.family)) if call.vae else None
         timings["resolve"] = time.perf_counter() - t0
 
         positive_tokens = [e.token for e in call.embeddings if not e.negative]
@@ -174,11 +177,11 @@ class Renderer:
         prompt = strip_resource_tags(rendered.prompt)  # A1111 removes extra-network tags before encoding
         negative = strip_resource_tags(rendered.negative_prompt)
 
-        image, cache_hit = self._denoise(call, ecosystem, ckpt, loras, embeddings, prompt, negative,
+        image, cache_hit = self._denoise(call, ecosystem, ckpt, loras, embeddings, vae, prompt, negative,
                                          progress, cancel, timings)
 
         t1 = time.perf_counter()
-        parameters = self.parameters_text(rendered, ckpt, loras, embeddings)
+        parameters = self.parameters_text(rendered, ckpt, loras, embeddings, vae)
         out_dir = Path(output_dir) if output_dir is not None else self.settings.output_dir
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-{call.seed}-{uuid.uuid4().hex[:8]}.png"
         path = png.write_png(image, out_dir, name, parameters)
@@ -188,14 +191,15 @@ class Renderer:
                             seconds=time.perf_counter() - t0, parameters=parameters, call=rendered,
                             sampler_exact=spec.exact, cache_hit=cache_hit, timings=timings, preview_png=preview)
 
-    def _denoise(self, call: ApiCall, ecosystem: str, ckpt: ResolvedWeights, loras, embeddings, prompt: str,
-                 negative: str, progress: Progress | None, cancel: threading.Event | None,
+    def _denoise(self, call: ApiCall, ecosystem: str, ckpt: ResolvedWeights, loras, embeddings, vae,
+                 prompt: str, negative: str, progress: Progress | None, cancel: threading.Event | None,
                  timings: dict[str, float]):
         import torch
 
         from diffagent.render.encode import encode
         from diffagent.render.loras import apply_embeddings, apply_loras
         from diffagent.render.pipelines import weights_nbytes
+        from diffagent.render.vae import apply_vae, load_vae
 
         lock = device_lock(self.device)
         t_wait = time.perf_counter()
@@ -215,6 +219,9 @@ class Renderer:
             t = time.perf_counter()
             apply_loras(entry, [(ref.id, ref.name, w.path, ref.weight) for ref, w in loras])
             apply_embeddings(entry, [(ref.token, ref.name, w.path) for ref, w in embeddings])
+            apply_vae(entry, vae[1].path if vae else None,
+                      lambda path: load_vae(path, None if path.is_dir() else self.skeleton(ecosystem),
+                                            name=vae[0].name, device=self.device, dtype=self.dtype))
             pipe = entry.pipe
             pipe.scheduler = make_scheduler(call.sampler, entry.base_scheduler_config, seed=call.seed)
             timings["prepare"] = time.perf_counter() - t
@@ -243,7 +250,7 @@ class Renderer:
             lock.release()
 
     @staticmethod
-    def parameters_text(call: ApiCall, ckpt: ResolvedWeights, loras, embeddings) -> str:
+    def parameters_text(call: ApiCall, ckpt: ResolvedWeights, loras, embeddings, vae=None) -> str:
         """``ApiCall.a1111_parameters()`` plus the resource hashes Civitai links images by."""
         extra: dict[str, object] = {}
         if h := autov2(ckpt.sha256):
@@ -254,6 +261,8 @@ class Renderer:
         ti_hashes = [f"{ref.token}: {autov2(w.sha256)}" for ref, w in embeddings if w.sha256]
         if ti_hashes:
             extra["TI hashes"] = ", ".join(ti_hashes)
+        if vae and (h := autov2(vae[1].sha256)):
+            extra["VAE hash"] = h
         from diffagent import __version__
 
         extra["Version"] = f"diffagent {__version__}"

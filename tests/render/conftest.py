@@ -51,6 +51,9 @@ class TinyModels:
             23: (tm.save_kohya_lora(sdxl, root / "lora-xl.safetensors", seed=3), xl, "lora", "xl-lora"),
             31: (tm.save_embedding(sd15, root / "emb-sd15.safetensors"), sd, "embedding", "tiny-emb"),
             32: (tm.save_embedding(sdxl, root / "emb-sdxl.safetensors"), xl, "embedding", "tiny-emb-xl"),
+            41: (tm.save_vae(sd15, root / "vae-sd15.safetensors"), sd, "vae", "tiny-vae"),
+            42: (tm.save_vae(sdxl, root / "vae-sdxl.safetensors"), xl, "vae", "tiny-vae-xl"),
+            43: (root / "lora-kohya.safetensors", sd, "vae", "a-lora-listed-as-vae"),
         }
         self.resolved: list[int] = []
 

@@ -332,6 +332,20 @@ def save_embedding(pipe, path: Path, vectors: int = 2, seed: int = 3) -> Path:
     return Path(path)
 
 
+def save_vae(pipe, path: Path, seed: int = 5) -> Path:
+    """A standalone VAE as Civitai and the reference repos ship it (vae-ft-mse, sdxl_vae): the pipeline's VAE
+    architecture with other random weights, in the LDM key layout without the checkpoint's ``first_stage_model.``."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL.from_config(pipe.vae.config)
+    v = vae.config
+    sd = _vae_to_ldm(vae.state_dict(), len(v.block_out_channels), v.layers_per_block)
+    save_file({k.removeprefix("first_stage_model."): t.contiguous() for k, t in sd.items()}, str(path))
+    return Path(path)
+
+
 def quiet_diffusers() -> None:
     """Hide progress bars and the benign LoRA 'missing keys' notices in test output."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
