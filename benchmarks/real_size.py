@@ -18,12 +18,16 @@ checkpoint alone, with each LoRA kind, with the embedding's token and with the V
   0 unexpected besides the schedule buffers) and bit-identical values;
 - each LoRA: the number of modules carrying its adapter, per component, equals the number of modules in the file;
 - the embedding: its token is in the tokenizer(s) and changes the prompt's conditioning;
-- every render: a finite image that differs from the checkpoint-alone one where the add-on should change it.
+- every render: an image that is not blank (NaN activations decode to one flat colour), and one that differs from
+  the checkpoint-alone image where the add-on should change it.
 
     python benchmarks/real_size.py --family sd15 --workdir /tmp/realsize
     python benchmarks/real_size.py --family sdxl --workdir /tmp/realsize --size 128 --steps 2
+    python benchmarks/real_size.py --family sdxl --workdir /tmp/realsize --device cuda --size 1024 --steps 20
 
-About 7 GB of disk and 11 GB of RAM for SD 1.5 files and render, 14 GB / 24 GB for SDXL (the CPU renders in fp32).
+The last is the CUDA check of the same files (fp16 on the GPU; the report adds peak GPU memory). Measured here on
+CPU (2 cores): SD 1.5 files 2.4 GB, render peak RSS 7.2 GB; SDXL files 6.9 GB, write peak 10.4 GB, render peak
+20.3 GB (the CPU renders in fp32).
 """
 
 from __future__ import annotations
@@ -235,7 +239,7 @@ def reached(pipe, adapter: str) -> dict[str, int]:
     return out
 
 
-def render(family: str, out: Path, size: int, steps: int) -> dict:
+def render(family: str, out: Path, size: int, steps: int, device: str = "cpu") -> dict:
     import numpy as np
     import torch
     from PIL import Image
@@ -262,7 +266,7 @@ def render(family: str, out: Path, size: int, steps: int) -> dict:
     def ref(i: int) -> dict:
         return {"id": i, "air": f"urn:air:bench:{i}", "name": files[i][0].split(".")[0], "family": fam}
 
-    settings = Settings(data_dir=out / "data", device="cpu", allow_downloads=False, registry=out / "none.db",
+    settings = Settings(data_dir=out / "data", device=device, allow_downloads=False, registry=out / "none.db",
                         pipeline_cache_gb=64.0)
     from diffagent.render.skeletons import ensure_skeleton
 
@@ -283,6 +287,8 @@ def render(family: str, out: Path, size: int, steps: int) -> dict:
                           "step_s": round(res.timings.get("denoise", 0.0) / steps, 2),
                           "total_s": round(res.seconds, 1), "image_std": round(float(img.std()), 1),
                           "peak_rss_gb": peak_rss_gb()}
+        if device.startswith("cuda"):
+            results[label]["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         return renderer.cache._entries[next(iter(renderer.cache._entries))].pipe  # noqa: SLF001 - one entry
 
     pipe = run("checkpoint")
@@ -308,13 +314,15 @@ def render(family: str, out: Path, size: int, steps: int) -> dict:
     results["vae"]["keys"] = account(vmapped, out / "vae.safetensors", set())
     results["vae"]["changes_image"] = bool(np.abs(images["vae"] - images["embedding"]).max() > 0)
     renderer.close()
-    return {"family": family, "size": size, "steps": steps, "renders": results, "peak_rss_gb": peak_rss_gb()}
+    return {"family": family, "size": size, "steps": steps, "device": device, "renders": results,
+            "peak_rss_gb": peak_rss_gb()}
 
 
 def verdict(written: dict, rendered: dict) -> list[str]:
     """What failed, in words (empty: everything was consumed and reached)."""
     bad = []
     r = rendered["renders"]
+    bad += [f"{label}: a blank image" for label, res in r.items() if res["image_std"] == 0]
     for label in ("checkpoint", "vae"):
         k = r[label]["keys"]
         if k["missing"] or k["unexpected"] or k["unequal"]:
@@ -339,6 +347,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--size", type=int, default=128, help="render width and height (multiple of 8)")
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="'cpu' (fp32) or 'cuda' (fp16)")
     ap.add_argument("--stage", choices=["all", "write", "render"], default="all",
                     help="internal: each stage runs in its own process for its own peak RSS")
     ap.add_argument("--out", type=Path, help="write the JSON results here too")
@@ -348,12 +357,12 @@ def main() -> None:
         print(json.dumps(write(args.family, folder)))
         return
     if args.stage == "render":
-        print(json.dumps(render(args.family, folder, args.size, args.steps)))
+        print(json.dumps(render(args.family, folder, args.size, args.steps, args.device)))
         return
     stages = {}
     for stage in ("write", "render"):
         cmd = [sys.executable, __file__, "--family", args.family, "--workdir", str(args.workdir), "--stage", stage,
-               "--size", str(args.size), "--steps", str(args.steps)]
+               "--size", str(args.size), "--steps", str(args.steps), "--device", args.device]
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
