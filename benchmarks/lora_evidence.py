@@ -22,10 +22,10 @@ from diffagent.agent.retrieve import (
     retrieve_checkpoints,
     retrieve_loras,
 )
-from diffagent.bench.pairs import load_pairs
+from diffagent.bench.pairs import creator_loras, load_pairs
 from diffagent.families import parse_base_constraint
 from diffagent.prompttext import strip_resource_tags
-from diffagent.registry.stats import lora_name_index
+from diffagent.registry.stats import lora_name_index, lora_versions
 from diffagent.registry.store import Registry
 
 K = 3  # LoRA candidates per request, as the selector retrieves them (selector.LORA_CANDIDATES)
@@ -45,13 +45,13 @@ def main() -> None:
 
     reg = Registry.open(args.registry, allow_nsfw=True)
     with reg.engine.connect() as conn:
-        names = lora_name_index(conn)
+        names, lora_ids = lora_name_index(conn), lora_versions(conn)
     pairs = list(load_pairs(args.pairs, splits={args.split}))
     random.Random(args.seed).shuffle(pairs)
     pairs = pairs[: args.limit]
     ranker = load_setting("default")
     w = RetrievalWeights()
-    rows = []  # (ground truth ids, [(candidate, signals)])
+    rows = []  # (request, LoRAs the metadata names, the same + the LoRA whose page shows the image, candidates)
     for p in pairs:
         request = strip_resource_tags(p.instruction)
         cks = retrieve_checkpoints(reg, request, base=parse_base_constraint("any"), k=5, weights=w, ranker=ranker,
@@ -59,20 +59,21 @@ def main() -> None:
         if not cks:
             continue
         cands = retrieve_loras(reg, request, cks[0].version, k=K, weights=w)
-        gt = {names[lo.name.lower()] for lo in p.target.loras if lo.name.lower() in names}
-        rows.append((request, gt, cands))
+        rows.append((request, creator_loras(p, names), creator_loras(p, names, lora_ids), cands))
 
-    def score(keep) -> tuple[float, float, int]:
-        tp = pred = gt_n = 0
-        for request, gt, cands in rows:
-            chosen = [c.version.id for c in cands if keep(c, request)][: args.max_loras]
-            tp += len(gt & set(chosen))
-            pred += len(chosen)
-            gt_n += len(gt)
-        return (tp / pred if pred else 0.0), (tp / gt_n if gt_n else 0.0), pred
+    def score(keep) -> tuple[float, float, float, float, int]:
+        tp = tp_s = pred = gt_n = gt_s = 0
+        for request, gt, shown, cands in rows:
+            chosen = set([c.version.id for c in cands if keep(c, request)][: args.max_loras])
+            tp, tp_s, pred = tp + len(gt & chosen), tp_s + len(shown & chosen), pred + len(chosen)
+            gt_n, gt_s = gt_n + len(gt), gt_s + len(shown)
+        return (tp / pred if pred else 0.0), (tp / gt_n if gt_n else 0.0), (tp_s / pred if pred else 0.0), \
+            (tp_s / gt_s if gt_s else 0.0), pred
 
-    print(f"{len(rows)} {args.split} pairs, {sum(len(g) for _, g, _ in rows)} creator LoRAs")
-    print("| rule | precision | recall | LoRAs added |\n|---|---|---|---|")
+    print(f"{len(rows)} {args.split} pairs, {sum(len(r[1]) for r in rows)} LoRAs named by the images' metadata, "
+          f"{sum(len(r[2]) for r in rows)} with the LoRA whose page shows the image")
+    print("| rule | precision | recall | precision (+ page's LoRA) | recall (+ page's LoRA) | LoRAs added |\n"
+          "|---|---|---|---|---|---|")
     old = lambda c, r: c.signals["trigger"] >= OLD_TRIGGER_MIN or c.signals["knn"] >= OLD_KNN_MIN  # noqa: E731
     variants = {"before: trigger or kNN >= 0.5 (no evidence rule)": old,
                 "trigger only": lambda c, r: c.signals["trigger"] >= OLD_TRIGGER_MIN}
@@ -101,8 +102,8 @@ def main() -> None:
         and (c.signals["knn"] > 0 or c.signals["cooccurrence"] > 0),
     }
     for name, keep in variants.items():
-        prec, rec, n = score(keep)
-        print(f"| {name} | {prec:.3f} | {rec:.3f} | {n} |")
+        prec, rec, prec_s, rec_s, n = score(keep)
+        print(f"| {name} | {prec:.3f} | {rec:.3f} | {prec_s:.3f} | {rec_s:.3f} | {n} |")
 
 
 if __name__ == "__main__":

@@ -46,9 +46,23 @@ class Target(BaseModel):
 class Pair(BaseModel):
     image_id: int
     page_model_id: int
+    #: the model version whose page shows the image, and its Civitai type ("LORA", "Checkpoint", ...): a LoRA's
+    #: sample images are made with it, whether or not their metadata names it (``creator_loras``)
+    page_version_id: int | None = None
+    page_type: str = ""
     split: str
     instruction: str
     target: Target
+
+
+def creator_loras(pair: Pair, by_stem: dict[str, int], lora_ids: frozenset[int] = frozenset()) -> set[int]:
+    """The registry LoRA versions the creator used: those the image's metadata names (by file stem,
+    ``stats.lora_name_index``) and, with ``lora_ids`` (the registry's LoRA versions), the LoRA whose own page shows the
+    image (its metadata often does not name it; pairs built before the page's version was recorded lack it)."""
+    used = {by_stem[lo.name.lower()] for lo in pair.target.loras if lo.name.lower() in by_stem}
+    if pair.page_version_id is not None and pair.page_version_id in lora_ids:
+        used.add(pair.page_version_id)
+    return used
 
 
 def _size(row: dict) -> tuple[int | None, int | None]:
@@ -82,6 +96,7 @@ def row_to_pair(row: dict, *, sfw_only: bool = True) -> Pair | None:
     return Pair(
         image_id=int(row["image_id"]),
         page_model_id=int(row["attached_model_id"]),
+        page_version_id=parse_int(row.get("attached_version_id")), page_type=str(row.get("attached_type") or ""),
         split=split_of(int(row["attached_model_id"])),
         instruction=instruction[:2000],
         target=Target(

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from diffagent.apicall import ApiCall
-from diffagent.bench.pairs import Pair
+from diffagent.bench.pairs import Pair, creator_loras
 from diffagent.families import compatible
 from diffagent.registry.store import Registry
 
@@ -43,6 +43,10 @@ class Scores:
     lora_tp: int = 0
     lora_pred: int = 0
     lora_gt: int = 0
+    #: the same with the LoRA whose own page shows the image counted as used (``pairs.creator_loras``)
+    showcase_tp: int = 0
+    showcase_pred: int = 0
+    showcase_gt: int = 0
     args: Counter = field(default_factory=Counter)
     args_n: int = 0
     hallucinated_ids: int = 0
@@ -62,6 +66,8 @@ class Scores:
             "n": self.n, "checkpoint_top1": p(self.top1, self.n), "checkpoint_top5": p(self.top5, self.n),
             "model_top1": p(self.model_top1, self.n), "model_top5": p(self.model_top5, self.n),
             "lora_precision": p(self.lora_tp, self.lora_pred), "lora_recall": p(self.lora_tp, self.lora_gt),
+            "lora_precision_showcase": p(self.showcase_tp, self.showcase_pred),
+            "lora_recall_showcase": p(self.showcase_tp, self.showcase_gt),
             **{f"arg_{k}": p(self.args[k], self.args_n) for k in ("sampler", "steps", "cfg", "size", "clip_skip")},
             "hallucinated_ids": self.hallucinated_ids, "lora_base_mismatch": self.mismatched,
             "invalid_calls": self.invalid,
@@ -96,7 +102,8 @@ class KnnBaseline:
 
 
 def evaluate(pairs: list[Pair], predict: Callable[[Pair], Prediction], registry: Registry,
-             lora_index: dict[str, int], progress: bool = False, train_pages: set[int] | None = None) -> Scores:
+             lora_index: dict[str, int], progress: bool = False, train_pages: set[int] | None = None,
+             lora_ids: frozenset[int] = frozenset()) -> Scores:
     """Scores of ``predict`` on ``pairs``; with ``train_pages`` (the checkpoint pages train-split images show),
     the pairs whose checkpoint page is not among them are also scored apart."""
     from tqdm import tqdm
@@ -134,11 +141,15 @@ def evaluate(pairs: list[Pair], predict: Callable[[Pair], Prediction], registry:
         if call.checkpoint.id in known:
             fam = known[call.checkpoint.id].family
             s.mismatched += sum(1 for lo in call.loras if lo.id in known and not compatible(fam, known[lo.id].family))
-        gt_loras = {lora_index[lo.name.lower()] for lo in tgt.loras if lo.name.lower() in lora_index}
+        gt_loras = creator_loras(pair, lora_index)
         pred_loras = {lo.id for lo in call.loras}
         s.lora_tp += len(gt_loras & pred_loras)
         s.lora_pred += len(pred_loras)
         s.lora_gt += len(gt_loras)
+        shown = creator_loras(pair, lora_index, lora_ids)
+        s.showcase_tp += len(shown & pred_loras)
+        s.showcase_pred += len(pred_loras)
+        s.showcase_gt += len(shown)
         s.args_n += 1
         s.args["sampler"] += tgt.sampler is not None and call.sampler == tgt.sampler
         s.args["steps"] += tgt.steps is not None and abs(call.steps - tgt.steps) <= 5
@@ -194,17 +205,18 @@ def compare(methods: list[str], pairs: list[Pair], registry: Registry, settings,
             train_pairs: Path | None = None, progress: bool = False) -> dict[str, dict]:
     """Every method's scores on ``pairs`` (``Scores.row()`` plus its wall time)."""
     from diffagent.bench.pairs import load_pairs
-    from diffagent.registry.stats import lora_name_index
+    from diffagent.registry.stats import lora_name_index, lora_versions
 
     with registry.engine.connect() as conn:
-        loras = lora_name_index(conn)
+        loras, lora_ids = lora_name_index(conn), lora_versions(conn)
     train_pages = ({p.target.checkpoint_model_id for p in load_pairs(train_pairs, splits={"train"})}
                    if train_pairs is not None else None)
     results: dict[str, dict] = {}
     for method in methods:
         t0 = time.perf_counter()
         predict = predictor(method, registry, settings, max_loras=max_loras, train_pairs=train_pairs)
-        scores = evaluate(pairs, predict, registry, loras, progress=progress, train_pages=train_pages or None)
+        scores = evaluate(pairs, predict, registry, loras, progress=progress, train_pages=train_pages or None,
+                          lora_ids=lora_ids)
         results[method] = scores.row() | {"wall_s": round(time.perf_counter() - t0, 1)}
         if progress:
             print(f"{method}: {json.dumps(results[method])}", file=sys.stderr)
@@ -221,6 +233,7 @@ def _models(ranked: list[int], registry: Registry, model_of: dict[int, int]) -> 
 
 def markdown_table(results: dict[str, dict]) -> str:
     cols = ["n", "checkpoint_top1", "checkpoint_top5", "model_top1", "model_top5", "lora_precision", "lora_recall",
+            "lora_precision_showcase", "lora_recall_showcase",
             "arg_sampler", "arg_steps", "arg_cfg", "arg_size", "arg_clip_skip", "hallucination_rate",
             "distinct_checkpoints", "no_train_image_n", "no_train_image_model_top1", "latency_p50_ms", "latency_p95_ms"]
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, text
 
 from diffagent.atomic import write_atomic
 
-FORMAT = 4
+FORMAT = 5  # 5: LoRAs named by Civitai download stems resolve too (stats.lora_name_index)
 VECTORIZER_ARGS = {"sublinear_tf": True, "stop_words": "english", "ngram_range": (1, 2), "max_features": 200_000,
                    "dtype": np.float32}
 

@@ -87,7 +87,7 @@ class TriggerIndex:
 #: a trigger phrase's use is judged only after creators typed it this often (val 1,000, 10 % rule: 5 -> 0.279 /
 #: 0.328 LoRA precision / recall, 3 -> 0.280 / 0.328, 2 -> 0.293 / 0.328, 1 -> 0.299 / 0.315)
 MIN_SEEN = 2
-USE_FORMAT = 1
+USE_FORMAT = 2  # 2: LoRAs named by Civitai download stems resolve too
 
 
 @dataclass

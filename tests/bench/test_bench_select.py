@@ -92,6 +92,27 @@ def test_metrics_on_known_predictions(tiny_registry):
     assert apart["no_train_image_model_top5"] == 1.0
 
 
+def test_the_lora_whose_page_shows_the_image_counts_as_used_in_the_showcase_metric(tiny_registry):
+    from diffagent.registry.stats import lora_name_index, lora_versions
+
+    row = raw_row(1, 202, "a watercolor fox", 1003, 103)  # no LoRA in the image's metadata
+    row |= {"attached_version_id": 2002, "attached_type": "LORA"}
+    pair = row_to_pair(row)
+    assert (pair.page_version_id, pair.page_type) == (2002, "LORA")
+    with tiny_registry.engine.connect() as conn:
+        loras, lora_ids = lora_name_index(conn), lora_versions(conn)
+    assert 2002 in lora_ids and 1003 not in lora_ids
+    pred = Prediction(ranked=[1003], call=_call(tiny_registry, 1003, [2002]))
+    row = evaluate([pair], lambda p: pred, tiny_registry, loras, lora_ids=lora_ids).row()
+    assert row["lora_precision"] == 0.0 and row["lora_recall"] is None  # the metadata names none
+    assert row["lora_precision_showcase"] == 1.0 and row["lora_recall_showcase"] == 1.0
+    # a checkpoint's page adds nothing
+    plain = row_to_pair(raw_row(2, 103, "a fox", 1003, 103) | {"attached_version_id": 1003,
+                                                                "attached_type": "Checkpoint"})
+    row = evaluate([plain], lambda p: pred, tiny_registry, loras, lora_ids=lora_ids).row()
+    assert row["lora_precision_showcase"] == 0.0 and row["lora_recall_showcase"] is None
+
+
 def test_hallucinated_ids_and_failures_are_counted(tiny_registry):
     pair = row_to_pair(raw_row(1, 1, "fox", 1003, 103))
     ghost = _call(tiny_registry, 1003).model_copy(

@@ -335,6 +335,24 @@ def test_lora_names_resolve_case_insensitively_and_unknown_ones_are_ignored(tmp_
         reg.close()
 
 
+def test_lora_named_by_civitai_download_stem_resolves(tmp_path, db):
+    from diffagent.registry.stats import civitai_file_stem
+
+    # Civitai names downloads after the model and version ("Pixel Art" v1.0 -> pixelArt_v10), not the uploaded file
+    assert civitai_file_stem("Pixel Art", "v1.0") == "pixelart_v10"
+    assert civitai_file_stem("Widowmaker (Overwatch) | LoRA", "v1.5") == "widowmakeroverwatchlora_v15"
+    rows = items()
+    rows[1]["modelVersions"][0]["images"] = [
+        _image(9300, "1girl, pixel art", "animeverse_v1.safetensors", loras=[("pixelArt_v10", 0.9)]),
+    ]
+    import_path(write_jsonl(tmp_path / "items.jsonl", rows), db, embedder=None)
+    reg = Registry.open(db)
+    try:
+        assert reg.usage(1002).loras == {"2004": {"count": 1, "weight": 0.9}}
+    finally:
+        reg.close()
+
+
 def test_typical_negative_prompt_prefers_common_words_among_singletons():
     from diffagent.registry.stats import _typical
 
