@@ -25,8 +25,9 @@ from diffagent.errors import UserInputError
 
 #: hits of the first stage that the ranker reorders
 POOL = 60
-#: the registry's signals (0 when a registry lacks one, e.g. no sentence vectors)
-SIGNALS = ("prior", "lexical", "semantic", "prompts", "knn", "creators")
+#: the registry's signals (0 when a registry lacks one, e.g. no sentence vectors); ``card`` is the card encoder's
+#: cosine (``agent/cards.py``), learned from an encoder that never saw the train pair's page (``train ranker``)
+SIGNALS = ("prior", "lexical", "semantic", "prompts", "knn", "creators", "card")
 FEATURES = (*SIGNALS, "log_downloads", "page_versions", "newest_of_page")
 #: +1: the ensemble may only raise a checkpoint's score as this feature grows
 MONOTONE = tuple(1 if f in SIGNALS else 0 for f in FEATURES)

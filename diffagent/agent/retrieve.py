@@ -70,11 +70,18 @@ class RetrievalWeights:
     #: requests want a good kind; creators' tag lists often name models whose labels say little
     acceptable_natural: float = 0.75
     acceptable_tags: float = 0.25
-    #: the card encoder's cosine (``agent/cards.py``): in the fused score, and on the ranker's logit (chosen on two
-    #: val samples of 1,000: 0 -> 8 moved top-1 / top-5 0.244 / 0.382 -> 0.259 / 0.395 and 0.267 / 0.373 ->
-    #: 0.276 / 0.383; ``benchmarks/tune_retrieval.py --card-encoder``)
+    #: the card encoder's cosine (``agent/cards.py``): in the fused score, and on the ranker's logit besides the
+    #: ranker's own ``card`` feature (for the ranker without that feature, 0 -> 8 moved val top-1 / top-5 0.244 /
+    #: 0.382 -> 0.259 / 0.395; with it, the weight was chosen with the pool below)
     card_fused: float = 0.0
-    card_ranked: float = 8.0
+    card_ranked: float = 4.0
+    #: the checkpoints whose cards match the request best join the ranker's pool (``Registry.search`` card_pool): a
+    #: model no creator's image shows is rarely among the first stage's 60 (7 % of val pairs whose checkpoint page
+    #: has no train image; 16 % with 10 card hits). With the ranker trained on the ``card`` feature, val 2,000:
+    #: pool 0 / 10 / 20 / 30 and card_ranked 0 / 2 / 4 -> top-1 / top-5 0.271 / 0.398 (pool 0, weight 0), 0.273 /
+    #: 0.425 (10, 4), 0.2745 / 0.419 (20, 0), 0.2755 / 0.423 (30, 2); pages without train images, model top-1
+    #: 0 / 0.046 / 0.009 / 0.024 (the shipped ranker + 8 card: 0.266 / 0.394, 0)
+    card_pool: int = 10
 
     def kind_weight(self, intent: Intent, ranked: bool) -> float:
         if ranked:
@@ -189,7 +196,7 @@ def first_stage(registry: Registry, prompt: str, *, base: set[str] | None, limit
     return registry.search(prompt, types=["checkpoint"], base=ecosystems, limit=limit,
                            weights={"knn": w.knn, "creators": w.creators, "card": w.card_fused},
                            exclude_page=exclude_page, renderable_only=True, card_vector=card_vector,
-                           local_only=local_only)
+                           local_only=local_only, card_pool=w.card_pool if card_vector is not None else 0)
 
 
 def retrieve_checkpoints(registry: Registry, prompt: str, *, base: set[str] | None, k: int,
@@ -222,13 +229,16 @@ def rank_hits(hits: list, *, k: int, weights: RetrievalWeights | None = None, ra
     """The second stage of ``retrieve_checkpoints`` on first-stage hits (pure: benchmarks re-rank cached hits)."""
     w = weights or RetrievalWeights()
     if ranker is not None and applies(hits):
-        scored = rerank(ranker, hits[:POOL])  # the pool the ranker was trained on
+        # the pool the ranker was trained on: the first stage's best, and the checkpoints the card search added
+        pool = [h for i, h in enumerate(hits) if i < POOL or h.signals.get("card_pool")]
+        rest = [h for i, h in enumerate(hits) if i >= POOL and not h.signals.get("card_pool")]
+        scored = rerank(ranker, pool)
         if w.card_ranked:
             scored = [(h, raw + w.card_ranked * h.signals.get("card", 0.0)) for h, raw in scored]
             scored.sort(key=lambda x: -x[1])
         floor = min(raw for _, raw in scored) - 1.0
         # hits past the pool stay below it, in first-stage order: reachable for a request whose kind they fit
-        scored += [(h, floor - 0.01 * i) for i, h in enumerate(hits[POOL:])]
+        scored += [(h, floor - 0.01 * i) for i, h in enumerate(rest)]
         if intent is not None:
             kw = w.kind_weight(intent, ranked=True)
             scored = [(h, raw + kw * kind_fit(intent, h.version, w)) for h, raw in scored]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 
+from diffagent.errors import UserInputError
+
 #: fractions of pages: train 80 %, val 10 %, test 10 %
 SPLITS = (("train", 80), ("val", 10), ("test", 10))
 
@@ -22,3 +24,14 @@ def split_of(page_model_id: int, salt: str = "diffagent-v1") -> str:
         if h < edge:
             return name
     return SPLITS[-1][0]
+
+
+PAGES = ("all", "even", "odd")
+
+
+def page_half(pairs: list, pages: str) -> list:
+    """The pairs whose model page id is even or odd ('all' keeps every pair): the two halves that a card encoder and
+    the ranker are trained on, so the ranker's card feature comes from an encoder that never saw the pair's page."""
+    if pages not in PAGES:
+        raise UserInputError(f"pages must be one of {', '.join(PAGES)}, not {pages!r}")
+    return pairs if pages == "all" else [p for p in pairs if p.page_model_id % 2 == (pages == "odd")]

@@ -402,10 +402,13 @@ class Registry:
         renderable_only: bool = False,
         card_vector: np.ndarray | None = None,
         local_only: bool = False,
+        card_pool: int = 0,
     ) -> list[SearchHit]:
         """Hybrid search; ``base`` is a set of ecosystems ({'sd1'}, {'sdxl'}) or None for any.
         ``card_vector`` (the request as the card encoder reads it, ``agent/cards.py``) adds the ``card`` signal: its
-        cosine with each model's card vector, weighted by ``weights["card"]``.
+        cosine with each model's card vector, weighted by ``weights["card"]``; with ``card_pool`` the ``card_pool``
+        models whose cards match best also follow the ``limit`` best hits (signal ``card_pool`` 1): the models that no
+        creator's image shows reach the ranker through their cards alone.
         ``renderable_only`` leaves out what a call cannot use: models with no known weights, and checkpoints
         that cannot render alone (refiners, inpainting models); ``local_only`` keeps the models whose weights are
         on this machine (a local path, as ``registry scan`` records).
@@ -456,10 +459,20 @@ class Registry:
         k = min(limit, int(mask.sum()))
         top = np.argpartition(-score, k - 1)[:k]
         top = top[np.argsort(-score[top], kind="stable")]
+        by_card: set[int] = set()
+        if card_pool > 0 and "card" in signals:
+            card = np.where(mask, signals["card"], -np.inf)
+            kc = min(card_pool, int(mask.sum()))
+            best = np.argpartition(-card, kc - 1)[:kc]
+            by_card = {int(i) for i in best}
+            taken = set(top.tolist())
+            extra = [i for i in best[np.argsort(-card[best], kind="stable")] if i not in taken]
+            top = np.concatenate([top, np.asarray(extra, dtype=top.dtype)])
         infos = self.versions([int(idx.ids[i]) for i in top])
         return [
             SearchHit(version=infos[int(idx.ids[i])], score=float(score[i]),
-                      signals={name: float(arr[i]) for name, arr in signals.items()})
+                      signals={**{name: float(arr[i]) for name, arr in signals.items()},
+                               **({"card_pool": 1.0} if int(i) in by_card else {})})
             for i in top
             if int(idx.ids[i]) in infos
         ]

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from diffagent.agent.cards import CardEncoder
 from diffagent.atomic import write_atomic
 from diffagent.bench.pairs import Pair, load_pairs
+from diffagent.bench.split import page_half
 from diffagent.errors import UserInputError
 from diffagent.prompttext import strip_resource_tags
 from diffagent.registry.store import Registry
@@ -87,6 +88,9 @@ class CardsConfig(BaseModel):
     alpha: float = Field(32.0, gt=0)
     max_length: int = Field(64, ge=8, description="prompt tokens seen in training (queries use the embedder's)")
     per_page: int = Field(15, ge=1, description="most train prompts per model page")
+    pages: str = Field("all", pattern="^(all|even|odd)$",
+                       description="train pages used: all, or one half by page id (the encoder that gives the ranker's "
+                       "train pairs on the other half their card feature, ``train ranker --card-encoder``)")
     checkpoint_every: int = Field(50, ge=1)
     seed: int = 0
     device: str = Field("cpu", description="'cpu', or 'cuda' on a GPU machine (the same recipe, larger batches)")
@@ -184,6 +188,7 @@ def train_cards(registry: Registry, pairs_path: Path, out: Path, *, work_dir: Pa
     all_pairs = list(load_pairs(pairs_path, splits={"train", "val", "test"}))
     train = [p for p in all_pairs if p.split == "train" and p.target.checkpoint_version_id in row_of]
     train_pages = {p.target.checkpoint_model_id for p in train}
+    train = page_half(train, cfg.pages)
     train = sample_train(train, cfg.per_page, cfg.seed)
     if not train:
         raise UserInputError(f"no train pair in {pairs_path} names a checkpoint of {registry.path} with a card vector")
@@ -206,7 +211,7 @@ def train_cards(registry: Registry, pairs_path: Path, out: Path, *, work_dir: Pa
         for name, mask in (("all", np.ones(len(held), bool)), ("no_train_image", unseen)):
             results[f"{split}/{name}"] = {"stock": evaluate(stock[mask], pages[mask], model_ids, cards),
                                           "adapted": evaluate(tuned[mask], pages[mask], model_ids, cards)}
-    encoder.meta = {"embedder": registry.embedder.name, "trained_on": Path(pairs_path).name,
+    encoder.meta = {"embedder": registry.embedder.name, "trained_on": Path(pairs_path).name, "fold": cfg.pages,
                     "registry": Path(registry.path).name, "train_pairs": len(train), "cards": len(ids),
                     "config": cfg.model_dump(), **fit_info, "results": results}
     encoder.save(out)

@@ -63,14 +63,18 @@ def cmd_eval(args, settings: Settings) -> int:
 
 
 def cmd_ranker(args, settings: Settings) -> int:
+    from diffagent.agent.cards import CardEncoder, load_setting
     from diffagent.registry.store import Registry
     from diffagent.training.ranker import train_ranker
 
     registry = Registry.from_settings(settings)
     work = args.work_dir or settings.data_dir / "training" / "ranker"
     out = args.out or work / "ranker.json"
+    card_train = CardEncoder.load(args.card_encoder) if args.card_encoder else None
+    card_val = load_setting(settings.card_adapter) if card_train else None
     return _print(train_ranker(registry, args.pairs, out, work_dir=work, limit=args.limit, val_limit=args.val_limit,
-                               seed=args.seed or 0, max_iter=args.trees, progress=not args.quiet))
+                               seed=args.seed or 0, max_iter=args.trees, progress=not args.quiet,
+                               card_train=card_train, card_val=card_val, train_pages=args.train_pages))
 
 
 def cmd_cards(args, settings: Settings) -> int:
@@ -81,7 +85,7 @@ def cmd_cards(args, settings: Settings) -> int:
     work = args.work_dir or settings.data_dir / "training" / "cards"
     out = args.out or work / "card_encoder.npz"
     cfg = CardsConfig(steps=args.steps, batch_size=args.batch_size, per_page=args.per_page, seed=args.seed or 0,
-                      device=args.device)
+                      device=args.device, pages=args.pages)
     meta = train_cards(registry, args.pairs, out, work_dir=work, cfg=cfg, eval_limit=args.eval_limit,
                        progress=not args.quiet)
     print(results_table(meta))
@@ -154,6 +158,11 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, default=14000, help="train pairs (a seeded sample)")
     p.add_argument("--val-limit", type=int, default=2000, help="val pairs for the report")
     p.add_argument("--trees", type=int, default=200)
+    p.add_argument("--card-encoder", type=Path, default=None,
+                   help="card encoder for the train pairs' card feature, trained on the other half of the train pages "
+                   "(`train cards --pages even`); val pairs use DIFFAGENT_CARD_ADAPTER. Without it the feature is 0")
+    p.add_argument("--train-pages", choices=["all", "even", "odd"], default="all",
+                   help="the half of the train pages to learn from (the one the --card-encoder never saw)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_ranker)
@@ -165,6 +174,8 @@ def register(subparsers) -> None:
     p.add_argument("--work-dir", type=Path, default=None,
                    help="checkpoints (a rerun resumes) and vector cache; default <data_dir>/training/cards")
     p.add_argument("--per-page", type=int, default=15, help="most train prompts per model page")
+    p.add_argument("--pages", choices=["all", "even", "odd"], default="all",
+                   help="train pages used (one half: the encoder behind the ranker's card feature, see train ranker)")
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")

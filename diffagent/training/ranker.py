@@ -2,11 +2,18 @@
 
 For each sampled pair the first stage (the registry's hybrid search) runs exactly as the selector runs
 it, with the pair's own model page left out of the votes for train pairs (``exclude_page``: the view a
-held-out page gets); the ranker features of its top ``POOL`` hits are recorded with a label: is this
-the creator's checkpoint version. A gradient-boosted tree ensemble (scikit-learn, monotone in every
-signal) is fitted on the train split, checked on the val split against the first stage's own order,
-and written as JSON for ``diffagent.agent.ranker``. Collected features are cached next to the output,
-keyed by what they were collected from, so refitting does not search again.
+held-out page gets); the ranker features of its top ``POOL`` hits (and of the checkpoints whose cards match
+best, ``RetrievalWeights.card_pool``) are recorded with a label: is this the creator's checkpoint version.
+
+The ``card`` feature must look on train pairs as it looks on unseen requests. The shipped card encoder learned
+from every train page, so on train pairs its cosine is too good; the train pairs' card feature comes instead
+from an encoder trained on the other half of the train pages (``train cards --pages even``, then ``train ranker
+--card-encoder that.npz --train-pages odd``), and val pairs use the shipped encoder.
+
+A gradient-boosted tree ensemble (scikit-learn, monotone in every signal) is fitted on the train split, checked
+on the val split against the first stage's own order, and written as JSON for ``diffagent.agent.ranker``.
+Collected features are cached next to the output, keyed by what they were collected from, so refitting does not
+search again.
 
 Collecting is the slow part: ~0.03 s a pair on a registry without sentence vectors, ~0.1 s with them.
 """
@@ -21,10 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from diffagent.agent.cards import CardEncoder
 from diffagent.agent.ranker import FEATURES, MONOTONE, POOL, TreeEnsemble, features
 from diffagent.agent.retrieve import RetrievalWeights, first_stage
 from diffagent.atomic import write_atomic
 from diffagent.bench.pairs import Pair, load_pairs
+from diffagent.bench.split import page_half
 from diffagent.errors import UserInputError
 from diffagent.families import parse_base_constraint
 from diffagent.prompttext import strip_resource_tags
@@ -57,14 +66,14 @@ class Collected:
 
 
 def collect(registry: Registry, pairs: list[Pair], *, leave_page_out: bool, weights: RetrievalWeights | None = None,
-            progress: bool = False) -> Collected:
+            card: CardEncoder | None = None, progress: bool = False) -> Collected:
     from tqdm import tqdm
 
     X, y, group, model = [], [], [], []
     base = parse_base_constraint("any")
     for j, pair in enumerate(tqdm(pairs, desc="searching", disable=not progress, leave=False)):
         hits = first_stage(registry, strip_resource_tags(pair.instruction), base=base, limit=POOL,
-                           weights=weights, exclude_page=pair.page_model_id if leave_page_out else None)
+                           weights=weights, exclude_page=pair.page_model_id if leave_page_out else None, card=card)
         if not hits:
             continue
         X.append(features(hits))
@@ -110,40 +119,55 @@ def fit(data: Collected, *, seed: int = 0, max_iter: int = 200, learning_rate: f
 
 
 def _cached(registry: Registry, pairs_path: Path, split: str, limit: int, seed: int, cache_dir: Path,
-            progress: bool) -> Collected:
+            progress: bool, *, card: CardEncoder | None, pages: str, weights: RetrievalWeights) -> Collected:
     db = Path(registry.path).stat()  # a re-imported registry gives other features
     key = {"pairs": str(Path(pairs_path).resolve()), "registry": str(Path(registry.path).resolve()),
            "registry_state": [db.st_size, db.st_mtime_ns],
            "allow_nsfw": registry.allow_nsfw, "split": split, "limit": limit, "seed": seed,
-           "features": list(FEATURES), "pool": POOL}
+           "features": list(FEATURES), "pool": POOL, "card": card.digest() if card else None, "pages": pages,
+           "card_pool": weights.card_pool}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"ranker-features-{split}-{digest}.npz"
     if path.is_file():
         return Collected.load(path)
-    pairs = select_pairs(load_pairs(pairs_path, splits={split}), limit=limit, seed=seed, dedupe=False)
+    pairs = page_half(list(load_pairs(pairs_path, splits={split})), pages)
+    pairs = select_pairs(pairs, limit=limit, seed=seed, dedupe=False)
     if not pairs:
         raise UserInputError(f"no {split} pairs in {pairs_path}; build them with `diffagent bench build`")
-    data = collect(registry, pairs, leave_page_out=split == "train", progress=progress)
+    data = collect(registry, pairs, leave_page_out=split == "train", weights=weights, card=card, progress=progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
     data.save(path)
     return data
 
 
 def train_ranker(registry: Registry, pairs_path: Path, out: Path, *, work_dir: Path, limit: int = 14000,
-                 val_limit: int = 2000, seed: int = 0, max_iter: int = 200, progress: bool = False) -> dict:
+                 val_limit: int = 2000, seed: int = 0, max_iter: int = 200, progress: bool = False,
+                 card_train: CardEncoder | None = None, card_val: CardEncoder | None = None,
+                 train_pages: str = "all", weights: RetrievalWeights | None = None) -> dict:
     """Collect (or reuse, from ``work_dir``) features, fit, compare with the first stage on val, and write
-    the model to ``out`` and a report beside it."""
+    the model to ``out`` and a report beside it.
+
+    ``card_train`` gives the train pairs' card feature (an encoder trained on the other half of the train pages,
+    ``train_pages`` naming the half the ranker learns from); ``card_val`` the val pairs' (the shipped encoder).
+    Without them the card feature is 0 throughout, as on a registry without sentence vectors."""
+    w = weights or RetrievalWeights()
     t0 = time.perf_counter()
     cache = Path(work_dir)
-    train = _cached(registry, pairs_path, "train", limit, seed, cache, progress)
-    val = _cached(registry, pairs_path, "val", val_limit, seed, cache, progress)
+    train = _cached(registry, pairs_path, "train", limit, seed, cache, progress, card=card_train, pages=train_pages,
+                    weights=w)
+    val = _cached(registry, pairs_path, "val", val_limit, seed, cache, progress, card=card_val, pages="all",
+                  weights=w)
     t1 = time.perf_counter()
     model, _ = fit(train, seed=seed, max_iter=max_iter)
     first_stage_order = -np.arange(len(val.group), dtype=np.float64)  # rows are stored in search order
+    card = val.X[:, FEATURES.index("card")]
     report = {
         "registry": str(registry.path), "pairs": str(pairs_path), "train_pairs": train.pairs,
+        "train_pages": train_pages, "card_train": (card_train.meta.get("fold") or "given") if card_train else None,
+        "card_val": "given" if card_val else None, "card_pool": w.card_pool,
         "train_rows": int(len(train.y)), "train_positives": int(train.y.sum()), "val_pairs": val.pairs,
         "val_first_stage": agreement(val, first_stage_order), "val_ranker": agreement(val, model.raw(val.X)),
+        f"val_ranker_plus_{w.card_ranked:g}_card": agreement(val, model.raw(val.X) + w.card_ranked * card),
         "collect_s": round(t1 - t0, 1), "fit_s": round(time.perf_counter() - t1, 1), "trees": len(model.roots),
         "seed": seed,
     }

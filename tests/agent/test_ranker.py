@@ -220,3 +220,40 @@ def test_fit_refuses_data_without_a_single_right_answer():
     data.y[:] = 0
     with pytest.raises(UserInputError, match="more pairs"):
         fit(data, max_iter=5)
+
+
+def test_the_card_pool_joins_the_rankers_pool_and_the_rest_stays_below():
+    """Past the first stage's 60, hits the card search added are reranked with the pool; other hits keep their
+    search order below it."""
+    from diffagent.agent.retrieve import RetrievalWeights, rank_hits
+
+    flat = rk.TreeEnsemble(features=rk.FEATURES, baseline=0.0, roots=np.array([0]), feature=np.array([0]),
+                           threshold=np.array([0.0]), left=np.array([0]), right=np.array([0]), value=np.array([0.0]),
+                           leaf=np.array([True]), meta={})  # every hit scores the same: the card weight decides
+    hits = [hit(i, i, knn=0.1, card=0.1) for i in range(rk.POOL)]
+    hits += [hit(100, 100, knn=0.0, card=0.9), hit(101, 101, knn=0.0, card=0.8, card_pool=1.0)]
+    ranked = rank_hits(hits, k=len(hits), weights=RetrievalWeights(card_ranked=4.0), ranker=flat)
+    order = [c.version.id for c in ranked]
+    assert order[0] == 101  # the card pool's hit is ranked with the pool, and its card lifts it
+    assert order[-1] == 100  # past the pool without the flag: below every pooled hit
+
+
+def test_train_ranker_on_one_half_with_a_card_encoder(tiny_registry, tmp_path):
+    """The card feature of train pairs comes from the given encoder, and only the named half of the train pages is
+    learned from (the half that encoder never saw)."""
+    from diffagent.agent.cards import CardEncoder
+
+    zero = {"encoder.layer.0.attention.self.query": (np.zeros((2, 384), np.float32), np.zeros((384, 2), np.float32))}
+    card = CardEncoder(zero, 1.0, {"embedder": tiny_registry.embedder.name, "fold": "even"})
+    pairs = _pairs_file(tmp_path / "pairs.jsonl")  # pages 101 and 103 are odd, 102 even
+    report = train_ranker(tiny_registry, pairs, tmp_path / "r.json", work_dir=tmp_path / "w", limit=40, val_limit=12,
+                          max_iter=10, card_train=card, card_val=card, train_pages="odd")
+    n_odd = sum(1 for line in pairs.read_text().splitlines()
+                if '"split":"train"' in line.replace(" ", "") and ('"page_model_id":101' in line.replace(" ", "")
+                                                                  or '"page_model_id":103' in line.replace(" ", "")))
+    assert report["train_pairs"] == n_odd < 40
+    assert report["train_pages"] == "odd" and report["card_train"] == "even" and report["card_pool"] >= 0
+    cached = [Collected.load(p) for p in (tmp_path / "w").glob("ranker-features-train-*.npz")]
+    assert len(cached) == 1 and cached[0].X[:, rk.FEATURES.index("card")].max() > 0
+    with pytest.raises(UserInputError, match="pages must be one of"):
+        train_ranker(tiny_registry, pairs, tmp_path / "r.json", work_dir=tmp_path / "w2", limit=40, train_pages="3")

@@ -158,3 +158,19 @@ def test_bench_select_cli_end_to_end(tmp_path, tiny_registry_path, capsys, metho
     assert res["retrieval"]["checkpoint_top1"] >= 0.5
     assert all(r["hallucination_rate"] == 0.0 for r in res.values())
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_page_halves_split_the_pairs_by_page_id():
+    from diffagent.bench.split import page_half
+    from diffagent.errors import UserInputError
+    from diffagent.training.cards import CardsConfig
+
+    pairs = [row_to_pair(raw_row(i, page, "a fox", 1003, 103)) for i, page in enumerate((10, 11, 12, 13, 13))]
+    assert [p.page_model_id for p in page_half(pairs, "even")] == [10, 12]
+    assert [p.page_model_id for p in page_half(pairs, "odd")] == [11, 13, 13]
+    assert page_half(pairs, "all") == pairs
+    with pytest.raises(UserInputError, match="pages must be one of"):
+        page_half(pairs, "half")
+    assert CardsConfig(pages="even").pages == "even"
+    with pytest.raises(ValueError):
+        CardsConfig(pages="half")

@@ -146,3 +146,24 @@ def test_the_card_signal_reaches_retrieval(tiny_registry):
     assert "card" not in first_stage(tiny_registry, "a watercolor fox", base=None, limit=10)[0].signals
     other = CardEncoder(zero, 1.0, {"embedder": "another-model"})  # vectors of another space: not used
     assert "card" not in first_stage(tiny_registry, "a watercolor fox", base=None, limit=10, card=other)[0].signals
+
+
+def test_the_best_matching_cards_join_the_rankers_pool(tiny_registry):
+    """``card_pool``: the checkpoints whose cards match best follow the fused hits (flagged), so a model no creator's
+    image shows can reach the ranker; the ranker's pool holds them besides its usual 60."""
+    from diffagent.agent.retrieve import RetrievalWeights, first_stage
+
+    name = tiny_registry.embedder.name
+    zero = {LAYER: (np.zeros((2, 384), np.float32), np.zeros((384, 2), np.float32))}
+    stock = CardEncoder(zero, 1.0, {"embedder": name})
+    one = first_stage(tiny_registry, "a watercolor fox", base=None, limit=1, card=stock,
+                      weights=RetrievalWeights(card_pool=0))
+    pooled = first_stage(tiny_registry, "a watercolor fox", base=None, limit=1, card=stock,
+                         weights=RetrievalWeights(card_pool=3))
+    assert len(one) == 1 and len(pooled) > 1 and pooled[0].version.id == one[0].version.id
+    by_card = sorted(pooled, key=lambda h: -h.signals["card"])[:3]
+    assert all(h.signals.get("card_pool") == 1.0 for h in by_card)
+    assert all("card_pool" not in h.signals for h in pooled if h not in by_card)
+    # without a card encoder there is no card pool
+    assert len(first_stage(tiny_registry, "a watercolor fox", base=None, limit=1,
+                           weights=RetrievalWeights(card_pool=3))) == 1
