@@ -9,6 +9,8 @@ halfway through patching the UNet.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from diffagent.errors import UserInputError
@@ -49,6 +51,21 @@ def check_lora(path: Path, pipe, name: str) -> None:
                              "remove it or choose a LoRA made for the checkpoint's base model")
 
 
+@contextmanager
+def quiet_load_report() -> Iterator[None]:
+    """transformers prints a "load report" when a second adapter loads into a text encoder, listing the first
+    adapter's weights as MISSING and "newly initialized"; they are neither (each adapter's weights stay those of its
+    file, ``tests/render/test_loras.py``), so the report is hidden while a LoRA loads."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def apply_loras(entry: CachedPipeline, loras: list[tuple[int, str, Path, float]]) -> None:
     """Make exactly ``loras`` ((version id, name, file, weight), ...) active on the cached pipeline."""
     pipe = entry.pipe
@@ -75,7 +92,8 @@ def apply_loras(entry: CachedPipeline, loras: list[tuple[int, str, Path, float]]
         if key in entry.loras:
             continue
         try:
-            pipe.load_lora_weights(str(path), adapter_name=key)
+            with quiet_load_report():
+                pipe.load_lora_weights(str(path), adapter_name=key)
         except (ValueError, RuntimeError, KeyError) as e:
             # half-loaded adapters would stay attached to the cached pipeline; take them off again
             if any(key in names for names in pipe.get_list_adapters().values()):

@@ -132,3 +132,45 @@ def test_real_base_widths_are_named(tmp_path):
 
     with pytest.raises(UserInputError, match="made for SDXL .* checkpoint is SD 1.x"):
         check_lora(path, Pipe, "xl-style")
+
+
+def test_two_text_encoder_loras_keep_their_own_weights_and_print_no_load_report(make_renderer, tiny, tmp_path,
+                                                                                 monkeypatch):
+    """Loading a second adapter into a text encoder makes transformers report the first one's weights as MISSING
+    and "newly initialized"; they are not, and the report is not shown (transformers logs errors only meanwhile)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+    from transformers.utils import logging as hf_logging
+
+    from diffagent.render.loras import adapter_name
+    from tests.render import tiny_models as tm
+
+    levels = []
+    load = StableDiffusionPipeline.load_lora_weights
+
+    def spy(self, *a, **k):
+        levels.append(hf_logging.get_verbosity())
+        return load(self, *a, **k)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "load_lora_weights", spy)
+    before = hf_logging.get_verbosity()
+
+    second = tm.save_kohya_lora(tiny.sd15_pipe, tmp_path / "second.safetensors", seed=7)
+
+    def resolver(ref):
+        if ref.id == 99:
+            return ResolvedWeights(path=second, family=Family.SD1, type="lora", name="second")
+        return tiny.resolver(ref)
+
+    r = make_renderer(resolver=resolver)
+    r.render(tiny.call(1, loras=[tiny.lora(21), tiny.lora(21).model_copy(update={"id": 99, "name": "second"})]),
+             output_dir=tmp_path)
+    assert levels == [hf_logging.ERROR] * 2 and hf_logging.get_verbosity() == before
+    te = dict(next(iter(r.cache._entries.values())).pipe.text_encoder.named_parameters())
+    for vid, path in ((21, tiny.files[21][0]), (99, second)):
+        on_disk = load_file(str(path))
+        for layer in range(2):
+            ours = next(p for n, p in te.items() if f"layers.{layer}.self_attn.q_proj.lora_A.{adapter_name(vid)}." in n)
+            theirs = on_disk[f"lora_te_text_model_encoder_layers_{layer}_self_attn_q_proj.lora_down.weight"]
+            assert torch.equal(ours.detach(), theirs)
