@@ -70,11 +70,11 @@ def cmd_ranker(args, settings: Settings) -> int:
     registry = Registry.from_settings(settings)
     work = args.work_dir or settings.data_dir / "training" / "ranker"
     out = args.out or work / "ranker.json"
-    card_train = CardEncoder.load(args.card_encoder) if args.card_encoder else None
-    card_val = load_setting(settings.card_adapter) if card_train else None
+    folds = [CardEncoder.load(path) for path in args.card_encoder or []]
+    card_val = load_setting(settings.card_adapter) if folds else None
     return _print(train_ranker(registry, args.pairs, out, work_dir=work, limit=args.limit, val_limit=args.val_limit,
                                seed=args.seed or 0, max_iter=args.trees, progress=not args.quiet,
-                               card_train=card_train, card_val=card_val, train_pages=args.train_pages))
+                               card_folds=folds, card_val=card_val))
 
 
 def cmd_cards(args, settings: Settings) -> int:
@@ -155,14 +155,13 @@ def register(subparsers) -> None:
     p.add_argument("--pairs", type=Path, required=True, help="pairs from `diffagent bench build`")
     p.add_argument("--out", type=Path, default=None, help="default: <work_dir>/ranker.json")
     p.add_argument("--work-dir", type=Path, default=None, help="feature cache; default <data_dir>/training/ranker")
-    p.add_argument("--limit", type=int, default=14000, help="train pairs (a seeded sample)")
+    p.add_argument("--limit", type=int, default=14000, help="train pairs (a seeded sample), per card encoder")
     p.add_argument("--val-limit", type=int, default=2000, help="val pairs for the report")
     p.add_argument("--trees", type=int, default=200)
-    p.add_argument("--card-encoder", type=Path, default=None,
-                   help="card encoder for the train pairs' card feature, trained on the other half of the train pages "
-                   "(`train cards --pages even`); val pairs use DIFFAGENT_CARD_ADAPTER. Without it the feature is 0")
-    p.add_argument("--train-pages", choices=["all", "even", "odd"], default="all",
-                   help="the half of the train pages to learn from (the one the --card-encoder never saw)")
+    p.add_argument("--card-encoder", type=Path, action="append",
+                   help="a card encoder trained on half of the train pages (`train cards --pages even`; give the "
+                   "other half's too): it gives the card feature of --limit pairs of the half it never saw; val pairs "
+                   "use DIFFAGENT_CARD_ADAPTER. Without one the card feature is 0")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_ranker)

@@ -7,8 +7,8 @@ best, ``RetrievalWeights.card_pool``) are recorded with a label: is this the cre
 
 The ``card`` feature must look on train pairs as it looks on unseen requests. The shipped card encoder learned
 from every train page, so on train pairs its cosine is too good; the train pairs' card feature comes instead
-from an encoder trained on the other half of the train pages (``train cards --pages even``, then ``train ranker
---card-encoder that.npz --train-pages odd``), and val pairs use the shipped encoder.
+from an encoder trained on the other half of the train pages (``train cards --pages even`` and ``--pages odd``,
+then ``train ranker --card-encoder even.npz --card-encoder odd.npz``), and val pairs use the shipped encoder.
 
 A gradient-boosted tree ensemble (scikit-learn, monotone in every signal) is fitted on the train split, checked
 on the val split against the first stage's own order, and written as JSON for ``diffagent.agent.ranker``.
@@ -57,6 +57,15 @@ class Collected:
         write_atomic(path, lambda tmp: np.savez_compressed(
             tmp, X=self.X, y=self.y, group=self.group, model=self.model, target_model=self.target_model,
             pairs=np.array([self.pairs])))
+
+    @classmethod
+    def concat(cls, parts: list[Collected]) -> Collected:
+        """The pairs of ``parts`` one after another (group numbers shifted)."""
+        offsets = np.cumsum([0] + [c.pairs for c in parts[:-1]])
+        return cls(X=np.vstack([c.X for c in parts]), y=np.concatenate([c.y for c in parts]),
+                   group=np.concatenate([c.group + o for c, o in zip(parts, offsets, strict=True)]),
+                   model=np.concatenate([c.model for c in parts]),
+                   target_model=np.concatenate([c.target_model for c in parts]), pairs=sum(c.pairs for c in parts))
 
     @classmethod
     def load(cls, path: Path) -> Collected:
@@ -140,21 +149,33 @@ def _cached(registry: Registry, pairs_path: Path, split: str, limit: int, seed: 
     return data
 
 
+def fold_half(card: CardEncoder) -> str:
+    """The train pages whose pairs a fold encoder scores: the half it was not trained on (its ``fold``)."""
+    trained_on = card.meta.get("fold")
+    if trained_on not in ("even", "odd"):
+        raise UserInputError(f"the card encoder was trained on {trained_on or 'all'} train pages; the ranker needs one "
+                             "trained on half of them (`diffagent train cards --pages even`), whose cosine on the "
+                             "other half looks as it does on new requests")
+    return "odd" if trained_on == "even" else "even"
+
+
 def train_ranker(registry: Registry, pairs_path: Path, out: Path, *, work_dir: Path, limit: int = 14000,
                  val_limit: int = 2000, seed: int = 0, max_iter: int = 200, progress: bool = False,
-                 card_train: CardEncoder | None = None, card_val: CardEncoder | None = None,
-                 train_pages: str = "all", weights: RetrievalWeights | None = None) -> dict:
+                 card_folds: list[CardEncoder] | None = None, card_val: CardEncoder | None = None,
+                 weights: RetrievalWeights | None = None) -> dict:
     """Collect (or reuse, from ``work_dir``) features, fit, compare with the first stage on val, and write
     the model to ``out`` and a report beside it.
 
-    ``card_train`` gives the train pairs' card feature (an encoder trained on the other half of the train pages,
-    ``train_pages`` naming the half the ranker learns from); ``card_val`` the val pairs' (the shipped encoder).
-    Without them the card feature is 0 throughout, as on a registry without sentence vectors."""
+    ``card_folds``: card encoders each trained on one half of the train pages (``train cards --pages even`` /
+    ``odd``); each gives the card feature of ``limit`` train pairs from the other half. ``card_val`` gives the val
+    pairs' (the shipped encoder). Without folds the ranker learns from ``limit`` pairs of every train page with the
+    card feature 0, as on a registry without sentence vectors."""
     w = weights or RetrievalWeights()
     t0 = time.perf_counter()
     cache = Path(work_dir)
-    train = _cached(registry, pairs_path, "train", limit, seed, cache, progress, card=card_train, pages=train_pages,
-                    weights=w)
+    folds = [(fold_half(c), c) for c in card_folds or []] or [("all", None)]
+    train = Collected.concat([_cached(registry, pairs_path, "train", limit, seed, cache, progress, card=card,
+                                      pages=pages, weights=w) for pages, card in folds])
     val = _cached(registry, pairs_path, "val", val_limit, seed, cache, progress, card=card_val, pages="all",
                   weights=w)
     t1 = time.perf_counter()
@@ -163,8 +184,8 @@ def train_ranker(registry: Registry, pairs_path: Path, out: Path, *, work_dir: P
     card = val.X[:, FEATURES.index("card")]
     report = {
         "registry": str(registry.path), "pairs": str(pairs_path), "train_pairs": train.pairs,
-        "train_pages": train_pages, "card_train": (card_train.meta.get("fold") or "given") if card_train else None,
-        "card_val": "given" if card_val else None, "card_pool": w.card_pool,
+        "train_pages": [pages for pages, _ in folds], "card_val": "given" if card_val else None,
+        "card_pool": w.card_pool,
         "train_rows": int(len(train.y)), "train_positives": int(train.y.sum()), "val_pairs": val.pairs,
         "val_first_stage": agreement(val, first_stage_order), "val_ranker": agreement(val, model.raw(val.X)),
         f"val_ranker_plus_{w.card_ranked:g}_card": agreement(val, model.raw(val.X) + w.card_ranked * card),

@@ -239,21 +239,34 @@ def test_the_card_pool_joins_the_rankers_pool_and_the_rest_stays_below():
 
 
 def test_train_ranker_on_one_half_with_a_card_encoder(tiny_registry, tmp_path):
-    """The card feature of train pairs comes from the given encoder, and only the named half of the train pages is
-    learned from (the half that encoder never saw)."""
+    """The card feature of train pairs comes from an encoder trained on the other half of the train pages, and only
+    that half is learned from; two fold encoders cover both halves; an encoder trained on every page is refused."""
     from diffagent.agent.cards import CardEncoder
 
     zero = {"encoder.layer.0.attention.self.query": (np.zeros((2, 384), np.float32), np.zeros((384, 2), np.float32))}
-    card = CardEncoder(zero, 1.0, {"embedder": tiny_registry.embedder.name, "fold": "even"})
+    name = tiny_registry.embedder.name
+    even, odd = (CardEncoder(zero, 1.0, {"embedder": name, "fold": f}) for f in ("even", "odd"))
     pairs = _pairs_file(tmp_path / "pairs.jsonl")  # pages 101 and 103 are odd, 102 even
+    train = [json.loads(line) for line in pairs.read_text().splitlines() if json.loads(line)["split"] == "train"]
+    n_odd = sum(1 for r in train if r["page_model_id"] % 2)
     report = train_ranker(tiny_registry, pairs, tmp_path / "r.json", work_dir=tmp_path / "w", limit=40, val_limit=12,
-                          max_iter=10, card_train=card, card_val=card, train_pages="odd")
-    n_odd = sum(1 for line in pairs.read_text().splitlines()
-                if '"split":"train"' in line.replace(" ", "") and ('"page_model_id":101' in line.replace(" ", "")
-                                                                  or '"page_model_id":103' in line.replace(" ", "")))
-    assert report["train_pairs"] == n_odd < 40
-    assert report["train_pages"] == "odd" and report["card_train"] == "even" and report["card_pool"] >= 0
+                          max_iter=10, card_folds=[even], card_val=even)
+    assert report["train_pairs"] == n_odd < 40 and report["train_pages"] == ["odd"] and report["card_pool"] >= 0
     cached = [Collected.load(p) for p in (tmp_path / "w").glob("ranker-features-train-*.npz")]
     assert len(cached) == 1 and cached[0].X[:, rk.FEATURES.index("card")].max() > 0
-    with pytest.raises(UserInputError, match="pages must be one of"):
-        train_ranker(tiny_registry, pairs, tmp_path / "r.json", work_dir=tmp_path / "w2", limit=40, train_pages="3")
+    both = train_ranker(tiny_registry, pairs, tmp_path / "r2.json", work_dir=tmp_path / "w", limit=40, val_limit=12,
+                        max_iter=10, card_folds=[even, odd], card_val=even)
+    assert both["train_pairs"] == len(train) and both["train_pages"] == ["odd", "even"]
+    with pytest.raises(UserInputError, match="trained on all train pages"):
+        train_ranker(tiny_registry, pairs, tmp_path / "r.json", work_dir=tmp_path / "w2", limit=40,
+                     card_folds=[CardEncoder(zero, 1.0, {"embedder": name})])
+
+
+def test_collected_pairs_concatenate():
+    a, b = synthetic(n_pairs=3, rows=4), synthetic(n_pairs=2, rows=4, seed=1)
+    c = Collected.concat([a, b])
+    assert c.pairs == 5 and len(c.y) == len(a.y) + len(b.y)
+    assert c.group.tolist() == a.group.tolist() + (b.group + 3).tolist()
+    assert agreement(c, -np.arange(len(c.y), dtype=float))["top1"] == pytest.approx(
+        (agreement(a, -np.arange(len(a.y), dtype=float))["top1"] * 3
+         + agreement(b, -np.arange(len(b.y), dtype=float))["top1"] * 2) / 5, abs=1e-3)
