@@ -145,7 +145,11 @@ def describe(path: Path, header: dict) -> tuple[str | None, str | None, str]:
     kind = folder_type(path)
     if kind is None:
         if any(k.startswith(("lora_unet_", "lora_te")) or ".lora_down." in k or ".lora_A." in k for k in keys):
-            kind = "locon" if any("hada_" in k or "lokr_" in k for k in keys) else "lora"
+            # LyCORIS (LoHa / LoKr keys, or its trainer named in the metadata) or a LoCon: low-rank 3x3 convolutions
+            conv = any(k.endswith(".lora_down.weight") and len(header[k].get("shape", ())) == 4
+                       and header[k]["shape"][-1] > 1 for k in keys)
+            lycoris = "lycoris" in str(meta.get("ss_network_module", "")).lower()
+            kind = "locon" if conv or lycoris or any("hada_" in k or "lokr_" in k for k in keys) else "lora"
         elif any(k.startswith("model.diffusion_model.") for k in keys):
             kind = "checkpoint"
         elif keys and len(keys) <= 4 and any(k in ("emb_params", "clip_l", "clip_g", "string_to_param") for k in keys):

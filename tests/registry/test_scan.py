@@ -94,6 +94,13 @@ def test_headers_say_what_a_file_is(tmp_path):
     assert describe(xl, safetensors_header(xl))[:2] == ("checkpoint", "SDXL 1.0")
     xl_lora = _write(tmp_path / "b.safetensors", {"lora_te2_x.lora_down.weight": rng.normal(size=(2, 2))})
     assert describe(xl_lora, safetensors_header(xl_lora))[:2] == ("lora", "SDXL 1.0")
+    locon = _write(tmp_path / "e.safetensors", {"lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight":
+                                                rng.normal(size=(2, 4, 3, 3)), "lora_te_x.lora_down.weight":
+                                                rng.normal(size=(2, 2))})
+    assert describe(locon, safetensors_header(locon))[:2] == ("locon", "SD 1.5")  # 3x3 low-rank convolutions
+    lyco = _write(tmp_path / "f.safetensors", {"lora_te_x.lora_down.weight": rng.normal(size=(2, 2))},
+                  {"ss_network_module": "lycoris.kohya"})
+    assert describe(lyco, safetensors_header(lyco))[0] == "locon"
     spec = _write(tmp_path / "c.safetensors", {"w": rng.normal(size=(2,))},
                   {"modelspec.architecture": "stable-diffusion-xl-v1-base/lora", "modelspec.title": "Neon"})
     assert describe(spec, safetensors_header(spec)) == (None, "SDXL 1.0", "Neon")
