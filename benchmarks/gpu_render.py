@@ -12,7 +12,12 @@ and the switch costs: a cached SD 1.5 <-> SDXL switch, a cold load, and a LoRA s
 The goal is <= 5 % warm overhead on the denoising part.
 
     python benchmarks/gpu_render.py                      # CUDA, full size (about 3 minutes on an H100)
+    python benchmarks/gpu_render.py --real-size          # + the real-size single files of benchmarks/real_size.py
     python benchmarks/gpu_render.py --device cpu --tiny  # dry run of the same code path, tiny models (CPU)
+
+``--real-size`` then runs ``benchmarks/real_size.py`` for SD 1.5 and SDXL on the same device (the layouts people
+download: A1111 single files, kohya LoRA and LoCon, embeddings, a VAE; every tensor accounted for, peak GPU memory)
+and adds its results and problems to the report.
 """
 
 from __future__ import annotations
@@ -215,6 +220,8 @@ def main(argv=None) -> int:
     p.add_argument("--sampler", default="DPM++ 2M Karras")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--real-size", action="store_true",
+                   help="also run benchmarks/real_size.py for both families on this device")
     args = p.parse_args(argv)
     args.steps = args.steps or (4 if args.tiny else 25)
 
@@ -266,6 +273,8 @@ def main(argv=None) -> int:
               "lora": loras}
     if args.device.startswith("cuda"):
         report["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if args.real_size:
+        report["real_size"] = real_size_checks(args)
     print(f"device: {device_name}  torch {torch.__version__}  ({'tiny' if args.tiny else 'full-size'} random weights)")
     print(f"{'family':7} {'size':>5} {'steps':>5} {'bare s':>9} {'ours s':>9} {'overhead':>9} {'+png s':>8} "
           f"{'cold load s':>11}")
@@ -277,9 +286,32 @@ def main(argv=None) -> int:
     for eco, lo in loras.items():
         print(f"lora on {eco}: load {lo['lora_load_s']:.3f}s, reweight {lo['lora_reweight_s']:.4f}s, "
               f"unload {lo['lora_unload_s']:.3f}s, checkpoint reloads {lo['checkpoint_reloads']}")
+    for fam, res in report.get("real_size", {}).items():
+        verdict = "problems: " + "; ".join(res["problems"]) if res["problems"] else "every tensor consumed"
+        print(f"real-size {fam}: {verdict}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
-    return 0
+    return 1 if any(r["problems"] for r in report.get("real_size", {}).values()) else 0
+
+
+def real_size_checks(args) -> dict:
+    """``benchmarks/real_size.py`` for both families on ``args.device`` (its own processes: their peaks are theirs)."""
+    import subprocess
+
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="real-size-") as tmpdir:
+        for family, size in (("sd15", 512), ("sdxl", 1024)):
+            if args.tiny:
+                size = 64
+            result = Path(tmpdir) / f"{family}.json"
+            proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "real_size.py"), "--family", family,
+                                   "--workdir", tmpdir, "--device", args.device, "--size", str(args.size or size),
+                                   "--steps", str(args.steps), "--out", str(result)], capture_output=True, text=True)
+            out[family] = json.loads(result.read_text()) if result.is_file() else {
+                "problems": [f"real_size.py exited {proc.returncode}: {proc.stderr[-2000:]}"]}
+            for f in Path(tmpdir, family).glob("*.safetensors"):
+                f.unlink()  # 9 GB of files per family: free the disk before the next
+    return out
 
 
 if __name__ == "__main__":

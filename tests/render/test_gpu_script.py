@@ -36,3 +36,30 @@ def test_refuses_cuda_without_a_gpu(capsys):
     spec.loader.exec_module(mod)
     assert mod.main([]) == 2
     assert "--device cpu --tiny" in capsys.readouterr().err
+
+
+def test_real_size_checks_run_both_families_on_the_device_and_report_problems(tmp_path, monkeypatch):
+    """``--real-size`` hands each family to benchmarks/real_size.py on the same device (the full-size files are
+    tested in test_real_size.py; here the wiring: arguments, results, a failing run reported as a problem)."""
+    import subprocess
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("gpu_render", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        family = cmd[cmd.index("--family") + 1]
+        if family == "sd15":
+            Path(cmd[cmd.index("--out") + 1]).write_text(json.dumps({"problems": []}))
+            return SimpleNamespace(returncode=0, stderr="")
+        return SimpleNamespace(returncode=1, stderr="CUDA out of memory")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    out = mod.real_size_checks(SimpleNamespace(tiny=False, size=None, steps=20, device="cuda"))
+    assert [c[c.index("--family") + 1] for c in calls] == ["sd15", "sdxl"]
+    assert all(c[c.index("--device") + 1] == "cuda" for c in calls)
+    assert [c[c.index("--size") + 1] for c in calls] == ["512", "1024"]
+    assert out["sd15"]["problems"] == [] and "out of memory" in out["sdxl"]["problems"][0]
