@@ -62,6 +62,24 @@ def dtype_kwarg() -> str:
     return "dtype" if Version(diffusers.__version__).release >= (0, 42) else "torch_dtype"
 
 
+def refuse_unsafe_pickle(path: Path, error: BaseException, what: str) -> None:
+    """Raise the user's error when a pickle file failed to load because weights-only unpickling met non-tensor
+    objects (diffagent never unpickles those: unsafe); return otherwise. diffusers wraps torch's ``UnpicklingError``
+    in an ``OSError`` ("Unable to load weights"), so the whole chain of causes is read."""
+    import pickle
+
+    if path.suffix == ".safetensors":
+        return
+    cause: BaseException | None = error
+    visited: set[int] = set()
+    while cause is not None and id(cause) not in visited:
+        if isinstance(cause, pickle.UnpicklingError) or "weights_only" in str(cause):
+            raise UserInputError(f"{path.name} is a pickle {what} holding non-tensor objects, which diffagent does "
+                                 "not unpickle (unsafe); use its .safetensors version") from error
+        visited.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+
+
 def load_pipeline(path: Path, ecosystem: str, *, device: str, dtype, skeleton: Path | None):
     """A ready pipeline on ``device``: a diffusers folder, or a single file loaded against ``skeleton``."""
     cls = pipeline_class(ecosystem)
@@ -83,9 +101,7 @@ def load_pipeline(path: Path, ecosystem: str, *, device: str, dtype, skeleton: P
         try:
             pipe = cls.from_single_file(str(path), config=str(skeleton), local_files_only=True, **extra)
         except Exception as e:
-            if path.suffix != ".safetensors" and "weights_only" in str(e):
-                raise UserInputError(f"{path.name} is a pickle checkpoint holding non-tensor objects, which "
-                                     "diffagent does not unpickle (unsafe); use the .safetensors version") from e
+            refuse_unsafe_pickle(path, e, "checkpoint")
             raise
     else:
         raise UserInputError(f"cannot load {path}: expected a diffusers folder or a {', '.join(SINGLE_FILE_SUFFIXES)} "

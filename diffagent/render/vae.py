@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffagent.errors import UserInputError
-from diffagent.render.pipelines import SINGLE_FILE_SUFFIXES, CachedPipeline, dtype_kwarg
+from diffagent.render.pipelines import SINGLE_FILE_SUFFIXES, CachedPipeline, dtype_kwarg, refuse_unsafe_pickle
 
 
 def load_vae(path: Path, skeleton: Path | None, *, name: str, device: str, dtype):
@@ -38,9 +38,7 @@ def load_vae(path: Path, skeleton: Path | None, *, name: str, device: str, dtype
     except UserInputError:
         raise
     except Exception as e:  # noqa: BLE001 - a wrong or broken file surfaces as many exception types
-        if path.suffix != ".safetensors" and "weights_only" in str(e):
-            raise UserInputError(f"VAE {name!r} ({path.name}) is a pickle holding non-tensor objects, which "
-                                 "diffagent does not unpickle (unsafe); use its .safetensors version") from e
+        refuse_unsafe_pickle(path, e, f"VAE ({name!r})")
         raise UserInputError(f"VAE {name!r} ({path.name}) could not be loaded as a VAE of this checkpoint's base "
                              f"model: {type(e).__name__}: {str(e)[:300]}; pick a VAE made for it, or none") from e
     return vae.to(device)

@@ -57,3 +57,21 @@ def test_a_file_that_is_not_a_vae_fails_clearly(make_renderer, tiny, tmp_path):
 def test_a_lora_is_not_accepted_as_a_vae(make_renderer, tiny, tmp_path):
     with pytest.raises(UserInputError, match="not a VAE"):
         make_renderer().render(tiny.call(2, vae=tiny.ref(31)), output_dir=tmp_path)
+
+
+def test_pickles_with_objects_are_refused_not_unpickled(tiny, tmp_path):
+    """A ``.ckpt`` / ``.pt`` holding more than tensors is refused with the way out, for checkpoints and VAEs alike."""
+    import argparse
+
+    import torch
+
+    from diffagent.render.pipelines import load_pipeline
+    from diffagent.render.vae import load_vae
+
+    bad = tmp_path / "mixed.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=1)}, bad)
+    with pytest.raises(UserInputError, match="mixed.ckpt is a pickle checkpoint holding non-tensor objects.*"
+                                             "safetensors"):
+        load_pipeline(bad, "sd1", device="cpu", dtype=None, skeleton=tiny.skeletons["sd1"])
+    with pytest.raises(UserInputError, match="mixed.ckpt is a pickle VAE .'odd'. holding non-tensor objects"):
+        load_vae(bad, tiny.skeletons["sd1"], name="odd", device="cpu", dtype=None)
