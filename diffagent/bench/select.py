@@ -45,7 +45,6 @@ class Scores:
     lora_gt: int = 0
     #: the same with the LoRA whose own page shows the image counted as used (``pairs.creator_loras``)
     showcase_tp: int = 0
-    showcase_pred: int = 0
     showcase_gt: int = 0
     args: Counter = field(default_factory=Counter)
     args_n: int = 0
@@ -66,7 +65,7 @@ class Scores:
             "n": self.n, "checkpoint_top1": p(self.top1, self.n), "checkpoint_top5": p(self.top5, self.n),
             "model_top1": p(self.model_top1, self.n), "model_top5": p(self.model_top5, self.n),
             "lora_precision": p(self.lora_tp, self.lora_pred), "lora_recall": p(self.lora_tp, self.lora_gt),
-            "lora_precision_showcase": p(self.showcase_tp, self.showcase_pred),
+            "lora_precision_showcase": p(self.showcase_tp, self.lora_pred),
             "lora_recall_showcase": p(self.showcase_tp, self.showcase_gt),
             **{f"arg_{k}": p(self.args[k], self.args_n) for k in ("sampler", "steps", "cfg", "size", "clip_skip")},
             "hallucinated_ids": self.hallucinated_ids, "lora_base_mismatch": self.mismatched,
@@ -148,7 +147,6 @@ def evaluate(pairs: list[Pair], predict: Callable[[Pair], Prediction], registry:
         s.lora_gt += len(gt_loras)
         shown = creator_loras(pair, lora_index, lora_ids)
         s.showcase_tp += len(shown & pred_loras)
-        s.showcase_pred += len(pred_loras)
         s.showcase_gt += len(shown)
         s.args_n += 1
         s.args["sampler"] += tgt.sampler is not None and call.sampler == tgt.sampler

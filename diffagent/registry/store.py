@@ -455,19 +455,22 @@ class Registry:
                         arr[i] = v
                 signals[name] = arr
                 score += w[name] * arr
-        score = np.where(mask, score, -np.inf)
-        k = min(limit, int(mask.sum()))
-        top = np.argpartition(-score, k - 1)[:k]
-        top = top[np.argsort(-score[top], kind="stable")]
+        n_allowed = int(mask.sum())
+
+        def best(values: np.ndarray, k: int) -> np.ndarray:
+            """Rows of the ``k`` highest allowed ``values``, highest first (ties in row order)."""
+            values = np.where(mask, values, -np.inf)
+            k = min(k, n_allowed)
+            rows_ = np.argpartition(-values, k - 1)[:k]
+            return rows_[np.argsort(-values[rows_], kind="stable")]
+
+        top = best(score, limit)
         by_card: set[int] = set()
         if card_pool > 0 and "card" in signals:
-            card = np.where(mask, signals["card"], -np.inf)
-            kc = min(card_pool, int(mask.sum()))
-            best = np.argpartition(-card, kc - 1)[:kc]
-            by_card = {int(i) for i in best}
+            by_pool = best(signals["card"], card_pool)
+            by_card = {int(i) for i in by_pool}
             taken = set(top.tolist())
-            extra = [i for i in best[np.argsort(-card[best], kind="stable")] if i not in taken]
-            top = np.concatenate([top, np.asarray(extra, dtype=top.dtype)])
+            top = np.concatenate([top, np.asarray([i for i in by_pool if i not in taken], dtype=top.dtype)])
         infos = self.versions([int(idx.ids[i]) for i in top])
         return [
             SearchHit(version=infos[int(idx.ids[i])], score=float(score[i]),

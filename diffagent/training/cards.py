@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from diffagent.agent.cards import CardEncoder
 from diffagent.atomic import write_atomic
 from diffagent.bench.pairs import Pair, load_pairs
-from diffagent.bench.split import page_half
+from diffagent.bench.split import PAGES, page_half
 from diffagent.errors import UserInputError
 from diffagent.prompttext import strip_resource_tags
 from diffagent.registry.store import Registry
@@ -88,7 +88,7 @@ class CardsConfig(BaseModel):
     alpha: float = Field(32.0, gt=0)
     max_length: int = Field(64, ge=8, description="prompt tokens seen in training (queries use the embedder's)")
     per_page: int = Field(15, ge=1, description="most train prompts per model page")
-    pages: str = Field("all", pattern="^(all|even|odd)$",
+    pages: str = Field("all", pattern=f"^({'|'.join(PAGES)})$",
                        description="train pages used: all, or one half by page id (the encoder that gives the ranker's "
                        "train pairs on the other half their card feature, ``train ranker --card-encoder``)")
     checkpoint_every: int = Field(50, ge=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from diffagent.bench.split import PAGES
 from diffagent.cli import add_command, add_group
 from diffagent.settings import Settings
 
@@ -173,7 +174,7 @@ def register(subparsers) -> None:
     p.add_argument("--work-dir", type=Path, default=None,
                    help="checkpoints (a rerun resumes) and vector cache; default <data_dir>/training/cards")
     p.add_argument("--per-page", type=int, default=15, help="most train prompts per model page")
-    p.add_argument("--pages", choices=["all", "even", "odd"], default="all",
+    p.add_argument("--pages", choices=PAGES, default="all",
                    help="train pages used (one half: the encoder behind the ranker's card feature, see train ranker)")
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch-size", type=int, default=32)
