@@ -9,18 +9,23 @@ against 1.06 with one thread). One thread costs ~1.6 ms a product there. The num
 
 from __future__ import annotations
 
+import sys
 import threading
 
 _lock = threading.Lock()
 _controller = None
+_modules_seen = -1
 
 
 def one_blas_thread():
-    """A context in which numpy's BLAS runs on one thread (restored on exit)."""
-    global _controller
+    """A context in which every loaded BLAS runs on one thread (restored on exit)."""
+    global _controller, _modules_seen
     with _lock:
-        if _controller is None:
+        # the scan of loaded libraries is cached, and repeated when modules were imported since: scipy and
+        # scikit-learn, imported lazily by the first search, bring a BLAS of their own
+        if _controller is None or len(sys.modules) != _modules_seen:
             from threadpoolctl import ThreadpoolController
 
-            _controller = ThreadpoolController()  # scans the loaded libraries once
+            _controller = ThreadpoolController()
+            _modules_seen = len(sys.modules)
     return _controller.limit(limits=1, user_api="blas")
