@@ -25,7 +25,14 @@ import numpy as np
 
 from diffagent.agent.cards import CardEncoder
 from diffagent.agent.ranker import load_setting
-from diffagent.agent.retrieve import RetrievalWeights, first_stage, pool_size, rank_hits, request_intent
+from diffagent.agent.retrieve import (
+    RetrievalWeights,
+    first_stage,
+    named_by_request,
+    pool_size,
+    rank_hits,
+    request_intent,
+)
 from diffagent.bench.pairs import load_pairs
 from diffagent.families import parse_base_constraint
 from diffagent.prompttext import strip_resource_tags
@@ -94,9 +101,10 @@ def main() -> None:
     for name, over in settings.items():
         w = replace(RetrievalWeights(), **(over or {}))
         t1 = t5 = m1 = m5 = nat = unv = 0
-        for (_request, vid, mid, hits, cached_intent), no_votes in zip(rows, unvoted, strict=True):
+        for (request, vid, mid, hits, cached_intent), no_votes in zip(rows, unvoted, strict=True):
             intent = cached_intent if over is not None else None
-            ranked = rank_hits(hits, k=60, weights=w, ranker=ranker, intent=intent)
+            named = named_by_request(reg, request, hits, w)
+            ranked = rank_hits(hits, k=60, weights=w, ranker=ranker, intent=intent, named=named)
             ids = [c.version.id for c in ranked]
             pages = list(dict.fromkeys(c.version.model_id for c in ranked))
             t1 += ids[:1] == [vid]

@@ -21,7 +21,7 @@ from diffagent.agent.ranker import POOL, TreeEnsemble, applies, rerank
 from diffagent.families import RENDERABLE, ecosystem_of
 from diffagent.registry.info import VersionInfo
 from diffagent.registry.kinds import name_phrase
-from diffagent.registry.query import contains_words
+from diffagent.registry.query import contains_words, query_words
 from diffagent.registry.store import Registry
 
 _WORDS = re.compile(r"[a-z0-9]+")
@@ -82,6 +82,20 @@ class RetrievalWeights:
     #: 0.425 (10, 4), 0.2745 / 0.419 (20, 0), 0.2755 / 0.423 (30, 2); pages without train images, model top-1
     #: 0 / 0.046 / 0.009 / 0.024 (the shipped ranker + 8 card: 0.266 / 0.394, 0)
     card_pool: int = 10
+    #: a checkpoint no creator prompt votes for (no ``knn`` or ``creators`` signal) ranks this much lower on the
+    #: ranker's logit unless the request names it (``named_by_request``). Creators' tag lists rarely leave the
+    #: winner unvoted (10 % of val's top picks) and when they do, the right one is usually named (80 % of the correct
+    #: ones); natural requests leave it unvoted far more often (130 of the fit set's 360), and there the ranker's
+    #: card match alone picked novelty models: a celebrity Dreambooth for "a plastic toy and a fluffy pillow",
+    #: "Stylized RPG game icons" for "a photo of two frisbees". Val 2,000, penalty 0 / 2 / 3 / 5: top-1 / top-5
+    #: 0.2845 / 0.436, 0.2865 / 0.4345, 0.2865 / 0.4275, 0.2865 / 0.422 (pages without train images 0.085 at each);
+    #: unvoted top picks on the fit set 130 / 30 / 20 / 13
+    unvoted_penalty: float = 3.0
+    #: a request word names a checkpoint if it is in the model's name or trigger words and in fewer than this share
+    #: of the registry's creator prompts ("ghibli", "lamborghini"; not "car", "glass", "photography"): val as above
+    #: with shares 1 / 0.01 / 0.003 / 0.001 (penalty 2): top-1 0.2855 / 0.2855 / 0.2865 / 0.2865, fit unvoted
+    #: picks 65 / 44 / 35 / 30
+    distinctive_share: float = 0.001
 
     def kind_weight(self, intent: Intent, ranked: bool) -> float:
         if ranked:
@@ -102,6 +116,36 @@ def kind_fit(intent: Intent, v: VersionInfo, weights: RetrievalWeights | None = 
         if v.family == "sdxl":
             g += w.family_bonus
     return g
+
+
+#: name words that say what kind of model it is, not which one
+_GENERIC_NAME_WORDS = frozenset({
+    "mix", "mixed", "merge", "model", "models", "diffusion", "realistic", "real", "photo", "photorealistic", "art",
+    "anime", "style", "styles", "base", "checkpoint", "ckpt", "final", "beta", "alpha", "new", "dreambooth",
+    "lora", "version", "the", "and", "for", "with", "sdxl", "pruned", "fp16", "fp32", "ema", "safetensors"})
+
+
+def voted(signals: dict[str, float]) -> bool:
+    """Some creator prompt like the request voted for this checkpoint (kNN), or the creators of add-ons it names do."""
+    return signals.get("knn", 0.0) > 0 or signals.get("creators", 0.0) > 0
+
+
+def named_by_request(registry: Registry, request: str, hits, weights: RetrievalWeights | None = None) -> set[int]:
+    """Version ids of the unvoted ``hits`` that ``request`` names: a word of the model's name or trigger words,
+    not generic ("mix", "realistic"), used in fewer than ``weights.distinctive_share`` of the registry's creator
+    prompts. A registry without sample images has no votes at all, and the ranker (and this rule) stays out."""
+    w = weights or RetrievalWeights()
+    asked = set(query_words(request))
+    named: set[int] = set()
+    for h in hits:
+        if voted(h.signals):
+            continue
+        v = h.version
+        words = {x for x in query_words(" ".join([v.model_name, *v.trained_words]))
+                 if len(x) >= 3 and x not in _GENERIC_NAME_WORDS and not x.isdigit()}
+        if any(registry.prompt_word_share(x) < w.distinctive_share for x in asked & words):
+            named.add(v.id)
+    return named
 
 
 def lora_evidence(c: Candidate, request: str, weights: RetrievalWeights | None = None) -> str | None:
@@ -215,7 +259,8 @@ def retrieve_checkpoints(registry: Registry, prompt: str, *, base: set[str] | No
     w = weights or RetrievalWeights()
     hits = first_stage(registry, prompt, base=base, limit=pool_size(k, ranker, intent), weights=w,
                        exclude_page=exclude_page, card=card, local_only=local_only)
-    return rank_hits(hits, k=k, weights=w, ranker=ranker, intent=intent)
+    named = named_by_request(registry, prompt, hits, w) if ranker is not None and w.unvoted_penalty else set()
+    return rank_hits(hits, k=k, weights=w, ranker=ranker, intent=intent, named=named)
 
 
 def pool_size(k: int, ranker: TreeEnsemble | None, intent: Intent | None) -> int:
@@ -225,8 +270,10 @@ def pool_size(k: int, ranker: TreeEnsemble | None, intent: Intent | None) -> int
 
 
 def rank_hits(hits: list, *, k: int, weights: RetrievalWeights | None = None, ranker: TreeEnsemble | None = None,
-              intent: Intent | None = None) -> list[Candidate]:
-    """The second stage of ``retrieve_checkpoints`` on first-stage hits (pure: benchmarks re-rank cached hits)."""
+              intent: Intent | None = None, named: set[int] | None = None) -> list[Candidate]:
+    """The second stage of ``retrieve_checkpoints`` on first-stage hits (pure: benchmarks re-rank cached hits).
+    ``named``: the unvoted hits the request names (``named_by_request``); the other unvoted ones pay
+    ``weights.unvoted_penalty`` under the ranker."""
     w = weights or RetrievalWeights()
     if ranker is not None and applies(hits):
         # the pool the ranker was trained on: the first stage's best, and the checkpoints the card search added
@@ -235,7 +282,11 @@ def rank_hits(hits: list, *, k: int, weights: RetrievalWeights | None = None, ra
         scored = rerank(ranker, pool)
         if w.card_ranked:
             scored = [(h, raw + w.card_ranked * h.signals.get("card", 0.0)) for h, raw in scored]
-            scored.sort(key=lambda x: -x[1])
+        if w.unvoted_penalty:
+            named = named or set()
+            scored = [(h, raw - (w.unvoted_penalty if not voted(h.signals) and h.version.id not in named else 0.0))
+                      for h, raw in scored]
+        scored.sort(key=lambda x: -x[1])
         floor = min(raw for _, raw in scored) - 1.0
         # hits past the pool stay below it, in first-stage order: reachable for a request whose kind they fit
         scored += [(h, floor - 0.01 * i) for i, h in enumerate(rest)]

@@ -10,6 +10,7 @@ rebuilt only after an import changes the prompts. The cache is plain arrays (``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,16 @@ class PromptIndex:
             out[vid] = out.get(vid, 0.0) + sim
         best = max(out.values(), default=0.0)
         return {v: s / best for v, s in out.items()} if best else {}
+
+    def document_share(self, word: str) -> float:
+        """The share of creators' prompts that contain ``word`` (one lower-case word), read back from the fitted
+        IDF (smooth: idf = ln((1 + n) / (1 + df)) + 1). A word the index did not keep (in fewer than
+        ``min_df`` prompts, or a stop word) or an empty index gives 0."""
+        n = self.matrix.shape[0]
+        i = self.vectorizer.vocabulary_.get(word) if self.vectorizer is not None else None
+        if not n or i is None:
+            return 0.0
+        return max((1 + n) / math.exp(float(self.vectorizer.idf_[i]) - 1.0) - 1.0, 0.0) / n
 
     def lora_votes(self, query: str, k: int = 20, exclude_page: int | None = None) -> dict[int, float]:
         """LoRA versions the nearest prompts used: similarity mass of the neighbours using each, as a

@@ -359,6 +359,10 @@ class Registry:
         scaled to [0, 1]. See ``diffagent.registry.knn``. ``exclude_page`` ignores one model page's images."""
         return self._prompts().votes(query, k=k, exclude_page=exclude_page)
 
+    def prompt_word_share(self, word: str) -> float:
+        """The share of the registry's creator prompts that contain ``word`` (0 without sample images)."""
+        return self._prompts().document_share(word)
+
     def lora_neighbours(self, query: str, k: int = 20, exclude_page: int | None = None) -> dict[int, float]:
         """LoRAs creators used in prompts like ``query``: share of the neighbours' similarity mass."""
         return self._prompts().lora_votes(query, k=k, exclude_page=exclude_page)

@@ -232,7 +232,7 @@ def test_the_card_pool_joins_the_rankers_pool_and_the_rest_stays_below():
                            leaf=np.array([True]), meta={})  # every hit scores the same: the card weight decides
     hits = [hit(i, i, knn=0.1, card=0.1) for i in range(rk.POOL)]
     hits += [hit(100, 100, knn=0.0, card=0.9), hit(101, 101, knn=0.0, card=0.8, card_pool=1.0)]
-    ranked = rank_hits(hits, k=len(hits), weights=RetrievalWeights(card_ranked=4.0), ranker=flat)
+    ranked = rank_hits(hits, k=len(hits), weights=RetrievalWeights(card_ranked=4.0), ranker=flat, named={101})
     order = [c.version.id for c in ranked]
     assert order[0] == 101  # the card pool's hit is ranked with the pool, and its card lifts it
     assert order[-1] == 100  # past the pool without the flag: below every pooled hit
@@ -270,3 +270,41 @@ def test_collected_pairs_concatenate():
     assert agreement(c, -np.arange(len(c.y), dtype=float))["top1"] == pytest.approx(
         (agreement(a, -np.arange(len(a.y), dtype=float))["top1"] * 3
          + agreement(b, -np.arange(len(b.y), dtype=float))["top1"] * 2) / 5, abs=1e-3)
+
+
+def _named_hit(vid, name, trained=(), **signals):
+    return SimpleNamespace(version=SimpleNamespace(id=vid, model_id=vid, downloads=100, model_name=name,
+                                                   trained_words=list(trained)), signals=signals)
+
+
+class _Shares:
+    """A registry whose creators typed "car" in 5 % of their prompts and "ghibli" in 0.01 %."""
+
+    def prompt_word_share(self, word):
+        return {"car": 0.05, "ghibli": 0.0001, "photography": 0.02}.get(word, 0.0)
+
+
+def test_named_by_request_needs_a_distinctive_name_or_trigger_word():
+    from diffagent.agent.retrieve import named_by_request
+
+    hits = [_named_hit(1, "Studio Ghibli"), _named_hit(2, "Lamborghini Photography", ["car"]),
+            _named_hit(3, "RealCarMix", ["mycarstyle"]), _named_hit(4, "Ghibli Voted", knn=0.4),
+            _named_hit(5, "Realistic Mix")]
+    assert named_by_request(_Shares(), "a red car in studio ghibli style", hits) == {1}  # 4 is voted: no need
+    assert named_by_request(_Shares(), "mycarstyle, a red car", hits) == {3}  # a trigger word names it too
+    assert named_by_request(_Shares(), "a realistic photo, mix of colours", hits) == set()  # generic name words
+
+
+def test_unvoted_checkpoints_the_request_does_not_name_rank_below_voted_ones():
+    """Under the ranker, a hit no creator prompt voted for pays ``unvoted_penalty`` unless the request names it."""
+    from diffagent.agent.retrieve import RetrievalWeights, rank_hits
+
+    flat = rk.TreeEnsemble(features=rk.FEATURES, baseline=0.0, roots=np.array([0]), feature=np.array([0]),
+                           threshold=np.array([0.0]), left=np.array([0]), right=np.array([0]), value=np.array([0.0]),
+                           leaf=np.array([True]), meta={})
+    hits = [hit(1, 1, knn=0.0, card=0.6), hit(2, 2, knn=0.0, card=0.5), hit(3, 3, knn=0.2, card=0.1)]
+    w = RetrievalWeights(card_ranked=4.0, unvoted_penalty=3.0)
+    order = [c.version.id for c in rank_hits(hits, k=3, weights=w, ranker=flat, named={2})]
+    assert order == [2, 3, 1]  # named: its card wins; unnamed: below the voted one
+    off = RetrievalWeights(card_ranked=4.0, unvoted_penalty=0.0)
+    assert [c.version.id for c in rank_hits(hits, k=3, weights=off, ranker=flat)] == [1, 2, 3]

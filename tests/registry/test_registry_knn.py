@@ -59,3 +59,25 @@ def test_a_search_of_the_default_registry_imports_no_scikit_learn_or_torch():
             "print(sorted(m for m in ('sklearn', 'torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_document_share_is_the_share_of_creator_prompts_with_the_word(tiny_registry):
+    """Read back from the fitted IDF, it equals counting the SFW prompts that contain the word; a word no prompt
+    holds (or a stop word) is 0."""
+    import re
+
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    with tiny_registry.engine.connect() as conn:
+        prompts = conn.execute(text("SELECT prompt FROM sample_image WHERE version_id IS NOT NULL AND NOT nsfw"
+                                    " AND length(prompt) > 0")).scalars().all()
+    words = {w for p in prompts for w in re.findall(r"\b\w\w+\b", p.lower())}
+    checked = 0
+    for word in sorted(words)[:40]:
+        expect = sum(word in re.findall(r"\b\w\w+\b", p.lower()) for p in prompts) / len(prompts)
+        got = tiny_registry.prompt_word_share(word)
+        assert got == (0.0 if word in ENGLISH_STOP_WORDS else pytest.approx(expect, abs=1e-6)), word
+        checked += got > 0
+    assert checked > 10
+    assert tiny_registry.prompt_word_share("zzqxunseenword") == 0.0
+    assert tiny_registry.prompt_word_share("the") == 0.0
