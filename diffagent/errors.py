@@ -20,7 +20,8 @@ class ImportFailed(DiffAgentError):
 class MissingDependency(DiffAgentError, ImportError):
     """An optional extra is not installed."""
 
-    def __init__(self, package: str, extra: str):
+    def __init__(self, package: str, extra: str, how: str | None = None):
         super().__init__(
-            f"{package} is not installed; install the '{extra}' extra: pip install 'diffagent[{extra}]'"
+            f"{package} is not installed; "
+            + (how or f"install the '{extra}' extra: pip install 'diffagent[{extra}]'")
         )

@@ -61,7 +61,20 @@ class RenderResult(BaseModel):
                                description="bounded preview: longest side <= 512 px, <= 512 KiB")
 
 
+def require_render_extra() -> None:
+    """A ``MissingDependency`` naming the ``render`` extra where torch or diffusers is not installed (the base
+    install selects without them)."""
+    from diffagent.errors import MissingDependency
+
+    for module in ("torch", "diffusers"):
+        try:
+            __import__(module)
+        except ImportError as e:
+            raise MissingDependency(module, "render") from e
+
+
 def resolve_device(name: str) -> str:
+    require_render_extra()
     import torch
 
     if name != "auto":

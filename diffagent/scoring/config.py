@@ -88,7 +88,14 @@ class ScoringConfig(BaseModel):
 
 
 def resolve_device(name: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; a ``MissingDependency`` without torch (the base
+    install has none)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        from diffagent.errors import MissingDependency
+
+        raise MissingDependency("torch", "score") from e
     if name != "auto":
         if name.startswith("cuda"):
             import torch
