@@ -88,12 +88,14 @@ def rebuild_vectors(conn: Connection, embedder: Embedder,
     (kind 'prompts': the mean of their embeddings)."""
     rows = conn.execute(
         text(
-            "SELECT v.id, m.name, v.name, m.tags, v.trained_words, m.description FROM model_version v"
-            f" JOIN model m ON m.id = v.model_id WHERE m.type IN {SEARCHABLE_TYPES}"
-        )
+            "SELECT v.id AS id, m.name AS model_name, v.name AS name, m.tags AS tags, v.trained_words AS words,"
+            " m.description AS description FROM model_version v JOIN model m ON m.id = v.model_id"
+            " WHERE m.type IN :types"
+        ).bindparams(bindparam("types", expanding=True)),
+        {"types": list(SEARCHABLE_TYPES)},
     )
-    items = {vid: version_text(mn, vn, json.loads(tags), json.loads(words), desc or "")
-             for vid, mn, vn, tags, words, desc in rows}
+    items = {r.id: version_text(r.model_name, r.name, json.loads(r.tags), json.loads(r.words), r.description or "")
+             for r in rows}
     n_versions = _store(conn, "version", items, embedder, progress and (lambda d, t: progress("models", d, t)))
 
     # prompts: a deterministic sample per checkpoint, embedded one prompt per row, then averaged

@@ -7,7 +7,10 @@ Search fuses six signals, each scaled to [0, 1]:
   knn       TF-IDF nearest creators' prompts voting for the checkpoint they used (``knn.py``),
   creators  the checkpoints used by the authors of add-ons named by trigger word (``creators.py``),
   prior     log-popularity (downloads),
-after hard filters (type, base ecosystem, NSFW policy, min downloads).
+after hard filters (type, base ecosystem, NSFW policy, min downloads), and with a card vector the ``card`` signal
+(``agent/cards.py``). The columns and vector matrices it fuses over are ``search_index.SearchIndex``; the votes
+come from the side indexes built lazily beside the database (``lexical.py``, ``knn.py``, ``creators.py``,
+``triggers.py``).
 
 What it returns is defined in ``info.py``; query text helpers are in ``query.py`` (both re-exported here).
 """
@@ -15,9 +18,7 @@ What it returns is defined in ``info.py``; query text helpers are in ``query.py`
 from __future__ import annotations
 
 import json
-import logging
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,39 +28,16 @@ from sqlalchemy import bindparam, text
 from diffagent.apicall import ModelRef
 from diffagent.blas import one_blas_thread
 from diffagent.errors import NotFoundError
-from diffagent.families import Family, ecosystem_of
+from diffagent.families import Family
 from diffagent.registry.db import open_engine
 from diffagent.registry.embeddings import Embedder
 from diffagent.registry.info import FileInfo, SearchHit, UsageInfo, VersionInfo, WeightSource
-from diffagent.registry.kinds import NOT_STANDALONE
 from diffagent.registry.query import STOPWORDS, contains_words, query_words
+from diffagent.registry.search_index import SearchIndex
 from diffagent.registry.writer import chunks
 
-log = logging.getLogger(__name__)
 __all__ = ["STOPWORDS", "FileInfo", "Registry", "SearchHit", "UsageInfo", "VersionInfo", "WeightSource",
            "contains_words", "query_words"]
-
-
-@dataclass
-class _Index:
-    """In-memory columns for filtering and the vector matrices (loaded once per Registry)."""
-
-    ids: np.ndarray  # version ids, int64
-    types: np.ndarray  # object array of type names
-    eco: np.ndarray  # object array of ecosystems
-    nsfw: np.ndarray  # bool
-    downloads: np.ndarray  # int64
-    prior: np.ndarray  # float32 in [0, 1]
-    vec: np.ndarray | None  # (n, d) float32 model-text vectors, zero rows where missing
-    pvec: np.ndarray | None  # (n, d) float32 prompt-centroid vectors
-    has_pvec: np.ndarray  # bool
-    #: can be selected: the registry knows where its weights are (a file, a Hugging Face file or diffusers
-    #: folder, a download URL) and it renders alone (not a refiner or an inpainting model)
-    renderable: np.ndarray  # bool
-    local: np.ndarray  # bool: weights on this machine (a local path)
-    pos: dict[int, int]
-    #: filter key -> (mask, its row numbers, vec rows, pvec rows): searches repeat a few filters
-    subsets: dict = field(default_factory=dict)
 
 
 class Registry:
@@ -72,12 +50,13 @@ class Registry:
         self.allow_nsfw = allow_nsfw
         self.engine = open_engine(self.path)
         self.embedder = embedder or Embedder()
-        self._index: _Index | None = None
+        self._index: SearchIndex | None = None
         self._prompt_index = None
         self._creator_index = None
         self._trigger_index = None
         self._lexical_index = None
         self._trigger_use = None
+        self._addon_cache: dict[tuple[str, ...], dict[str, VersionInfo]] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -203,64 +182,11 @@ class Registry:
             }
 
     # ----------------------------------------------------------------------------- search
-    def _load_index(self) -> _Index:
+    def _load_index(self) -> SearchIndex:
         with self._lock:
-            if self._index is not None:
-                return self._index
-            with self.engine.connect() as conn:
-                rows = conn.execute(text(
-                    "SELECT v.id AS id, m.type AS type, v.family AS family, m.nsfw AS nsfw, v.downloads AS downloads,"
-                    " m.downloads AS model_downloads, k.kinds AS kinds,"
-                    " (v.hf_repo IS NOT NULL OR v.download_url IS NOT NULL OR v.local_path IS NOT NULL OR EXISTS"
-                    "  (SELECT 1 FROM model_file f WHERE f.version_id = v.id AND f.download_url IS NOT NULL))"
-                    " AS has_weights, v.local_path IS NOT NULL AS local"
-                    " FROM model_version v JOIN model m ON m.id = v.model_id"
-                    " LEFT JOIN model_kind k ON k.version_id = v.id"
-                    " WHERE m.type IN ('checkpoint','lora','locon','embedding','vae') ORDER BY v.id"
-                )).all()
-                ids = np.array([r.id for r in rows], dtype=np.int64)
-                pos = {int(v): i for i, v in enumerate(ids)}
-                downloads = np.array([max(r.downloads or 0, 0) for r in rows], dtype=np.int64)
-                model_dl = np.array([max(r.model_downloads or 0, 0) for r in rows], dtype=np.int64)
-                pop = np.log1p(np.maximum(downloads, model_dl // 4).astype(np.float64))
-                prior = ((pop / pop.max()).astype(np.float32) if len(pop) and pop.max() > 0
-                         else np.zeros(len(ids), np.float32))
-                vec = pvec = None
-                has_p = np.zeros(len(ids), dtype=bool)
-                mine = self.embedder.name
-                others = conn.execute(text("SELECT DISTINCT model FROM vector WHERE model != :m"),
-                                      {"m": mine}).scalars().all()
-                if others:
-                    self.embedder.check()  # a misconfigured embedder is an error, not a silent fallback
-                    # query vectors from another model live in another space: those rows would rank noise
-                    log.warning("%s holds sentence vectors of %s, not of the configured embedder %s; semantic "
-                                "search uses only %s vectors. Re-import to embed with %s, or set "
-                                "DIFFAGENT_EMBEDDER to the model the registry was built with",
-                                self.path, ", ".join(others), mine, mine, mine)
-                for kind, owner, dim, data in conn.execute(text(
-                        "SELECT kind, owner_id, dim, data FROM vector WHERE model = :m"), {"m": mine}):
-                    i = pos.get(owner)
-                    if i is None:
-                        continue
-                    target = vec if kind == "version" else pvec
-                    if target is None:
-                        target = np.zeros((len(ids), dim), dtype=np.float32)
-                        if kind == "version":
-                            vec = target
-                        else:
-                            pvec = target
-                    target[i] = np.frombuffer(data, dtype=np.float16)
-                    if kind == "prompts":
-                        has_p[i] = True
-            self._index = _Index(
-                ids=ids, types=np.array([r.type for r in rows], dtype=object),
-                eco=np.array([ecosystem_of(r.family) for r in rows], dtype=object),
-                nsfw=np.array([bool(r.nsfw) for r in rows]), downloads=np.maximum(downloads, model_dl),
-                prior=prior, vec=vec, pvec=pvec, has_pvec=has_p, pos=pos,
-                local=np.array([bool(r.local) for r in rows], dtype=bool),
-                renderable=np.array([bool(r.has_weights) and not (set(json.loads(r.kinds or "[]")) & NOT_STANDALONE)
-                                     for r in rows], dtype=bool),
-            )
+            if self._index is None:
+                with self.engine.connect() as conn:
+                    self._index = SearchIndex.load(conn, self.embedder, where=str(self.path))
             return self._index
 
     def warm(self) -> None:
@@ -272,42 +198,6 @@ class Registry:
         self._triggers()
         self._lexical()
         self.trigger_use(0)
-
-    def _subset(self, idx: _Index, types, base, min_downloads, allow_nsfw, renderable_only=False, local_only=False):
-        """The filter's mask, row numbers, their card vectors, and the rows with prompt vectors and those, cached
-        per filter (a search then multiplies only the rows it may return: a sixth of the matrix for checkpoints)."""
-        key = (tuple(sorted(types or ())), tuple(sorted(base or ())), int(min_downloads or 0), bool(allow_nsfw),
-               bool(renderable_only), bool(local_only))
-        hit = idx.subsets.get(key)
-        if hit is None:
-            mask = self._mask(idx, types, base, min_downloads, allow_nsfw)
-            if renderable_only:
-                mask &= idx.renderable
-            if local_only:
-                mask &= idx.local
-            rows = np.flatnonzero(mask)
-            prows = rows[idx.has_pvec[rows]]  # prompt vectors exist for checkpoints with creators' images only
-            hit = (mask, rows, None if idx.vec is None else np.ascontiguousarray(idx.vec[rows]),
-                   prows, None if idx.pvec is None else np.ascontiguousarray(idx.pvec[prows]))
-            if len(idx.subsets) >= 32:
-                idx.subsets.clear()
-            idx.subsets[key] = hit  # one assignment: safe to share between threads
-        return hit
-
-    def _mask(self, idx: _Index, types, base, min_downloads, allow_nsfw) -> np.ndarray:
-        mask = np.ones(len(idx.ids), dtype=bool)
-        if types:
-            wanted = {t.lower() for t in types}
-            if "lora" in wanted:
-                wanted.add("locon")
-            mask &= np.isin(idx.types, list(wanted))
-        if base:
-            mask &= np.isin(idx.eco, list(base))
-        if not allow_nsfw:
-            mask &= ~idx.nsfw
-        if min_downloads:
-            mask &= idx.downloads >= min_downloads
-        return mask
 
     def lexical_scores(self, query: str, limit: int = 400) -> dict[int, float]:
         """BM25 over model text (FTS5's, computed in memory: ``registry/lexical.py``), scaled to [0, 1] by the
@@ -422,26 +312,21 @@ class Registry:
         idx = self._load_index()
         w = {**self.WEIGHTS, **(weights or {})}
         allow = self.allow_nsfw if allow_nsfw is None else allow_nsfw
-        mask, rows, vec, prows, pvec = self._subset(idx, types, base, min_downloads, allow, renderable_only,
-                                                    local_only)
-        if not len(rows):
+        sub = idx.subset(types, base, min_downloads, allow, renderable_only, local_only)
+        if not len(sub.rows):
             return []
         score = w["prior"] * idx.prior.copy()
         signals: dict[str, np.ndarray] = {"prior": idx.prior}
         query = (query or "").strip()
         if query:
-            lex = np.zeros(len(idx.ids), dtype=np.float32)
-            for vid, s in self.lexical_scores(query).items():
-                i = idx.pos.get(vid)
-                if i is not None:
-                    lex[i] = s
-            signals["lexical"] = lex
-            score += w["lexical"] * lex
+            signals["lexical"] = idx.column(self.lexical_scores(query))
+            score += w["lexical"] * signals["lexical"]
             if (idx.vec is not None or idx.pvec is not None) and (w["semantic"] or w["prompts"]):
                 qv = query_vector if query_vector is not None else self.embedder.encode_query(query)
                 with one_blas_thread():
-                    for name, matrix, at, v in (("semantic", vec, rows, qv), ("prompts", pvec, prows, qv),
-                                                ("card", vec, rows, card_vector)):
+                    for name, matrix, at, v in (("semantic", sub.vec, sub.rows, qv),
+                                                ("prompts", sub.pvec, sub.prows, qv),
+                                                ("card", sub.vec, sub.rows, card_vector)):
                         if matrix is not None and v is not None:
                             sim = np.zeros(len(idx.ids), dtype=np.float32)
                             sim[at] = np.clip(matrix @ v, 0, 1)
@@ -450,28 +335,13 @@ class Registry:
             votes = {"knn": lambda: self.prompt_neighbours(query, k=50, exclude_page=exclude_page),
                      "creators": lambda: self.creator_votes(query, exclude_page=exclude_page)}
             for name, vote in votes.items():
-                if not w[name]:
-                    continue
-                arr = np.zeros(len(idx.ids), dtype=np.float32)
-                for vid, v in vote().items():
-                    i = idx.pos.get(vid)
-                    if i is not None:
-                        arr[i] = v
-                signals[name] = arr
-                score += w[name] * arr
-        n_allowed = int(mask.sum())
-
-        def best(values: np.ndarray, k: int) -> np.ndarray:
-            """Rows of the ``k`` highest allowed ``values``, highest first (ties in row order)."""
-            values = np.where(mask, values, -np.inf)
-            k = min(k, n_allowed)
-            rows_ = np.argpartition(-values, k - 1)[:k]
-            return rows_[np.argsort(-values[rows_], kind="stable")]
-
-        top = best(score, limit)
+                if w[name]:
+                    signals[name] = idx.column(vote())
+                    score += w[name] * signals[name]
+        top = idx.best(score, sub.mask, limit)
         by_card: set[int] = set()
         if card_pool > 0 and "card" in signals:
-            by_pool = best(signals["card"], card_pool)
+            by_pool = idx.best(signals["card"], sub.mask, card_pool)
             by_card = {int(i) for i in by_pool}
             taken = set(top.tolist())
             top = np.concatenate([top, np.asarray([i for i in by_pool if i not in taken], dtype=top.dtype)])
@@ -492,25 +362,22 @@ class Registry:
     def has_creator_prompts(self, version_id: int) -> bool:
         """Whether creators' sample prompts in this registry reach the version (its prompt-set vector exists)."""
         idx = self._load_index()
-        i = idx.pos.get(int(version_id))
-        return i is not None and bool(idx.has_pvec[i])
+        return idx.flag(idx.has_pvec, version_id)
 
     def is_local(self, version_id: int) -> bool:
         """The version's weights are on this machine (a local path the registry records)."""
         idx = self._load_index()
-        i = idx.pos.get(int(version_id))
-        return i is not None and bool(idx.local[i])
+        return idx.flag(idx.local, version_id)
 
     def is_renderable(self, version_id: int) -> bool:
         """The registry knows where this version's weights are, and (a checkpoint) it renders alone."""
         idx = self._load_index()
-        i = idx.pos.get(int(version_id))
-        return i is not None and bool(idx.renderable[i])
+        return idx.flag(idx.renderable, version_id)
 
     def addons_by_trigger(self, types: tuple[str, ...] = ("embedding",)) -> dict[str, VersionInfo]:
         """Lower-cased trigger word / file stem -> add-on version (most downloaded wins); cached."""
+        cache = self._addon_cache
         with self._lock:
-            cache = self.__dict__.setdefault("_addon_cache", {})
             if types in cache:
                 return cache[types]
         with self.engine.connect() as conn:
@@ -533,7 +400,7 @@ class Registry:
     def popular(self, *, types: list[str], base: set[str] | None = None, limit: int = 20) -> list[int]:
         """Most downloaded version ids (the popularity baseline)."""
         idx = self._load_index()
-        mask = self._mask(idx, types, base, 0, self.allow_nsfw)
+        mask = idx.mask(types, base, 0, self.allow_nsfw)
         order = np.argsort(-np.where(mask, idx.downloads, -1), kind="stable")[: min(limit, int(mask.sum()))]
         return [int(idx.ids[i]) for i in order]
 
