@@ -33,8 +33,13 @@ ECOSYSTEM: dict[Family, str] = {
     Family.OTHER: "other",
 }
 
-#: ecosystems diffagent can render
+#: ecosystems diffagent selects and renders, from every file layout (diffusers folders and single files)
 RENDERABLE = {"sd1", "sdxl"}
+#: flow-matching transformer ecosystems (FLUX.1, Stable Diffusion 3 / 3.5): the renderer runs them from
+#: diffusers-format folders; selection offers them once their single files (transformer-only) load too
+FLOW = {"flux", "sd3"}
+#: ecosystems the renderer accepts
+RENDERER_ECOSYSTEMS = RENDERABLE | FLOW
 
 #: user-facing constraint names (select --base) -> ecosystems
 BASE_CONSTRAINTS: dict[str, set[str] | None] = {"any": None, "sd15": {"sd1"}, "sdxl": {"sdxl"}}

@@ -224,10 +224,27 @@ def encode_sdxl(pipe, prompt: str, negative: str, clip_skip: int) -> dict:
             "negative_pooled_prompt_embeds": npooled}
 
 
+def plain_text(prompt: str) -> str:
+    """The prompt's words without A1111's emphasis syntax (``(fox:1.3)`` -> ``fox``, ``BREAK`` dropped)."""
+    return " ".join("".join(t for t, w in parse_emphasis(prompt) if w != -1.0).split())
+
+
+def encode_flow(pipe, ecosystem: str, prompt: str, negative: str) -> dict:
+    """FLUX.1 / SD 3: the pipeline's own encoders (CLIP and T5; T5 reads 256-512 tokens, so no chunking), given the
+    prompt without A1111's emphasis syntax, which T5 would read as literal brackets and numbers. SD 3 takes the
+    negative prompt; FLUX.1 has none (``ApiCall`` refuses one)."""
+    kwargs = {"prompt": plain_text(prompt)}
+    if ecosystem == "sd3":
+        kwargs["negative_prompt"] = plain_text(negative)
+    return kwargs
+
+
 def encode(pipe, ecosystem: str, prompt: str, negative: str, clip_skip: int) -> dict:
     """Keyword arguments for the pipeline call that replace ``prompt``/``negative_prompt``."""
     import torch
 
+    if ecosystem in ("flux", "sd3"):
+        return encode_flow(pipe, ecosystem, prompt, negative)
     with torch.inference_mode():
         if ecosystem == "sdxl":
             return encode_sdxl(pipe, prompt, negative, clip_skip)

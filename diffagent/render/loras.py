@@ -41,6 +41,8 @@ def lora_context_width(path: Path) -> int | None:
 
 def check_lora(path: Path, pipe, name: str) -> None:
     """Refuse a LoRA whose weights do not fit this UNet, before anything loads."""
+    if getattr(pipe, "unet", None) is None:
+        return  # FLUX.1 / SD 3 transformers: diffusers names the missing or misshapen module itself
     width = lora_context_width(path)
     expected = pipe.unet.config.cross_attention_dim
     if width is not None and width != expected:

@@ -1,4 +1,5 @@
-"""Load SD 1.5 / SDXL pipelines (diffusers folders and Civitai single files) and keep an LRU cache of them.
+"""Load SD 1.5 / SDXL pipelines (diffusers folders and Civitai single files) and FLUX.1 / SD 3 pipelines
+(diffusers folders), and keep an LRU cache of them.
 
 Single files load against a config skeleton (``skeletons.py``) so no hub lookup happens. Before a single
 ``.safetensors`` loads, its key layout is checked against the family the registry claims, because a mislabeled
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from diffagent.errors import UserInputError
+from diffagent.families import FLOW
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
@@ -45,13 +47,14 @@ def detect_architecture(path: Path) -> str | None:
 
 
 def pipeline_class(ecosystem: str):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    import diffusers
 
-    classes = {"sd1": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
-    if ecosystem not in classes:
-        raise UserInputError(f"diffagent renders SD 1.x and SDXL-family checkpoints, not {ecosystem!r}; "
+    names = {"sd1": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "flux": "FluxPipeline",
+             "sd3": "StableDiffusion3Pipeline"}
+    if ecosystem not in names:
+        raise UserInputError(f"diffagent renders SD 1.x, SDXL, FLUX.1 and SD 3 checkpoints, not {ecosystem!r}; "
                              "pick a checkpoint with base sd15 or sdxl")
-    return classes[ecosystem]
+    return getattr(diffusers, names[ecosystem])
 
 
 def dtype_kwarg() -> str:
@@ -91,6 +94,10 @@ def load_pipeline(path: Path, ecosystem: str, *, device: str, dtype, skeleton: P
             raise UserInputError(f"{path} is a folder without model_index.json; give a diffusers pipeline folder "
                                  "or a single .safetensors checkpoint")
         pipe = cls.from_pretrained(path, local_files_only=True, **extra)
+    elif path.suffix.lower() in SINGLE_FILE_SUFFIXES and ecosystem in FLOW:
+        raise UserInputError(f"{path.name}: FLUX.1 and SD 3 single files (mostly the transformer alone, without the "
+                             "text encoders and VAE) do not load yet; use the model in diffusers format (a folder "
+                             "with model_index.json, as its Hugging Face repository has it)")
     elif path.suffix.lower() in SINGLE_FILE_SUFFIXES:
         arch = detect_architecture(path)
         if arch is not None and arch != ecosystem:

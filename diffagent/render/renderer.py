@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from diffagent.apicall import ApiCall, ModelRef
 from diffagent.errors import DiffAgentError, UserInputError
-from diffagent.families import RENDERABLE, compatible, ecosystem_of
+from diffagent.families import FLOW, RENDERER_ECOSYSTEMS, compatible, ecosystem_of
 from diffagent.prompttext import strip_resource_tags
 from diffagent.render import png
 from diffagent.render.prompt import with_tokens
@@ -161,7 +161,8 @@ class Renderer:
     def _load(self, weights: ResolvedWeights, ecosystem: str):
         from diffagent.render.pipelines import load_pipeline
 
-        skeleton = None if weights.path.is_dir() else self.skeleton(ecosystem)
+        # FLUX.1 / SD 3 load from folders only (load_pipeline says so for a single file): no skeleton to make
+        skeleton = None if weights.path.is_dir() or ecosystem in FLOW else self.skeleton(ecosystem)
         pipe = load_pipeline(weights.path, ecosystem, device=self.device, dtype=self.dtype, skeleton=skeleton)
         return pipe, ecosystem, dict(pipe.scheduler.config)
 
@@ -171,10 +172,10 @@ class Renderer:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         ecosystem = ecosystem_of(call.checkpoint.family)
-        if ecosystem not in RENDERABLE:
+        if ecosystem not in RENDERER_ECOSYSTEMS:
             raise UserInputError(f"{call.checkpoint.name!r} is a {call.checkpoint.family.value} checkpoint; "
-                                 "diffagent renders SD 1.x and SDXL-family checkpoints only")
-        spec = sampler_spec(call.sampler)  # unknown sampler: fail before any file is touched
+                                 "diffagent renders SD 1.x, SDXL, FLUX.1 and SD 3 checkpoints only")
+        spec = sampler_spec(call.sampler, flow=ecosystem in FLOW)  # unknown sampler: fail before any file is touched
 
         with cancellable(cancel):  # a weight download stops when the caller cancels
             ckpt = self._resolve(call.checkpoint, "checkpoint", call.checkpoint.family)

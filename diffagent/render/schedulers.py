@@ -85,9 +85,27 @@ SAMPLERS: dict[str, SamplerSpec] = {
 }
 
 
-def sampler_spec(name: str) -> SamplerSpec:
-    """The spec for an A1111 sampler name (any spelling ``canonical_sampler`` accepts)."""
+#: FLUX.1 and SD 3 are flow-matching models: Forge and ComfyUI call their samplers Euler (the reference one) and Heun
+FLOW_SAMPLERS: dict[str, SamplerSpec] = {
+    "Euler": _spec("FlowMatchEulerDiscreteScheduler"),
+    "Heun": _spec("FlowMatchHeunDiscreteScheduler"),
+}
+
+
+def is_flow(scheduler_config: dict[str, Any]) -> bool:
+    """The pipeline's own scheduler is a flow-matching one (FLUX.1, SD 3)."""
+    return str(scheduler_config.get("_class_name", "")).startswith("FlowMatch")
+
+
+def sampler_spec(name: str, *, flow: bool = False) -> SamplerSpec:
+    """The spec for an A1111 sampler name (any spelling ``canonical_sampler`` accepts); ``flow``: for a
+    flow-matching model (FLUX.1, SD 3), whose samplers are ``FLOW_SAMPLERS``."""
     canon = canonical_sampler(name)
+    if flow:
+        if canon not in FLOW_SAMPLERS:
+            raise UserInputError(f"FLUX.1 and SD 3 sample by flow matching: use sampler {' or '.join(FLOW_SAMPLERS)}, "
+                                 f"not {name!r} (a sampler of SD 1.x / SDXL)")
+        return FLOW_SAMPLERS[canon]
     if canon is None or canon not in SAMPLERS:
         raise UserInputError(f"unknown sampler {name!r}; known samplers: {', '.join(SAMPLERS)}")
     return SAMPLERS[canon]
@@ -112,7 +130,7 @@ def make_scheduler(name: str, base_config: dict[str, Any], *, seed: int | None =
     sampler only adds solver options on top. ``seed`` feeds schedulers that keep their own noise source
     (``DPMSolverSDEScheduler``'s Brownian tree), which otherwise draw a random seed and break reproducibility.
     """
-    spec = sampler_spec(name)
+    spec = sampler_spec(name, flow=is_flow(base_config))
     cls = _scheduler_class(spec)
     options = {**spec.options, **extra}
     accepted = accepted_options(cls)

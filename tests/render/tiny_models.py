@@ -353,3 +353,95 @@ def quiet_diffusers() -> None:
 
     dlog.set_verbosity_error()
     dlog.disable_progress_bar()
+
+
+# --- FLUX.1 and SD 3 (flow-matching transformers, T5) ---------------------------------------------
+
+
+def write_t5_tokenizer(dirpath: Path) -> int:
+    """A T5 tokenizer (sentencepiece-style Unigram) whose pieces are the printable characters. Returns its size."""
+    import string
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+    pieces += [(c, -2.0) for c in string.printable if not c.isspace()]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                    model_max_length=512, extra_ids=0).save_pretrained(dirpath)
+    return len(pieces)
+
+
+def tiny_t5(vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                                   eos_token_id=1))
+
+
+def tiny_flow_vae(latent_channels: int):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+                         latent_channels=latent_channels, norm_num_groups=1, use_quant_conv=False,
+                         use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+
+
+def build_flux(outdir: Path, seed: int = 0):
+    """A FLUX.1-architecture pipeline (CLIP + T5, a 1+1-block transformer, 1-channel VAE) saved as a folder."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    torch.manual_seed(seed)
+    vocab = write_byte_tokenizer(outdir / "_tokenizer")
+    t5_vocab = write_t5_tokenizer(outdir / "_t5")
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=tiny_flow_vae(1), text_encoder=tiny_text_encoder(vocab),
+        tokenizer=CLIPTokenizer.from_pretrained(outdir / "_tokenizer"), text_encoder_2=tiny_t5(t5_vocab),
+        tokenizer_2=T5TokenizerFast.from_pretrained(outdir / "_t5"),
+        transformer=FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                           attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                           pooled_projection_dim=32, axes_dims_rope=[4, 4, 8]))
+    pipe.save_pretrained(outdir)
+    return pipe
+
+
+def build_sd3(outdir: Path, seed: int = 0):
+    """A Stable Diffusion 3-architecture pipeline (two CLIPs + T5, a 1-block MMDiT) saved as a folder."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    torch.manual_seed(seed)
+    vocab = write_byte_tokenizer(outdir / "_tokenizer")
+    t5_vocab = write_t5_tokenizer(outdir / "_t5")
+    clip = CLIPTokenizer.from_pretrained(outdir / "_tokenizer")
+    pipe = StableDiffusion3Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=tiny_flow_vae(4),
+        text_encoder=tiny_text_encoder(vocab, projection=32), tokenizer=clip,
+        text_encoder_2=tiny_text_encoder(vocab, projection=32), tokenizer_2=clip,
+        text_encoder_3=tiny_t5(t5_vocab), tokenizer_3=T5TokenizerFast.from_pretrained(outdir / "_t5"),
+        transformer=SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=4, num_layers=1,
+                                          attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+                                          joint_attention_dim=32, pooled_projection_dim=64, out_channels=4))
+    pipe.save_pretrained(outdir)
+    return pipe
+
+
+def save_transformer_lora(pipe, path: Path, seed: int = 1, rank: int = 4) -> Path:
+    """A diffusers/PEFT-format LoRA on every attention projection of the pipeline's transformer
+    (``transformer.<module>.lora_A.weight`` / ``lora_B.weight``), as ``save_lora_weights`` writes for FLUX.1 / SD 3."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, module in pipe.transformer.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v"):
+            out[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=g) * 0.5
+            out[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=g) * 0.5
+    save_file(out, str(path))
+    return Path(path)

@@ -1,0 +1,118 @@
+"""FLUX.1 and Stable Diffusion 3 through ``Renderer.render``: tiny random pipelines in diffusers format (CLIP and T5
+encoders built offline), flow-matching samplers, LoRAs in the diffusers/PEFT format, and the calls these families
+refuse (a FLUX.1 negative prompt, embeddings, a standalone VAE, an SD sampler, a single file)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from diffagent.apicall import ApiCall, EmbeddingRef, LoraRef, ModelRef
+from diffagent.errors import NotFoundError, UserInputError
+from diffagent.families import Family
+from diffagent.render.weights import ResolvedWeights
+
+from . import tiny_models as tm
+
+
+class FlowModels:
+    def __init__(self, root):
+        tm.quiet_diffusers()
+        flux, sd3 = tm.build_flux(root / "flux"), tm.build_sd3(root / "sd3")
+        (root / "flux-transformer.safetensors").write_bytes(b"")
+        self.files = {
+            101: (root / "flux", Family.FLUX, "diffusers", "tiny-flux"),
+            102: (root / "sd3", Family.SD3, "diffusers", "tiny-sd3"),
+            103: (root / "flux-transformer.safetensors", Family.FLUX, "checkpoint", "flux-single"),
+            111: (tm.save_transformer_lora(flux, root / "flux-lora.safetensors"), Family.FLUX, "lora", "flux-lora"),
+            112: (tm.save_transformer_lora(sd3, root / "sd3-lora.safetensors", seed=2), Family.SD3, "lora", "sd3-lora"),
+        }
+
+    def ref(self, vid: int) -> ModelRef:
+        _, family, _, name = self.files[vid]
+        return ModelRef(id=vid, air=f"urn:air:test:{vid}", name=name, family=family)
+
+    def resolver(self, ref: ModelRef) -> ResolvedWeights:
+        if ref.id not in self.files:
+            raise NotFoundError(f"no tiny model {ref.id}")
+        path, family, kind, name = self.files[ref.id]
+        return ResolvedWeights(path=path, sha256=f"{ref.id:064x}", family=family, type=kind, name=name)
+
+    def call(self, checkpoint: int, **kw) -> ApiCall:
+        base = dict(prompt="a red fox in the snow", negative_prompt="", steps=2, cfg_scale=3.5, width=64, height=64,
+                    seed=7, sampler="Euler")
+        base.update(kw)
+        return ApiCall(checkpoint=self.ref(checkpoint), **base)
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory):
+    return FlowModels(tmp_path_factory.mktemp("flow-models"))
+
+
+@pytest.fixture(scope="module")
+def renderer(flow, tmp_path_factory):
+    from diffagent.render import Renderer
+    from diffagent.settings import Settings
+
+    data = tmp_path_factory.mktemp("flow-renderer")
+    r = Renderer(Settings(data_dir=data, device="cpu", allow_downloads=False, registry=data / "none.db",
+                          pipeline_cache_gb=1.0), resolver=flow.resolver)
+    yield r
+    r.close()
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(Image.open(result.path), dtype=np.int16)
+
+
+@pytest.mark.parametrize("vid", [101, 102])
+def test_a_flow_model_renders_reproducibly_by_seed(flow, renderer, vid):
+    first = renderer.render(flow.call(vid))
+    again = renderer.render(flow.call(vid))
+    other = renderer.render(flow.call(vid, seed=8))
+    assert (first.width, first.height) == (64, 64) and again.cache_hit
+    assert np.array_equal(pixels(first), pixels(again))
+    assert not np.array_equal(pixels(first), pixels(other))
+    assert f"Model: tiny-{'flux' if vid == 101 else 'sd3'}" in first.parameters and "Sampler: Euler" in first.parameters
+
+
+def test_the_prompt_reaches_the_model_without_emphasis_syntax(flow, renderer):
+    """T5 reads text, not A1111 weights: "(fox:1.3)" renders as "fox" would; another prompt renders differently."""
+    base = pixels(renderer.render(flow.call(101, prompt="a red fox in the snow")))
+    weighted = pixels(renderer.render(flow.call(101, prompt="a red (fox:1.3) in the ((snow))")))
+    other = pixels(renderer.render(flow.call(101, prompt="a blue whale under the sea")))
+    assert np.array_equal(base, weighted) and not np.array_equal(base, other)
+
+
+def test_sd3_takes_a_negative_prompt_and_heun(flow, renderer):
+    plain = pixels(renderer.render(flow.call(102, cfg_scale=5.0)))
+    negative = pixels(renderer.render(flow.call(102, cfg_scale=5.0, negative_prompt="blurry, dark")))
+    heun = renderer.render(flow.call(102, cfg_scale=5.0, sampler="Heun"))
+    assert not np.array_equal(plain, negative)
+    assert not np.array_equal(plain, pixels(heun)) and "Sampler: Heun" in heun.parameters
+
+
+@pytest.mark.parametrize(("vid", "lora"), [(101, 111), (102, 112)])
+def test_a_transformer_lora_loads_swaps_and_comes_off(flow, renderer, vid, lora):
+    base = pixels(renderer.render(flow.call(vid)))
+    ref = LoraRef(**flow.ref(lora).model_dump(), weight=1.0)
+    with_lora = renderer.render(flow.call(vid, loras=[ref]))
+    assert not np.array_equal(base, pixels(with_lora))
+    assert f"<lora:{ref.name}:1>" in with_lora.parameters
+    assert np.array_equal(base, pixels(renderer.render(flow.call(vid))))  # unloaded: the checkpoint again
+
+
+def test_calls_a_flow_family_cannot_take_are_refused_with_the_fix(flow, renderer):
+    with pytest.raises(ValidationError, match="FLUX.1 takes no negative prompt"):
+        flow.call(101, negative_prompt="blurry")
+    with pytest.raises(ValidationError, match="own VAE"):
+        flow.call(101, vae=flow.ref(101))
+    with pytest.raises(ValidationError, match="no textual-inversion embeddings"):
+        flow.call(102, embeddings=[EmbeddingRef(**flow.ref(112).model_dump(), token="tok")])
+    with pytest.raises(UserInputError, match="flow matching: use sampler Euler or Heun"):
+        renderer.render(flow.call(101, sampler="DPM++ 2M Karras"))
+    with pytest.raises(UserInputError, match="diffusers format"):
+        renderer.render(flow.call(103))
