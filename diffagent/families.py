@@ -38,11 +38,13 @@ RENDERABLE = {"sd1", "sdxl"}
 #: flow-matching transformer ecosystems (FLUX.1, Stable Diffusion 3 / 3.5): the renderer runs them from
 #: diffusers-format folders; selection offers them once their single files (transformer-only) load too
 FLOW = {"flux", "sd3"}
-#: ecosystems the renderer accepts
+#: ecosystems the renderer accepts, and selection can offer (flow ones only from diffusers folders, and for
+#: base "any" only where ``Settings.large_families`` allows: they need a GPU with 16-24 GB)
 RENDERER_ECOSYSTEMS = RENDERABLE | FLOW
 
 #: user-facing constraint names (select --base) -> ecosystems
-BASE_CONSTRAINTS: dict[str, set[str] | None] = {"any": None, "sd15": {"sd1"}, "sdxl": {"sdxl"}}
+BASE_CONSTRAINTS: dict[str, set[str] | None] = {"any": None, "sd15": {"sd1"}, "sdxl": {"sdxl"}, "flux": {"flux"},
+                                                "sd3": {"sd3"}}
 
 
 def family_of(base_model: str | None) -> Family:
@@ -79,9 +81,9 @@ def compatible(checkpoint_family: Family | str, addon_family: Family | str) -> b
 
 def parse_base_constraint(value: str | None) -> set[str] | None:
     key = (value or "any").lower().replace(".", "").replace("-", "")
-    key = {"sd1": "sd15", "sd15": "sd15", "15": "sd15", "xl": "sdxl"}.get(key, key)
+    key = {"sd1": "sd15", "sd15": "sd15", "15": "sd15", "xl": "sdxl", "flux1": "flux", "sd35": "sd3"}.get(key, key)
     if key not in BASE_CONSTRAINTS:
         from diffagent.errors import UserInputError
 
-        raise UserInputError(f"unknown base constraint {value!r}; use one of: any, sd15, sdxl")
+        raise UserInputError(f"unknown base constraint {value!r}; use one of: any, sd15, sdxl, flux, sd3")
     return BASE_CONSTRAINTS[key]

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
 
     # --- selector ----------------------------------------------------------------------------
     selector: Literal["llm", "retrieval"] = "llm"
+    large_families: bool = Field(False, description="offer FLUX.1 and SD 3.5 checkpoints when a request's base is "
+                                 "'any' (they need a GPU with 16-24 GB; --base flux / sd3 asks for them anyway)")
     llm_design: Literal["listed", "direct"] = Field(
         "listed",
         description="listed: retrieved candidates in the prompt; direct: name generated under a trie of all ids",

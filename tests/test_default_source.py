@@ -78,7 +78,7 @@ def test_slugs_and_ids_are_unique(records):
 def test_every_air_is_in_a_renderable_ecosystem(records):
     for m, v in _versions(records):
         air = make_air(m.type, v.base_model, m.source, m.id, v.id)
-        assert air.split(":")[2] in {"sd1", "sdxl"}, air
+        assert air.split(":")[2] in {"sd1", "sdxl", "flux", "sd3"}, air
 
 
 def test_sampler_names_are_canonical_and_settings_keys_known(records):
@@ -125,7 +125,7 @@ def test_known_hashes_are_kept(records):
 
 def test_base_model_whitelist_is_renderable():
     for base in BASE_MODELS:
-        assert ecosystem_of(family_of(base)) in {"sd1", "sdxl"}, base
+        assert ecosystem_of(family_of(base)) in {"sd1", "sdxl", "flux", "sd3"}, base
 
 
 @pytest.mark.shared_data
@@ -188,7 +188,8 @@ def test_small_valid_file_loads(tmp_path):
         ({"top": 'colour = "red"'}, "colour", "unknown key"),
         ({"weights": 'format = "SafeTensor"'}, "weights", "no weight location"),
         ({"type_": "hypernetwork"}, "type", "checkpoint"),
-        ({"base": "Flux.1 D"}, "base_model", "unknown base model"),
+        ({"base": "SD 2.1"}, "base_model", "unknown base model"),
+        ({"base": "Flux.1 D"}, "(entry)", "diffusers format"),
         ({"triggers": '"x, y"'}, "trigger_words", "list"),
         ({"recommended": 'sampler = "Euler Turbo 9000"'}, "recommended.sampler", "unknown sampler"),
         ({"recommended": "steps = 0"}, "recommended.steps", "greater than or equal"),

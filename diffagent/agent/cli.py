@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import get_args
 
+from diffagent.agent.options import Base
 from diffagent.cli import add_command
 from diffagent.settings import Settings
 
@@ -62,7 +64,7 @@ def register(subparsers) -> None:
 
     p = add_command(subparsers, "select", help="choose checkpoint, LoRAs and settings for a prompt")
     p.add_argument("prompt")
-    p.add_argument("--base", default="any", choices=["any", "sd15", "sdxl"])
+    p.add_argument("--base", default="any", choices=list(get_args(Base)))
     p.add_argument("--max-loras", type=int, default=2)
     p.add_argument("--style", default=None, help="style hint, e.g. anime, photo, watercolor")
     p.add_argument("--seed", type=int, default=None)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from diffagent.apicall import MAX_ID, MAX_SEED
 
-Base = Literal["any", "sd15", "sdxl"]
+Base = Literal["any", "sd15", "sdxl", "flux", "sd3"]
 ModelType = Literal["checkpoint", "lora", "locon", "embedding", "vae"]
 #: most hits ``search_models`` returns at once
 SEARCH_LIMIT_MAX = 50
@@ -36,7 +36,8 @@ class SelectOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base: Base = Field("any", description="restrict to a base family: sd15, sdxl or any")
+    base: Base = Field("any", description="restrict to a base family: sd15, sdxl, flux (FLUX.1), sd3 (SD 3.5) or any "
+                      "(FLUX.1 / SD 3.5 only where the server allows large models)")
     max_loras: int = Field(2, ge=0, le=5, description="most LoRAs to add")
     style: str | None = Field(None, max_length=STYLE_MAX_CHARS, description="style hint, e.g. 'anime', 'photo'")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="image seed; random when omitted")

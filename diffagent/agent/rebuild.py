@@ -13,10 +13,12 @@ import secrets
 from collections.abc import Mapping
 
 from diffagent.apicall import MAX_SEED, ApiCall, EmbeddingRef, LoraRef
-from diffagent.families import Family, compatible, ecosystem_of
+from diffagent.families import FLOW, Family, compatible, ecosystem_of
 from diffagent.registry.info import UsageInfo, VersionInfo
 from diffagent.samplers import canonical_sampler
 
+#: the samplers of flow-matching models (``render/schedulers.FLOW_SAMPLERS``; the render extra is not imported here)
+FLOW_SAMPLER_NAMES = ("Euler", "Heun")
 MIN_IMAGES = 3  # usage statistics from fewer images than this are ignored
 
 FAMILY_DEFAULTS: dict[str, dict] = {
@@ -24,9 +26,17 @@ FAMILY_DEFAULTS: dict[str, dict] = {
             "negative_prompt": "lowres, bad anatomy, bad hands, text, error, worst quality, low quality, blurry"},
     "sdxl": {"sampler": "DPM++ 2M Karras", "steps": 30, "cfg_scale": 6.0, "size": (832, 1216), "clip_skip": 1,
              "negative_prompt": "lowres, bad anatomy, bad hands, text, watermark, worst quality, low quality"},
+    # flow matching: Euler is the reference sampler; FLUX.1 is guidance-distilled (cfg_scale is its distilled
+    # guidance, 3.5 for [dev]; [schnell] ignores it) and takes no negative prompt; SD 3.5 Large: 28 steps, CFG 3.5-4.5
+    "flux": {"sampler": "Euler", "steps": 28, "cfg_scale": 3.5, "size": (1024, 1024), "clip_skip": 1,
+             "negative_prompt": ""},
+    "sd3": {"sampler": "Euler", "steps": 28, "cfg_scale": 4.5, "size": (1024, 1024), "clip_skip": 1,
+            "negative_prompt": ""},
 }
 PONY_NEGATIVE = "score_6, score_5, score_4, lowres, bad anatomy, bad hands, watermark"
-SIZE_LIMITS = {"sd1": (256, 1024), "sdxl": (640, 1536)}
+SIZE_LIMITS = {"sd1": (256, 1024), "sdxl": (640, 1536), "flux": (512, 2048), "sd3": (512, 2048)}
+#: step counts outside creators' usual range are clamped (10-60); distilled flow models run in 1-8 steps
+STEP_LIMITS = {"flux": (1, 60), "sd3": (1, 60)}
 
 
 def _mode(counter: Mapping[str, int]) -> str | None:
@@ -80,7 +90,8 @@ def rebuild_parameters(checkpoint: VersionInfo, usage: UsageInfo | None) -> dict
     sampler = canonical_sampler(_mode(u.samplers)) if u else None
     sampler = sampler or canonical_sampler(rec.get("sampler")) or d["sampler"]
     steps = _median(u.steps) if u else None
-    steps = int(min(max(steps or rec.get("steps") or d["steps"], 10), 60))
+    lo_steps, hi_steps = STEP_LIMITS.get(eco, (10, 60))
+    steps = int(min(max(steps or rec.get("steps") or d["steps"], lo_steps), hi_steps))
     cfg = _median(u.cfg_scale) if u else None
     cfg = float(min(max(cfg or rec.get("cfg_scale") or d["cfg_scale"], 1.0), 15.0))
     size = _size(_mode(u.sizes), eco) if u else None
@@ -92,6 +103,11 @@ def rebuild_parameters(checkpoint: VersionInfo, usage: UsageInfo | None) -> dict
     negative = (u.negative_prompt if u and u.negative_prompt else None) or rec.get("negative_prompt")
     if not negative:
         negative = PONY_NEGATIVE if checkpoint.family == Family.PONY else d["negative_prompt"]
+    if eco in FLOW:
+        sampler = sampler if sampler in FLOW_SAMPLER_NAMES else d["sampler"]
+        clip = 1
+        if eco == "flux":
+            negative = ""  # guidance-distilled: no negative prompt (ApiCall refuses one)
     return {"sampler": sampler, "steps": steps, "cfg_scale": round(cfg, 1), "width": size[0], "height": size[1],
             "clip_skip": clip, "negative_prompt": negative, "source": src}
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from diffagent.agent.cards import CardEncoder
 from diffagent.agent.intent import Intent, style_intent
 from diffagent.agent.ranker import POOL, TreeEnsemble, applies, rerank
-from diffagent.families import RENDERABLE, ecosystem_of
+from diffagent.families import RENDERABLE, RENDERER_ECOSYSTEMS, ecosystem_of
 from diffagent.registry.info import VersionInfo
 from diffagent.registry.kinds import name_phrase
 from diffagent.registry.query import contains_words, query_words
@@ -103,18 +103,22 @@ class RetrievalWeights:
         return self.kind_fused_natural if intent.natural else self.kind_fused_tags
 
 
+#: how much stronger a family renders natural requests, in units of ``family_bonus``: SDXL over SD 1.x, and where the
+#: caller allows them (``Settings.large_families``, ``--base flux / sd3``) SD 3.5 and FLUX.1 over SDXL
+FAMILY_STRENGTH = {"sdxl": 1.0, "sd3": 1.5, "flux": 2.0}
+
+
 def kind_fit(intent: Intent, v: VersionInfo, weights: RetrievalWeights | None = None) -> float:
     """How well a checkpoint's kinds fit the request: 0 for a good kind, ``-acceptable`` for an acceptable one
     (or an unlabelled model), -2 for a wrong one; for natural requests plus a bonus when its strongest kind is
-    the one asked for, and one for SDXL (the better family when the caller did not restrict it)."""
+    the one asked for, and one for the stronger families (``FAMILY_STRENGTH``) when the caller did not restrict it."""
     w = weights or RetrievalWeights()
     grade = intent.grade(v.kinds)
     g = {2: 0.0, 1: -(w.acceptable_natural if intent.natural else w.acceptable_tags)}.get(grade, -2.0)
     # tag lists: creators' votes decide; a raw base model is never the best pick for a natural request
     if grade == 2 and intent.natural and intent.primary_fits(v.kinds) and "base" not in v.kinds:
         g += w.primary_bonus
-        if v.family == "sdxl":
-            g += w.family_bonus
+        g += w.family_bonus * FAMILY_STRENGTH.get(str(v.family), 0.0)
     return g
 
 
@@ -233,7 +237,7 @@ def first_stage(registry: Registry, prompt: str, *, base: set[str] | None, limit
     """The registry's hybrid search over renderable checkpoints: the hits a ranker reorders. With a card
     encoder (and a registry embedded by the encoder's embedder) hits carry the ``card`` signal."""
     w = weights or RetrievalWeights()
-    ecosystems = (base or RENDERABLE) & RENDERABLE
+    ecosystems = (base or RENDERABLE) & RENDERER_ECOSYSTEMS  # base None ("any"): the families every machine runs
     card_vector = None
     if card is not None and prompt.strip() and registry.has_vectors and card.embedder in (None, registry.embedder.name):
         card_vector = card.encode_query(registry.embedder, prompt)

@@ -26,7 +26,7 @@ from diffagent.agent.rebuild import build_call, lora_weight
 from diffagent.agent.retrieve import Candidate, RetrievalWeights, evidenced_loras, request_intent, retrieve_checkpoints
 from diffagent.apicall import LORA_WEIGHT_MAX, LORA_WEIGHT_MIN, MAX_LORAS, Alternative, ApiCall
 from diffagent.errors import NotFoundError, UserInputError
-from diffagent.families import RENDERABLE, compatible, parse_base_constraint
+from diffagent.families import FLOW, RENDERABLE, RENDERER_ECOSYSTEMS, compatible, parse_base_constraint
 from diffagent.prompttext import lora_tags, strip_resource_tags
 from diffagent.registry.info import VersionInfo
 from diffagent.registry.store import Registry
@@ -77,6 +77,11 @@ class Selector:
         return self.settings.selector
 
     @property
+    def any_base(self) -> set[str]:
+        """The ecosystems base "any" offers: SD 1.x and SDXL, and FLUX.1 / SD 3 where ``large_families`` allows."""
+        return RENDERABLE | FLOW if self.settings.large_families else set(RENDERABLE)
+
+    @property
     def pool(self) -> BackendPool:
         """The LLM copies (``llm_instances``), loaded on first use; a request borrows one for its decode."""
         with self._lock:
@@ -105,7 +110,7 @@ class Selector:
         t0 = time.perf_counter()
         request = strip_resource_tags(prompt)
         query = f"{request} {options.style}" if options.style else request
-        base = parse_base_constraint(options.base)
+        base = parse_base_constraint(options.base) or self.any_base
         intent = request_intent(self.registry, query)
         local = self._local(options)
         checkpoints = retrieve_checkpoints(self.registry, query, base=base,
@@ -202,7 +207,8 @@ class Selector:
         with self._lock:
             trie = self._tries.get(key)
         if trie is None:
-            ids = self.registry.popular(types=["checkpoint"], base=(base or RENDERABLE) & RENDERABLE, limit=10**6)
+            ids = self.registry.popular(types=["checkpoint"], base=(base or RENDERABLE) & RENDERER_ECOSYSTEMS,
+                                        limit=10**6)
             infos = self.registry.versions(ids)
             trie = NameTrie(self.backend, {vid: infos[vid].display_name for vid in ids if vid in infos})
             with self._lock:

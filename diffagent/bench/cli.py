@@ -7,7 +7,9 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
+from diffagent.agent.options import Base
 from diffagent.cli import add_command, add_group
 from diffagent.settings import Settings
 
@@ -183,7 +185,7 @@ def register(subparsers) -> None:
                    help="labelled third kept aside (heldout, never tuned on), the rest (dev), or all")
     p.add_argument("--prompts-root", type=Path, default=None,
                    help="the shared prompt sets folder (default: ../shared/data/prompts beside the checkout)")
-    p.add_argument("--base", default="any", choices=["any", "sd15", "sdxl"])
+    p.add_argument("--base", default="any", choices=list(get_args(Base)))
     p.add_argument("--max-loras", type=int, default=2)
     p.add_argument("--model-labels", type=Path, default=None,
                    help="judges' labels of registry models (JSONL by version id); default: the registry's own")

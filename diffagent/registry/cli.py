@@ -174,7 +174,7 @@ def register(subparsers) -> None:
     p = add_command(reg, "search", help="hybrid lexical + semantic search")
     p.add_argument("query")
     p.add_argument("--type", nargs="*", default=None, help="checkpoint, lora, embedding, vae")
-    p.add_argument("--base", default="any", help="any, sd15 or sdxl")
+    p.add_argument("--base", default="any", help="any, sd15, sdxl, flux or sd3")
     p.add_argument("--min-downloads", type=int, default=0)
     p.add_argument("--limit", type=int, default=10)
     p.add_argument("--json", action="store_true")

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from diffagent.errors import UserInputError
+from diffagent.families import FLOW, ecosystem_of, family_of
 from diffagent.registry.kinds import validate as validate_kinds
 from diffagent.registry.records import FileRecord, ModelRecord, VersionRecord
 from diffagent.registry.schema import synthetic_id
@@ -32,6 +33,7 @@ BASE_MODELS: frozenset[str] = frozenset(
         "SD 1.4", "SD 1.5", "SD 1.5 LCM", "SD 1.5 Hyper",
         "SDXL 0.9", "SDXL 1.0", "SDXL 1.0 LCM", "SDXL Lightning", "SDXL Hyper", "SDXL Turbo",
         "Pony", "Illustrious", "NoobAI",
+        "Flux.1 D", "Flux.1 S", "SD 3.5", "SD 3.5 Large", "SD 3.5 Large Turbo", "SD 3.5 Medium",
     }
 )
 
@@ -204,6 +206,10 @@ class Entry(_Strict):
             raise ValueError("an embedding needs its prompt token in trigger_words")
         if self.recommended.weight is not None and self.type not in ("lora", "locon"):
             raise ValueError("recommended.weight is a LoRA strength; only lora/locon entries take it")
+        if ecosystem_of(family_of(self.base_model)) in FLOW and (self.type != "checkpoint"
+                                                                 or self.weights.format != "Diffusers"):
+            raise ValueError("FLUX.1 and SD 3.5 entries are checkpoints in diffusers format (the renderer loads "
+                             "their folders only); give format 'Diffusers' and the Hugging Face repo")
         return self
 
 

@@ -14,18 +14,32 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import Connection, text
 
-from diffagent.families import ecosystem_of
+from diffagent.families import FLOW, ecosystem_of
 from diffagent.registry.embeddings import Embedder
 from diffagent.registry.kinds import NOT_STANDALONE
 
 log = logging.getLogger(__name__)
+#: weight files that hold one checkpoint; FLUX.1 / SD 3 render from diffusers folders only (``render/pipelines.py``)
+_SINGLE_FILES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
+
+
+def _renders(r) -> bool:
+    """The renderer can run this version: its weights are known, it renders alone (no refiner or inpainting model),
+    and a FLUX.1 / SD 3 one is a diffusers folder (a Hugging Face repo without a file, or a local folder)."""
+    if not r.has_weights or set(json.loads(r.kinds or "[]")) & NOT_STANDALONE:
+        return False
+    if ecosystem_of(r.family) in FLOW:
+        local_folder = bool(r.local_path) and not r.local_path.lower().endswith(_SINGLE_FILES)
+        return bool(r.hf_repo and not r.hf_file) or local_folder
+    return True
 
 _ROWS_SQL = (
     "SELECT v.id AS id, m.type AS type, v.family AS family, m.nsfw AS nsfw, v.downloads AS downloads,"
     " m.downloads AS model_downloads, k.kinds AS kinds,"
     " (v.hf_repo IS NOT NULL OR v.download_url IS NOT NULL OR v.local_path IS NOT NULL OR EXISTS"
     "  (SELECT 1 FROM model_file f WHERE f.version_id = v.id AND f.download_url IS NOT NULL))"
-    " AS has_weights, v.local_path IS NOT NULL AS local"
+    " AS has_weights, v.local_path IS NOT NULL AS local, v.local_path AS local_path, v.hf_repo AS hf_repo,"
+    " v.hf_file AS hf_file"
     " FROM model_version v JOIN model m ON m.id = v.model_id"
     " LEFT JOIN model_kind k ON k.version_id = v.id"
     " WHERE m.type IN ('checkpoint','lora','locon','embedding','vae') ORDER BY v.id"
@@ -107,8 +121,7 @@ class SearchIndex:
             nsfw=np.array([bool(r.nsfw) for r in rows]), downloads=np.maximum(downloads, model_dl),
             prior=prior, vec=vec, pvec=pvec, has_pvec=has_p, pos=pos,
             local=np.array([bool(r.local) for r in rows], dtype=bool),
-            renderable=np.array([bool(r.has_weights) and not (set(json.loads(r.kinds or "[]")) & NOT_STANDALONE)
-                                 for r in rows], dtype=bool),
+            renderable=np.array([_renders(r) for r in rows], dtype=bool),
         )
 
     def mask(self, types, base, min_downloads, allow_nsfw) -> np.ndarray:

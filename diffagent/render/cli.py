@@ -6,7 +6,9 @@ import argparse
 import sys
 import threading
 from pathlib import Path
+from typing import get_args
 
+from diffagent.agent.options import Base
 from diffagent.errors import UserInputError
 from diffagent.settings import Settings
 
@@ -119,7 +121,7 @@ def register(subparsers) -> None:
     g = _add(subparsers, "generate", help="select a model for a prompt and render it",
              description="Select a checkpoint, LoRAs and settings for the prompt, then render the image.")
     g.add_argument("prompt")
-    g.add_argument("--base", default="any", choices=["any", "sd15", "sdxl"])
+    g.add_argument("--base", default="any", choices=list(get_args(Base)))
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--max-loras", type=int, default=2)
     g.add_argument("--style", default=None, help="style hint, e.g. anime, photo, watercolor")

@@ -9,8 +9,9 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from diffagent.agent.options import Base
 from diffagent.errors import UserInputError
 from diffagent.settings import Settings
 
@@ -54,7 +55,7 @@ def register_bench(bench_subparsers) -> None:
                    help="prompt file (.txt, .csv, .json, .jsonl); repeat for several datasets")
     p.add_argument("--n", type=int, default=None, help="first N prompts of each dataset")
     p.add_argument("--best-of", type=int, default=1, help="render the top-k candidates and keep the best")
-    p.add_argument("--base", default="any", choices=["any", "sd15", "sdxl"], help="restrict the selector")
+    p.add_argument("--base", default="any", choices=list(get_args(Base)), help="restrict the selector")
     p.add_argument("--seed", type=int, default=None, help="image seed for every prompt (default: selector's)")
     p.add_argument("--baseline", action="append", default=[], metavar="ECO=VERSION_ID",
                    help="baseline checkpoint per ecosystem, e.g. sd1=123 (default: the curated base models)")

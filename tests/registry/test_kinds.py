@@ -122,3 +122,18 @@ def test_migration_backfills_labels_of_an_older_registry(tmp_path):
     finally:
         con.close()
     assert labelled == n_versions > 0
+
+
+def test_a_flow_family_entry_must_be_a_diffusers_folder(tmp_path):
+    """FLUX.1 / SD 3.5 load from folders only, so a curated single file of theirs is refused with the fix."""
+    from diffagent.errors import UserInputError
+    from diffagent.registry.default_source import DEFAULT_PATH, load_default_source
+
+    old = 'hf_repo = "black-forest-labs/FLUX.1-schnell"\nformat = "Diffusers"'
+    text = DEFAULT_PATH.read_text()
+    assert old in text
+    bad = tmp_path / "m.toml"
+    bad.write_text(text.replace(old, 'hf_repo = "black-forest-labs/FLUX.1-schnell"\nhf_file = "flux1-schnell'
+                                     '.safetensors"\nformat = "SafeTensor"'))
+    with pytest.raises(UserInputError, match="flux1-schnell.*diffusers format"):
+        load_default_source(bad)

@@ -125,7 +125,7 @@ def test_search_table_and_empty_result_hint(capsys, lexical_db):
 
 
 def test_search_unknown_base_exits_2(capsys, lexical_db):
-    rc, _, err = _run(capsys, "registry", "search", "x", "--base", "flux", "--registry", str(lexical_db))
+    rc, _, err = _run(capsys, "registry", "search", "x", "--base", "sd2", "--registry", str(lexical_db))
     assert rc == 2 and "unknown base constraint" in err
 
 

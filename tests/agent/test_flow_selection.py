@@ -1,0 +1,92 @@
+"""FLUX.1 and SD 3.5 in selection: the curated diffusers-format entries are offered for base "flux" / "sd3", for
+"any" only where ``large_families`` allows, never for "sd15" / "sdxl"; their calls carry the family's settings
+(flow-matching Euler, no FLUX.1 negative prompt, the card's steps) and validate. A single-file FLUX.1 / SD 3 version
+is never offered: the renderer loads these families from folders only."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from diffagent.agent.options import SelectOptions
+from diffagent.agent.selector import Selector
+from diffagent.apicall import ApiCall
+from diffagent.errors import UserInputError
+from diffagent.families import parse_base_constraint
+from diffagent.registry.search_index import _renders
+from diffagent.registry.store import Registry
+from diffagent.settings import Settings
+
+PROMPTS = ["a red fox in the snow", "a neon sign that says OPEN on a rainy street", "portrait photo of an old man",
+           "a watercolor painting of a lighthouse"]
+
+
+@pytest.fixture(scope="module")
+def registry():
+    reg = Registry.open(Settings().registry)
+    yield reg
+    reg.close()
+
+
+def selector(registry, **settings):
+    return Selector(registry, Settings(selector="retrieval", **settings))
+
+
+@pytest.mark.parametrize(("base", "family"), [("flux", "flux"), ("sd3", "sd3"), ("FLUX.1", "flux"), ("sd3.5", "sd3")])
+def test_a_flow_base_gets_a_call_of_that_family_with_its_settings(registry, base, family):
+    for prompt in PROMPTS[:2]:
+        call = selector(registry).select(prompt, SelectOptions(base=parse_base_name(base), seed=1))
+        assert call.checkpoint.family == family
+        assert call.sampler == "Euler" and call.clip_skip == 1 and not call.embeddings and call.vae is None
+        assert call.width == call.height == 1024
+        if family == "flux":
+            assert call.negative_prompt == ""
+        info = registry.version(call.checkpoint.id)
+        assert call.steps == info.recommended["steps"]  # 4 for the distilled ones, not clamped to SD's 10
+        ApiCall.model_validate(call.model_dump())  # the call round-trips through validation
+
+
+def parse_base_name(base: str) -> str:
+    """The option's spelling of a base (the CLI and tools also accept FLUX.1, sd3.5: ``parse_base_constraint``)."""
+    eco = parse_base_constraint(base)
+    return {frozenset({"flux"}): "flux", frozenset({"sd3"}): "sd3"}[frozenset(eco)]
+
+
+def test_sd_bases_and_any_never_get_a_flow_model_unless_allowed(registry):
+    plain, large = selector(registry), selector(registry, large_families=True)
+    for prompt in PROMPTS:
+        for base in ("any", "sd15", "sdxl"):
+            calls = plain.select_many(prompt, SelectOptions(base=base, n_candidates=5, seed=0)).calls
+            assert all(c.checkpoint.family not in ("flux", "sd3") for c in calls), (prompt, base)
+        for base in ("sd15", "sdxl"):
+            calls = large.select_many(prompt, SelectOptions(base=base, n_candidates=5, seed=0)).calls
+            assert all(c.checkpoint.family not in ("flux", "sd3") for c in calls), (prompt, base)
+    assert large.any_base >= {"flux", "sd3", "sd1", "sdxl"} and plain.any_base == {"sd1", "sdxl"}
+
+
+def test_with_large_families_any_can_reach_a_flow_model(registry):
+    from diffagent.agent.retrieve import retrieve_checkpoints
+
+    hits = retrieve_checkpoints(registry, "FLUX.1 schnell photo of a fox", base=selector(registry, large_families=True)
+                                .any_base, k=10, card=None)
+    assert any(c.version.family == "flux" for c in hits)
+
+
+def test_unknown_base_names_the_choices():
+    with pytest.raises(UserInputError, match="any, sd15, sdxl, flux, sd3"):
+        parse_base_constraint("sd2")
+
+
+@pytest.mark.parametrize(("family", "hf_repo", "hf_file", "local_path", "renders"), [
+    ("flux", "black-forest-labs/FLUX.1-dev", None, None, True),  # a diffusers repo
+    ("flux", "someone/flux-finetune", "model.safetensors", None, False),  # a single file in a repo
+    ("sd3", None, None, "/models/sd35-medium", True),  # a local diffusers folder
+    ("sd3", None, None, "/models/sd35_medium.safetensors", False),
+    ("flux", None, None, None, False),  # a Civitai download (single file) only
+    ("sdxl", "someone/xl", "model.safetensors", None, True),  # SD families load single files
+])
+def test_only_flow_folders_count_as_renderable(family, hf_repo, hf_file, local_path, renders):
+    row = SimpleNamespace(has_weights=True, kinds="[]", family=family, hf_repo=hf_repo, hf_file=hf_file,
+                          local_path=local_path)
+    assert _renders(row) is renders
