@@ -2,7 +2,7 @@
 
 The first stage (the registry's hybrid search) is the slow part; it runs once per pair and its hits are pickled
 to ``--cache``. Each setting of ``RetrievalWeights`` is then scored by re-ranking the cached hits with
-``agent.retrieve.rank_hits``, the function the selector uses: checkpoint top-1 / top-5 and model-page top-1 /
+``agent.retrieve.second_stage``, what the selector runs after its search: checkpoint top-1 / top-5 and model-page top-1 /
 top-5, overall, for natural-sentence prompts and for pairs whose checkpoint no creator prompt in the registry
 reaches ("unvoted": only its card can find it).
 
@@ -25,14 +25,7 @@ import numpy as np
 
 from diffagent.agent.cards import CardEncoder
 from diffagent.agent.ranker import load_setting
-from diffagent.agent.retrieve import (
-    RetrievalWeights,
-    first_stage,
-    named_by_request,
-    pool_size,
-    rank_hits,
-    request_intent,
-)
+from diffagent.agent.retrieve import RetrievalWeights, first_stage, pool_size, request_intent, second_stage
 from diffagent.bench.pairs import load_pairs
 from diffagent.families import parse_base_constraint
 from diffagent.prompttext import strip_resource_tags
@@ -103,8 +96,7 @@ def main() -> None:
         t1 = t5 = m1 = m5 = nat = unv = 0
         for (request, vid, mid, hits, cached_intent), no_votes in zip(rows, unvoted, strict=True):
             intent = cached_intent if over is not None else None
-            named = named_by_request(reg, request, hits, w)
-            ranked = rank_hits(hits, k=60, weights=w, ranker=ranker, intent=intent, named=named)
+            ranked = second_stage(reg, request, hits, k=60, weights=w, ranker=ranker, intent=intent)
             ids = [c.version.id for c in ranked]
             pages = list(dict.fromkeys(c.version.model_id for c in ranked))
             t1 += ids[:1] == [vid]

@@ -263,7 +263,15 @@ def retrieve_checkpoints(registry: Registry, prompt: str, *, base: set[str] | No
     w = weights or RetrievalWeights()
     hits = first_stage(registry, prompt, base=base, limit=pool_size(k, ranker, intent), weights=w,
                        exclude_page=exclude_page, card=card, local_only=local_only)
-    named = named_by_request(registry, prompt, hits, w) if ranker is not None and w.unvoted_penalty else set()
+    return second_stage(registry, prompt, hits, k=k, weights=w, ranker=ranker, intent=intent)
+
+
+def second_stage(registry: Registry, request: str, hits: list, *, k: int, weights: RetrievalWeights | None = None,
+                 ranker: TreeEnsemble | None = None, intent: Intent | None = None) -> list[Candidate]:
+    """``rank_hits`` on first-stage ``hits`` of ``request``, with the unvoted hits the request names looked up
+    (what ``retrieve_checkpoints`` does after its search; benchmarks and training call it on cached hits)."""
+    w = weights or RetrievalWeights()
+    named = named_by_request(registry, request, hits, w) if ranker is not None and w.unvoted_penalty else set()
     return rank_hits(hits, k=k, weights=w, ranker=ranker, intent=intent, named=named)
 
 

@@ -160,14 +160,7 @@ def eval_items(pairs_path: Path, registry, *, split: str, limit: int, seed: int,
     from tqdm import tqdm
 
     from diffagent.agent.ranker import load_setting
-    from diffagent.agent.retrieve import (
-        RetrievalWeights,
-        first_stage,
-        named_by_request,
-        pool_size,
-        rank_hits,
-        request_intent,
-    )
+    from diffagent.agent.retrieve import RetrievalWeights, first_stage, pool_size, request_intent, second_stage
     from diffagent.bench.pairs import load_pairs
     from diffagent.families import parse_base_constraint
     from diffagent.prompttext import strip_resource_tags
@@ -186,9 +179,8 @@ def eval_items(pairs_path: Path, registry, *, split: str, limit: int, seed: int,
         intent = request_intent(registry, request)
         hits = first_stage(registry, request, base=parse_base_constraint("any"),
                            limit=pool_size(shortlist, ranker, intent))
-        w = RetrievalWeights()
-        short = rank_hits(hits, k=shortlist, weights=w, ranker=ranker, intent=intent,
-                          named=named_by_request(registry, request, hits, w))
+        short = second_stage(registry, request, hits, k=shortlist, weights=RetrievalWeights(), ranker=ranker,
+                             intent=intent)
         ids = [c.version.id for c in short]
         if p.target.checkpoint_version_id not in ids or len(ids) < 2:
             continue
