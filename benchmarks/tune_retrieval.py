@@ -2,8 +2,8 @@
 
 The first stage (the registry's hybrid search) is the slow part; it runs once per pair and its hits are pickled
 to ``--cache``. Each setting of ``RetrievalWeights`` is then scored by re-ranking the cached hits with
-``agent.retrieve.second_stage``, what the selector runs after its search: checkpoint top-1 / top-5 and model-page top-1 /
-top-5, overall, for natural-sentence prompts and for pairs whose checkpoint no creator prompt in the registry
+``agent.retrieve.second_stage``, what the selector runs after its search: checkpoint top-1 / top-5 and model-page
+top-1 / top-5, overall, for natural-sentence prompts and for pairs whose checkpoint no creator prompt in the registry
 reaches ("unvoted": only its card can find it).
 
 With ``--card-encoder`` each cached hit gets the ``card`` signal of that encoder (its cosine with the hit's card
