@@ -142,7 +142,15 @@ def describe(path: Path, header: dict) -> tuple[str | None, str | None, str]:
     """(type, Civitai-style base model, name) of an unknown file, from its header; None where it does not say."""
     meta = header.get("__metadata__") or {}
     keys = [k for k in header if k != "__metadata__"]
+    # FLUX.1 / SD 3 transformers keep their makers' block names, bare or under ComfyUI's prefix (LoRAs: kohya's
+    # lora_unet_double_blocks_..., diffusers' transformer.single_transformer_blocks...)
+    flat = [k.removeprefix("model.diffusion_model.").replace("lora_unet_", "").replace("_", ".") for k in keys]
+    flow = next((fam for fam, marker in (("flux", "double.blocks."), ("flux", "single.transformer.blocks."),
+                                         ("sd3", "joint.blocks."))
+                 if any(k.startswith(marker) or f".{marker}" in k for k in flat)), None)
     kind = folder_type(path)
+    if kind is None and flow and not any(".lora" in k or "lora." in k for k in flat):
+        kind = "checkpoint"
     if kind is None:
         if any(k.startswith(("lora_unet_", "lora_te")) or ".lora_down." in k or ".lora_A." in k for k in keys):
             # LyCORIS (LoHa / LoKr keys, or its trainer named in the metadata) or a LoCon: low-rank 3x3 convolutions
@@ -159,7 +167,11 @@ def describe(path: Path, header: dict) -> tuple[str | None, str | None, str]:
             kind = "vae"
     arch = str(meta.get("modelspec.architecture", "")).lower()
     version = str(meta.get("ss_base_model_version", "")).lower()
-    if "xl" in arch or version.startswith("sdxl"):
+    if "flux" in arch or version.startswith("flux") or flow == "flux":
+        base = "Flux.1 D" if "dev" in arch or any("guidance.in" in k for k in flat) else "Flux.1 S"
+    elif "stable-diffusion-v3" in arch or version.startswith("sd3") or flow == "sd3":
+        base = "SD 3.5" if "3-5" in arch or "3.5" in arch or any(".ln.q." in k for k in flat) else "SD 3"
+    elif "xl" in arch or version.startswith("sdxl"):
         base = "SDXL 1.0"
     elif "stable-diffusion-v1" in arch or version.startswith("sd_v1"):
         base = "SD 1.5"

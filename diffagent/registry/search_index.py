@@ -25,10 +25,11 @@ _SINGLE_FILES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
 
 def _renders(r) -> bool:
     """The renderer can run this version: its weights are known, it renders alone (no refiner or inpainting model),
-    and a FLUX.1 / SD 3 one is a diffusers folder (a Hugging Face repo without a file, or a local folder)."""
+    and a FLUX.1 / SD 3 checkpoint is a diffusers folder (a Hugging Face repo without a file, or a local folder;
+    their LoRAs are single files, as for every family)."""
     if not r.has_weights or set(json.loads(r.kinds or "[]")) & NOT_STANDALONE:
         return False
-    if ecosystem_of(r.family) in FLOW:
+    if r.type == "checkpoint" and ecosystem_of(r.family) in FLOW:
         local_folder = bool(r.local_path) and not r.local_path.lower().endswith(_SINGLE_FILES)
         return bool(r.hf_repo and not r.hf_file) or local_folder
     return True

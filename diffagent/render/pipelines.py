@@ -30,14 +30,23 @@ _ARCH_MARKERS = [
 ]
 
 
+#: the transformers' own key names (Black Forest Labs', Stability AI's), bare or under ComfyUI's prefix
+_FLOW_MARKERS = [("flux", "double_blocks."), ("sd3", "joint_blocks.")]
+
+
 def detect_architecture(path: Path) -> str | None:
-    """'sd1' | 'sd2' | 'sdxl' | 'sdxl-refiner' from a ``.safetensors`` header (no tensors read); None if unknown."""
+    """'sd1' | 'sd2' | 'sdxl' | 'sdxl-refiner' | 'flux' | 'sd3' from a ``.safetensors`` header (no tensors read);
+    None if unknown."""
     if Path(path).suffix != ".safetensors":
         return None  # pickles must be unpickled to list their keys; the loader will tell
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         keys = list(f.keys())
+    bare = [k.removeprefix("model.diffusion_model.") for k in keys]
+    for arch, prefix in _FLOW_MARKERS:
+        if any(k.startswith(prefix) for k in bare):
+            return arch
     for arch, prefix in _ARCH_MARKERS:
         if any(k.startswith(prefix) for k in keys):
             return arch

@@ -88,5 +88,6 @@ def test_unknown_base_names_the_choices():
 ])
 def test_only_flow_folders_count_as_renderable(family, hf_repo, hf_file, local_path, renders):
     row = SimpleNamespace(has_weights=True, kinds="[]", family=family, hf_repo=hf_repo, hf_file=hf_file,
-                          local_path=local_path)
+                          local_path=local_path, type="checkpoint")
     assert _renders(row) is renders
+    assert _renders(SimpleNamespace(**{**vars(row), "type": "lora"}))  # LoRAs are single files in every family

@@ -155,3 +155,26 @@ def test_registry_scan_through_the_cli(world, tmp_path, capsys, monkeypatch):
     assert len(out["imported"]) == 2 and (tmp_path / "data" / "scan-hashes.json").is_file()
     assert main(["registry", "scan", str(tmp_path / "nowhere"), "--registry", str(db), "-q"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_headers_of_flux_and_sd3_files_name_their_family(tmp_path):
+    """Transformer files in their makers' layouts (bare, or under ComfyUI's prefix) and FLUX.1 LoRAs (kohya's and
+    diffusers' names) are recognised; a [dev] file by its guidance embedder, SD 3.5 by its q/k norms."""
+    z = np.zeros((2, 2))
+    cases = {
+        "dev.safetensors": ({"double_blocks.0.img_attn.qkv.weight": z, "guidance_in.in_layer.weight": z},
+                            ("checkpoint", "Flux.1 D")),
+        "schnell.safetensors": ({"model.diffusion_model.double_blocks.0.img_attn.qkv.weight": z},
+                                ("checkpoint", "Flux.1 S")),
+        "sd35.safetensors": ({"joint_blocks.0.x_block.attn.qkv.weight": z,
+                              "joint_blocks.0.x_block.attn.ln_q.weight": z}, ("checkpoint", "SD 3.5")),
+        "kohya-flux.safetensors": ({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": z},
+                                   ("lora", "Flux.1 S")),
+        "diffusers-flux.safetensors": ({"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": z},
+                                       ("lora", "Flux.1 S")),
+    }
+    for name, (tensors, expected) in cases.items():
+        f = _write(tmp_path / name, tensors)
+        assert describe(f, safetensors_header(f))[:2] == expected, name
+    spec = _write(tmp_path / "spec.safetensors", {"w": z}, {"modelspec.architecture": "flux-1-dev/lora"})
+    assert describe(spec, safetensors_header(spec))[1] == "Flux.1 D"

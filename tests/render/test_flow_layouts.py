@@ -1,0 +1,59 @@
+"""Full-size FLUX.1 and SD 3.5 transformers without their weights (meta device): the files their makers publish map
+onto diffusers' models key for key and shape for shape, through the converters the single-file loader uses, and
+``detect_architecture`` tells these families' files from the SD ones by their headers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from .flow_layouts import (
+    FLUX_DEV,
+    FLUX_SCHNELL,
+    SD35_LARGE,
+    SD35_MEDIUM,
+    flux_original_layout,
+    sd3_original_layout,
+)
+
+
+@pytest.mark.parametrize(("name", "cfg", "billions"), [
+    ("FLUX.1 [dev]", FLUX_DEV, 11.90), ("FLUX.1 [schnell]", FLUX_SCHNELL, 11.90),
+    ("SD 3.5 Large", SD35_LARGE, 8.15), ("SD 3.5 Medium", SD35_MEDIUM, 2.47)])
+def test_the_published_layout_maps_onto_the_diffusers_model(name, cfg, billions):
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+    from diffusers.loaders.single_file_utils import (
+        convert_flux_transformer_checkpoint_to_diffusers,
+        convert_sd3_transformer_checkpoint_to_diffusers,
+    )
+
+    flux = "num_single_layers" in cfg
+    with torch.device("meta"):
+        model = (FluxTransformer2DModel if flux else SD3Transformer2DModel)(**cfg)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    layout = (flux_original_layout if flux else sd3_original_layout)(cfg)
+    original = {k: torch.empty(shape, device="meta") for k, shape in layout.items()}
+    converted = (convert_flux_transformer_checkpoint_to_diffusers if flux
+                 else convert_sd3_transformer_checkpoint_to_diffusers)(original)
+    assert not original, f"{name}: keys the converter left unread: {sorted(original)[:5]}"
+    assert sorted(expected) == sorted(converted), name
+    assert all(tuple(converted[k].shape) == expected[k] for k in expected), name
+    assert sum(int(torch.Size(s).numel()) for s in expected.values()) / 1e9 == pytest.approx(billions, abs=0.01)
+
+
+@pytest.mark.parametrize(("layout", "arch"), [(flux_original_layout, "flux"), (sd3_original_layout, "sd3")])
+def test_a_flow_single_file_is_recognised_by_its_header(tmp_path, layout, arch):
+    """A transformer-only file with the makers' key names (tiny shapes), bare or under ComfyUI's
+    ``model.diffusion_model.`` prefix."""
+    from safetensors.torch import save_file
+
+    from diffagent.render.pipelines import detect_architecture
+
+    tiny = dict(patch_size=1, in_channels=4, num_layers=2, num_single_layers=1, attention_head_dim=4,
+                num_attention_heads=2, joint_attention_dim=8, pooled_projection_dim=8, guidance_embeds=True,
+                pos_embed_max_size=4, caption_projection_dim=8, out_channels=4, qk_norm="rms_norm")
+    state = {k: torch.zeros(shape) for k, shape in layout(tiny).items()}
+    save_file(state, str(tmp_path / "bare.safetensors"))
+    save_file({f"model.diffusion_model.{k}": v for k, v in state.items()}, str(tmp_path / "comfy.safetensors"))
+    assert detect_architecture(tmp_path / "bare.safetensors") == arch
+    assert detect_architecture(tmp_path / "comfy.safetensors") == arch
