@@ -149,6 +149,13 @@ class Registry:
     def model_ref(self, version_id: int) -> ModelRef:
         return self.version(version_id, with_files=False).ref()
 
+    def version_by_slug(self, slug: str) -> VersionInfo | None:
+        """The first version of the model page with this slug (curated models have one), or None."""
+        with self.engine.connect() as conn:
+            vid = conn.execute(text("SELECT v.id FROM model_version v JOIN model m ON m.id = v.model_id"
+                                    " WHERE m.slug = :slug ORDER BY v.id LIMIT 1"), {"slug": slug}).scalar()
+        return None if vid is None else self.version(int(vid))
+
     def weight_source(self, version_id: int) -> WeightSource:
         v = self.version(version_id)
         model_files = [f for f in v.files if f.kind in ("Model", "Pruned Model")] or v.files

@@ -92,8 +92,10 @@ def refuse_unsafe_pickle(path: Path, error: BaseException, what: str) -> None:
         cause = cause.__cause__ or cause.__context__
 
 
-def load_pipeline(path: Path, ecosystem: str, *, device: str, dtype, skeleton: Path | None):
-    """A ready pipeline on ``device``: a diffusers folder, or a single file loaded against ``skeleton``."""
+def load_pipeline(path: Path, ecosystem: str, *, device: str, dtype, skeleton: Path | None,
+                  reference: Path | None = None):
+    """A ready pipeline on ``device``: a diffusers folder, a single file loaded against ``skeleton``, or a FLUX.1
+    transformer file completed by its ``reference`` model's folder (``flow_files.py``)."""
     cls = pipeline_class(ecosystem)
     path = Path(path)
     extra: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False} if ecosystem == "sd1" else {}
@@ -103,9 +105,14 @@ def load_pipeline(path: Path, ecosystem: str, *, device: str, dtype, skeleton: P
             raise UserInputError(f"{path} is a folder without model_index.json; give a diffusers pipeline folder "
                                  "or a single .safetensors checkpoint")
         pipe = cls.from_pretrained(path, local_files_only=True, **extra)
+    elif path.suffix.lower() == ".safetensors" and ecosystem == "flux" and reference is not None:
+        from diffagent.render.flow_files import load_flux_transformer
+
+        pipe = cls.from_pretrained(reference, transformer=load_flux_transformer(path, reference, dtype),
+                                   local_files_only=True, **extra)
     elif path.suffix.lower() in SINGLE_FILE_SUFFIXES and ecosystem in FLOW:
-        raise UserInputError(f"{path.name}: FLUX.1 and SD 3 single files (mostly the transformer alone, without the "
-                             "text encoders and VAE) do not load yet; use the model in diffusers format (a folder "
+        raise UserInputError(f"{path.name}: SD 3 single files and FLUX.1 files other than a .safetensors transformer "
+                             "with its reference model do not load yet; use the model in diffusers format (a folder "
                              "with model_index.json, as its Hugging Face repository has it)")
     elif path.suffix.lower() in SINGLE_FILE_SUFFIXES:
         arch = detect_architecture(path)

@@ -161,9 +161,10 @@ class Renderer:
     def _load(self, weights: ResolvedWeights, ecosystem: str):
         from diffagent.render.pipelines import load_pipeline
 
-        # FLUX.1 / SD 3 load from folders only (load_pipeline says so for a single file): no skeleton to make
+        # FLUX.1 / SD 3 load from folders (a FLUX.1 transformer file with its reference folder): no skeleton to make
         skeleton = None if weights.path.is_dir() or ecosystem in FLOW else self.skeleton(ecosystem)
-        pipe = load_pipeline(weights.path, ecosystem, device=self.device, dtype=self.dtype, skeleton=skeleton)
+        pipe = load_pipeline(weights.path, ecosystem, device=self.device, dtype=self.dtype, skeleton=skeleton,
+                             reference=weights.reference)
         return pipe, ecosystem, dict(pipe.scheduler.config)
 
     # -------------------------------------------------------------------------------- render

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from diffagent.apicall import ModelRef
 from diffagent.errors import DiffAgentError, NotFoundError, UserInputError
-from diffagent.families import Family
+from diffagent.families import Family, ecosystem_of
 
 PARTIAL = ".partial"
 _CHUNK = 1 << 20
@@ -110,6 +110,9 @@ class ResolvedWeights(BaseModel):
     family: Family
     type: str
     name: str
+    #: a FLUX.1 single file holds the transformer alone: the diffusers folder of its reference model, whose text
+    #: encoders, tokenizers, VAE and scheduler complete the pipeline (``render/flow_files.py``)
+    reference: Path | None = None
 
 
 class Resolver(Protocol):
@@ -452,5 +455,16 @@ class RegistryResolver:
     def __call__(self, ref: ModelRef) -> ResolvedWeights:
         source = self.registry.weight_source(ref.id)
         path = self.store.fetch(source)
+        reference = None
+        if source.type == "checkpoint" and ecosystem_of(source.family) == "flux" and path.is_file():
+            from diffagent.render.flow_files import reference_slug
+
+            slug = reference_slug(path)
+            found = self.registry.version_by_slug(slug)
+            if found is None:
+                raise UserInputError(f"{source.name!r} is a FLUX.1 transformer file; rendering it needs the text "
+                                     f"encoders and VAE of the reference model {slug!r} (its diffusers folder), which "
+                                     "this registry lacks; use the default registry or import that model")
+            reference = self.store.fetch(self.registry.weight_source(found.id))
         return ResolvedWeights(path=path, sha256=(source.sha256 or None), family=source.family, type=source.type,
-                               name=source.name)
+                               name=source.name, reference=reference)

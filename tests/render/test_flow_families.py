@@ -22,10 +22,15 @@ class FlowModels:
         tm.quiet_diffusers()
         flux, sd3 = tm.build_flux(root / "flux"), tm.build_sd3(root / "sd3")
         (root / "flux-transformer.safetensors").write_bytes(b"")
+        single = tm.save_flux_single_file(flux, root / "flux1-tiny.safetensors", prefix="model.diffusion_model.")
+        broken = tm.save_flux_single_file(flux, root / "flux1-broken.safetensors", drop=("final_layer.linear.bias",))
+        self.references = {104: root / "flux", 105: root / "flux"}
         self.files = {
             101: (root / "flux", Family.FLUX, "diffusers", "tiny-flux"),
             102: (root / "sd3", Family.SD3, "diffusers", "tiny-sd3"),
             103: (root / "flux-transformer.safetensors", Family.FLUX, "checkpoint", "flux-single"),
+            104: (single, Family.FLUX, "checkpoint", "flux-single-file"),
+            105: (broken, Family.FLUX, "checkpoint", "flux-broken-file"),
             111: (tm.save_transformer_lora(flux, root / "flux-lora.safetensors"), Family.FLUX, "lora", "flux-lora"),
             112: (tm.save_transformer_lora(sd3, root / "sd3-lora.safetensors", seed=2), Family.SD3, "lora", "sd3-lora"),
         }
@@ -38,7 +43,8 @@ class FlowModels:
         if ref.id not in self.files:
             raise NotFoundError(f"no tiny model {ref.id}")
         path, family, kind, name = self.files[ref.id]
-        return ResolvedWeights(path=path, sha256=f"{ref.id:064x}", family=family, type=kind, name=name)
+        return ResolvedWeights(path=path, sha256=f"{ref.id:064x}", family=family, type=kind, name=name,
+                               reference=self.references.get(ref.id))
 
     def call(self, checkpoint: int, **kw) -> ApiCall:
         base = dict(prompt="a red fox in the snow", negative_prompt="", steps=2, cfg_scale=3.5, width=64, height=64,
@@ -116,3 +122,36 @@ def test_calls_a_flow_family_cannot_take_are_refused_with_the_fix(flow, renderer
         renderer.render(flow.call(101, sampler="DPM++ 2M Karras"))
     with pytest.raises(UserInputError, match="diffusers format"):
         renderer.render(flow.call(103))
+
+
+def test_a_flux_transformer_file_renders_with_its_reference_folder(flow, renderer):
+    """Black Forest Labs' layout under ComfyUI's prefix, completed by the reference folder's encoders and VAE: the
+    same weights as the folder's transformer, so the same image; a file missing a tensor fails naming it."""
+    folder = pixels(renderer.render(flow.call(101)))
+    single = renderer.render(flow.call(104))
+    assert np.array_equal(folder, pixels(single)) and "Model: flux-single-file" in single.parameters
+    with pytest.raises(UserInputError, match="final_layer.linear.bias|proj_out.bias"):
+        renderer.render(flow.call(105))
+
+
+def test_the_registry_resolver_finds_a_flux_files_reference(tmp_path, flow):
+    """The reference is the curated model of the file's kind (the tiny file has no guidance embedder: [schnell]); a
+    registry without it says which model is needed."""
+    from types import SimpleNamespace
+
+    from diffagent.registry.info import WeightSource
+    from diffagent.render.weights import RegistryResolver, WeightStore
+
+    def source(vid, path):
+        return WeightSource(version_id=vid, air=f"urn:air:flux1:checkpoint:local:{vid}", name=f"v{vid}",
+                            type="checkpoint", family=Family.FLUX, local_path=str(path), hf_repo=None, hf_file=None,
+                            download_url=None, sha256=None, filename=None, format=None)
+
+    paths = {1: flow.files[104][0], 2: flow.files[101][0]}
+    slugs = {"flux1-schnell": SimpleNamespace(id=2)}
+    registry = SimpleNamespace(weight_source=lambda vid: source(vid, paths[vid]), version_by_slug=slugs.get)
+    resolver = RegistryResolver(registry, WeightStore(tmp_path / "w", allow_downloads=False))
+    assert resolver(flow.ref(101).model_copy(update={"id": 1})).reference == paths[2]
+    slugs.clear()
+    with pytest.raises(UserInputError, match="reference model 'flux1-schnell'"):
+        resolver(flow.ref(101).model_copy(update={"id": 1}))

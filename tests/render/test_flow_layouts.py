@@ -57,3 +57,22 @@ def test_a_flow_single_file_is_recognised_by_its_header(tmp_path, layout, arch):
     save_file({f"model.diffusion_model.{k}": v for k, v in state.items()}, str(tmp_path / "comfy.safetensors"))
     assert detect_architecture(tmp_path / "bare.safetensors") == arch
     assert detect_architecture(tmp_path / "comfy.safetensors") == arch
+
+
+@pytest.mark.parametrize("cfg", [FLUX_DEV, FLUX_SCHNELL])
+def test_our_flux_conversion_reads_the_full_size_layout(cfg):
+    """``flow_files.flux_from_original`` (widths read from the tensors, not assumed) maps the published layout onto
+    the model as diffusers' own converter does, and picks the reference of the file's kind."""
+    from diffusers import FluxTransformer2DModel
+
+    from diffagent.render.flow_files import FLUX_REFERENCES, flux_from_original
+
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(**cfg)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    layout = flux_original_layout(cfg)
+    converted = flux_from_original({f"model.diffusion_model.{k}": torch.empty(s, device="meta")
+                                    for k, s in layout.items()})
+    assert {k: tuple(v.shape) for k, v in converted.items()} == expected
+    assert FLUX_REFERENCES[any(k.startswith("guidance_in.") for k in layout)] == (
+        "flux1-dev" if cfg["guidance_embeds"] else "flux1-schnell")

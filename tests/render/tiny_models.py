@@ -445,3 +445,64 @@ def save_transformer_lora(pipe, path: Path, seed: int = 1, rank: int = 4) -> Pat
             out[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=g) * 0.5
     save_file(out, str(path))
     return Path(path)
+
+
+def flux_to_original(sd: dict) -> dict:
+    """A diffusers ``FluxTransformer2DModel`` state dict in Black Forest Labs' single-file layout (what
+    ``render/flow_files.flux_from_original`` reads back): fused qkv, single blocks' fused input, the final norm's
+    (shift, scale) order."""
+    sd = dict(sd)
+    out = {}
+
+    def take(src: str, dst: str) -> None:
+        for part in ("weight", "bias"):
+            if f"{src}.{part}" in sd:
+                out[f"{dst}.{part}"] = sd.pop(f"{src}.{part}")
+
+    for src, dst in (("time_text_embed.timestep_embedder.linear_1", "time_in.in_layer"),
+                     ("time_text_embed.timestep_embedder.linear_2", "time_in.out_layer"),
+                     ("time_text_embed.text_embedder.linear_1", "vector_in.in_layer"),
+                     ("time_text_embed.text_embedder.linear_2", "vector_in.out_layer"),
+                     ("time_text_embed.guidance_embedder.linear_1", "guidance_in.in_layer"),
+                     ("time_text_embed.guidance_embedder.linear_2", "guidance_in.out_layer"),
+                     ("context_embedder", "txt_in"), ("x_embedder", "img_in"), ("proj_out", "final_layer.linear")):
+        take(src, dst)
+    for part in ("weight", "bias"):
+        scale, shift = sd.pop(f"norm_out.linear.{part}").chunk(2, dim=0)
+        out[f"final_layer.adaLN_modulation.1.{part}"] = torch.cat([shift, scale], dim=0)
+    for i in sorted({int(k.split(".")[1]) for k in sd if k.startswith("transformer_blocks.")}):
+        b, o = f"transformer_blocks.{i}.", f"double_blocks.{i}."
+        for src, dst in (("norm1.linear", "img_mod.lin"), ("norm1_context.linear", "txt_mod.lin"),
+                         ("ff.net.0.proj", "img_mlp.0"), ("ff.net.2", "img_mlp.2"),
+                         ("ff_context.net.0.proj", "txt_mlp.0"), ("ff_context.net.2", "txt_mlp.2"),
+                         ("attn.to_out.0", "img_attn.proj"), ("attn.to_add_out", "txt_attn.proj")):
+            take(b + src, o + dst)
+        for part in ("weight", "bias"):
+            out[f"{o}img_attn.qkv.{part}"] = torch.cat([sd.pop(f"{b}attn.to_{x}.{part}") for x in "qkv"])
+            out[f"{o}txt_attn.qkv.{part}"] = torch.cat([sd.pop(f"{b}attn.add_{x}_proj.{part}") for x in "qkv"])
+        for src, dst in (("norm_q", "img_attn.norm.query_norm"), ("norm_k", "img_attn.norm.key_norm"),
+                         ("norm_added_q", "txt_attn.norm.query_norm"), ("norm_added_k", "txt_attn.norm.key_norm")):
+            out[f"{o}{dst}.scale"] = sd.pop(f"{b}attn.{src}.weight")
+    for i in sorted({int(k.split(".")[1]) for k in sd if k.startswith("single_transformer_blocks.")}):
+        b, o = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
+        take(b + "norm.linear", o + "modulation.lin")
+        take(b + "proj_out", o + "linear2")
+        for part in ("weight", "bias"):
+            out[f"{o}linear1.{part}"] = torch.cat([sd.pop(f"{b}attn.to_{x}.{part}") for x in "qkv"]
+                                                  + [sd.pop(f"{b}proj_mlp.{part}")])
+        out[f"{o}norm.query_norm.scale"] = sd.pop(f"{b}attn.norm_q.weight")
+        out[f"{o}norm.key_norm.scale"] = sd.pop(f"{b}attn.norm_k.weight")
+    if sd:
+        raise ValueError(f"unmapped FLUX.1 weights: {sorted(sd)[:5]}")
+    return out
+
+
+def save_flux_single_file(pipe, path: Path, prefix: str = "", drop: tuple[str, ...] = ()) -> Path:
+    """The pipeline's transformer alone, as Black Forest Labs publish ``flux1-dev.safetensors`` (``prefix``:
+    ComfyUI's ``model.diffusion_model.``; ``drop``: keys to leave out, for a broken file)."""
+    from safetensors.torch import save_file
+
+    state = {prefix + k: v.contiguous() for k, v in flux_to_original(pipe.transformer.state_dict()).items()
+             if k not in drop}
+    save_file(state, str(path))
+    return Path(path)
