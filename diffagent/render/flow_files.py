@@ -1,11 +1,13 @@
-"""FLUX.1 single files: the transformer alone, in Black Forest Labs' layout (``flux1-dev.safetensors`` and the
-fine-tunes people publish the same way, bare or under ComfyUI's ``model.diffusion_model.`` prefix).
+"""FLUX.1 and SD 3.5 single files: the transformer alone, in its makers' layout (``flux1-dev.safetensors``,
+``sd3.5_large.safetensors`` and the fine-tunes people publish the same way, bare or under ComfyUI's
+``model.diffusion_model.`` prefix).
 
 Such a file holds no text encoders, tokenizers, VAE or scheduler: those come from the diffusers folder of the
-reference model of its kind (FLUX.1 [dev] when the file has the guidance embedder, else [schnell]), whose transformer
-config the file must match. The conversion to diffusers' names is written here rather than taken from diffusers,
-whose converter assumes the reference width (3,072) and so cannot read a file of any other size; every tensor of the
-file must land on exactly one parameter of the model, or loading fails naming what did not.
+reference model of its kind (FLUX.1 [dev] when the file has the guidance embedder, else [schnell]; SD 3.5 Medium when
+it has the second attention of MMDiT-X, else Large), whose transformer config the file must match. SD 3 files go
+through diffusers' converter (it reads the sizes from the tensors). FLUX.1's conversion is written here, because
+diffusers' assumes the reference width (3,072) and so cannot read a file of any other size; every tensor of the file
+must land on exactly one parameter of the model, or loading fails naming what did not.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from diffagent.errors import UserInputError
 
 #: the reference model (a curated registry slug) whose folder completes a FLUX.1 transformer file
 FLUX_REFERENCES = {True: "flux1-dev", False: "flux1-schnell"}
+SD3_REFERENCES = {True: "sd35-medium", False: "sd35-large"}
 _COMFY = "model.diffusion_model."
 
 
@@ -27,11 +30,14 @@ def _header_keys(path: Path) -> list[str]:
 
 
 def reference_slug(path: Path) -> str:
-    """The curated reference model whose folder completes this FLUX.1 transformer file."""
+    """The curated reference model whose folder completes this FLUX.1 or SD 3 transformer file."""
     keys = _header_keys(path)
-    if not any(k.startswith("double_blocks.") for k in keys):
-        raise UserInputError(f"{Path(path).name} is not a FLUX.1 transformer file (no double_blocks)")
-    return FLUX_REFERENCES[any(k.startswith("guidance_in.") for k in keys)]
+    if any(k.startswith("double_blocks.") for k in keys):
+        return FLUX_REFERENCES[any(k.startswith("guidance_in.") for k in keys)]
+    if any(k.startswith("joint_blocks.") for k in keys):
+        return SD3_REFERENCES[any(".x_block.attn2." in k for k in keys)]
+    raise UserInputError(f"{Path(path).name} is not a FLUX.1 or SD 3 transformer file (no double_blocks or "
+                         "joint_blocks)")
 
 
 def flux_from_original(sd: dict) -> dict:
@@ -96,6 +102,20 @@ _DOUBLE = {
     "ff.net.2": "img_mlp.2", "ff_context.net.0.proj": "txt_mlp.0", "ff_context.net.2": "txt_mlp.2",
     "attn.to_out.0": "img_attn.proj", "attn.to_add_out": "txt_attn.proj",
 }
+
+
+def load_sd3_transformer(path: Path, reference: Path, dtype):
+    """The transformer of an SD 3 single file, with the reference folder's transformer config."""
+    from diffusers import SD3Transformer2DModel
+
+    from diffagent.render.pipelines import dtype_kwarg
+
+    try:
+        return SD3Transformer2DModel.from_single_file(str(path), config=str(reference), subfolder="transformer",
+                                                      local_files_only=True, **{dtype_kwarg(): dtype})
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise UserInputError(f"{Path(path).name} does not fit the SD 3 transformer of {Path(reference).name} ({e}); "
+                             "is it an SD 3.5 transformer of the same size?") from e
 
 
 def load_flux_transformer(path: Path, reference: Path, dtype):

@@ -105,15 +105,16 @@ def load_pipeline(path: Path, ecosystem: str, *, device: str, dtype, skeleton: P
             raise UserInputError(f"{path} is a folder without model_index.json; give a diffusers pipeline folder "
                                  "or a single .safetensors checkpoint")
         pipe = cls.from_pretrained(path, local_files_only=True, **extra)
-    elif path.suffix.lower() == ".safetensors" and ecosystem == "flux" and reference is not None:
-        from diffagent.render.flow_files import load_flux_transformer
+    elif path.suffix.lower() == ".safetensors" and ecosystem in FLOW and reference is not None:
+        from diffagent.render.flow_files import load_flux_transformer, load_sd3_transformer
 
-        pipe = cls.from_pretrained(reference, transformer=load_flux_transformer(path, reference, dtype),
-                                   local_files_only=True, **extra)
+        load = load_flux_transformer if ecosystem == "flux" else load_sd3_transformer
+        pipe = cls.from_pretrained(reference, transformer=load(path, reference, dtype), local_files_only=True,
+                                   **extra)
     elif path.suffix.lower() in SINGLE_FILE_SUFFIXES and ecosystem in FLOW:
-        raise UserInputError(f"{path.name}: SD 3 single files and FLUX.1 files other than a .safetensors transformer "
-                             "with its reference model do not load yet; use the model in diffusers format (a folder "
-                             "with model_index.json, as its Hugging Face repository has it)")
+        raise UserInputError(f"{path.name}: a FLUX.1 / SD 3 single file loads as a .safetensors transformer completed "
+                             "by its reference model's folder, which was not given; use the model in diffusers format "
+                             "(a folder with model_index.json, as its Hugging Face repository has it)")
     elif path.suffix.lower() in SINGLE_FILE_SUFFIXES:
         arch = detect_architecture(path)
         if arch is not None and arch != ecosystem:

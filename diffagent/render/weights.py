@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from diffagent.apicall import ModelRef
 from diffagent.errors import DiffAgentError, NotFoundError, UserInputError
-from diffagent.families import Family, ecosystem_of
+from diffagent.families import FLOW, Family, ecosystem_of
 
 PARTIAL = ".partial"
 _CHUNK = 1 << 20
@@ -456,13 +456,13 @@ class RegistryResolver:
         source = self.registry.weight_source(ref.id)
         path = self.store.fetch(source)
         reference = None
-        if source.type == "checkpoint" and ecosystem_of(source.family) == "flux" and path.is_file():
+        if source.type == "checkpoint" and ecosystem_of(source.family) in FLOW and path.is_file():
             from diffagent.render.flow_files import reference_slug
 
             slug = reference_slug(path)
             found = self.registry.version_by_slug(slug)
             if found is None:
-                raise UserInputError(f"{source.name!r} is a FLUX.1 transformer file; rendering it needs the text "
+                raise UserInputError(f"{source.name!r} is a transformer file; rendering it needs the text "
                                      f"encoders and VAE of the reference model {slug!r} (its diffusers folder), which "
                                      "this registry lacks; use the default registry or import that model")
             reference = self.store.fetch(self.registry.weight_source(found.id))

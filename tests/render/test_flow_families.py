@@ -24,13 +24,15 @@ class FlowModels:
         (root / "flux-transformer.safetensors").write_bytes(b"")
         single = tm.save_flux_single_file(flux, root / "flux1-tiny.safetensors", prefix="model.diffusion_model.")
         broken = tm.save_flux_single_file(flux, root / "flux1-broken.safetensors", drop=("final_layer.linear.bias",))
-        self.references = {104: root / "flux", 105: root / "flux"}
+        sd3_single = tm.save_sd3_single_file(sd3, root / "sd35-tiny.safetensors")
+        self.references = {104: root / "flux", 105: root / "flux", 106: root / "sd3"}
         self.files = {
             101: (root / "flux", Family.FLUX, "diffusers", "tiny-flux"),
             102: (root / "sd3", Family.SD3, "diffusers", "tiny-sd3"),
             103: (root / "flux-transformer.safetensors", Family.FLUX, "checkpoint", "flux-single"),
             104: (single, Family.FLUX, "checkpoint", "flux-single-file"),
             105: (broken, Family.FLUX, "checkpoint", "flux-broken-file"),
+            106: (sd3_single, Family.SD3, "checkpoint", "sd3-single-file"),
             111: (tm.save_transformer_lora(flux, root / "flux-lora.safetensors"), Family.FLUX, "lora", "flux-lora"),
             112: (tm.save_transformer_lora(sd3, root / "sd3-lora.safetensors", seed=2), Family.SD3, "lora", "sd3-lora"),
         }
@@ -155,3 +157,11 @@ def test_the_registry_resolver_finds_a_flux_files_reference(tmp_path, flow):
     slugs.clear()
     with pytest.raises(UserInputError, match="reference model 'flux1-schnell'"):
         resolver(flow.ref(101).model_copy(update={"id": 1}))
+
+
+def test_an_sd3_transformer_file_renders_with_its_reference_folder(flow, renderer):
+    """Stability AI's layout under ComfyUI's prefix, through diffusers' converter, completed by the reference folder:
+    the same image as the folder."""
+    folder = pixels(renderer.render(flow.call(102, cfg_scale=5.0, negative_prompt="blurry")))
+    single = pixels(renderer.render(flow.call(106, cfg_scale=5.0, negative_prompt="blurry")))
+    assert np.array_equal(folder, single)

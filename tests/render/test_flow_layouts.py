@@ -76,3 +76,22 @@ def test_our_flux_conversion_reads_the_full_size_layout(cfg):
     assert {k: tuple(v.shape) for k, v in converted.items()} == expected
     assert FLUX_REFERENCES[any(k.startswith("guidance_in.") for k in layout)] == (
         "flux1-dev" if cfg["guidance_embeds"] else "flux1-schnell")
+
+
+@pytest.mark.parametrize(("layout", "extra", "slug"), [
+    (flux_original_layout, {"guidance_embeds": True}, "flux1-dev"),
+    (flux_original_layout, {"guidance_embeds": False}, "flux1-schnell"),
+    (sd3_original_layout, {}, "sd35-large"),
+    (sd3_original_layout, {"dual_attention_layers": (0,)}, "sd35-medium")])
+def test_a_transformer_file_names_its_reference_model(tmp_path, layout, extra, slug):
+    """The folder that completes a single file: [dev] with the guidance embedder, SD 3.5 Medium with MMDiT-X's second
+    attention."""
+    from safetensors.torch import save_file
+
+    from diffagent.render.flow_files import reference_slug
+
+    tiny = dict(patch_size=1, in_channels=4, num_layers=2, num_single_layers=1, attention_head_dim=4,
+                num_attention_heads=2, joint_attention_dim=8, pooled_projection_dim=8, pos_embed_max_size=4,
+                caption_projection_dim=8, out_channels=4, **extra)
+    save_file({k: torch.zeros(s) for k, s in layout(tiny).items()}, str(tmp_path / "t.safetensors"))
+    assert reference_slug(tmp_path / "t.safetensors") == slug

@@ -506,3 +506,60 @@ def save_flux_single_file(pipe, path: Path, prefix: str = "", drop: tuple[str, .
              if k not in drop}
     save_file(state, str(path))
     return Path(path)
+
+
+def sd3_to_original(sd: dict) -> dict:
+    """A diffusers ``SD3Transformer2DModel`` state dict in Stability AI's single-file layout (joint blocks with fused
+    qkv; the last context block and the final norm in (shift, scale) order), the inverse of diffusers' converter."""
+    sd = dict(sd)
+    out = {"pos_embed": sd.pop("pos_embed.pos_embed")}
+
+    def take(src: str, dst: str, swap: bool = False) -> None:
+        for part in ("weight", "bias"):
+            if f"{src}.{part}" in sd:
+                t = sd.pop(f"{src}.{part}")
+                if swap:
+                    scale, shift = t.chunk(2, dim=0)
+                    t = torch.cat([shift, scale], dim=0)
+                out[f"{dst}.{part}"] = t
+
+    for src, dst in (("pos_embed.proj", "x_embedder.proj"), ("context_embedder", "context_embedder"),
+                     ("time_text_embed.timestep_embedder.linear_1", "t_embedder.mlp.0"),
+                     ("time_text_embed.timestep_embedder.linear_2", "t_embedder.mlp.2"),
+                     ("time_text_embed.text_embedder.linear_1", "y_embedder.mlp.0"),
+                     ("time_text_embed.text_embedder.linear_2", "y_embedder.mlp.2"),
+                     ("proj_out", "final_layer.linear")):
+        take(src, dst)
+    take("norm_out.linear", "final_layer.adaLN_modulation.1", swap=True)
+    blocks = sorted({int(k.split(".")[1]) for k in sd if k.startswith("transformer_blocks.")})
+    for i in blocks:
+        b, x, c = f"transformer_blocks.{i}.", f"joint_blocks.{i}.x_block.", f"joint_blocks.{i}.context_block."
+        last = i == blocks[-1]
+        for part in ("weight", "bias"):
+            out[f"{x}attn.qkv.{part}"] = torch.cat([sd.pop(f"{b}attn.to_{n}.{part}") for n in "qkv"])
+            out[f"{c}attn.qkv.{part}"] = torch.cat([sd.pop(f"{b}attn.add_{n}_proj.{part}") for n in "qkv"])
+            if f"{b}attn2.to_q.{part}" in sd:
+                out[f"{x}attn2.qkv.{part}"] = torch.cat([sd.pop(f"{b}attn2.to_{n}.{part}") for n in "qkv"])
+        for src, dst in (("attn.norm_q", x + "attn.ln_q"), ("attn.norm_k", x + "attn.ln_k"),
+                         ("attn.norm_added_q", c + "attn.ln_q"), ("attn.norm_added_k", c + "attn.ln_k"),
+                         ("attn2.norm_q", x + "attn2.ln_q"), ("attn2.norm_k", x + "attn2.ln_k")):
+            if f"{b}{src}.weight" in sd:
+                out[f"{dst}.weight"] = sd.pop(f"{b}{src}.weight")
+        for src, dst in (("attn.to_out.0", x + "attn.proj"), ("attn.to_add_out", c + "attn.proj"),
+                         ("attn2.to_out.0", x + "attn2.proj"), ("norm1.linear", x + "adaLN_modulation.1"),
+                         ("ff.net.0.proj", x + "mlp.fc1"), ("ff.net.2", x + "mlp.fc2"),
+                         ("ff_context.net.0.proj", c + "mlp.fc1"), ("ff_context.net.2", c + "mlp.fc2")):
+            take(b + src, dst)
+        take(b + "norm1_context.linear", c + "adaLN_modulation.1", swap=last)
+    if sd:
+        raise ValueError(f"unmapped SD 3 weights: {sorted(sd)[:5]}")
+    return out
+
+
+def save_sd3_single_file(pipe, path: Path) -> Path:
+    """The pipeline's transformer alone, in Stability AI's layout under ComfyUI's prefix."""
+    from safetensors.torch import save_file
+
+    save_file({f"model.diffusion_model.{k}": v.contiguous()
+               for k, v in sd3_to_original(pipe.transformer.state_dict()).items()}, str(path))
+    return Path(path)
