@@ -100,15 +100,15 @@ class ApiCall(BaseModel):
                     f"{self.checkpoint.family.value} checkpoint {self.checkpoint.name!r}; "
                     "drop it or pick a checkpoint of the same family"
                 )
-        family = self.checkpoint.family
-        if ecosystem_of(family) in FLOW:
-            what = {"flux": "FLUX.1", "sd3": "Stable Diffusion 3"}[ecosystem_of(family)]
+        eco = ecosystem_of(self.checkpoint.family)
+        if eco in FLOW:
+            what = {"flux": "FLUX.1", "sd3": "Stable Diffusion 3"}[eco]
             if self.embeddings:
                 raise ValueError(f"{what} checkpoints take no textual-inversion embeddings (SD 1.x / SDXL only); "
                                  "drop 'embeddings'")
             if self.vae is not None:
                 raise ValueError(f"{what} checkpoints decode with their own VAE; drop 'vae'")
-            if ecosystem_of(family) == "flux" and self.negative_prompt.strip():
+            if eco == "flux" and self.negative_prompt.strip():
                 raise ValueError("FLUX.1 takes no negative prompt (it is guidance-distilled: cfg_scale is its "
                                  "distilled guidance, about 3.5 for [dev]); leave 'negative_prompt' empty")
         return self

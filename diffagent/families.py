@@ -35,8 +35,8 @@ ECOSYSTEM: dict[Family, str] = {
 
 #: ecosystems diffagent selects and renders, from every file layout (diffusers folders and single files)
 RENDERABLE = {"sd1", "sdxl"}
-#: flow-matching transformer ecosystems (FLUX.1, Stable Diffusion 3 / 3.5): the renderer runs them from
-#: diffusers-format folders; selection offers them once their single files (transformer-only) load too
+#: flow-matching transformer ecosystems (FLUX.1, Stable Diffusion 3 / 3.5): the renderer runs their diffusers folders
+#: and their transformer files (completed by a reference folder); selection offers the folders only
 FLOW = {"flux", "sd3"}
 #: ecosystems the renderer accepts, and selection can offer (flow ones only from diffusers folders, and for
 #: base "any" only where ``Settings.large_families`` allows: they need a GPU with 16-24 GB)
@@ -45,6 +45,30 @@ RENDERER_ECOSYSTEMS = RENDERABLE | FLOW
 #: user-facing constraint names (select --base) -> ecosystems
 BASE_CONSTRAINTS: dict[str, set[str] | None] = {"any": None, "sd15": {"sd1"}, "sdxl": {"sdxl"}, "flux": {"flux"},
                                                 "sd3": {"sd3"}}
+
+
+#: ComfyUI's prefix on a checkpoint's denoiser tensors
+COMFY_PREFIX = "model.diffusion_model."
+#: transformer block names that only FLUX.1 / SD 3 weights carry (Black Forest Labs', Stability AI's, and diffusers'
+#: name for FLUX.1's single blocks)
+_FLOW_BLOCKS = (("flux", "double.blocks."), ("flux", "single.transformer.blocks."), ("sd3", "joint.blocks."))
+
+
+def flat_tensor_names(keys) -> list[str]:
+    """Tensor names in one spelling: ComfyUI's prefix and kohya's ``lora_unet_`` dropped, ``_`` read as ``.``
+    (kohya writes ``lora_unet_double_blocks_0_img_attn_qkv`` for ``double_blocks.0.img_attn.qkv``)."""
+    return [k.removeprefix(COMFY_PREFIX).replace("lora_unet_", "").replace("_", ".") for k in keys]
+
+
+def flow_family_of_keys(keys) -> str | None:
+    """'flux' | 'sd3' when tensor names carry those families' transformer blocks: bare, under ComfyUI's prefix, in a
+    kohya LoRA (``lora_unet_double_blocks_0_...``) or a diffusers LoRA (``transformer.single_transformer_blocks...``);
+    None otherwise."""
+    flat = flat_tensor_names(keys)
+    for family, marker in _FLOW_BLOCKS:
+        if any(k.startswith(marker) or f".{marker}" in k for k in flat):
+            return family
+    return None
 
 
 def family_of(base_model: str | None) -> Family:

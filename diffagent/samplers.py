@@ -14,6 +14,9 @@ A1111_SAMPLERS: tuple[str, ...] = (
     "UniPC", "LCM",
 )
 
+#: the samplers of flow-matching models (FLUX.1, SD 3), as Forge and ComfyUI name them
+FLOW_SAMPLERS: tuple[str, ...] = ("Euler", "Heun")
+
 _BY_KEY = {s.lower().replace(" ", ""): s for s in A1111_SAMPLERS}
 # spellings that occur in real generation metadata
 _BY_KEY.update({"eulera": "Euler a", "k_euler_a": "Euler a", "k_euler": "Euler", "dpm++2mkarras": "DPM++ 2M Karras"})

@@ -178,7 +178,12 @@ def applies(hits) -> bool:
     registry without sample images, such as the default one) is outside what it learned, and there it
     falls back to popularity (measured on DrawBench over the default registry: one checkpoint for 64 %
     of prompts); the first stage's order stands instead."""
-    return any(h.signals.get("knn", 0.0) > 0 or h.signals.get("creators", 0.0) > 0 for h in hits)
+    return any(voted(h.signals) for h in hits)
+
+
+def voted(signals: dict[str, float]) -> bool:
+    """Some creator prompt like the request voted for this checkpoint (kNN), or the creators of add-ons it names do."""
+    return signals.get("knn", 0.0) > 0 or signals.get("creators", 0.0) > 0
 
 
 def rerank(model: TreeEnsemble, hits: list) -> list[tuple[object, float]]:

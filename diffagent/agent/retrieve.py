@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from diffagent.agent.cards import CardEncoder
 from diffagent.agent.intent import Intent, style_intent
-from diffagent.agent.ranker import POOL, TreeEnsemble, applies, rerank
+from diffagent.agent.ranker import POOL, TreeEnsemble, applies, rerank, voted
 from diffagent.families import RENDERABLE, RENDERER_ECOSYSTEMS, ecosystem_of
 from diffagent.registry.info import VersionInfo
 from diffagent.registry.kinds import name_phrase
@@ -127,11 +127,6 @@ _GENERIC_NAME_WORDS = frozenset({
     "mix", "mixed", "merge", "model", "models", "diffusion", "realistic", "real", "photo", "photorealistic", "art",
     "anime", "style", "styles", "base", "checkpoint", "ckpt", "final", "beta", "alpha", "new", "dreambooth",
     "lora", "version", "the", "and", "for", "with", "sdxl", "pruned", "fp16", "fp32", "ema", "safetensors"})
-
-
-def voted(signals: dict[str, float]) -> bool:
-    """Some creator prompt like the request voted for this checkpoint (kNN), or the creators of add-ons it names do."""
-    return signals.get("knn", 0.0) > 0 or signals.get("creators", 0.0) > 0
 
 
 def named_by_request(registry: Registry, request: str, hits, weights: RetrievalWeights | None = None) -> set[int]:

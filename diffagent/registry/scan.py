@@ -28,6 +28,7 @@ from sqlalchemy import text
 
 from diffagent.atomic import write_atomic
 from diffagent.errors import UserInputError
+from diffagent.families import flat_tensor_names, flow_family_of_keys
 from diffagent.registry.index import SEARCHABLE_TYPES
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -142,12 +143,8 @@ def describe(path: Path, header: dict) -> tuple[str | None, str | None, str]:
     """(type, Civitai-style base model, name) of an unknown file, from its header; None where it does not say."""
     meta = header.get("__metadata__") or {}
     keys = [k for k in header if k != "__metadata__"]
-    # FLUX.1 / SD 3 transformers keep their makers' block names, bare or under ComfyUI's prefix (LoRAs: kohya's
-    # lora_unet_double_blocks_..., diffusers' transformer.single_transformer_blocks...)
-    flat = [k.removeprefix("model.diffusion_model.").replace("lora_unet_", "").replace("_", ".") for k in keys]
-    flow = next((fam for fam, marker in (("flux", "double.blocks."), ("flux", "single.transformer.blocks."),
-                                         ("sd3", "joint.blocks."))
-                 if any(k.startswith(marker) or f".{marker}" in k for k in flat)), None)
+    flow = flow_family_of_keys(keys)  # FLUX.1 / SD 3 weights keep their makers' block names
+    flat = flat_tensor_names(keys)
     kind = folder_type(path)
     if kind is None and flow and not any(".lora" in k or "lora." in k for k in flat):
         kind = "checkpoint"

@@ -17,22 +17,25 @@ from sqlalchemy import Connection, text
 from diffagent.families import FLOW, ecosystem_of
 from diffagent.registry.embeddings import Embedder
 from diffagent.registry.kinds import NOT_STANDALONE
+from diffagent.registry.scan import WEIGHT_SUFFIXES
 
 log = logging.getLogger(__name__)
-#: weight files that hold one checkpoint; FLUX.1 / SD 3 render from diffusers folders only (``render/pipelines.py``)
-_SINGLE_FILES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
+#: files that hold one model (GGUF: quantized FLUX.1 transformers); a local path ending otherwise is a folder
+_SINGLE_FILES = (*WEIGHT_SUFFIXES, ".gguf")
 
 
 def _renders(r) -> bool:
-    """The renderer can run this version: its weights are known, it renders alone (no refiner or inpainting model),
-    and a FLUX.1 / SD 3 checkpoint is a diffusers folder (a Hugging Face repo without a file, or a local folder;
-    their LoRAs are single files, as for every family)."""
+    """Selection may offer this version: its weights are known, it renders alone (no refiner or inpainting model),
+    and a FLUX.1 / SD 3 checkpoint is a diffusers folder (a Hugging Face repo without a file, or a local folder; their
+    transformer files render only with a reference folder, which selection does not check; their LoRAs are single
+    files, as for every family)."""
     if not r.has_weights or set(json.loads(r.kinds or "[]")) & NOT_STANDALONE:
         return False
     if r.type == "checkpoint" and ecosystem_of(r.family) in FLOW:
         local_folder = bool(r.local_path) and not r.local_path.lower().endswith(_SINGLE_FILES)
         return bool(r.hf_repo and not r.hf_file) or local_folder
     return True
+
 
 _ROWS_SQL = (
     "SELECT v.id AS id, m.type AS type, v.family AS family, m.nsfw AS nsfw, v.downloads AS downloads,"

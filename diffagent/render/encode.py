@@ -24,6 +24,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from diffagent.families import FLOW
+
 CHUNK = 75  # tokens per chunk, without the start/end tokens
 COMMA_BACKTRACK = 20  # a chunk that fills up is cut at a comma among its last this-many tokens
 EMPHASIS = 1.1
@@ -243,7 +245,7 @@ def encode(pipe, ecosystem: str, prompt: str, negative: str, clip_skip: int) -> 
     """Keyword arguments for the pipeline call that replace ``prompt``/``negative_prompt``."""
     import torch
 
-    if ecosystem in ("flux", "sd3"):
+    if ecosystem in FLOW:
         return encode_flow(pipe, ecosystem, prompt, negative)
     with torch.inference_mode():
         if ecosystem == "sdxl":

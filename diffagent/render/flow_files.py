@@ -15,26 +15,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffagent.errors import UserInputError
+from diffagent.families import COMFY_PREFIX, flow_family_of_keys
 
 #: the reference model (a curated registry slug) whose folder completes a FLUX.1 transformer file
 FLUX_REFERENCES = {True: "flux1-dev", False: "flux1-schnell"}
 SD3_REFERENCES = {True: "sd35-medium", False: "sd35-large"}
-_COMFY = "model.diffusion_model."
-
-
-def _header_keys(path: Path) -> list[str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return [k.removeprefix(_COMFY) for k in f.keys()]
 
 
 def reference_slug(path: Path) -> str:
     """The curated reference model whose folder completes this FLUX.1 or SD 3 transformer file."""
-    keys = _header_keys(path)
-    if any(k.startswith("double_blocks.") for k in keys):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = [k.removeprefix(COMFY_PREFIX) for k in f.keys()]
+    family = flow_family_of_keys(keys)
+    if family == "flux":
         return FLUX_REFERENCES[any(k.startswith("guidance_in.") for k in keys)]
-    if any(k.startswith("joint_blocks.") for k in keys):
+    if family == "sd3":
         return SD3_REFERENCES[any(".x_block.attn2." in k for k in keys)]
     raise UserInputError(f"{Path(path).name} is not a FLUX.1 or SD 3 transformer file (no double_blocks or "
                          "joint_blocks)")
@@ -44,7 +41,7 @@ def flux_from_original(sd: dict) -> dict:
     """Black Forest Labs' FLUX.1 transformer keys -> ``FluxTransformer2DModel``'s, widths read from the tensors."""
     import torch
 
-    sd = {k.removeprefix(_COMFY): v for k, v in sd.items() if k.removeprefix(_COMFY).split(".")[0] in _TOP}
+    sd = {k.removeprefix(COMFY_PREFIX): v for k, v in sd.items() if k.removeprefix(COMFY_PREFIX).split(".")[0] in _TOP}
     out = {}
 
     def take(src: str, dst: str) -> None:

@@ -1,5 +1,6 @@
 """Load SD 1.5 / SDXL pipelines (diffusers folders and Civitai single files) and FLUX.1 / SD 3 pipelines
-(diffusers folders), and keep an LRU cache of them.
+(diffusers folders, or a transformer file with its reference folder: ``flow_files.py``), and keep an LRU cache of
+them.
 
 Single files load against a config skeleton (``skeletons.py``) so no hub lookup happens. Before a single
 ``.safetensors`` loads, its key layout is checked against the family the registry claims, because a mislabeled
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from diffagent.errors import UserInputError
-from diffagent.families import FLOW
+from diffagent.families import FLOW, flow_family_of_keys
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
@@ -30,10 +31,6 @@ _ARCH_MARKERS = [
 ]
 
 
-#: the transformers' own key names (Black Forest Labs', Stability AI's), bare or under ComfyUI's prefix
-_FLOW_MARKERS = [("flux", "double_blocks."), ("sd3", "joint_blocks.")]
-
-
 def detect_architecture(path: Path) -> str | None:
     """'sd1' | 'sd2' | 'sdxl' | 'sdxl-refiner' | 'flux' | 'sd3' from a ``.safetensors`` header (no tensors read);
     None if unknown."""
@@ -43,10 +40,8 @@ def detect_architecture(path: Path) -> str | None:
 
     with safe_open(str(path), framework="pt") as f:
         keys = list(f.keys())
-    bare = [k.removeprefix("model.diffusion_model.") for k in keys]
-    for arch, prefix in _FLOW_MARKERS:
-        if any(k.startswith(prefix) for k in bare):
-            return arch
+    if flow := flow_family_of_keys(keys):
+        return flow
     for arch, prefix in _ARCH_MARKERS:
         if any(k.startswith(prefix) for k in keys):
             return arch

@@ -85,7 +85,8 @@ SAMPLERS: dict[str, SamplerSpec] = {
 }
 
 
-#: FLUX.1 and SD 3 are flow-matching models: Forge and ComfyUI call their samplers Euler (the reference one) and Heun
+#: every name in ``diffagent.samplers.FLOW_SAMPLERS`` (FLUX.1 and SD 3 are flow-matching models; test_schedulers checks
+#: the two stay in step)
 FLOW_SAMPLERS: dict[str, SamplerSpec] = {
     "Euler": _spec("FlowMatchEulerDiscreteScheduler"),
     "Heun": _spec("FlowMatchHeunDiscreteScheduler"),

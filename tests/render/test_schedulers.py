@@ -8,8 +8,9 @@ from PIL import Image
 
 from diffagent.errors import UserInputError
 from diffagent.render import schedulers
-from diffagent.render.schedulers import SAMPLERS, SamplerSpec, make_scheduler, sampler_spec
+from diffagent.render.schedulers import FLOW_SAMPLERS, SAMPLERS, SamplerSpec, make_scheduler, sampler_spec
 from diffagent.samplers import A1111_SAMPLERS
+from diffagent.samplers import FLOW_SAMPLERS as FLOW_SAMPLER_NAMES
 
 SD15_SCHEDULER = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
                   "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "steps_offset": 1,
@@ -18,6 +19,7 @@ SD15_SCHEDULER = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_e
 
 def test_every_apicall_sampler_is_mapped():
     assert set(SAMPLERS) == set(A1111_SAMPLERS)
+    assert set(FLOW_SAMPLERS) == set(FLOW_SAMPLER_NAMES) <= set(A1111_SAMPLERS)  # flow matching: what rebuild picks
 
 
 @pytest.mark.parametrize("name", A1111_SAMPLERS)
