@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     # --- renderer ----------------------------------------------------------------------------
     device: str = Field("auto", description="'auto', 'cuda', 'cuda:N' or 'cpu'")
     pipeline_cache_gb: float = Field(12.0, gt=0, description="RAM/VRAM budget of the pipeline LRU cache")
+    offload: Literal["auto", "none", "model", "sequential"] = Field(
+        "auto", description="CUDA memory for large models: 'none' keeps the whole pipeline on the GPU; 'model' moves "
+        "each component (text encoders, transformer/UNet, VAE) to the GPU only while it runs (diffusers' model CPU "
+        "offload: FLUX.1 [dev] in about 24 GB instead of 34); 'sequential' streams weights layer by layer (slowest, "
+        "a few GB); 'auto' picks the first that fits the GPU's free memory. Ignored on CPU")
     allow_downloads: bool = Field(True, description="fetch weights from HF/Civitai when not cached")
     civitai_api_key: str | None = Field(
         None, validation_alias=AliasChoices("DIFFAGENT_CIVITAI_API_KEY", "CIVITAI_API_KEY")

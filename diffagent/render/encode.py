@@ -159,6 +159,12 @@ def _token_chunks(pipe, tokenizer, text: str) -> list[Chunk]:
     return chunk_tokens(tokenizer, parse_emphasis(text), _comma_id(tokenizer))
 
 
+def execution_device(pipe):
+    """Where the pipeline computes: its device, or with CPU offload (``Settings.offload``) the GPU the hooks move each
+    encoder to while its own parameters wait on the CPU (or, sequential, on the meta device)."""
+    return getattr(pipe, "_execution_device", None) or pipe.device
+
+
 def _pad_chunks(a: list[Chunk], b: list[Chunk]) -> None:
     """Positive and negative must have the same number of chunks; pad with empty ones (A1111)."""
     while len(a) < len(b):
@@ -174,7 +180,7 @@ def encode_sd1(pipe, prompt: str, negative: str, clip_skip: int) -> dict:
     tok, enc = pipe.tokenizer, pipe.text_encoder
     pos, neg = _token_chunks(pipe, tok, prompt), _token_chunks(pipe, tok, negative)
     _pad_chunks(pos, neg)
-    device = enc.device
+    device = execution_device(pipe)
 
     def run(chunks: list[Chunk]):
         parts = []
@@ -204,7 +210,7 @@ def encode_sdxl(pipe, prompt: str, negative: str, clip_skip: int) -> dict:
             zs, ws = [], []
             for chunk in chunks:
                 ids, weights = _ids(tok, chunk)
-                out = enc(torch.tensor([ids], device=enc.device), output_hidden_states=True)
+                out = enc(torch.tensor([ids], device=execution_device(pipe)), output_hidden_states=True)
                 zs.append(out.hidden_states[layer])
                 ws.append(weights)
                 if i == 1 and pooled is None:

@@ -87,10 +87,78 @@ def refuse_unsafe_pickle(path: Path, error: BaseException, what: str) -> None:
         cause = cause.__cause__ or cause.__context__
 
 
+#: CUDA memory beyond the weights that a render needs (activations, the VAE decode, the allocator's slack)
+OFFLOAD_HEADROOM = 1.25
+
+
+def component_nbytes(path: Path, reference: Path | None = None) -> dict[str, int]:
+    """On-disk weight bytes per pipeline component: a diffusers folder's subfolders (``transformer``,
+    ``text_encoder_2``, ...); a transformer file counts as the ``transformer`` of its ``reference`` folder; any other
+    single file is one ``checkpoint``."""
+    path = Path(path)
+    if path.is_file():
+        if reference is None:
+            return {"checkpoint": path.stat().st_size}
+        return {**component_nbytes(reference), "transformer": path.stat().st_size}
+    sizes: dict[str, int] = {}
+    for f in path.rglob("*"):
+        if f.suffix in SINGLE_FILE_SUFFIXES and f.is_file():
+            part = f.relative_to(path).parts[0] if len(f.relative_to(path).parts) > 1 else "checkpoint"
+            sizes[part] = sizes.get(part, 0) + f.stat().st_size
+    return sizes
+
+
+def choose_offload(mode: str, device: str, components: dict[str, int], free_bytes: int | None) -> str:
+    """'none', 'model' or 'sequential' (``Settings.offload``) for a pipeline of ``components`` bytes on ``device``.
+
+    Offloading parks weights in CPU RAM while the GPU computes, so it means something on CUDA only. ``auto`` keeps
+    everything on the GPU when the whole pipeline fits the free memory with headroom, else moves one component at a
+    time (model offload: the largest one, the transformer or UNet, must fit), else streams layers (sequential)."""
+    if mode not in ("auto", "none", "model", "sequential"):
+        raise UserInputError(f"unknown offload mode {mode!r}; use auto, none, model or sequential")
+    if not device.startswith("cuda"):
+        return "none"
+    if mode != "auto":
+        return mode
+    if free_bytes is None or not components:
+        return "none"
+    if sum(components.values()) * OFFLOAD_HEADROOM <= free_bytes:
+        return "none"
+    if max(components.values()) * OFFLOAD_HEADROOM <= free_bytes:
+        return "model"
+    return "sequential"
+
+
+def cuda_free_bytes(device: str) -> int | None:
+    """Free memory of the CUDA device, None elsewhere."""
+    import torch
+
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free)
+
+
+def place_pipeline(pipe, device: str, offload: str = "none"):
+    """Move ``pipe`` to ``device``, or install diffusers' CPU-offload hooks (``choose_offload``'s answer)."""
+    import torch
+
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=torch.device(device))
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=torch.device(device))
+    elif offload == "none":
+        pipe = pipe.to(device)
+    else:
+        raise UserInputError(f"unknown offload mode {offload!r}; use none, model or sequential")
+    return pipe
+
+
 def load_pipeline(path: Path, ecosystem: str, *, device: str, dtype, skeleton: Path | None,
-                  reference: Path | None = None):
+                  reference: Path | None = None, offload: str = "none"):
     """A ready pipeline on ``device``: a diffusers folder, a single file loaded against ``skeleton``, or a FLUX.1
-    transformer file completed by its ``reference`` model's folder (``flow_files.py``)."""
+    transformer file completed by its ``reference`` model's folder (``flow_files.py``); ``offload``:
+    ``place_pipeline``."""
     cls = pipeline_class(ecosystem)
     path = Path(path)
     extra: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False} if ecosystem == "sd1" else {}
@@ -126,7 +194,7 @@ def load_pipeline(path: Path, ecosystem: str, *, device: str, dtype, skeleton: P
         raise UserInputError(f"cannot load {path}: expected a diffusers folder or a {', '.join(SINGLE_FILE_SUFFIXES)} "
                              "file")
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return place_pipeline(pipe, device, offload)
 
 
 def pipeline_nbytes(pipe) -> int:
@@ -139,14 +207,6 @@ def pipeline_nbytes(pipe) -> int:
             total += sum(t.numel() * t.element_size() for t in comp.parameters())
             total += sum(t.numel() * t.element_size() for t in comp.buffers())
     return total
-
-
-def weights_nbytes(path: Path) -> int:
-    """On-disk size of the weights, the estimate used to make room before loading."""
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.suffix in SINGLE_FILE_SUFFIXES)
 
 
 @dataclass

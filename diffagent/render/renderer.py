@@ -56,6 +56,7 @@ class RenderResult(BaseModel):
     call: ApiCall = Field(description="the call as rendered (embedding tokens added to the prompts)")
     sampler_exact: bool = Field(True, description="False when diffusers has only an approximation of the sampler")
     cache_hit: bool = Field(False, description="the checkpoint was already loaded")
+    offload: str = Field("none", description="CPU offload the checkpoint's pipeline runs with (Settings.offload)")
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per phase")
     preview_png: bytes = Field(b"", exclude=True, repr=False,
                                description="bounded preview: longest side <= 512 px, <= 512 KiB")
@@ -109,6 +110,8 @@ class Renderer:
         budget = cache_bytes if cache_bytes is not None else int(self.settings.pipeline_cache_gb * 2**30)
         self.cache = PipelineCache(budget)
         self._init_lock = threading.Lock()
+        #: weights path -> the offload mode its pipeline was loaded with (``Settings.offload``)
+        self._offload: dict[str, str] = {}
 
     # ------------------------------------------------------------------------------ plumbing
     @property
@@ -117,6 +120,15 @@ class Renderer:
 
         # fp16 halves VRAM and doubles speed on CUDA; CPU kernels are fp32-only in practice
         return torch.float16 if self.device.startswith("cuda") else torch.float32
+
+    def dtype_for(self, ecosystem: str):
+        """``dtype``, except bf16 for FLUX.1 / SD 3 on CUDA: their T5 encoder and transformer overflow fp16 (black
+        or NaN images), and they were trained and released in bf16."""
+        import torch
+
+        if ecosystem in FLOW and self.device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return self.dtype
 
     @property
     def resolver(self) -> Resolver:
@@ -159,12 +171,15 @@ class Renderer:
         return weights
 
     def _load(self, weights: ResolvedWeights, ecosystem: str):
-        from diffagent.render.pipelines import load_pipeline
+        from diffagent.render.pipelines import choose_offload, component_nbytes, cuda_free_bytes, load_pipeline
 
         # FLUX.1 / SD 3 load from folders (a FLUX.1 transformer file with its reference folder): no skeleton to make
         skeleton = None if weights.path.is_dir() or ecosystem in FLOW else self.skeleton(ecosystem)
-        pipe = load_pipeline(weights.path, ecosystem, device=self.device, dtype=self.dtype, skeleton=skeleton,
-                             reference=weights.reference)
+        offload = choose_offload(self.settings.offload, self.device,
+                                 component_nbytes(weights.path, weights.reference), cuda_free_bytes(self.device))
+        pipe = load_pipeline(weights.path, ecosystem, device=self.device, dtype=self.dtype_for(ecosystem),
+                             skeleton=skeleton, reference=weights.reference, offload=offload)
+        self._offload[str(weights.path)] = offload
         return pipe, ecosystem, dict(pipe.scheduler.config)
 
     # -------------------------------------------------------------------------------- render
@@ -204,7 +219,8 @@ class Renderer:
         timings["save"] = time.perf_counter() - t1
         return RenderResult(path=path, width=image.width, height=image.height, seed=call.seed, device=self.device,
                             seconds=time.perf_counter() - t0, parameters=parameters, call=rendered,
-                            sampler_exact=spec.exact, cache_hit=cache_hit, timings=timings, preview_png=preview)
+                            sampler_exact=spec.exact, cache_hit=cache_hit, timings=timings, preview_png=preview,
+                            offload=self._offload.get(str(ckpt.path), "none"))
 
     def _denoise(self, call: ApiCall, ecosystem: str, ckpt: ResolvedWeights, loras, embeddings, vae,
                  prompt: str, negative: str, progress: Progress | None, cancel: threading.Event | None,
@@ -213,7 +229,7 @@ class Renderer:
 
         from diffagent.render.encode import encode
         from diffagent.render.loras import apply_embeddings, apply_loras
-        from diffagent.render.pipelines import weights_nbytes
+        from diffagent.render.pipelines import component_nbytes
         from diffagent.render.vae import apply_vae, load_vae
 
         lock = device_lock(self.device)
@@ -226,10 +242,10 @@ class Renderer:
             if cancel is not None and cancel.is_set():
                 raise RenderCancelled("render cancelled before it started")
             t = time.perf_counter()
-            key = (str(ckpt.path), ecosystem, self.device, str(self.dtype))
+            key = (str(ckpt.path), ecosystem, self.device, str(self.dtype_for(ecosystem)))
             cached = key in self.cache
             entry = self.cache.get_or_load(key, lambda: self._load(ckpt, ecosystem),
-                                           estimate=weights_nbytes(ckpt.path))
+                                           estimate=sum(component_nbytes(ckpt.path, ckpt.reference).values()))
             timings["load"] = time.perf_counter() - t
             t = time.perf_counter()
             apply_loras(entry, [(ref.id, ref.name, w.path, ref.weight) for ref, w in loras])
