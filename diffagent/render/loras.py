@@ -18,6 +18,8 @@ from diffagent.render.pipelines import CachedPipeline
 
 #: cross-attention width -> the base it belongs to, for error messages
 _BASE_BY_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
+_FORMATS = ("diffusers reads kohya/Civitai, ComfyUI, ai-toolkit and diffusers/PEFT LoRA layouts; LyCORIS LoHa/LoKr "
+            "are not supported")
 _DOWN_MARKERS = (".lora_down.weight", ".lora.down.weight", ".lora_A.weight", ".lora_A.default.weight")
 
 
@@ -51,6 +53,35 @@ def check_lora(path: Path, pipe, name: str) -> None:
         raise UserInputError(f"LoRA {name!r} was made for {got} (cross-attention width {width}), but the checkpoint "
                              f"is {want} (width {expected}); "
                              "remove it or choose a LoRA made for the checkpoint's base model")
+
+
+def _bfl_lora_a_names(path: Path) -> bool:
+    """The LoRA names Black Forest Labs' tensors with PEFT's ``lora_A`` / ``lora_B`` and ComfyUI's prefix
+    (``diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight``, what ComfyUI-format exports of SimpleTuner and
+    others write). diffusers reads these names only with kohya's ``lora_down`` / ``lora_up``."""
+    if Path(path).suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+    return any(k.startswith("diffusion_model.") and k.endswith((".lora_A.weight", ".lora_B.weight"))
+               and ("double_blocks." in k or "single_blocks." in k) for k in keys)
+
+
+def lora_source(path: Path, pipe) -> str | dict:
+    """What ``load_lora_weights`` is given for ``path``: the file, or for a FLUX.1 LoRA in Black Forest Labs' names
+    with ``lora_A`` / ``lora_B`` its tensors renamed to kohya's ``lora_down`` / ``lora_up``, which diffusers converts
+    (it already reads kohya's, ComfyUI's kohya-style and ai-toolkit's / diffusers' FLUX.1 LoRAs)."""
+    if type(pipe).__name__ != "FluxPipeline" or not _bfl_lora_a_names(path):
+        return str(path)
+    from safetensors.torch import load_file
+
+    renamed = {}
+    for key, tensor in load_file(str(path)).items():
+        key = key.replace(".lora_A.weight", ".lora_down.weight").replace(".lora_B.weight", ".lora_up.weight")
+        renamed[key] = tensor
+    return renamed
 
 
 @contextmanager
@@ -95,13 +126,16 @@ def apply_loras(entry: CachedPipeline, loras: list[tuple[int, str, Path, float]]
             continue
         try:
             with quiet_load_report():
-                pipe.load_lora_weights(str(path), adapter_name=key)
+                pipe.load_lora_weights(lora_source(path, pipe), adapter_name=key)
         except (ValueError, RuntimeError, KeyError) as e:
             # half-loaded adapters would stay attached to the cached pipeline; take them off again
             if any(key in names for names in pipe.get_list_adapters().values()):
                 pipe.delete_adapters([key])
-            raise UserInputError(f"LoRA {name!r} ({Path(path).name}) could not be loaded: {e}. diffusers reads "
-                                 "kohya/Civitai and diffusers LoRA formats; LyCORIS LoHa/LoKr are not supported") from e
+            raise UserInputError(f"LoRA {name!r} ({Path(path).name}) could not be loaded: {e}. {_FORMATS}") from e
+        if not any(key in names for names in pipe.get_list_adapters().values()):
+            # diffusers only warns when no tensor name matches a module: the render would silently lack the LoRA
+            raise UserInputError(f"LoRA {name!r} ({Path(path).name}) matched no layer of the checkpoint: its tensor "
+                                 f"names are of another model family or an unknown layout. {_FORMATS}")
         entry.loras[key] = Path(path)
     pipe.set_adapters(list(wanted), adapter_weights=[w for _, _, w in wanted.values()])
 

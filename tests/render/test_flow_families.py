@@ -1,6 +1,7 @@
 """FLUX.1 and Stable Diffusion 3 through ``Renderer.render``: tiny random pipelines in diffusers format (CLIP and T5
-encoders built offline), flow-matching samplers, LoRAs in the diffusers/PEFT format, and the calls these families
-refuse (a FLUX.1 negative prompt, embeddings, a standalone VAE, an SD sampler, a single file)."""
+encoders built offline), flow-matching samplers, LoRAs (diffusers/PEFT, and FLUX.1's in every layout they are
+published in), and the calls these families refuse (a FLUX.1 negative prompt, embeddings, a standalone VAE, an SD
+sampler, a single file without its reference)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,14 @@ class FlowModels:
             111: (tm.save_transformer_lora(flux, root / "flux-lora.safetensors"), Family.FLUX, "lora", "flux-lora"),
             112: (tm.save_transformer_lora(sd3, root / "sd3-lora.safetensors", seed=2), Family.SD3, "lora", "sd3-lora"),
         }
+        for vid, (layout, path) in enumerate(tm.save_flux_lora_layouts(flux, root).items(), start=121):
+            self.files[vid] = (path, Family.FLUX, "lora", f"flux-{layout}")
+        from safetensors.torch import save_file
+
+        save_file({"unet.down_blocks.0.attentions.0.to_q.lora_A.weight": tm.torch.zeros(2, 8),
+                   "unet.down_blocks.0.attentions.0.to_q.lora_B.weight": tm.torch.zeros(8, 2)},
+                  str(root / "unet-lora.safetensors"))
+        self.files[125] = (root / "unet-lora.safetensors", Family.FLUX, "lora", "mislabelled-unet-lora")
 
     def ref(self, vid: int) -> ModelRef:
         _, family, _, name = self.files[vid]
@@ -111,6 +120,32 @@ def test_a_transformer_lora_loads_swaps_and_comes_off(flow, renderer, vid, lora)
     assert not np.array_equal(base, pixels(with_lora))
     assert f"<lora:{ref.name}:1>" in with_lora.parameters
     assert np.array_equal(base, pixels(renderer.render(flow.call(vid))))  # unloaded: the checkpoint again
+
+
+def test_flux_loras_in_every_published_layout_render_the_same_update(flow, renderer):
+    """ai-toolkit (diffusers names), kohya, ComfyUI's kohya-style names and ComfyUI names with PEFT's lora_A / lora_B:
+    the same random update in each layout changes the image, and identically."""
+    base = pixels(renderer.render(flow.call(101)))
+    images = {}
+    for vid in (121, 122, 123, 124):
+        ref = LoraRef(**flow.ref(vid).model_dump(), weight=0.8)
+        images[ref.name] = pixels(renderer.render(flow.call(101, loras=[ref])))
+    assert set(images) == {"flux-ai-toolkit", "flux-kohya", "flux-comfyui-kohya", "flux-comfyui-peft"}
+    reference = images["flux-ai-toolkit"]
+    assert np.abs(reference - base).max() > 20
+    for name, image in images.items():
+        assert np.abs(image - reference).max() <= 2, name
+    assert np.array_equal(pixels(renderer.render(flow.call(101))), base)  # and each comes off again
+
+
+def test_a_lora_that_matches_no_layer_is_refused_instead_of_rendering_without_it(flow, renderer):
+    """diffusers only logs a warning when none of a LoRA's tensor names fits the model; the render would look fine and
+    lack the LoRA."""
+    base = pixels(renderer.render(flow.call(101)))
+    ref = LoraRef(**flow.ref(125).model_dump(), weight=1.0)
+    with pytest.raises(UserInputError, match="matched no layer"):
+        renderer.render(flow.call(101, loras=[ref]))
+    assert np.array_equal(pixels(renderer.render(flow.call(101))), base)
 
 
 def test_calls_a_flow_family_cannot_take_are_refused_with_the_fix(flow, renderer):

@@ -447,6 +447,63 @@ def save_transformer_lora(pipe, path: Path, seed: int = 1, rank: int = 4) -> Pat
     return Path(path)
 
 
+#: FLUX.1 double-block modules by their names in Black Forest Labs' layout (kohya / ComfyUI LoRAs) and in diffusers'
+#: (ai-toolkit / PEFT LoRAs); the fused ones (qkv) list their parts in order
+_FLUX_DOUBLE_LORA = {
+    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"), "img_attn.proj": ("attn.to_out.0",),
+    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"), "txt_attn.proj": ("attn.to_add_out",),
+    "img_mlp.0": ("ff.net.0.proj",), "img_mlp.2": ("ff.net.2",), "img_mod.lin": ("norm1.linear",),
+    "txt_mlp.0": ("ff_context.net.0.proj",), "txt_mlp.2": ("ff_context.net.2",),
+    "txt_mod.lin": ("norm1_context.linear",),
+}
+#: single blocks: linear1 (q, k, v and the MLP fused at FLUX.1's 3,072 width, which diffusers' kohya converter
+#: assumes) is left out of the tiny LoRA
+_FLUX_SINGLE_LORA = {"linear2": ("proj_out",), "modulation.lin": ("norm.linear",)}
+
+
+def save_flux_lora_layouts(pipe, root: Path, seed: int = 3, rank: int = 2) -> dict[str, Path]:
+    """One random LoRA over a FLUX.1 transformer's double- and single-block linears, saved in each layout people
+    publish: ``ai-toolkit`` (diffusers names, ``transformer.`` prefix, lora_A / lora_B, every linear as ai-toolkit
+    trains them), ``kohya`` (``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`` with alpha, q / k / v fused:
+    the down matrices stacked, the up matrices block-diagonal), ``comfyui-kohya`` (the same with ComfyUI's
+    ``diffusion_model.`` prefix and dotted names) and ``comfyui-peft`` (those names with lora_A / lora_B). All four
+    are the same weight update, so they must render the same image."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    modules = dict(pipe.transformer.named_modules())
+    layouts: dict[str, dict] = {"ai-toolkit": {}, "kohya": {}, "comfyui-kohya": {}, "comfyui-peft": {}}
+    blocks = [(f"double_blocks.{i}", f"transformer_blocks.{i}", _FLUX_DOUBLE_LORA)
+              for i in range(len(pipe.transformer.transformer_blocks))]
+    blocks += [(f"single_blocks.{i}", f"single_transformer_blocks.{i}", _FLUX_SINGLE_LORA)
+               for i in range(len(pipe.transformer.single_transformer_blocks))]
+    for bfl_block, block, table in blocks:
+        for bfl, parts in table.items():
+            downs, ups = [], []
+            for part in parts:
+                module = modules[f"{block}.{part}"]
+                a = torch.randn(rank, module.in_features, generator=g) * 0.3
+                b = torch.randn(module.out_features, rank, generator=g) * 0.3
+                layouts["ai-toolkit"][f"transformer.{block}.{part}.lora_A.weight"] = a
+                layouts["ai-toolkit"][f"transformer.{block}.{part}.lora_B.weight"] = b
+                downs.append(a)
+                ups.append(b)
+            down, up = torch.cat(downs), torch.block_diag(*ups)
+            alpha = torch.tensor(float(down.shape[0]))  # alpha = rank: scale 1, as the PEFT layout has it
+            for layout, name, (d, u) in (
+                    ("kohya", f"lora_unet_{bfl_block}.{bfl}".replace(".", "_"), ("lora_down", "lora_up")),
+                    ("comfyui-kohya", f"diffusion_model.{bfl_block}.{bfl}", ("lora_down", "lora_up")),
+                    ("comfyui-peft", f"diffusion_model.{bfl_block}.{bfl}", ("lora_A", "lora_B"))):
+                layouts[layout][f"{name}.{d}.weight"] = down
+                layouts[layout][f"{name}.{u}.weight"] = up
+                layouts[layout][f"{name}.alpha"] = alpha
+    paths = {}
+    for layout, tensors in layouts.items():
+        paths[layout] = Path(root) / f"flux-lora-{layout}.safetensors"
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(paths[layout]))
+    return paths
+
+
 def flux_to_original(sd: dict) -> dict:
     """A diffusers ``FluxTransformer2DModel`` state dict in Black Forest Labs' single-file layout (what
     ``render/flow_files.flux_from_original`` reads back): fused qkv, single blocks' fused input, the final norm's
