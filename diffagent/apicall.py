@@ -5,7 +5,8 @@ return it, and ``diffagent render --call call.json`` reads it. Field names follo
 one exists (``prompt``, ``negative_prompt``, ``width``, ``height``), and A1111/Civitai for the rest
 (``sampler``, ``cfg_scale``, ``clip_skip`` in A1111's 1-based convention).
 
-The JSON schema is versioned by ``schema_version``; ``diffagent schema`` prints it.
+The JSON schema is versioned by ``schema_version``; ``diffagent schema`` prints it. Version 2 added ``shift`` (the
+flow-matching schedule of FLUX.1 / SD 3); a version-1 call validates unchanged and renders as before.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from diffagent.families import FLOW, Family, compatible, ecosystem_of
-from diffagent.samplers import A1111_SAMPLERS, canonical_sampler
+from diffagent.samplers import A1111_SAMPLERS, FLUX_SAMPLERS, canonical_sampler
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 MAX_SEED = 2**32 - 1
 #: registry ids are SQLite integers
 MAX_ID = 2**63 - 1
@@ -35,18 +36,18 @@ class ModelRef(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: int = Field(ge=0, le=MAX_ID, description="registry id of the model version")
-    air: str = Field(description="AIR id, e.g. urn:air:sd1:checkpoint:civitai:4384@128713")
+    air: str = Field(description="AIR, e.g. urn:air:sd1:checkpoint:civitai:4384@128713")
     name: str
     family: Family = Field(description="base-model family of the weights")
 
 
 class LoraRef(ModelRef):
     weight: float = Field(1.0, ge=LORA_WEIGHT_MIN, le=LORA_WEIGHT_MAX,
-                          description="LoRA strength, as in <lora:name:weight>")
+                          description="strength, as in <lora:name:weight>")
 
 
 class EmbeddingRef(ModelRef):
-    token: str = Field(description="the word that activates the textual-inversion embedding")
+    token: str = Field(description="word that activates the embedding")
     negative: bool = Field(False, description="used in the negative prompt")
 
 
@@ -54,7 +55,7 @@ class Alternative(BaseModel):
     """A ranked alternative checkpoint the selector considered."""
 
     checkpoint: ModelRef
-    score: float = Field(description="selector score (higher is better); comparable within one call")
+    score: float = Field(description="selector score, higher is better within one call")
 
 
 class ApiCall(BaseModel):
@@ -62,12 +63,11 @@ class ApiCall(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal["1"] = SCHEMA_VERSION
+    schema_version: Literal["1", "2"] = SCHEMA_VERSION
     checkpoint: ModelRef
     loras: list[LoraRef] = Field(default_factory=list, max_length=MAX_LORAS)
     embeddings: list[EmbeddingRef] = Field(default_factory=list, max_length=MAX_EMBEDDINGS)
-    vae: ModelRef | None = Field(None, description="a standalone VAE that decodes instead of the checkpoint's own "
-                                 "(A1111's 'SD VAE'); none keeps the checkpoint's")
+    vae: ModelRef | None = Field(None, description="standalone VAE (A1111's 'SD VAE'); null: the checkpoint's own")
     prompt: str = Field(min_length=1, max_length=8000, description="final prompt, A1111 weighting kept")
     negative_prompt: str = Field("", max_length=8000)
     sampler: str = Field("DPM++ 2M Karras", description="A1111/Civitai sampler name")
@@ -75,8 +75,11 @@ class ApiCall(BaseModel):
     cfg_scale: float = Field(7.0, ge=1.0, le=30.0)
     width: int = Field(512, ge=64, le=2048, multiple_of=8)
     height: int = Field(512, ge=64, le=2048, multiple_of=8)
-    clip_skip: int = Field(1, ge=1, le=12, description="A1111 'Clip skip' (1 = last layer)")
+    clip_skip: int = Field(1, ge=1, le=12, description="A1111 Clip skip (1 = last layer)")
     seed: int = Field(0, ge=0, le=MAX_SEED)
+    # hosts show this schema to their model on every turn: the description stays short (README has the rest)
+    shift: float | None = Field(None, ge=0.1, le=20.0,
+                                description="FLUX.1/SD 3: flow-matching shift; null: model's")
     rationale: str = Field("", max_length=2000)
     alternatives: list[Alternative] = Field(default_factory=list, max_length=MAX_ALTERNATIVES)
 
@@ -101,6 +104,12 @@ class ApiCall(BaseModel):
                     "drop it or pick a checkpoint of the same family"
                 )
         eco = ecosystem_of(self.checkpoint.family)
+        if self.shift is not None and eco not in FLOW:
+            raise ValueError(f"'shift' is a parameter of flow-matching models (FLUX.1, SD 3); the "
+                             f"{self.checkpoint.family.value} checkpoint {self.checkpoint.name!r} samples on a fixed "
+                             "noise schedule: drop 'shift'")
+        if self.shift is not None and self.schema_version == "1":
+            raise ValueError("'shift' came with schema_version 2; set schema_version to \"2\" (or drop 'shift')")
         if eco in FLOW:
             what = {"flux": "FLUX.1", "sd3": "Stable Diffusion 3"}[eco]
             if self.embeddings:
@@ -108,6 +117,9 @@ class ApiCall(BaseModel):
                                  "drop 'embeddings'")
             if self.vae is not None:
                 raise ValueError(f"{what} checkpoints decode with their own VAE; drop 'vae'")
+            if eco == "flux" and self.sampler not in FLUX_SAMPLERS:
+                raise ValueError(f"FLUX.1 renders with sampler {' or '.join(FLUX_SAMPLERS)} (its pipeline sets its own "
+                                 f"noise levels, which the {self.sampler} scheduler does not take); use 'Euler'")
             if eco == "flux" and self.negative_prompt.strip():
                 raise ValueError("FLUX.1 takes no negative prompt (it is guidance-distilled: cfg_scale is its "
                                  "distilled guidance, about 3.5 for [dev]); leave 'negative_prompt' empty")
@@ -120,14 +132,20 @@ class ApiCall(BaseModel):
             tag = f"<lora:{lora.name}:{lora.weight:g}>"
             if tag not in prompt:
                 prompt = f"{prompt}, {tag}"
+        # FLUX.1's guidance is distilled into the model: Forge writes it apart, with the true CFG at 1
+        guidance = f"CFG scale: {self.cfg_scale:g}"
+        if ecosystem_of(self.checkpoint.family) == "flux":
+            guidance = f"CFG scale: 1, Distilled CFG Scale: {self.cfg_scale:g}"
         fields = [
             f"Steps: {self.steps}",
             f"Sampler: {self.sampler}",
-            f"CFG scale: {self.cfg_scale:g}",
+            guidance,
             f"Seed: {self.seed}",
             f"Size: {self.width}x{self.height}",
             f"Model: {self.checkpoint.name}",
         ]
+        if self.shift is not None:
+            fields.append(f"Shift: {self.shift:g}")
         if self.clip_skip > 1:
             fields.append(f"Clip skip: {self.clip_skip}")
         if self.vae is not None:

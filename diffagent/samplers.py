@@ -16,6 +16,13 @@ A1111_SAMPLERS: tuple[str, ...] = (
 
 #: the samplers of flow-matching models (FLUX.1, SD 3), as Forge and ComfyUI name them
 FLOW_SAMPLERS: tuple[str, ...] = ("Euler", "Heun")
+#: FLUX.1's pipeline hands the scheduler its own sigmas, which diffusers' flow-matching Heun does not take
+FLUX_SAMPLERS: tuple[str, ...] = ("Euler",)
+
+
+def flow_samplers(ecosystem: str) -> tuple[str, ...]:
+    """The samplers a FLUX.1 (``flux``) or SD 3 (``sd3``) checkpoint renders with."""
+    return FLUX_SAMPLERS if ecosystem == "flux" else FLOW_SAMPLERS
 
 _BY_KEY = {s.lower().replace(" ", ""): s for s in A1111_SAMPLERS}
 # spellings that occur in real generation metadata

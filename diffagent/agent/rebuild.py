@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from diffagent.apicall import MAX_SEED, ApiCall, EmbeddingRef, LoraRef
 from diffagent.families import FLOW, Family, compatible, ecosystem_of
 from diffagent.registry.info import UsageInfo, VersionInfo
-from diffagent.samplers import FLOW_SAMPLERS, canonical_sampler
+from diffagent.samplers import canonical_sampler, flow_samplers
 
 MIN_IMAGES = 3  # usage statistics from fewer images than this are ignored
 
@@ -102,7 +102,7 @@ def rebuild_parameters(checkpoint: VersionInfo, usage: UsageInfo | None) -> dict
     if not negative:
         negative = PONY_NEGATIVE if checkpoint.family == Family.PONY else d["negative_prompt"]
     if eco in FLOW:
-        sampler = sampler if sampler in FLOW_SAMPLERS else d["sampler"]
+        sampler = sampler if sampler in flow_samplers(eco) else d["sampler"]
         clip = 1
         if eco == "flux":
             negative = ""  # guidance-distilled: no negative prompt (ApiCall refuses one)

@@ -65,6 +65,15 @@ class GenerationParameters(BaseModel):
         return self._get("CFG scale", float)
 
     @property
+    def distilled_cfg_scale(self) -> float | None:
+        """FLUX.1's distilled guidance, as Forge writes it beside ``CFG scale: 1``."""
+        return self._get("Distilled CFG Scale", float)
+
+    @property
+    def shift(self) -> float | None:
+        return self._get("Shift", float)
+
+    @property
     def seed(self) -> int | None:
         return self._get("Seed", int)
 

@@ -254,7 +254,8 @@ class Renderer:
                       lambda path: load_vae(path, None if path.is_dir() else self.skeleton(ecosystem),
                                             name=vae[0].name, device=self.device, dtype=self.dtype))
             pipe = entry.pipe
-            pipe.scheduler = make_scheduler(call.sampler, entry.base_scheduler_config, seed=call.seed)
+            pipe.scheduler = make_scheduler(call.sampler, entry.base_scheduler_config, seed=call.seed,
+                                            shift=call.shift)
             timings["prepare"] = time.perf_counter() - t
 
             def on_step_end(p, step: int, timestep, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -124,7 +124,8 @@ def accepted_options(cls: type) -> set[str]:
     return {p for p in inspect.signature(cls.__init__).parameters if p != "self"}
 
 
-def make_scheduler(name: str, base_config: dict[str, Any], *, seed: int | None = None, **extra: Any):
+def make_scheduler(name: str, base_config: dict[str, Any], *, seed: int | None = None, shift: float | None = None,
+                   **extra: Any):
     """Build the scheduler for ``name`` from a pipeline's own scheduler config.
 
     ``base_config`` carries the checkpoint's noise schedule (betas, prediction type, steps offset); the
@@ -137,6 +138,10 @@ def make_scheduler(name: str, base_config: dict[str, Any], *, seed: int | None =
     accepted = accepted_options(cls)
     if seed is not None and "noise_sampler_seed" in accepted:
         options["noise_sampler_seed"] = seed
+    if shift is not None:  # ApiCall.shift: a fixed shift replaces FLUX.1's resolution-dependent (dynamic) one
+        options["shift"] = shift
+        if "use_dynamic_shifting" in accepted:
+            options["use_dynamic_shifting"] = False
     unknown = sorted(k for k in options if k not in accepted)
     if unknown:
         # diffusers would drop these without a word and render with a different sampler than asked

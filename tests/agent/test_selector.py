@@ -132,7 +132,7 @@ def test_select_cli_json(tiny_registry_path, capsys):
                "--retrieval-only"])
     assert rc == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["schema_version"] == "1" and data["seed"] == 4
+    assert data["schema_version"] == "2" and data["seed"] == 4
     ApiCall.model_validate(data)
 
 

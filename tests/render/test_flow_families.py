@@ -138,6 +138,20 @@ def test_flux_loras_in_every_published_layout_render_the_same_update(flow, rende
     assert np.array_equal(pixels(renderer.render(flow.call(101))), base)  # and each comes off again
 
 
+@pytest.mark.parametrize("vid", [101, 102])
+def test_shift_reschedules_a_flow_model_and_stays_reproducible(flow, renderer, vid):
+    base = pixels(renderer.render(flow.call(vid, steps=4)))
+    shifted = renderer.render(flow.call(vid, steps=4, shift=0.3))
+    scheduler = next(e.pipe.scheduler for e in renderer.cache._entries.values()
+                     if e.key[0] == str(flow.files[vid][0]))
+    assert scheduler.config.shift == 0.3 and not scheduler.config.get("use_dynamic_shifting")
+    assert not np.array_equal(pixels(shifted), base)  # random tiny transformers barely heed the timestep: > 0
+    assert np.array_equal(pixels(renderer.render(flow.call(vid, steps=4, shift=0.3))), pixels(shifted))
+    assert "Shift: 0.3" in shifted.parameters
+    # the next call without a shift gets the model's own schedule back
+    assert np.array_equal(pixels(renderer.render(flow.call(vid, steps=4))), base)
+
+
 def test_a_lora_that_matches_no_layer_is_refused_instead_of_rendering_without_it(flow, renderer):
     """diffusers only logs a warning when none of a LoRA's tensor names fits the model; the render would look fine and
     lack the LoRA."""
@@ -155,8 +169,10 @@ def test_calls_a_flow_family_cannot_take_are_refused_with_the_fix(flow, renderer
         flow.call(101, vae=flow.ref(101))
     with pytest.raises(ValidationError, match="no textual-inversion embeddings"):
         flow.call(102, embeddings=[EmbeddingRef(**flow.ref(112).model_dump(), token="tok")])
+    with pytest.raises(ValidationError, match="FLUX.1 renders with sampler Euler"):
+        flow.call(101, sampler="Heun")  # FluxPipeline sets its own sigmas, which the flow Heun scheduler lacks
     with pytest.raises(UserInputError, match="flow matching: use sampler Euler or Heun"):
-        renderer.render(flow.call(101, sampler="DPM++ 2M Karras"))
+        renderer.render(flow.call(102, sampler="DPM++ 2M Karras"))
     with pytest.raises(UserInputError, match="diffusers format"):
         renderer.render(flow.call(103))
 
