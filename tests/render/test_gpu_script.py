@@ -26,6 +26,28 @@ def test_gpu_render_dry_run(tmp_path, capsys):
     assert "overhead" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_gpu_render_flow_dry_run(tmp_path, capsys):
+    """``--only-flow`` on CPU: FLUX.1 and SD 3 render through the renderer without offload (CPU ignores it), and a
+    transformer LoRA changes the image without reloading the checkpoint."""
+    spec = importlib.util.spec_from_file_location("gpu_render", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "report.json"
+    assert mod.main(["--device", "cpu", "--tiny", "--only-flow", "--repeats", "1", "--steps", "2",
+                     "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert "families" not in report and list(report["flow"]) == ["flux", "sd3"]
+    for res in report["flow"].values():
+        assert res["steps"] == 2 and res["size"] == 64 and res["problems"] == []
+        [mode] = res["modes"]
+        assert mode["mode"] == "none" and mode["offload"] == "none" and mode["peak_warm_gib"] is None
+        assert mode["cold_load_s"] > 0 and mode["denoise_s"] > 0 and mode["total_s"] > 0
+        assert res["lora"]["changed_image"] and res["lora"]["checkpoint_reloads"] == 0
+    text = capsys.readouterr().out
+    assert "lora on flux (offload none): changed the image" in text and "sd3: 64 px" in text
+
+
 def test_refuses_cuda_without_a_gpu(capsys):
     import torch
 
