@@ -49,6 +49,12 @@ BASE_CONSTRAINTS: dict[str, set[str] | None] = {"any": None, "sd15": {"sd1"}, "s
 
 #: ComfyUI's prefix on a checkpoint's denoiser tensors
 COMFY_PREFIX = "model.diffusion_model."
+#: the curated registry models (slugs) whose diffusers folders complete a FLUX.1 / SD 3 transformer file (its text
+#: encoders, tokenizers and VAE); which one a file needs is read from its tensors (``render/flow_files.reference_slug``)
+FLOW_REFERENCES: dict[str, dict[str, str]] = {
+    "flux": {"dev": "flux1-dev", "schnell": "flux1-schnell"},
+    "sd3": {"medium": "sd35-medium", "large": "sd35-large"},
+}
 #: transformer block names that only FLUX.1 / SD 3 weights carry (Black Forest Labs', Stability AI's, and diffusers'
 #: name for FLUX.1's single blocks)
 _FLOW_BLOCKS = (("flux", "double.blocks."), ("flux", "single.transformer.blocks."), ("sd3", "joint.blocks."))

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from diffagent.errors import UserInputError
-from diffagent.families import FLOW, ecosystem_of, family_of
+from diffagent.families import FLOW, FLOW_REFERENCES, ecosystem_of, family_of
 from diffagent.registry.kinds import validate as validate_kinds
 from diffagent.registry.records import FileRecord, ModelRecord, VersionRecord
 from diffagent.registry.schema import synthetic_id
@@ -206,10 +206,17 @@ class Entry(_Strict):
             raise ValueError("an embedding needs its prompt token in trigger_words")
         if self.recommended.weight is not None and self.type not in ("lora", "locon"):
             raise ValueError("recommended.weight is a LoRA strength; only lora/locon entries take it")
-        if ecosystem_of(family_of(self.base_model)) in FLOW and (self.type != "checkpoint"
-                                                                 or self.weights.format != "Diffusers"):
-            raise ValueError("FLUX.1 and SD 3.5 entries are checkpoints in diffusers format (the renderer loads "
-                             "their folders only); give format 'Diffusers' and the Hugging Face repo")
+        eco = ecosystem_of(family_of(self.base_model))
+        if eco in FLOW:
+            if self.type in ("embedding", "vae"):
+                raise ValueError(f"FLUX.1 and SD 3.5 take no {self.type}s (their text encoders and VAE are their own)")
+            references = set(FLOW_REFERENCES[eco].values())
+            if self.slug in references and self.weights.format != "Diffusers":
+                raise ValueError(f"{self.slug} is the reference model whose folder completes {eco} transformer files "
+                                 "(encoders, VAE): give format 'Diffusers' and the Hugging Face repo")
+            if self.type == "checkpoint" and self.weights.format not in ("Diffusers", "SafeTensor"):
+                raise ValueError("a FLUX.1 / SD 3.5 checkpoint is a diffusers folder (format 'Diffusers') or a "
+                                 ".safetensors transformer file (format 'SafeTensor')")
         return self
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import Connection, text
 
-from diffagent.families import FLOW, ecosystem_of
+from diffagent.families import FLOW, FLOW_REFERENCES, ecosystem_of
 from diffagent.registry.embeddings import Embedder
 from diffagent.registry.kinds import NOT_STANDALONE
 from diffagent.registry.scan import WEIGHT_SUFFIXES
@@ -24,17 +24,34 @@ log = logging.getLogger(__name__)
 _SINGLE_FILES = (*WEIGHT_SUFFIXES, ".gguf")
 
 
-def _renders(r) -> bool:
+def _is_folder(r) -> bool:
+    """The version's weights are a diffusers folder: a Hugging Face repo without a file, or a local folder."""
+    local_folder = bool(r.local_path) and not r.local_path.lower().endswith(_SINGLE_FILES)
+    return bool(r.hf_repo and not r.hf_file) or local_folder
+
+
+def _renders(r, references: frozenset[str] = frozenset()) -> bool:
     """Selection may offer this version: its weights are known, it renders alone (no refiner or inpainting model),
-    and a FLUX.1 / SD 3 checkpoint is a diffusers folder (a Hugging Face repo without a file, or a local folder; their
-    transformer files render only with a reference folder, which selection does not check; their LoRAs are single
-    files, as for every family)."""
+    and a FLUX.1 / SD 3 checkpoint is a diffusers folder, or a ``.safetensors`` transformer file of a family in
+    ``references``, the families whose every reference folder the registry holds (which one a file needs is read from
+    its tensors when it renders, so all must be there). GGUF transformers do not load. LoRAs are single files in every
+    family."""
     if not r.has_weights or set(json.loads(r.kinds or "[]")) & NOT_STANDALONE:
         return False
-    if r.type == "checkpoint" and ecosystem_of(r.family) in FLOW:
-        local_folder = bool(r.local_path) and not r.local_path.lower().endswith(_SINGLE_FILES)
-        return bool(r.hf_repo and not r.hf_file) or local_folder
+    eco = ecosystem_of(r.family)
+    if r.type == "checkpoint" and eco in FLOW:
+        if _is_folder(r):
+            return True
+        name = r.local_path or r.hf_file or r.file_name or ""
+        return eco in references and name.lower().endswith(".safetensors")
     return True
+
+
+def _flow_references_held(rows) -> frozenset[str]:
+    """The flow families (``flux``, ``sd3``) whose every reference model (``FLOW_REFERENCES``) is a folder here."""
+    folders = {r.slug for r in rows
+               if r.type == "checkpoint" and ecosystem_of(r.family) in FLOW and r.has_weights and _is_folder(r)}
+    return frozenset(eco for eco, refs in FLOW_REFERENCES.items() if set(refs.values()) <= folders)
 
 
 _ROWS_SQL = (
@@ -43,7 +60,9 @@ _ROWS_SQL = (
     " (v.hf_repo IS NOT NULL OR v.download_url IS NOT NULL OR v.local_path IS NOT NULL OR EXISTS"
     "  (SELECT 1 FROM model_file f WHERE f.version_id = v.id AND f.download_url IS NOT NULL))"
     " AS has_weights, v.local_path IS NOT NULL AS local, v.local_path AS local_path, v.hf_repo AS hf_repo,"
-    " v.hf_file AS hf_file"
+    " v.hf_file AS hf_file, m.slug AS slug,"
+    " (SELECT f.name FROM model_file f WHERE f.version_id = v.id AND f.kind IN ('Model', 'Pruned Model')"
+    "  ORDER BY f.id LIMIT 1) AS file_name"
     " FROM model_version v JOIN model m ON m.id = v.model_id"
     " LEFT JOIN model_kind k ON k.version_id = v.id"
     " WHERE m.type IN ('checkpoint','lora','locon','embedding','vae') ORDER BY v.id"
@@ -88,6 +107,7 @@ class SearchIndex:
         """Read the columns and the vectors of ``embedder``'s space (vectors of another model are skipped with a
         warning: their rows would rank noise); ``where`` names the database in that warning."""
         rows = conn.execute(text(_ROWS_SQL)).all()
+        references = _flow_references_held(rows)
         ids = np.array([r.id for r in rows], dtype=np.int64)
         pos = {int(v): i for i, v in enumerate(ids)}
         downloads = np.array([max(r.downloads or 0, 0) for r in rows], dtype=np.int64)
@@ -125,7 +145,7 @@ class SearchIndex:
             nsfw=np.array([bool(r.nsfw) for r in rows]), downloads=np.maximum(downloads, model_dl),
             prior=prior, vec=vec, pvec=pvec, has_pvec=has_p, pos=pos,
             local=np.array([bool(r.local) for r in rows], dtype=bool),
-            renderable=np.array([_renders(r) for r in rows], dtype=bool),
+            renderable=np.array([_renders(r, references) for r in rows], dtype=bool),
         )
 
     def mask(self, types, base, min_downloads, allow_nsfw) -> np.ndarray:

@@ -15,11 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffagent.errors import UserInputError
-from diffagent.families import COMFY_PREFIX, flow_family_of_keys
+from diffagent.families import COMFY_PREFIX, FLOW_REFERENCES, flow_family_of_keys
 
-#: the reference model (a curated registry slug) whose folder completes a FLUX.1 transformer file
-FLUX_REFERENCES = {True: "flux1-dev", False: "flux1-schnell"}
-SD3_REFERENCES = {True: "sd35-medium", False: "sd35-large"}
+#: the reference model whose folder completes a FLUX.1 transformer file, by "has the guidance embedder"
+FLUX_REFERENCES = {True: FLOW_REFERENCES["flux"]["dev"], False: FLOW_REFERENCES["flux"]["schnell"]}
+#: ... and an SD 3 one, by "has MMDiT-X's second attention"
+SD3_REFERENCES = {True: FLOW_REFERENCES["sd3"]["medium"], False: FLOW_REFERENCES["sd3"]["large"]}
 
 
 def reference_slug(path: Path) -> str:

@@ -1,10 +1,11 @@
 """FLUX.1 and SD 3.5 in selection: the curated diffusers-format entries are offered for base "flux" / "sd3", for
 "any" only where ``large_families`` allows, never for "sd15" / "sdxl"; their calls carry the family's settings
 (flow-matching Euler, no FLUX.1 negative prompt, the card's steps) and validate. A single-file FLUX.1 / SD 3 version
-is never offered: the renderer loads these families from folders only."""
+(a fine-tune's transformer) is offered only where the registry holds every reference folder that could complete it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -86,8 +87,84 @@ def test_unknown_base_names_the_choices():
     ("flux", None, None, None, False),  # a Civitai download (single file) only
     ("sdxl", "someone/xl", "model.safetensors", None, True),  # SD families load single files
 ])
-def test_only_flow_folders_count_as_renderable(family, hf_repo, hf_file, local_path, renders):
+def test_without_reference_folders_only_flow_folders_count_as_renderable(family, hf_repo, hf_file, local_path,
+                                                                          renders):
     row = SimpleNamespace(has_weights=True, kinds="[]", family=family, hf_repo=hf_repo, hf_file=hf_file,
-                          local_path=local_path, type="checkpoint")
+                          local_path=local_path, type="checkpoint", file_name=None)
     assert _renders(row) is renders
     assert _renders(SimpleNamespace(**{**vars(row), "type": "lora"}))  # LoRAs are single files in every family
+
+
+@pytest.mark.parametrize(("family", "hf_file", "local_path", "file_name", "references", "renders"), [
+    ("flux", "finetune.safetensors", None, None, {"flux"}, True),
+    ("flux", "finetune.safetensors", None, None, {"sd3"}, False),  # FLUX.1's references are not all here
+    ("sd3", None, "/models/sd35_finetune.safetensors", None, {"flux", "sd3"}, True),
+    ("flux", "finetune-Q8_0.gguf", None, None, {"flux"}, False),  # GGUF transformers do not load
+    ("flux", None, None, "civitai-finetune.safetensors", {"flux"}, True),  # a Civitai download, by its file's name
+    ("flux", None, None, None, {"flux"}, False),  # a download of unknown kind
+])
+def test_a_flow_transformer_file_counts_where_its_references_are_held(family, hf_file, local_path, file_name,
+                                                                      references, renders):
+    row = SimpleNamespace(has_weights=True, kinds="[]", family=family, hf_repo="someone/x" if hf_file else None,
+                          hf_file=hf_file, local_path=local_path, type="checkpoint", file_name=file_name)
+    assert _renders(row, frozenset(references)) is renders
+
+
+FINETUNE = """
+[[model]]
+slug = "pixelwave-flux"
+name = "PixelWave FLUX.1 fine-tune"
+version = "03"
+type = "checkpoint"
+base_model = "Flux.1 D"
+creator = "someone"
+tags = ["pixel art", "retro", "game sprite"]
+kinds = ["pixel"]
+description = "A FLUX.1 [dev] fine-tune for pixel art: retro game sprites, isometric pixel scenes, 16-bit palettes."
+license = "flux-1-dev-non-commercial-license"
+downloads = 50_000
+[model.weights]
+hf_repo = "someone/pixelwave-flux"
+hf_file = "pixelwave_flux1_dev_03.safetensors"
+format = "SafeTensor"
+[model.recommended]
+sampler = "Euler"
+steps = 28
+cfg_scale = 3.5
+width = 1024
+height = 1024
+"""
+
+
+def flow_source(tmp_path, slugs: set[str]) -> Path:
+    """A registry source with the curated entries ``slugs`` of default_models.toml and the fine-tune above."""
+    from diffagent.registry.default import SOURCE
+
+    text = SOURCE.read_text()
+    blocks = text.split("[[model]]")
+    kept = [b for b in blocks[1:] if any(f'slug = "{slug}"' in b for slug in slugs)]
+    assert len(kept) == len(slugs)
+    path = tmp_path / "flow.toml"
+    path.write_text("".join("[[model]]" + b for b in kept) + FINETUNE)
+    return path
+
+
+@pytest.mark.parametrize(("references", "offered"), [
+    ({"flux1-dev", "flux1-schnell"}, True),
+    ({"flux1-dev"}, False),  # a file without the guidance embedder would need [schnell], which is not here
+])
+def test_a_flux_fine_tune_file_is_selected_only_with_its_reference_folders(tmp_path, references, offered):
+    from diffagent.registry.default import build_default
+
+    db = tmp_path / "flow.db"
+    build_default(db, source=flow_source(tmp_path, references))
+    reg = Registry.open(db)
+    try:
+        call = selector(reg).select("pixel art of a knight, retro game sprite, 16-bit palette",
+                                    SelectOptions(base="flux", seed=1))
+        assert call.checkpoint.name.startswith("PixelWave FLUX.1 fine-tune") is offered
+        assert call.checkpoint.family == "flux" and call.sampler == "Euler"
+        if offered:  # the renderer's resolver finds the reference the file names by its tensors
+            assert reg.version_by_slug("flux1-dev") is not None and reg.version_by_slug("flux1-schnell") is not None
+    finally:
+        reg.close()

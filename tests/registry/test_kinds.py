@@ -124,8 +124,9 @@ def test_migration_backfills_labels_of_an_older_registry(tmp_path):
     assert labelled == n_versions > 0
 
 
-def test_a_flow_family_entry_must_be_a_diffusers_folder(tmp_path):
-    """FLUX.1 / SD 3.5 load from folders only, so a curated single file of theirs is refused with the fix."""
+def test_a_flow_reference_entry_must_be_a_diffusers_folder(tmp_path):
+    """The FLUX.1 / SD 3.5 reference models complete transformer files with their folders' encoders and VAE, so a
+    curated single file of theirs is refused with the fix (a fine-tune may be a .safetensors transformer file)."""
     from diffagent.errors import UserInputError
     from diffagent.registry.default_source import DEFAULT_PATH, load_default_source
 
@@ -135,5 +136,5 @@ def test_a_flow_family_entry_must_be_a_diffusers_folder(tmp_path):
     bad = tmp_path / "m.toml"
     bad.write_text(text.replace(old, 'hf_repo = "black-forest-labs/FLUX.1-schnell"\nhf_file = "flux1-schnell'
                                      '.safetensors"\nformat = "SafeTensor"'))
-    with pytest.raises(UserInputError, match="flux1-schnell.*diffusers format"):
+    with pytest.raises(UserInputError, match="flux1-schnell is the reference model.*'Diffusers'"):
         load_default_source(bad)
