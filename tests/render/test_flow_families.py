@@ -25,8 +25,9 @@ class FlowModels:
         (root / "flux-transformer.safetensors").write_bytes(b"")
         single = tm.save_flux_single_file(flux, root / "flux1-tiny.safetensors", prefix="model.diffusion_model.")
         broken = tm.save_flux_single_file(flux, root / "flux1-broken.safetensors", drop=("final_layer.linear.bias",))
+        fp8 = tm.save_flux_single_file(flux, root / "flux1-fp8.safetensors", dtype=tm.torch.float8_e4m3fn)
         sd3_single = tm.save_sd3_single_file(sd3, root / "sd35-tiny.safetensors")
-        self.references = {104: root / "flux", 105: root / "flux", 106: root / "sd3"}
+        self.references = {104: root / "flux", 105: root / "flux", 106: root / "sd3", 107: root / "flux"}
         self.files = {
             101: (root / "flux", Family.FLUX, "diffusers", "tiny-flux"),
             102: (root / "sd3", Family.SD3, "diffusers", "tiny-sd3"),
@@ -34,6 +35,7 @@ class FlowModels:
             104: (single, Family.FLUX, "checkpoint", "flux-single-file"),
             105: (broken, Family.FLUX, "checkpoint", "flux-broken-file"),
             106: (sd3_single, Family.SD3, "checkpoint", "sd3-single-file"),
+            107: (fp8, Family.FLUX, "checkpoint", "flux-fp8-file"),
             111: (tm.save_transformer_lora(flux, root / "flux-lora.safetensors"), Family.FLUX, "lora", "flux-lora"),
             112: (tm.save_transformer_lora(sd3, root / "sd3-lora.safetensors", seed=2), Family.SD3, "lora", "sd3-lora"),
         }
@@ -185,6 +187,15 @@ def test_a_flux_transformer_file_renders_with_its_reference_folder(flow, rendere
     assert np.array_equal(folder, pixels(single)) and "Model: flux-single-file" in single.parameters
     with pytest.raises(UserInputError, match="final_layer.linear.bias|proj_out.bias"):
         renderer.render(flow.call(105))
+
+
+def test_an_fp8_flux_file_renders_close_to_its_full_precision_weights(flow, renderer):
+    """Most FLUX.1 fine-tunes are shared in float8 (e4m3fn): the weights are upcast to the render dtype on load, so the
+    image is the folder's up to fp8 rounding."""
+    folder = pixels(renderer.render(flow.call(101)))
+    fp8 = pixels(renderer.render(flow.call(107)))
+    assert not np.array_equal(folder, fp8)  # really quantised
+    assert np.abs(folder - fp8).mean() < 8
 
 
 def test_the_registry_resolver_finds_a_flux_files_reference(tmp_path, flow):

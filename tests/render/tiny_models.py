@@ -554,13 +554,14 @@ def flux_to_original(sd: dict) -> dict:
     return out
 
 
-def save_flux_single_file(pipe, path: Path, prefix: str = "", drop: tuple[str, ...] = ()) -> Path:
+def save_flux_single_file(pipe, path: Path, prefix: str = "", drop: tuple[str, ...] = (), dtype=None) -> Path:
     """The pipeline's transformer alone, as Black Forest Labs publish ``flux1-dev.safetensors`` (``prefix``:
-    ComfyUI's ``model.diffusion_model.``; ``drop``: keys to leave out, for a broken file)."""
+    ComfyUI's ``model.diffusion_model.``; ``drop``: keys to leave out, for a broken file; ``dtype``: e.g.
+    ``torch.float8_e4m3fn``, as most fine-tunes are shared)."""
     from safetensors.torch import save_file
 
-    state = {prefix + k: v.contiguous() for k, v in flux_to_original(pipe.transformer.state_dict()).items()
-             if k not in drop}
+    state = {prefix + k: (v if dtype is None else v.to(dtype)).contiguous()
+             for k, v in flux_to_original(pipe.transformer.state_dict()).items() if k not in drop}
     save_file(state, str(path))
     return Path(path)
 
