@@ -73,6 +73,17 @@ class Settings(BaseSettings):
         "offload: FLUX.1 [dev] in about 24 GB instead of 34); 'sequential' streams weights layer by layer (slowest, "
         "a few GB); 'auto' picks the first that fits the GPU's free memory. Ignored on CPU")
     allow_downloads: bool = Field(True, description="fetch weights from HF/Civitai when not cached")
+    render_backend: Literal["local", "ray"] = Field(
+        "local", description="'local': this process renders (one device, one job at a time); 'ray': Ray Serve "
+        "replicas render (render/ray_serve.py, docs/operations.md; the 'ray' extra)")
+    ray_address: str | None = Field(None, description="Ray cluster to join ('auto', 'ray://host:10001'); none "
+                                    "starts a Ray instance inside this process")
+    ray_replicas: int = Field(1, ge=1, description="render replicas (the autoscaling minimum)")
+    ray_max_replicas: int = Field(1, ge=1, description="autoscaling maximum (above ray_replicas: Serve scales on "
+                                  "queued renders)")
+    ray_cpus_per_replica: float = Field(1.0, ge=0, description="CPUs Ray reserves for each replica")
+    ray_gpus_per_replica: float = Field(0.0, ge=0, description="GPUs Ray reserves for each replica (1 on a GPU "
+                                        "cluster; a fraction shares one)")
     civitai_api_key: str | None = Field(
         None, validation_alias=AliasChoices("DIFFAGENT_CIVITAI_API_KEY", "CIVITAI_API_KEY")
     )

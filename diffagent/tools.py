@@ -47,9 +47,18 @@ class Runtime:
 
     @cached_property
     def renderer(self):
-        from diffagent.render.renderer import Renderer
-
+        """The local ``Renderer``, or with ``render_backend = "ray"`` the Ray Serve client (same ``render``)."""
         with self._lock:
+            if self.settings.render_backend == "ray":
+                try:
+                    from diffagent.render.ray_serve import RayRenderer
+                except ImportError as e:
+                    from diffagent.errors import MissingDependency
+
+                    raise MissingDependency("ray[serve]", "ray") from e
+                return RayRenderer(self.settings)
+            from diffagent.render.renderer import Renderer
+
             return Renderer(self.settings, registry=self.registry)
 
     @cached_property

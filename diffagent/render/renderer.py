@@ -57,6 +57,7 @@ class RenderResult(BaseModel):
     sampler_exact: bool = Field(True, description="False when diffusers has only an approximation of the sampler")
     cache_hit: bool = Field(False, description="the checkpoint was already loaded")
     offload: str = Field("none", description="CPU offload the checkpoint's pipeline runs with (Settings.offload)")
+    worker: str = Field("local", description="where it ran: 'local', or 'ray:<node>:<pid>' for a Ray Serve replica")
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per phase")
     preview_png: bytes = Field(b"", exclude=True, repr=False,
                                description="bounded preview: longest side <= 512 px, <= 512 KiB")

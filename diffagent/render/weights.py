@@ -121,6 +121,21 @@ class Resolver(Protocol):
     def __call__(self, ref: ModelRef) -> ResolvedWeights: ...
 
 
+class TableResolver:
+    """Resolves from a fixed table of version id -> ``ResolvedWeights``: a render service pinned to a few local
+    models, benchmarks, and tests. Plain data, so it pickles to Ray Serve replicas (``render/ray_serve.py``)."""
+
+    def __init__(self, table: dict[int, ResolvedWeights]):
+        self.table = dict(table)
+
+    def __call__(self, ref: ModelRef) -> ResolvedWeights:
+        try:
+            return self.table[ref.id]
+        except KeyError:
+            raise NotFoundError(f"no weights for {ref.name!r} (version {ref.id}) in this renderer's table; known "
+                                f"versions: {sorted(self.table)[:20]}") from None
+
+
 def sha256_file(path: Path, chunk: int = _CHUNK) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

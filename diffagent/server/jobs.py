@@ -68,19 +68,22 @@ class Job:
 
 
 class JobManager:
-    """A FIFO of render jobs run one at a time by a single worker thread (the GPU lock)."""
+    """A FIFO of render jobs run by ``workers`` threads: one for a local renderer (the GPU runs one denoising
+    loop at a time), one per render replica for Ray Serve (``Settings.render_backend``)."""
 
-    def __init__(self, *, max_pending: int = 8, ttl_s: float = 3600.0, error_text: Callable[[BaseException], str]):
+    def __init__(self, *, max_pending: int = 8, ttl_s: float = 3600.0, error_text: Callable[[BaseException], str],
+                 workers: int = 1):
         """``error_text`` turns a failed job's exception into the message a caller sees (it decides
         what may be shown: user-fixable errors verbatim, anything else masked)."""
         self.max_pending = max_pending
+        self.workers = max(int(workers), 1)
         self.ttl_s = ttl_s
         self._error_text = error_text
         self._jobs: dict[str, Job] = {}
         self._work: dict[str, Work] = {}
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._lock = threading.Lock()
-        self._worker: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._closed = False
 
     # --- submitting and looking up -----------------------------------------------------------
@@ -98,9 +101,11 @@ class JobManager:
             job = Job(id=uuid.uuid4().hex)
             self._jobs[job.id] = job
             self._work[job.id] = work
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._run, name="diffagent-render", daemon=True)
-                self._worker.start()
+            if not self._threads:
+                self._threads = [threading.Thread(target=self._run, name=f"diffagent-render-{i}", daemon=True)
+                                 for i in range(self.workers)]
+                for thread in self._threads:
+                    thread.start()
         self._queue.put(job.id)
         return job
 
@@ -135,9 +140,10 @@ class JobManager:
         for job in jobs:
             if not job.finished_state:
                 self.cancel(job.id)
-        self._queue.put(None)
-        if self._worker is not None:
-            self._worker.join(timeout)
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
 
     # --- the worker ---------------------------------------------------------------------------
     def _run(self) -> None:

@@ -132,7 +132,9 @@ def create_server(
 
     @asynccontextmanager
     async def lifespan(_server: MCPServer[ServerState]) -> AsyncIterator[ServerState]:
-        jobs = JobManager(max_pending=max_pending, ttl_s=job_ttl_s, error_text=caller_message)
+        # a local renderer runs one job at a time; Ray Serve replicas each run theirs
+        workers = settings.ray_max_replicas if settings.render_backend == "ray" else 1
+        jobs = JobManager(max_pending=max_pending, ttl_s=job_ttl_s, error_text=caller_message, workers=workers)
         try:
             yield ServerState(runtime=runtime, jobs=jobs)
         finally:
