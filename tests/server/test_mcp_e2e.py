@@ -123,3 +123,35 @@ def test_malformed_lines_over_stdio_get_json_rpc_errors(world_settings):
     assert sorted(r["error"]["code"] for r in nulls) == [-32700, -32600]
     assert by_id[9]["result"] == {}  # still serving
     assert stderr.count("malformed message on stdin") == 3
+
+
+async def test_render_image_runs_on_a_ray_serve_replica_with_progress(world_settings):
+    """``DIFFAGENT_RENDER_BACKEND=ray``: the same tool call, rendered by a Serve replica that resolves the weights from
+    the registry itself; progress reaches the MCP client step by step."""
+    pytest.importorskip("ray.serve", reason="the Ray Serve backend needs the 'ray' extra")
+    import ray
+    from ray import serve
+
+    settings = world_settings.model_copy(update={"render_backend": "ray", "ray_cpus_per_replica": 0.5})
+    runtime = Runtime(settings)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _node_ip_address="127.0.0.1")
+    try:
+        server = create_server(settings, runtime=runtime)
+        async with Client(server) as client:
+            sel = await client.call_tool("select_t2i_api", {"prompt": "a photo of a cat", "options": {"seed": 5}})
+            call = ApiCall.model_validate(sel.structured_content)
+            call = call.model_copy(update={"steps": 3, "width": 64, "height": 64})
+            seen = []
+
+            async def on_progress(progress, total, message):
+                seen.append((progress, total))
+
+            r = await client.call_tool("render_image", {"call": call.model_dump(mode="json")},
+                                       progress_callback=on_progress)
+            assert not r.is_error, r.content
+            assert Path(r.structured_content["result"]["path"]).is_file() and seen == [(1, 3), (2, 3), (3, 3)]
+        assert type(runtime.renderer).__name__ == "RayRenderer"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
