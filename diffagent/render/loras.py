@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from diffagent.errors import UserInputError
+from diffagent.render.lora_layouts import lora_source
 from diffagent.render.pipelines import CachedPipeline
 
 #: cross-attention width -> the base it belongs to, for error messages
@@ -53,35 +54,6 @@ def check_lora(path: Path, pipe, name: str) -> None:
         raise UserInputError(f"LoRA {name!r} was made for {got} (cross-attention width {width}), but the checkpoint "
                              f"is {want} (width {expected}); "
                              "remove it or choose a LoRA made for the checkpoint's base model")
-
-
-def _bfl_lora_a_names(path: Path) -> bool:
-    """The LoRA names Black Forest Labs' tensors with PEFT's ``lora_A`` / ``lora_B`` and ComfyUI's prefix
-    (``diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight``, what ComfyUI-format exports of SimpleTuner and
-    others write). diffusers reads these names only with kohya's ``lora_down`` / ``lora_up``."""
-    if Path(path).suffix != ".safetensors":
-        return False
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        keys = list(f.keys())
-    return any(k.startswith("diffusion_model.") and k.endswith((".lora_A.weight", ".lora_B.weight"))
-               and ("double_blocks." in k or "single_blocks." in k) for k in keys)
-
-
-def lora_source(path: Path, pipe) -> str | dict:
-    """What ``load_lora_weights`` is given for ``path``: the file, or for a FLUX.1 LoRA in Black Forest Labs' names
-    with ``lora_A`` / ``lora_B`` its tensors renamed to kohya's ``lora_down`` / ``lora_up``, which diffusers converts
-    (it already reads kohya's, ComfyUI's kohya-style and ai-toolkit's / diffusers' FLUX.1 LoRAs)."""
-    if type(pipe).__name__ != "FluxPipeline" or not _bfl_lora_a_names(path):
-        return str(path)
-    from safetensors.torch import load_file
-
-    renamed = {}
-    for key, tensor in load_file(str(path)).items():
-        key = key.replace(".lora_A.weight", ".lora_down.weight").replace(".lora_B.weight", ".lora_up.weight")
-        renamed[key] = tensor
-    return renamed
 
 
 @contextmanager

@@ -41,6 +41,8 @@ class FlowModels:
         }
         for vid, (layout, path) in enumerate(tm.save_flux_lora_layouts(flux, root).items(), start=121):
             self.files[vid] = (path, Family.FLUX, "lora", f"flux-{layout}")
+        for vid, (layout, path) in enumerate(tm.save_sd3_lora_layouts(sd3, root).items(), start=131):
+            self.files[vid] = (path, Family.SD3, "lora", f"sd3-{layout}")
         from safetensors.torch import save_file
 
         save_file({"unet.down_blocks.0.attentions.0.to_q.lora_A.weight": tm.torch.zeros(2, 8),
@@ -154,6 +156,20 @@ def test_shift_reschedules_a_flow_model_and_stays_reproducible(flow, renderer, v
     assert np.array_equal(pixels(renderer.render(flow.call(vid, steps=4))), base)
 
 
+def test_sd3_loras_in_every_published_layout_render_the_same_update(flow, renderer):
+    """diffusers reads only PEFT-named SD 3 LoRAs; kohya's and ComfyUI's (Stability AI's module names, fused qkv) are
+    converted (render/lora_layouts.py): the same random update in each layout changes the image, and identically."""
+    base = pixels(renderer.render(flow.call(102)))
+    images = {}
+    for vid in (131, 132, 133, 134):
+        ref = LoraRef(**flow.ref(vid).model_dump(), weight=0.8)
+        images[ref.name] = pixels(renderer.render(flow.call(102, loras=[ref])))
+    reference = images["sd3-peft"]
+    assert np.abs(reference - base).max() > 20
+    for name, image in images.items():
+        assert np.abs(image - reference).max() <= 2, name
+
+
 def test_a_lora_that_matches_no_layer_is_refused_instead_of_rendering_without_it(flow, renderer):
     """diffusers only logs a warning when none of a LoRA's tensor names fits the model; the render would look fine and
     lack the LoRA."""
@@ -227,3 +243,34 @@ def test_an_sd3_transformer_file_renders_with_its_reference_folder(flow, rendere
     folder = pixels(renderer.render(flow.call(102, cfg_scale=5.0, negative_prompt="blurry")))
     single = pixels(renderer.render(flow.call(106, cfg_scale=5.0, negative_prompt="blurry")))
     assert np.array_equal(folder, single)
+
+
+def test_sd3_lora_conversion_agrees_with_diffusers_checkpoint_converter(tmp_path):
+    """Each converted layer's update B @ A equals what diffusers' own SD 3 checkpoint converter makes of the same
+    update added to the Stability AI-layout weights (fused qkv split, the last block's context modulation swapped
+    from (shift, scale)), so the LoRA converter cannot share a mistake with the test's layouts."""
+    import torch
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+
+    from diffagent.render.lora_layouts import sd3_from_original
+
+    pipe = tm.build_sd3(tmp_path / "sd3")
+    original = tm.sd3_to_original(pipe.transformer.state_dict())
+    g = torch.Generator().manual_seed(0)
+    lora, changed = {}, dict(original)
+    for name in ("joint_blocks.0.x_block.attn.qkv", "joint_blocks.0.context_block.attn.qkv",
+                 "joint_blocks.0.context_block.adaLN_modulation.1", "joint_blocks.0.x_block.mlp.fc1"):
+        w = original[f"{name}.weight"]
+        down, up = torch.randn(3, w.shape[1], generator=g), torch.randn(w.shape[0], 3, generator=g)
+        lora |= {f"diffusion_model.{name}.lora_down.weight": down, f"diffusion_model.{name}.lora_up.weight": up,
+                 f"diffusion_model.{name}.alpha": torch.tensor(1.5)}
+        changed[f"{name}.weight"] = w + 0.5 * up @ down  # alpha / rank = 0.5
+    before = convert_sd3_transformer_checkpoint_to_diffusers(dict(original))
+    after = convert_sd3_transformer_checkpoint_to_diffusers(changed)
+    converted = sd3_from_original(lora, last_block=0)
+    targets = {k.removeprefix("transformer.").removesuffix(".lora_A.weight") for k in converted if "lora_A" in k}
+    assert len(targets) == 8  # q, k, v twice, the context modulation, fc1
+    for module in targets:
+        delta = converted[f"transformer.{module}.lora_B.weight"] @ converted[f"transformer.{module}.lora_A.weight"]
+        expected = after[f"{module}.weight"] - before[f"{module}.weight"]
+        assert torch.allclose(delta, expected, atol=1e-5), module

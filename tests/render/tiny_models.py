@@ -504,6 +504,60 @@ def save_flux_lora_layouts(pipe, root: Path, seed: int = 3, rank: int = 2) -> di
     return paths
 
 
+#: SD 3 joint-block modules in Stability AI's names -> diffusers' (fused qkv lists its parts in order)
+_SD3_LORA = {
+    "x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"), "x_block.attn.proj": ("attn.to_out.0",),
+    "x_block.mlp.fc1": ("ff.net.0.proj",), "x_block.mlp.fc2": ("ff.net.2",),
+    "x_block.adaLN_modulation.1": ("norm1.linear",),
+    "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "context_block.adaLN_modulation.1": ("norm1_context.linear",),
+}
+
+
+def save_sd3_lora_layouts(pipe, root: Path, seed: int = 4, rank: int = 2) -> dict[str, Path]:
+    """One random LoRA over an SD 3 transformer's joint blocks in the layouts people publish: ``peft`` (diffusers
+    names, ``transformer.`` prefix), ``kohya`` (``lora_unet_joint_blocks_0_x_block_attn_qkv``, alpha; q / k / v fused
+    as stacked down and block-diagonal up matrices), ``comfyui-kohya`` (``diffusion_model.joint_blocks.0...`` with
+    lora_down / lora_up) and ``comfyui-peft`` (those names with lora_A / lora_B). In Stability AI's layout the last
+    block's context modulation is (shift, scale), in diffusers' (scale, shift): its up matrix is written swapped."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    modules = dict(pipe.transformer.named_modules())
+    blocks = pipe.transformer.transformer_blocks
+    layouts: dict[str, dict] = {"peft": {}, "kohya": {}, "comfyui-kohya": {}, "comfyui-peft": {}}
+    for i in range(len(blocks)):
+        for bfl, parts in _SD3_LORA.items():
+            if not all(f"transformer_blocks.{i}.{part}" in modules for part in parts):
+                continue
+            downs, ups = [], []
+            for part in parts:
+                module = modules[f"transformer_blocks.{i}.{part}"]
+                a = torch.randn(rank, module.in_features, generator=g) * 0.3
+                b = torch.randn(module.out_features, rank, generator=g) * 0.3
+                layouts["peft"][f"transformer.transformer_blocks.{i}.{part}.lora_A.weight"] = a
+                layouts["peft"][f"transformer.transformer_blocks.{i}.{part}.lora_B.weight"] = b
+                downs.append(a)
+                ups.append(b)
+            down, up = torch.cat(downs), torch.block_diag(*ups)
+            if bfl == "context_block.adaLN_modulation.1" and i == len(blocks) - 1:
+                scale_rows, shift = up.chunk(2, dim=0)
+                up = torch.cat([shift, scale_rows], dim=0)
+            alpha = torch.tensor(float(down.shape[0]))
+            for layout, name, (d, u) in (
+                    ("kohya", f"lora_unet_joint_blocks_{i}_{bfl.replace('.', '_')}", ("lora_down", "lora_up")),
+                    ("comfyui-kohya", f"diffusion_model.joint_blocks.{i}.{bfl}", ("lora_down", "lora_up")),
+                    ("comfyui-peft", f"diffusion_model.joint_blocks.{i}.{bfl}", ("lora_A", "lora_B"))):
+                layouts[layout][f"{name}.{d}.weight"] = down
+                layouts[layout][f"{name}.{u}.weight"] = up
+                layouts[layout][f"{name}.alpha"] = alpha
+    paths = {}
+    for layout, tensors in layouts.items():
+        paths[layout] = Path(root) / f"sd3-lora-{layout}.safetensors"
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(paths[layout]))
+    return paths
+
+
 def flux_to_original(sd: dict) -> dict:
     """A diffusers ``FluxTransformer2DModel`` state dict in Black Forest Labs' single-file layout (what
     ``render/flow_files.flux_from_original`` reads back): fused qkv, single blocks' fused input, the final norm's
