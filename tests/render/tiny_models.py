@@ -468,40 +468,12 @@ def save_flux_lora_layouts(pipe, root: Path, seed: int = 3, rank: int = 2) -> di
     the down matrices stacked, the up matrices block-diagonal), ``comfyui-kohya`` (the same with ComfyUI's
     ``diffusion_model.`` prefix and dotted names) and ``comfyui-peft`` (those names with lora_A / lora_B). All four
     are the same weight update, so they must render the same image."""
-    from safetensors.torch import save_file
-
-    g = torch.Generator().manual_seed(seed)
-    modules = dict(pipe.transformer.named_modules())
-    layouts: dict[str, dict] = {"ai-toolkit": {}, "kohya": {}, "comfyui-kohya": {}, "comfyui-peft": {}}
-    blocks = [(f"double_blocks.{i}", f"transformer_blocks.{i}", _FLUX_DOUBLE_LORA)
-              for i in range(len(pipe.transformer.transformer_blocks))]
-    blocks += [(f"single_blocks.{i}", f"single_transformer_blocks.{i}", _FLUX_SINGLE_LORA)
-               for i in range(len(pipe.transformer.single_transformer_blocks))]
-    for bfl_block, block, table in blocks:
-        for bfl, parts in table.items():
-            downs, ups = [], []
-            for part in parts:
-                module = modules[f"{block}.{part}"]
-                a = torch.randn(rank, module.in_features, generator=g) * 0.3
-                b = torch.randn(module.out_features, rank, generator=g) * 0.3
-                layouts["ai-toolkit"][f"transformer.{block}.{part}.lora_A.weight"] = a
-                layouts["ai-toolkit"][f"transformer.{block}.{part}.lora_B.weight"] = b
-                downs.append(a)
-                ups.append(b)
-            down, up = torch.cat(downs), torch.block_diag(*ups)
-            alpha = torch.tensor(float(down.shape[0]))  # alpha = rank: scale 1, as the PEFT layout has it
-            for layout, name, (d, u) in (
-                    ("kohya", f"lora_unet_{bfl_block}.{bfl}".replace(".", "_"), ("lora_down", "lora_up")),
-                    ("comfyui-kohya", f"diffusion_model.{bfl_block}.{bfl}", ("lora_down", "lora_up")),
-                    ("comfyui-peft", f"diffusion_model.{bfl_block}.{bfl}", ("lora_A", "lora_B"))):
-                layouts[layout][f"{name}.{d}.weight"] = down
-                layouts[layout][f"{name}.{u}.weight"] = up
-                layouts[layout][f"{name}.alpha"] = alpha
-    paths = {}
-    for layout, tensors in layouts.items():
-        paths[layout] = Path(root) / f"flux-lora-{layout}.safetensors"
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(paths[layout]))
-    return paths
+    layers = [(f"double_blocks.{i}.{bfl}", f"transformer_blocks.{i}", parts, False)
+              for i in range(len(pipe.transformer.transformer_blocks)) for bfl, parts in _FLUX_DOUBLE_LORA.items()]
+    layers += [(f"single_blocks.{i}.{bfl}", f"single_transformer_blocks.{i}", parts, False)
+               for i in range(len(pipe.transformer.single_transformer_blocks))
+               for bfl, parts in _FLUX_SINGLE_LORA.items()]
+    return _save_lora_layouts(pipe, Path(root) / "flux-lora", layers, "ai-toolkit", seed, rank)
 
 
 #: SD 3 joint-block modules in Stability AI's names -> diffusers' (fused qkv lists its parts in order)
@@ -520,41 +492,48 @@ def save_sd3_lora_layouts(pipe, root: Path, seed: int = 4, rank: int = 2) -> dic
     as stacked down and block-diagonal up matrices), ``comfyui-kohya`` (``diffusion_model.joint_blocks.0...`` with
     lora_down / lora_up) and ``comfyui-peft`` (those names with lora_A / lora_B). In Stability AI's layout the last
     block's context modulation is (shift, scale), in diffusers' (scale, shift): its up matrix is written swapped."""
+    blocks = pipe.transformer.transformer_blocks
+    modules = dict(pipe.transformer.named_modules())
+    layers = [(f"joint_blocks.{i}.{bfl}", f"transformer_blocks.{i}", parts,
+               bfl == "context_block.adaLN_modulation.1" and i == len(blocks) - 1)
+              for i in range(len(blocks)) for bfl, parts in _SD3_LORA.items()
+              if all(f"transformer_blocks.{i}.{part}" in modules for part in parts)]
+    return _save_lora_layouts(pipe, Path(root) / "sd3-lora", layers, "peft", seed, rank)
+
+
+def _save_lora_layouts(pipe, stem: Path, layers, diffusers_layout: str, seed: int, rank: int) -> dict[str, Path]:
+    """``layers``: (the module's name in its makers' layout, its diffusers block, the diffusers modules it fuses, swap
+    the halves of its output: (shift, scale) there, (scale, shift) in diffusers). Files ``<stem>-<layout>``."""
     from safetensors.torch import save_file
 
     g = torch.Generator().manual_seed(seed)
     modules = dict(pipe.transformer.named_modules())
-    blocks = pipe.transformer.transformer_blocks
-    layouts: dict[str, dict] = {"peft": {}, "kohya": {}, "comfyui-kohya": {}, "comfyui-peft": {}}
-    for i in range(len(blocks)):
-        for bfl, parts in _SD3_LORA.items():
-            if not all(f"transformer_blocks.{i}.{part}" in modules for part in parts):
-                continue
-            downs, ups = [], []
-            for part in parts:
-                module = modules[f"transformer_blocks.{i}.{part}"]
-                a = torch.randn(rank, module.in_features, generator=g) * 0.3
-                b = torch.randn(module.out_features, rank, generator=g) * 0.3
-                layouts["peft"][f"transformer.transformer_blocks.{i}.{part}.lora_A.weight"] = a
-                layouts["peft"][f"transformer.transformer_blocks.{i}.{part}.lora_B.weight"] = b
-                downs.append(a)
-                ups.append(b)
-            down, up = torch.cat(downs), torch.block_diag(*ups)
-            if bfl == "context_block.adaLN_modulation.1" and i == len(blocks) - 1:
-                scale_rows, shift = up.chunk(2, dim=0)
-                up = torch.cat([shift, scale_rows], dim=0)
-            alpha = torch.tensor(float(down.shape[0]))
-            for layout, name, (d, u) in (
-                    ("kohya", f"lora_unet_joint_blocks_{i}_{bfl.replace('.', '_')}", ("lora_down", "lora_up")),
-                    ("comfyui-kohya", f"diffusion_model.joint_blocks.{i}.{bfl}", ("lora_down", "lora_up")),
-                    ("comfyui-peft", f"diffusion_model.joint_blocks.{i}.{bfl}", ("lora_A", "lora_B"))):
-                layouts[layout][f"{name}.{d}.weight"] = down
-                layouts[layout][f"{name}.{u}.weight"] = up
-                layouts[layout][f"{name}.alpha"] = alpha
+    layouts: dict[str, dict] = {diffusers_layout: {}, "kohya": {}, "comfyui-kohya": {}, "comfyui-peft": {}}
+    for original, block, parts, swap in layers:
+        downs, ups = [], []
+        for part in parts:
+            module = modules[f"{block}.{part}"]
+            a = torch.randn(rank, module.in_features, generator=g) * 0.3
+            b = torch.randn(module.out_features, rank, generator=g) * 0.3
+            layouts[diffusers_layout][f"transformer.{block}.{part}.lora_A.weight"] = a
+            layouts[diffusers_layout][f"transformer.{block}.{part}.lora_B.weight"] = b
+            downs.append(a)
+            ups.append(b)
+        down, up = torch.cat(downs), torch.block_diag(*ups)
+        if swap:
+            scale_rows, shift = up.chunk(2, dim=0)
+            up = torch.cat([shift, scale_rows], dim=0)
+        alpha = torch.tensor(float(down.shape[0]))  # alpha = rank: scale 1, as the PEFT layout has it
+        for layout, name, (d, u) in (("kohya", "lora_unet_" + original.replace(".", "_"), ("lora_down", "lora_up")),
+                                     ("comfyui-kohya", f"diffusion_model.{original}", ("lora_down", "lora_up")),
+                                     ("comfyui-peft", f"diffusion_model.{original}", ("lora_A", "lora_B"))):
+            layouts[layout][f"{name}.{d}.weight"] = down
+            layouts[layout][f"{name}.{u}.weight"] = up
+            layouts[layout][f"{name}.alpha"] = alpha
     paths = {}
     for layout, tensors in layouts.items():
-        paths[layout] = Path(root) / f"sd3-lora-{layout}.safetensors"
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(paths[layout]))
+        paths[layout] = stem.with_name(f"{stem.name}-{layout}.safetensors")
+        save_file({key: v.contiguous() for key, v in tensors.items()}, str(paths[layout]))
     return paths
 
 

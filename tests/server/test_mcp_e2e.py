@@ -21,23 +21,27 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
 REPO = Path(__file__).resolve().parents[2]
 
 
+async def select_and_render(client, *, seed: int):
+    """Select for "a photo of a cat", render it small (3 steps, 64 px): (the call, the tool result, the progress)."""
+    sel = await client.call_tool("select_t2i_api", {"prompt": "a photo of a cat", "options": {"seed": seed}})
+    assert not sel.is_error, sel.content
+    call = ApiCall.model_validate(sel.structured_content).model_copy(update={"steps": 3, "width": 64, "height": 64})
+    seen = []
+
+    async def on_progress(progress, total, message):
+        seen.append((progress, total))
+
+    r = await client.call_tool("render_image", {"call": call.model_dump(mode="json")}, progress_callback=on_progress)
+    assert not r.is_error, r.content
+    return call, r, seen
+
+
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_select_render_cancel_with_the_real_pieces(world_settings, mode):
     server = create_server(world_settings, runtime=Runtime(world_settings))
     async with Client(server, mode=mode) as client:
-        sel = await client.call_tool("select_t2i_api", {"prompt": "a photo of a cat", "options": {"seed": 11}})
-        assert not sel.is_error, sel.content
-        call = ApiCall.model_validate(sel.structured_content)
+        call, r, seen = await select_and_render(client, seed=11)
         assert call.checkpoint.id == 9001
-        call = call.model_copy(update={"steps": 3, "width": 64, "height": 64})
-        seen = []
-
-        async def on_progress(progress, total, message):
-            seen.append((progress, total))
-
-        r = await client.call_tool("render_image", {"call": call.model_dump(mode="json")},
-                                   progress_callback=on_progress)
-        assert not r.is_error, r.content
         out = r.structured_content["result"]
         assert Path(out["path"]).is_file() and out["seed"] == 11 and "Steps: 3" in out["parameters"]
         assert seen == [(1, 3), (2, 3), (3, 3)]
@@ -139,17 +143,7 @@ async def test_render_image_runs_on_a_ray_serve_replica_with_progress(world_sett
     try:
         server = create_server(settings, runtime=runtime)
         async with Client(server) as client:
-            sel = await client.call_tool("select_t2i_api", {"prompt": "a photo of a cat", "options": {"seed": 5}})
-            call = ApiCall.model_validate(sel.structured_content)
-            call = call.model_copy(update={"steps": 3, "width": 64, "height": 64})
-            seen = []
-
-            async def on_progress(progress, total, message):
-                seen.append((progress, total))
-
-            r = await client.call_tool("render_image", {"call": call.model_dump(mode="json")},
-                                       progress_callback=on_progress)
-            assert not r.is_error, r.content
+            _, r, seen = await select_and_render(client, seed=5)
             assert Path(r.structured_content["result"]["path"]).is_file() and seen == [(1, 3), (2, 3), (3, 3)]
         assert type(runtime.renderer).__name__ == "RayRenderer"
     finally:
