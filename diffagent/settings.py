@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     civitai_base_url: str = "https://civitai.com"
 
     # --- server ------------------------------------------------------------------------------
+    job_table: Path | None = Field(None, description="a SQLite file of render jobs shared by the MCP fronts on one "
+                                   "machine, so any of them answers get_render / cancel_render for a job another "
+                                   "took (server/job_store.py); none keeps each front's jobs in memory")
     http_token: str | None = Field(None, description="bearer token required by --http on non-loopback binds")
 
     @property

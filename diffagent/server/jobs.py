@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from diffagent.errors import NotFoundError, UserInputError
+from diffagent.server.job_store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class Job:
     done_event: threading.Event = field(default_factory=threading.Event)
     #: every step reported so far, so a waiter can relay each one even if it polls slowly
     events: list[ProgressEvent] = field(default_factory=list)
+    #: a snapshot of a job another front runs, read from the shared job table (``job_store.py``)
+    remote: bool = False
 
     @property
     def step(self) -> int:
@@ -72,11 +75,14 @@ class JobManager:
     loop at a time), one per render replica for Ray Serve (``Settings.render_backend``)."""
 
     def __init__(self, *, max_pending: int = 8, ttl_s: float = 3600.0, error_text: Callable[[BaseException], str],
-                 workers: int = 1):
+                 workers: int = 1, store: JobStore | None = None, encode: Callable[[Any], str] = str,
+                 decode: Callable[[str], Any] = str):
         """``error_text`` turns a failed job's exception into the message a caller sees (it decides
-        what may be shown: user-fixable errors verbatim, anything else masked)."""
+        what may be shown: user-fixable errors verbatim, anything else masked). ``store``: the job table shared
+        with other fronts, where results go as ``encode(result)`` and come back as ``decode(text)``."""
         self.max_pending = max_pending
         self.workers = max(int(workers), 1)
+        self.store, self._encode, self._decode = store, encode, decode
         self.ttl_s = ttl_s
         self._error_text = error_text
         self._jobs: dict[str, Job] = {}
@@ -106,6 +112,8 @@ class JobManager:
                                  for i in range(self.workers)]
                 for thread in self._threads:
                     thread.start()
+        if self.store is not None:
+            self.store.add(job.id)
         self._queue.put(job.id)
         return job
 
@@ -113,6 +121,8 @@ class JobManager:
         with self._lock:
             self._purge_expired()
             job = self._jobs.get(job_id)
+        if job is None and self.store is not None:
+            job = self._remote(job_id)
         if job is None:
             raise NotFoundError(
                 f"unknown or expired job id {job_id!r} (finished jobs are kept {self.ttl_s / 60:g} minutes); "
@@ -122,6 +132,10 @@ class JobManager:
 
     def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
+        if job.remote:  # another front runs it: it stops at its next step there
+            if not job.finished_state:
+                self.store.request_cancel(job_id)
+            return job
         job.cancel_event.set()
         with self._lock:
             if job.state == "queued":  # never started: finish it here, the worker will skip it
@@ -155,8 +169,17 @@ class JobManager:
                     continue
                 job.state = "running"
 
+            if self.store is not None:
+                self.store.set_state(job.id, "running")
+
             def progress(step: int, total: int, _job: Job = job) -> None:
                 _job.events.append(ProgressEvent(int(step), int(total)))
+                if self.store is not None:
+                    try:
+                        if self.store.progress(_job.id, int(step), int(total)):
+                            _job.cancel_event.set()  # cancelled through another front
+                    except Exception:  # noqa: BLE001 - a busy shared table must not fail the render
+                        log.warning("could not record job %s's progress in the shared job table", _job.id)
 
             try:
                 result = work(progress, job.cancel_event)
@@ -181,9 +204,31 @@ class JobManager:
         job.state, job.result, job.error = state, result, error
         job.finished = time.monotonic()
         self._work.pop(job.id, None)
+        if self.store is not None:
+            try:
+                self.store.set_state(job.id, state, error=error,
+                                     result=self._encode(result) if state == "done" else None)
+            except Exception:  # noqa: BLE001 - the local job is finished either way; other fronts see it stale
+                log.exception("could not record job %s in the shared job table", job.id)
         job.done_event.set()
 
+    def _remote(self, job_id: str) -> Job | None:
+        """A snapshot of a job another front took, from the shared table (None: no such job there either)."""
+        row = self.store.get(job_id)
+        if row is None:
+            return None
+        job = Job(id=row.id, state=row.state, error=row.error, remote=True,
+                  events=[ProgressEvent(row.step, row.total)] if row.total else [])
+        if row.state == "done" and row.result is not None:
+            job.result = self._decode(row.result)
+        if job.finished_state:
+            job.finished = time.monotonic()
+            job.done_event.set()
+        return job
+
     def _purge_expired(self) -> None:
+        if self.store is not None:
+            self.store.purge(self.ttl_s)
         now = time.monotonic()
         for job_id in [j.id for j in self._jobs.values() if j.finished and now - j.finished > self.ttl_s]:
             del self._jobs[job_id]

@@ -18,6 +18,7 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal
 
 import anyio
@@ -47,6 +48,7 @@ from diffagent.apicall import MAX_ID, ApiCall
 from diffagent.errors import DiffAgentError, NotFoundError
 from diffagent.prompttext import has_visible_text
 from diffagent.registry.info import VersionInfo
+from diffagent.server.job_store import JobStore
 from diffagent.server.jobs import Job, JobManager
 from diffagent.settings import Settings, get_settings
 from diffagent.tools import ModelSummary, RenderOutput, Runtime
@@ -134,7 +136,9 @@ def create_server(
     async def lifespan(_server: MCPServer[ServerState]) -> AsyncIterator[ServerState]:
         # a local renderer runs one job at a time; Ray Serve replicas each run theirs
         workers = settings.ray_max_replicas if settings.render_backend == "ray" else 1
-        jobs = JobManager(max_pending=max_pending, ttl_s=job_ttl_s, error_text=caller_message, workers=workers)
+        store = JobStore(settings.job_table) if settings.job_table else None
+        jobs = JobManager(max_pending=max_pending, ttl_s=job_ttl_s, error_text=caller_message, workers=workers,
+                          store=store, encode=lambda out: out.model_dump_json(), decode=render_output_from_json)
         try:
             yield ServerState(runtime=runtime, jobs=jobs)
         finally:
@@ -198,7 +202,7 @@ def create_server(
             job = st.jobs.submit(work)
         if wait:
             # The caller has no job id until we return, so if it gives up, the render stops.
-            await follow(ctx, job, render_wait_s, cancel_on_abort=True, jobs=st.jobs)
+            job = await follow(ctx, job, render_wait_s, cancel_on_abort=True, jobs=st.jobs)
         return status_result(job, st.jobs)
 
     @mcp.tool(annotations=read_only)
@@ -211,7 +215,7 @@ def create_server(
         st = state(ctx)
         with caller_errors():
             job = st.jobs.get(job_id)
-        await follow(ctx, job, wait_s, cancel_on_abort=False, jobs=st.jobs)
+        job = await follow(ctx, job, wait_s, cancel_on_abort=False, jobs=st.jobs)
         return status_result(job, st.jobs)
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True,
@@ -224,6 +228,8 @@ def create_server(
         with anyio.move_on_after(10):  # a running render stops at its next step
             while not job.finished_state:
                 await anyio.sleep(POLL_S)
+                if job.remote:  # another front runs it: read its row again
+                    job = await anyio.to_thread.run_sync(st.jobs.get, job.id)
         return status_result(job, st.jobs)
 
     # --- resources and the workflow prompt ---------------------------------------------------
@@ -267,13 +273,20 @@ def create_server(
 
 
 async def follow(ctx: Context[ServerState], job: Job, wait_s: float, *, cancel_on_abort: bool,
-                 jobs: JobManager) -> None:
+                 jobs: JobManager) -> Job:
     """Wait up to ``wait_s`` for ``job`` to finish, relaying every denoising step as progress (from the
-    latest one: a later ``get_render`` need not replay steps an earlier call already reported)."""
+    latest one: a later ``get_render`` need not replay steps an earlier call already reported). A job another front
+    runs is read again from the shared job table each poll; the job as last seen is returned."""
     sent = max(0, len(job.events) - 1)
+    last = (0, 0)
 
     async def relay() -> None:
-        nonlocal sent
+        nonlocal sent, last
+        if job.remote:  # a snapshot holds only the latest step
+            if job.events and (job.step, job.total) != last:
+                last = (job.step, job.total)
+                await ctx.report_progress(job.step, job.total, f"step {job.step}/{job.total}")
+            return
         events = job.events[sent:]
         sent += len(events)
         for ev in events:
@@ -284,11 +297,24 @@ async def follow(ctx: Context[ServerState], job: Job, wait_s: float, *, cancel_o
             while not job.finished_state:
                 await relay()
                 await anyio.sleep(POLL_S)
+                if job.remote:
+                    job = await anyio.to_thread.run_sync(jobs.get, job.id)
         await relay()
     except anyio.get_cancelled_exc_class():
         if cancel_on_abort and not job.finished_state:
             jobs.cancel(job.id)
         raise
+    return job
+
+
+def render_output_from_json(text: str) -> RenderOutput:
+    """A result another front recorded in the shared job table; its preview is rebuilt from the PNG (the fronts share
+    the output folder)."""
+    out = RenderOutput.model_validate_json(text)
+    path = Path(out.path)
+    if path.is_file():
+        out = out.model_copy(update={"preview_png": tools.bounded_preview(path.read_bytes())})
+    return out
 
 
 def status_result(job: Job, jobs: JobManager) -> CallToolResult:
