@@ -86,7 +86,7 @@ def cmd_cards(args, settings: Settings) -> int:
     work = args.work_dir or settings.data_dir / "training" / "cards"
     out = args.out or work / "card_encoder.npz"
     cfg = CardsConfig(steps=args.steps, batch_size=args.batch_size, per_page=args.per_page, seed=args.seed or 0,
-                      device=args.device, pages=args.pages)
+                      device=args.device, pages=args.pages, max_length=args.max_length)
     meta = train_cards(registry, args.pairs, out, work_dir=work, cfg=cfg, eval_limit=args.eval_limit,
                        progress=not args.quiet)
     print(results_table(meta))
@@ -178,6 +178,8 @@ def register(subparsers) -> None:
                    help="train pages used (one half: the encoder behind the ranker's card feature, see train ranker)")
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=64,
+                   help="prompt tokens seen in training (requests are encoded with the embedder's 128)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     p.add_argument("--eval-limit", type=int, default=2000, help="val/test pairs for the report")
     p.add_argument("--seed", type=int, default=None)

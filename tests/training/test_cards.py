@@ -167,3 +167,25 @@ def test_the_best_matching_cards_join_the_rankers_pool(tiny_registry):
     # without a card encoder there is no card pool
     assert len(first_stage(tiny_registry, "a watercolor fox", base=None, limit=1,
                            weights=RetrievalWeights(card_pool=3))) == 1
+
+
+def test_the_cli_passes_the_training_prompt_length(tiny_registry_path, tmp_path, monkeypatch, capsys):
+    """``--max-length`` sets the prompt tokens seen in training (64 by default; requests are encoded with 128)."""
+    import diffagent.training.cards as cards_module
+    from diffagent.cli import main
+
+    seen = {}
+
+    def fake_train(registry, pairs, out, *, work_dir, cfg, eval_limit, progress):
+        seen["cfg"] = cfg
+        return {"results": {}, "seconds": 0.0, "final_loss": None}
+
+    monkeypatch.setattr(cards_module, "train_cards", fake_train)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("")
+    assert main(["train", "cards", "--registry", str(tiny_registry_path), "--pairs", str(pairs),
+                 "--work-dir", str(tmp_path), "--max-length", "128", "--quiet"]) == 0
+    assert seen["cfg"].max_length == 128
+    assert main(["train", "cards", "--registry", str(tiny_registry_path), "--pairs", str(pairs),
+                 "--work-dir", str(tmp_path), "--quiet"]) == 0
+    assert seen["cfg"].max_length == 64
