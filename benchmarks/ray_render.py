@@ -19,7 +19,6 @@ bound of what a real model (seconds a render) sees.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -31,14 +30,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def tiny_models():
-    spec = importlib.util.spec_from_file_location("tiny_models", ROOT / "tests" / "render" / "tiny_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.quiet_diffusers()
-    return module
+from real_size import tiny_models  # noqa: E402  (the render tests' tiny model builders, loaded by path)
 
 
 def build(root: Path):
