@@ -90,9 +90,10 @@ class Settings(BaseSettings):
     civitai_base_url: str = "https://civitai.com"
 
     # --- server ------------------------------------------------------------------------------
-    job_table: Path | None = Field(None, description="a SQLite file of render jobs shared by the MCP fronts on one "
-                                   "machine, so any of them answers get_render / cancel_render for a job another "
-                                   "took (server/job_store.py); none keeps each front's jobs in memory")
+    job_table: str | None = Field(None, description="render jobs shared by several MCP fronts, so any of them answers "
+                                  "get_render / cancel_render for a job another took (server/job_store.py): a SQLite "
+                                  "file (fronts on one machine) or a postgresql:// URL (on several); none keeps each "
+                                  "front's jobs in memory")
     http_token: str | None = Field(None, description="bearer token required by --http on non-loopback binds")
 
     @property

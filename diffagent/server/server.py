@@ -48,7 +48,7 @@ from diffagent.apicall import MAX_ID, ApiCall
 from diffagent.errors import DiffAgentError, NotFoundError
 from diffagent.prompttext import has_visible_text
 from diffagent.registry.info import VersionInfo
-from diffagent.server.job_store import JobStore
+from diffagent.server.job_store import open_job_store
 from diffagent.server.jobs import Job, JobManager
 from diffagent.settings import Settings, get_settings
 from diffagent.tools import ModelSummary, RenderOutput, Runtime
@@ -136,7 +136,7 @@ def create_server(
     async def lifespan(_server: MCPServer[ServerState]) -> AsyncIterator[ServerState]:
         # a local renderer runs one job at a time; Ray Serve replicas each run theirs
         workers = settings.ray_max_replicas if settings.render_backend == "ray" else 1
-        store = JobStore(settings.job_table) if settings.job_table else None
+        store = open_job_store(settings.job_table) if settings.job_table else None
         jobs = JobManager(max_pending=max_pending, ttl_s=job_ttl_s, error_text=caller_message, workers=workers,
                           store=store, encode=lambda out: out.model_dump_json(), decode=render_output_from_json)
         try:

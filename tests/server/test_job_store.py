@@ -1,5 +1,5 @@
 """The render-job table shared by several MCP fronts (``DIFFAGENT_JOB_TABLE``): a job taken by one front can be
-followed, fetched and cancelled through another."""
+followed, fetched and cancelled through another; every test runs on a SQLite file and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from mcp import Client
 
 from diffagent.errors import NotFoundError
 from diffagent.server import create_server
-from diffagent.server.job_store import JobStore
+from diffagent.server.job_store import open_job_store
 from diffagent.server.jobs import JobCancelled, JobManager
 
 
@@ -30,11 +30,20 @@ def slow_work(steps: int, step_s: float, started: threading.Event | None = None)
     return work
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def table(request, tmp_path):
+    """Where the shared job table lives: a SQLite file, or a database of a throwaway PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return str(tmp_path / "jobs.db")
+    url = request.getfixturevalue("postgres_url")
+    open_job_store(url)._exec("DELETE FROM render_job")  # one cluster serves the session
+    return url
+
+
 @pytest.fixture
-def fronts(tmp_path):
-    store_path = tmp_path / "jobs.db"
-    a = JobManager(error_text=str, store=JobStore(store_path), encode=str, decode=lambda s: f"decoded: {s}")
-    b = JobManager(error_text=str, store=JobStore(store_path), encode=str, decode=lambda s: f"decoded: {s}")
+def fronts(table):
+    a = JobManager(error_text=str, store=open_job_store(table), encode=str, decode=lambda s: f"decoded: {s}")
+    b = JobManager(error_text=str, store=open_job_store(table), encode=str, decode=lambda s: f"decoded: {s}")
     yield a, b
     a.close()
     b.close()
@@ -62,10 +71,9 @@ def test_a_cancel_through_another_front_stops_the_job_where_it_runs(fronts):
     assert b.get(job.id).state == "cancelled"
 
 
-def test_unknown_and_expired_ids_are_refused_by_every_front(tmp_path):
-    store_path = tmp_path / "jobs.db"
-    a = JobManager(error_text=str, store=JobStore(store_path), ttl_s=0.2)
-    b = JobManager(error_text=str, store=JobStore(store_path), ttl_s=0.2)
+def test_unknown_and_expired_ids_are_refused_by_every_front(table):
+    a = JobManager(error_text=str, store=open_job_store(table), ttl_s=0.2)
+    b = JobManager(error_text=str, store=open_job_store(table), ttl_s=0.2)
     try:
         with pytest.raises(NotFoundError, match="unknown or expired job id"):
             b.get("no-such-job")
@@ -91,9 +99,9 @@ def test_a_failed_job_reads_the_same_through_another_front(fronts):
 
 
 @pytest.mark.anyio
-async def test_get_render_and_cancel_render_through_a_second_mcp_front(settings, runtime, renderer, tmp_path):
+async def test_get_render_and_cancel_render_through_a_second_mcp_front(settings, runtime, renderer, table):
     """Two servers over one job table and one output folder, as two fronts behind a load balancer."""
-    shared = settings.model_copy(update={"job_table": tmp_path / "jobs.db"})
+    shared = settings.model_copy(update={"job_table": table})
     renderer.step_s = 0.02
     front_a, front_b = create_server(shared, runtime=runtime), create_server(shared, runtime=runtime)
     async with Client(front_a) as a, Client(front_b) as b:
