@@ -82,8 +82,8 @@ class Settings(BaseSettings):
     ray_max_replicas: int = Field(1, ge=1, description="autoscaling maximum (above ray_replicas: Serve scales on "
                                   "queued renders)")
     ray_cpus_per_replica: float = Field(1.0, ge=0, description="CPUs Ray reserves for each replica")
-    ray_gpus_per_replica: float = Field(0.0, ge=0, description="GPUs Ray reserves for each replica (1 on a GPU "
-                                        "cluster; a fraction shares one)")
+    ray_gpus_per_replica: float | None = Field(None, ge=0, description="GPUs Ray reserves for each replica; none: "
+                                               "1 where the cluster has GPUs, else 0 (a fraction shares one)")
     civitai_api_key: str | None = Field(
         None, validation_alias=AliasChoices("DIFFAGENT_CIVITAI_API_KEY", "CIVITAI_API_KEY")
     )

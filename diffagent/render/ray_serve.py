@@ -88,6 +88,14 @@ class RenderReplica:
             raise
 
 
+def gpus_per_replica(setting: float | None, cluster: dict[str, float]) -> float:
+    """``Settings.ray_gpus_per_replica``, or unset: a whole GPU per replica where the cluster has any (a replica then
+    renders on CUDA), none where it has none (CPU replicas)."""
+    if setting is not None:
+        return setting
+    return 1.0 if cluster.get("GPU", 0) > 0 else 0.0
+
+
 def deploy(settings: Settings, *, resolver: Resolver | None = None, skeletons: dict[str, Path] | None = None):
     """Start (or connect to) Ray and run the render application; returns its handle."""
     import ray
@@ -102,7 +110,8 @@ def deploy(settings: Settings, *, resolver: Resolver | None = None, skeletons: d
                                           "target_ongoing_requests": 1}}
     deployment = serve.deployment(
         RenderReplica, name="render", max_ongoing_requests=2, health_check_period_s=2, health_check_timeout_s=30,
-        ray_actor_options={"num_cpus": settings.ray_cpus_per_replica, "num_gpus": settings.ray_gpus_per_replica},
+        ray_actor_options={"num_cpus": settings.ray_cpus_per_replica,
+                           "num_gpus": gpus_per_replica(settings.ray_gpus_per_replica, ray.cluster_resources())},
         **scaling)
     app = deployment.bind(settings.model_dump_json(), resolver, {k: str(v) for k, v in (skeletons or {}).items()})
     serve.start(proxy_location="Disabled")  # the front talks to the app through its handle, not HTTP

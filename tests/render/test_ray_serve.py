@@ -46,6 +46,15 @@ def cluster(tiny, tmp_path_factory):
         ray.shutdown()
 
 
+def test_replicas_ask_for_a_gpu_where_the_cluster_has_one():
+    from diffagent.render.ray_serve import gpus_per_replica
+
+    assert gpus_per_replica(None, {"CPU": 16.0, "GPU": 4.0}) == 1.0
+    assert gpus_per_replica(None, {"CPU": 2.0}) == 0.0
+    assert gpus_per_replica(0.5, {"CPU": 16.0, "GPU": 4.0}) == 0.5  # a fraction shares one
+    assert gpus_per_replica(0.0, {"GPU": 1.0}) == 0.0
+
+
 def pixels(result) -> np.ndarray:
     return np.asarray(Image.open(result.path), dtype=np.int16)
 
