@@ -219,6 +219,8 @@ class CachedPipeline:
     nbytes: int
     base_scheduler_config: dict
     load_seconds: float
+    #: the CPU offload the pipeline was placed with (``choose_offload``)
+    offload: str = "none"
     #: adapter name -> LoRA file currently loaded into the pipeline
     loras: dict[str, Path] = field(default_factory=dict)
     #: tokens of loaded textual-inversion embeddings -> file
@@ -254,7 +256,8 @@ class PipelineCache:
         return sum(e.nbytes for e in self._entries.values())
 
     def get_or_load(self, key: tuple, loader, *, estimate: int = 0) -> CachedPipeline:
-        """The cached entry for ``key``, or ``loader()`` -> CachedPipeline after evicting to make room."""
+        """The cached entry for ``key``, or ``loader()`` -> (pipe, ecosystem, base scheduler config, offload) as a
+        CachedPipeline after evicting to make room."""
         with self._guard:
             entry = self._entries.get(key)
             if entry is not None:
@@ -263,9 +266,10 @@ class PipelineCache:
                 return entry
             self._evict_until(self.budget_bytes - estimate)
         t0 = time.perf_counter()
-        pipe, ecosystem, base_config = loader()
+        pipe, ecosystem, base_config, offload = loader()
         entry = CachedPipeline(key=key, pipe=pipe, ecosystem=ecosystem, nbytes=pipeline_nbytes(pipe),
-                               base_scheduler_config=base_config, load_seconds=time.perf_counter() - t0)
+                               base_scheduler_config=base_config, load_seconds=time.perf_counter() - t0,
+                               offload=offload)
         with self._guard:
             self._entries[key] = entry
             self.loads += 1

@@ -111,8 +111,6 @@ class Renderer:
         budget = cache_bytes if cache_bytes is not None else int(self.settings.pipeline_cache_gb * 2**30)
         self.cache = PipelineCache(budget)
         self._init_lock = threading.Lock()
-        #: weights path -> the offload mode its pipeline was loaded with (``Settings.offload``)
-        self._offload: dict[str, str] = {}
 
     # ------------------------------------------------------------------------------ plumbing
     @property
@@ -171,17 +169,17 @@ class Renderer:
             raise UserInputError(f"{ref.name!r} is a {weights.type}, not a VAE")
         return weights
 
-    def _load(self, weights: ResolvedWeights, ecosystem: str):
-        from diffagent.render.pipelines import choose_offload, component_nbytes, cuda_free_bytes, load_pipeline
+    def _load(self, weights: ResolvedWeights, ecosystem: str, components: dict[str, int]):
+        """(pipe, ecosystem, its scheduler config, the offload it runs with) for the cache; ``components``: the
+        weights' bytes per component (``component_nbytes``), which decide the offload."""
+        from diffagent.render.pipelines import choose_offload, cuda_free_bytes, load_pipeline
 
         # FLUX.1 / SD 3 load from folders (a FLUX.1 transformer file with its reference folder): no skeleton to make
         skeleton = None if weights.path.is_dir() or ecosystem in FLOW else self.skeleton(ecosystem)
-        offload = choose_offload(self.settings.offload, self.device,
-                                 component_nbytes(weights.path, weights.reference), cuda_free_bytes(self.device))
+        offload = choose_offload(self.settings.offload, self.device, components, cuda_free_bytes(self.device))
         pipe = load_pipeline(weights.path, ecosystem, device=self.device, dtype=self.dtype_for(ecosystem),
                              skeleton=skeleton, reference=weights.reference, offload=offload)
-        self._offload[str(weights.path)] = offload
-        return pipe, ecosystem, dict(pipe.scheduler.config)
+        return pipe, ecosystem, dict(pipe.scheduler.config), offload
 
     # -------------------------------------------------------------------------------- render
     def render(self, call: ApiCall, *, progress: Progress | None = None, cancel: threading.Event | None = None,
@@ -208,8 +206,8 @@ class Renderer:
         prompt = strip_resource_tags(rendered.prompt)  # A1111 removes extra-network tags before encoding
         negative = strip_resource_tags(rendered.negative_prompt)
 
-        image, cache_hit = self._denoise(call, ecosystem, ckpt, loras, embeddings, vae, prompt, negative,
-                                         progress, cancel, timings)
+        image, entry, cache_hit = self._denoise(call, ecosystem, ckpt, loras, embeddings, vae, prompt, negative,
+                                                progress, cancel, timings)
 
         t1 = time.perf_counter()
         parameters = self.parameters_text(rendered, ckpt, loras, embeddings, vae)
@@ -221,7 +219,7 @@ class Renderer:
         return RenderResult(path=path, width=image.width, height=image.height, seed=call.seed, device=self.device,
                             seconds=time.perf_counter() - t0, parameters=parameters, call=rendered,
                             sampler_exact=spec.exact, cache_hit=cache_hit, timings=timings, preview_png=preview,
-                            offload=self._offload.get(str(ckpt.path), "none"))
+                            offload=entry.offload)
 
     def _denoise(self, call: ApiCall, ecosystem: str, ckpt: ResolvedWeights, loras, embeddings, vae,
                  prompt: str, negative: str, progress: Progress | None, cancel: threading.Event | None,
@@ -244,9 +242,11 @@ class Renderer:
                 raise RenderCancelled("render cancelled before it started")
             t = time.perf_counter()
             key = (str(ckpt.path), ecosystem, self.device, str(self.dtype_for(ecosystem)))
-            cached = key in self.cache
-            entry = self.cache.get_or_load(key, lambda: self._load(ckpt, ecosystem),
-                                           estimate=sum(component_nbytes(ckpt.path, ckpt.reference).values()))
+            cached = key in self.cache  # under the device lock: nothing loads or evicts meanwhile
+            # the weights' sizes size the eviction and the offload: read from disk only when a load follows
+            components = {} if cached else component_nbytes(ckpt.path, ckpt.reference)
+            entry = self.cache.get_or_load(key, lambda: self._load(ckpt, ecosystem, components),
+                                           estimate=sum(components.values()))
             timings["load"] = time.perf_counter() - t
             t = time.perf_counter()
             apply_loras(entry, [(ref.id, ref.name, w.path, ref.weight) for ref, w in loras])
@@ -278,7 +278,7 @@ class Renderer:
                            width=call.width, height=call.height, generator=generator,
                            callback_on_step_end=on_step_end)
             timings["denoise"] = time.perf_counter() - t
-            return out.images[0], cached
+            return out.images[0], entry, cached
         finally:
             lock.release()
 
