@@ -36,10 +36,11 @@ ECOSYSTEM: dict[Family, str] = {
 #: ecosystems diffagent selects and renders, from every file layout (diffusers folders and single files)
 RENDERABLE = {"sd1", "sdxl"}
 #: flow-matching transformer ecosystems (FLUX.1, Stable Diffusion 3 / 3.5): the renderer runs their diffusers folders
-#: and their transformer files (completed by a reference folder); selection offers the folders only
+#: and their transformer files (completed by a reference folder); selection offers a file only where the registry
+#: holds every reference folder of its family (``registry/search_index._renders``)
 FLOW = {"flux", "sd3"}
-#: ecosystems the renderer accepts, and selection can offer (flow ones only from diffusers folders, and for
-#: base "any" only where ``Settings.large_families`` allows: they need a GPU with 16-24 GB)
+#: ecosystems the renderer accepts, and selection can offer (flow ones for base "any" only where
+#: ``Settings.large_families`` allows: they need a GPU with 16-24 GB)
 RENDERER_ECOSYSTEMS = RENDERABLE | FLOW
 
 #: user-facing constraint names (select --base) -> ecosystems

@@ -24,6 +24,7 @@ def flow_samplers(ecosystem: str) -> tuple[str, ...]:
     """The samplers a FLUX.1 (``flux``) or SD 3 (``sd3``) checkpoint renders with."""
     return FLUX_SAMPLERS if ecosystem == "flux" else FLOW_SAMPLERS
 
+
 _BY_KEY = {s.lower().replace(" ", ""): s for s in A1111_SAMPLERS}
 # spellings that occur in real generation metadata
 _BY_KEY.update({"eulera": "Euler a", "k_euler_a": "Euler a", "k_euler": "Euler", "dpm++2mkarras": "DPM++ 2M Karras"})

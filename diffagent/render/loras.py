@@ -71,6 +71,11 @@ def quiet_load_report() -> Iterator[None]:
         hf_logging.set_verbosity(level)
 
 
+def _adapter_loaded(pipe, key: str) -> bool:
+    """The adapter ``key`` sits on some component of ``pipe`` (UNet / transformer or a text encoder)."""
+    return any(key in names for names in pipe.get_list_adapters().values())
+
+
 def apply_loras(entry: CachedPipeline, loras: list[tuple[int, str, Path, float]]) -> None:
     """Make exactly ``loras`` ((version id, name, file, weight), ...) active on the cached pipeline."""
     pipe = entry.pipe
@@ -101,10 +106,10 @@ def apply_loras(entry: CachedPipeline, loras: list[tuple[int, str, Path, float]]
                 pipe.load_lora_weights(lora_source(path, pipe), adapter_name=key)
         except (ValueError, RuntimeError, KeyError) as e:
             # half-loaded adapters would stay attached to the cached pipeline; take them off again
-            if any(key in names for names in pipe.get_list_adapters().values()):
+            if _adapter_loaded(pipe, key):
                 pipe.delete_adapters([key])
             raise UserInputError(f"LoRA {name!r} ({Path(path).name}) could not be loaded: {e}. {_FORMATS}") from e
-        if not any(key in names for names in pipe.get_list_adapters().values()):
+        if not _adapter_loaded(pipe, key):
             # diffusers only warns when no tensor name matches a module: the render would silently lack the LoRA
             raise UserInputError(f"LoRA {name!r} ({Path(path).name}) matched no layer of the checkpoint: its tensor "
                                  f"names are of another model family or an unknown layout. {_FORMATS}")
