@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The checkout root (the folder that holds ``pyproject.toml`` and ``registry.db``).
@@ -34,8 +34,16 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIFFAGENT_", extra="ignore")
 
     # --- paths -------------------------------------------------------------------------------
-    registry: Path = Field(default_factory=_default_registry, description="SQLite model registry")
+    registry: Path | str = Field(default_factory=_default_registry,
+                                 description="model registry: a SQLite file, or a PostgreSQL URL (postgresql://...)")
     data_dir: Path = Field(default_factory=_default_data_dir, description="user data (caches, outputs)")
+
+    @field_validator("registry", mode="before")
+    @classmethod
+    def _registry_location(cls, value):
+        from diffagent.registry.location import parse_location
+
+        return parse_location(value)
 
     # --- policy (never a tool argument) ------------------------------------------------------
     allow_nsfw: bool = Field(False, description="include models flagged NSFW in search and selection")

@@ -11,6 +11,7 @@ from typing import get_args
 
 from diffagent.agent.options import Base
 from diffagent.cli import add_command, add_group
+from diffagent.registry.location import display
 from diffagent.settings import Settings
 
 
@@ -42,7 +43,7 @@ def cmd_select(args, settings: Settings) -> int:
         return 2
     results = compare(args.methods, pairs, registry, settings, max_loras=args.max_loras,
                       train_pairs=args.train_pairs or args.pairs, progress=not args.json)
-    report = {"pairs": str(args.pairs), "split": args.split, "n": len(pairs), "registry": str(settings.registry),
+    report = {"pairs": str(args.pairs), "split": args.split, "n": len(pairs), "registry": display(settings.registry),
               "selector_model": settings.llm_model and str(settings.llm_model),
               "lora": settings.llm_lora and str(settings.llm_lora),
               "ranker": settings.ranker,
@@ -140,8 +141,8 @@ def cmd_fit(args, settings: Settings) -> int:
     labels = load_model_labels(args.model_labels) if args.model_labels else {}
     scores = evaluate_fit(items, lambda p: selector.select(p, options), registry, labels)
     row = scores.row() | {"wall_s": round(time.perf_counter() - t0, 1)}
-    name = f"{Path(settings.registry).name} / {settings.selector} / {args.split}"
-    report = {"registry": str(settings.registry), "selector": settings.selector, "split": args.split,
+    name = f"{display(settings.registry).rsplit('/', 1)[-1]} / {settings.selector} / {args.split}"
+    report = {"registry": display(settings.registry), "selector": settings.selector, "split": args.split,
               "base": args.base, "results": {name: row}, "failures": scores.failures}
     if args.out:
         from diffagent.atomic import write_atomic

@@ -1,10 +1,11 @@
-"""``diffagent registry ...``: import, sync, scan, build-default, search, stats, show."""
+"""``diffagent registry ...``: import, sync, scan, build-default, copy, search, stats, show."""
 
 from __future__ import annotations
 
 import json
 import sys
 
+from diffagent.cli import _registry_arg as _location
 from diffagent.cli import add_command, add_group
 from diffagent.settings import Settings
 
@@ -58,12 +59,27 @@ def cmd_sync(args, settings: Settings) -> int:
 
 
 def cmd_build_default(args, settings: Settings) -> int:
+    from diffagent.errors import UserInputError
     from diffagent.registry.default import SOURCE, build_default
     from diffagent.registry.embeddings import Embedder
+    from diffagent.registry.location import is_url
 
+    if is_url(settings.registry):
+        raise UserInputError("build-default writes a SQLite file; build it, then move it into the database with "
+                             "`diffagent registry copy registry.db postgresql://...`")
     report = build_default(settings.registry, source=args.source or SOURCE, embedder=Embedder(settings.embedder),
                            progress=not args.quiet)
     print(f"wrote {settings.registry}: {report.summary()}")
+    return 0
+
+
+def cmd_copy(args, settings: Settings) -> int:
+    from diffagent.registry.copy import copy_registry
+
+    report = copy_registry(args.source, args.dest, progress=not args.quiet)
+    rows = ", ".join(f"{n} {t}" for t, n in report["rows"].items())
+    print(json.dumps(report) if args.json else f"copied {report['source']} to {report['dest']} in "
+          f"{report['seconds']} s: {rows}")
     return 0
 
 
@@ -170,6 +186,14 @@ def register(subparsers) -> None:
     p.add_argument("--source", default=None, help="curated TOML (default: the packaged one)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_build_default)
+
+    p = add_command(reg, "copy", help="copy a registry, vectors included, between SQLite files and PostgreSQL "
+                    "databases (into a new file or an empty database)")
+    p.add_argument("source", type=_location, help="a SQLite file or a postgresql:// URL")
+    p.add_argument("dest", type=_location, help="a new SQLite file or a postgresql:// URL of an empty database")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_copy)
 
     p = add_command(reg, "search", help="hybrid lexical + semantic search")
     p.add_argument("query")

@@ -37,10 +37,17 @@ def build_default(dest: Path, *, source: Path = SOURCE, embedder: Embedder | Non
     return reports[0]
 
 
-def content_rows(db: Path) -> dict[str, list[tuple]]:
-    """The registry's content, table by table, in a canonical order (for the rebuild check)."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+def content_rows(db) -> dict[str, list[tuple]]:
+    """The registry's content (a file or a database), table by table, in a canonical order (for the rebuild
+    check and the import tests)."""
+    from sqlalchemy import text
+
+    from diffagent.registry.db import open_engine
+
+    engine = open_engine(db)
     try:
-        return {t: sorted(con.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in CONTENT_TABLES}
+        with engine.connect() as conn:
+            return {t: sorted((tuple(r) for r in conn.execute(text(f"SELECT * FROM {t}"))), key=repr)
+                    for t in CONTENT_TABLES}
     finally:
-        con.close()
+        engine.dispose()

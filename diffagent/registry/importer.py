@@ -17,7 +17,8 @@ from diffagent.errors import ImportFailed, UserInputError
 from diffagent.registry.civitai import item_to_record, iter_items
 from diffagent.registry.db import open_engine
 from diffagent.registry.embeddings import Embedder
-from diffagent.registry.index import rebuild_fulltext, rebuild_vectors
+from diffagent.registry.index import rebuild_vectors
+from diffagent.registry.location import Location, is_url, parse_location
 from diffagent.registry.records import ModelRecord
 from diffagent.registry.stats import recompute_usage_stats, resolve_images
 from diffagent.registry.writer import WriteCounts, write_records
@@ -48,7 +49,6 @@ def finalize(conn: Connection, embedder: Embedder | None, report: ImportReport, 
     t = time.perf_counter()
     resolve_images(conn)
     report.with_stats = recompute_usage_stats(conn)
-    rebuild_fulltext(conn)
     report.seconds["index"] = time.perf_counter() - t
     if embedder is not None:
         t = time.perf_counter()
@@ -65,13 +65,14 @@ def finalize(conn: Connection, embedder: Embedder | None, report: ImportReport, 
             bar.close()
         report.seconds["embed"] = time.perf_counter() - t
     conn.execute(
-        text("INSERT OR REPLACE INTO registry_meta VALUES ('embedder', :v)"),
+        text("INSERT INTO registry_meta VALUES ('embedder', :v)"
+             " ON CONFLICT (key) DO UPDATE SET value = excluded.value"),
         {"v": embedder.name if embedder else ""},
     )
 
 
 def import_records(
-    registry: Path,
+    registry: Location,
     records: Iterable[ModelRecord],
     *,
     source: str,
@@ -80,7 +81,8 @@ def import_records(
     create: bool = True,
     total: int | None = None,
 ) -> ImportReport:
-    new_file = not Path(registry).exists()
+    registry = parse_location(registry)
+    new_file = not is_url(registry) and not Path(registry).exists()
     engine = open_engine(registry, create=create)
     report = ImportReport(source=source)
     counts = WriteCounts()
@@ -128,7 +130,7 @@ def civitai_records(path: Path, keep_images: Callable[[int], bool] | None = None
 
 def import_path(
     source: str | Path,
-    registry: Path,
+    registry: Location,
     *,
     embedder: Embedder | None,
     progress: bool = False,

@@ -1,7 +1,8 @@
-"""Search indexes derived from the tables: FTS5 (BM25) text and sentence-embedding vectors.
+"""Sentence-embedding vectors derived from the tables (BM25 over model text is built in memory when the registry
+is first searched: ``registry/lexical.py``).
 
-Both are rebuilt after every import inside the import's transaction. Vectors are keyed by a hash
-of the text they embed, so a re-import only embeds what changed.
+They are rebuilt after every import inside the import's transaction, keyed by a hash of the text they embed, so a
+re-import only embeds what changed. The SQL is the same on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from diffagent.registry.writer import chunks as _chunks
 #: model types that search and selection deal with (and that get vectors)
 SEARCHABLE_TYPES = ("checkpoint", "lora", "locon", "embedding", "vae")
 PROMPTS_PER_CHECKPOINT = 8
+UPSERT_VECTOR = ("INSERT INTO vector (kind, owner_id, model, dim, text_hash, data)"
+                 " VALUES (:kind, :owner_id, :model, :dim, :h, :data) ON CONFLICT (kind, owner_id) DO UPDATE SET"
+                 " model = excluded.model, dim = excluded.dim, text_hash = excluded.text_hash, data = excluded.data")
 
 
 def version_text(model_name: str, version_name: str, tags: list[str], words: list[str], description: str) -> str:
@@ -32,23 +36,6 @@ def version_text(model_name: str, version_name: str, tags: list[str], words: lis
     if description:
         parts.append(description[:300])
     return ". ".join(parts)
-
-
-def rebuild_fulltext(conn: Connection) -> None:
-    conn.execute(text("DELETE FROM model_fts"))
-    conn.execute(
-        text(
-            "INSERT INTO model_fts (rowid, name, tags, trained_words, description)"
-            " SELECT v.id, m.name || ' ' || v.name, "
-            # a LoRA's concepts are what a request says to ask for it: searchable beside its tags
-            "  coalesce((SELECT group_concat(value, ' ') FROM json_each(m.tags)), '') || ' ' ||"
-            "  coalesce((SELECT group_concat(value, ' ') FROM json_each(k.concepts)), ''),"
-            "  (SELECT group_concat(value, ' ') FROM json_each(v.trained_words)),"
-            "  substr(m.description, 1, 600)"
-            " FROM model_version v JOIN model m ON m.id = v.model_id LEFT JOIN model_kind k ON k.version_id = v.id"
-        )
-    )
-    conn.execute(text("INSERT INTO prompt_fts(prompt_fts) VALUES ('rebuild')"))
 
 
 def _hash(s: str) -> str:
@@ -68,8 +55,7 @@ def _store(conn: Connection, kind: str, items: dict[int, str], embedder: Embedde
     for chunk in _chunks(todo, batch):
         vecs = embedder.encode([t for _, t, _ in chunk]).astype(np.float16)
         conn.execute(
-            text("INSERT OR REPLACE INTO vector (kind, owner_id, model, dim, text_hash, data)"
-                 " VALUES (:kind, :owner_id, :model, :dim, :h, :data)"),
+            text(UPSERT_VECTOR),
             [
                 {"kind": kind, "owner_id": oid, "model": embedder.name, "dim": vecs.shape[1], "h": h,
                  "data": vecs[i].tobytes()}
@@ -126,10 +112,9 @@ def rebuild_vectors(conn: Connection, embedder: Embedder,
             sums[vid] = sums.get(vid, 0) + vec_of[p]
     if sums:
         conn.execute(
-            text("INSERT OR REPLACE INTO vector (kind, owner_id, model, dim, text_hash, data)"
-                 " VALUES ('prompts', :o, :m, :d, :h, :data)"),
+            text(UPSERT_VECTOR),
             [
-                {"o": vid, "m": embedder.name, "d": len(v), "h": _hash(joined[vid]),
+                {"kind": "prompts", "owner_id": vid, "model": embedder.name, "dim": len(v), "h": _hash(joined[vid]),
                  "data": (v / (np.linalg.norm(v) or 1.0)).astype(np.float16).tobytes()}
                 for vid, v in sums.items()
             ],

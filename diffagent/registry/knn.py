@@ -126,13 +126,14 @@ def _load(path: Path, key: str) -> PromptIndex | None:
                            lora_ptr=z["lora_ptr"], lora_ids=z["lora_ids"], pages=z["pages"])
 
 
-def load_or_build(engine: Engine, db_path: Path) -> PromptIndex:
+def load_or_build(engine: Engine, location) -> PromptIndex:
     from diffagent.registry import sidecar
+    from diffagent.registry.location import cache_base
 
     key = _content_key(engine)
-    return sidecar.load_or_build(Path(f"{db_path}.knn.npz"), key, load=_load, build=lambda: build(engine, key),
-                                 save=_save, worth_saving=lambda index: bool(index.matrix.shape[0]),
-                                 what="prompt index")
+    return sidecar.load_or_build(Path(f"{cache_base(location)}.knn.npz"), key, load=_load,
+                                 build=lambda: build(engine, key), save=_save,
+                                 worth_saving=lambda index: bool(index.matrix.shape[0]), what="prompt index")
 
 
 def _empty(key: str) -> PromptIndex:

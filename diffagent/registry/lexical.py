@@ -14,15 +14,16 @@ as the index stores them) and a search adds up a few sparse columns. Query words
 phrase to FTS5 (the two tokens adjacent); here a row scores the smaller of the two tokens' values, and only if it
 holds both.
 
-The matrix is cached beside the registry (``<db>.bm25.npz``), keyed by the full-text index's structure record,
-which changes with every write to it.
+The rows come from the registry's tables (the same text on SQLite and PostgreSQL: a version's model and version
+name, its tags and concepts, trigger words and 600 characters of description, weighted by column) and are
+tokenized by an in-memory FTS5 table. The matrix is cached beside the registry (``<db>.bm25.npz``), keyed by a
+hash of that text.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -33,12 +34,19 @@ from sqlalchemy import Engine, text
 
 from diffagent.atomic import write_atomic
 
-FORMAT = 1
+FORMAT = 2
 K1, B = 1.2, 0.75
-#: the columns of ``model_fts`` and the weight of a match in each (name, tags, trigger words, description)
+TOKENIZE = "porter unicode61"
+#: the text columns of a row and the weight of a match in each (name, tags, trigger words, description)
 COLUMNS = ("name", "tags", "trained_words", "description")
 WEIGHTS = (5.0, 3.0, 2.0, 1.0)
-_TOKENIZE = re.compile(r"tokenize\s*=\s*'([^']*)'", re.IGNORECASE)
+DESCRIPTION_CHARS = 600
+_TEXT_SQL = (
+    "SELECT v.id AS id, m.name AS model_name, v.name AS name, m.tags AS tags, k.concepts AS concepts,"
+    " v.trained_words AS words, m.description AS description"
+    " FROM model_version v JOIN model m ON m.id = v.model_id LEFT JOIN model_kind k ON k.version_id = v.id"
+    " ORDER BY v.id"
+)
 
 
 @dataclass
@@ -48,7 +56,7 @@ class LexicalIndex:
     #: (rows, terms) CSC: each term's BM25 value in each row
     matrix: object
     rowids: np.ndarray
-    tokenize: str = "porter unicode61"
+    tokenize: str = TOKENIZE
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _tokenizer: sqlite3.Connection | None = field(default=None, repr=False)
 
@@ -96,35 +104,45 @@ class LexicalIndex:
         return {int(self.rowids[i]): float(s[i]) / best for i in hit}
 
 
-def _content_key(conn) -> str:
-    structure = conn.execute(text("SELECT block FROM model_fts_data WHERE id = 10")).scalar()
-    n = conn.execute(text("SELECT count(*) FROM model_fts")).scalar()
-    h = hashlib.sha256(structure or b"").hexdigest()[:16]
-    return f"v{FORMAT}:{n}:{h}:{json.dumps(WEIGHTS)}"
+def _joined(value: str | None) -> str:
+    return " ".join(str(x) for x in json.loads(value or "[]"))
 
 
-def _tokenize_clause(conn) -> str:
-    sql = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'model_fts'")).scalar() or ""
-    m = _TOKENIZE.search(sql)
-    return m.group(1) if m else "unicode61"
+def model_texts(conn) -> list[tuple[int, str, str, str | None, str]]:
+    """(version id, name, tags and concepts, trigger words, description) of every version, as BM25 reads them
+    (a LoRA's concepts are what a request says to ask for it: searchable beside its tags)."""
+    return [(int(r.id), f"{r.model_name} {r.name}", f"{_joined(r.tags)} {_joined(r.concepts)}",
+             _joined(r.words) or None, (r.description or "")[:DESCRIPTION_CHARS])
+            for r in conn.execute(text(_TEXT_SQL))]
 
 
-def build(conn, key: str) -> LexicalIndex:
+def _content_key(texts) -> str:
+    h = hashlib.sha256()
+    for row in texts:
+        h.update(repr(row).encode())
+    return f"v{FORMAT}:{len(texts)}:{h.hexdigest()[:16]}:{json.dumps(WEIGHTS)}"
+
+
+def build(texts, key: str, tokenize: str = TOKENIZE) -> LexicalIndex:
+    """The index of ``model_texts`` rows: an in-memory FTS5 table tokenizes them, ``fts5vocab`` counts each
+    term in each row and column."""
     from scipy.sparse import csc_matrix
 
-    tokenize = _tokenize_clause(conn)
-    conn.execute(text("CREATE VIRTUAL TABLE IF NOT EXISTS temp.model_fts_instances "
-                      "USING fts5vocab(main, model_fts, 'instance')"))
-    weight = " ".join(f"WHEN '{c}' THEN {w}" for c, w in zip(COLUMNS, WEIGHTS, strict=True))
-    rows = conn.execute(text(
-        f"SELECT term, doc, sum(CASE col {weight} ELSE 1.0 END), count(*) FROM temp.model_fts_instances"
-        " GROUP BY term, doc")).all()
-    n_rows = int(conn.execute(text("SELECT count(*) FROM model_fts")).scalar())
-    rowids = np.array(conn.execute(text("SELECT rowid FROM model_fts ORDER BY rowid")).scalars().all(),
-                      dtype=np.int64)
+    rowids = np.array([r[0] for r in texts], dtype=np.int64)
+    con = sqlite3.connect(":memory:")
+    try:
+        con.execute(f"CREATE VIRTUAL TABLE model_fts USING fts5({', '.join(COLUMNS)}, tokenize='{tokenize}')")
+        con.executemany(f"INSERT INTO model_fts (rowid, {', '.join(COLUMNS)}) VALUES (?, ?, ?, ?, ?)", texts)
+        con.execute("CREATE VIRTUAL TABLE instances USING fts5vocab(model_fts, 'instance')")
+        weight = " ".join(f"WHEN '{c}' THEN {w}" for c, w in zip(COLUMNS, WEIGHTS, strict=True))
+        rows = con.execute(f"SELECT term, doc, sum(CASE col {weight} ELSE 1.0 END), count(*) FROM instances"
+                           " GROUP BY term, doc").fetchall()
+    finally:
+        con.close()
+    n_rows = len(rowids)
     if not rows or not n_rows:
-        return LexicalIndex(key=key, terms={}, matrix=csc_matrix((len(rowids), 0), dtype=np.float32),
-                            rowids=rowids, tokenize=tokenize)
+        return LexicalIndex(key=key, terms={}, matrix=csc_matrix((n_rows, 0), dtype=np.float32), rowids=rowids,
+                            tokenize=tokenize)
     terms: dict[str, int] = {}
     term_col = np.fromiter((terms.setdefault(r[0], len(terms)) for r in rows), dtype=np.int64, count=len(rows))
     row_of = {int(v): i for i, v in enumerate(rowids)}
@@ -161,10 +179,13 @@ def _load(path: Path, key: str) -> LexicalIndex | None:
                             tokenize=str(z["tokenize"]))
 
 
-def load_or_build(engine: Engine, db_path: Path) -> LexicalIndex:
+def load_or_build(engine: Engine, location) -> LexicalIndex:
     from diffagent.registry import sidecar
+    from diffagent.registry.location import cache_base
 
     with engine.connect() as conn:
-        key = _content_key(conn)
-        return sidecar.load_or_build(Path(f"{db_path}.bm25.npz"), key, load=_load, build=lambda: build(conn, key),
-                                     save=_save, worth_saving=lambda index: bool(index.terms), what="full-text index")
+        texts = model_texts(conn)
+    key = _content_key(texts)
+    return sidecar.load_or_build(Path(f"{cache_base(location)}.bm25.npz"), key, load=_load,
+                                 build=lambda: build(texts, key), save=_save,
+                                 worth_saving=lambda index: bool(index.terms), what="full-text index")

@@ -1,11 +1,16 @@
 """Numbered schema migrations, applied in order and recorded in ``_migrations``.
 
-Never edit a migration that has shipped; append a new one. Each runs in the caller's transaction.
+Never edit a migration that has shipped; append a new one. Each runs in the caller's transaction. The SQL is
+SQLite's; on PostgreSQL ``ddl`` maps its types (64-bit ``INTEGER`` to ``BIGINT``, ``BLOB`` to ``BYTEA``, and
+``JSON`` columns to ``TEXT``, so both databases hand back the same JSON strings), and migrations made only of
+SQLite's full-text tables do nothing there.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection, text
 
@@ -53,12 +58,30 @@ _M001 = (
 )
 
 
+#: SQLite type names and what PostgreSQL calls the same storage (SQLite's INTEGER is 64-bit)
+_PG_TYPES = {"INTEGER": "BIGINT", "BLOB": "BYTEA", "JSON": "TEXT", "FLOAT": "DOUBLE PRECISION"}
+_TYPE_WORD = re.compile(r"\b(" + "|".join(_PG_TYPES) + r")\b")
+
+
+def is_postgres(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def ddl(conn: Connection, statement: str) -> None:
+    """Run a frozen ``CREATE TABLE`` written for SQLite, with PostgreSQL's type names there."""
+    if is_postgres(conn):
+        statement = _TYPE_WORD.sub(lambda m: _PG_TYPES[m.group(1)], statement)
+    conn.execute(text(statement))
+
+
 def m001_tables(conn: Connection) -> None:
     for statement in _M001:
-        conn.execute(text(statement))
+        ddl(conn, statement)
 
 
 def m002_fulltext(conn: Connection) -> None:
+    if is_postgres(conn):
+        return  # SQLite's FTS5 tables, dropped again by m006: nothing to make on PostgreSQL
     # One FTS row per model version: the text a user's query is matched against (BM25).
     conn.execute(
         text(
@@ -77,34 +100,38 @@ def m002_fulltext(conn: Connection) -> None:
 
 def m003_vectors(conn: Connection) -> None:
     # Sentence embeddings (float16 blobs), built at import time; searched brute force with numpy.
-    conn.execute(
-        text(
-            "CREATE TABLE vector (kind TEXT NOT NULL, owner_id INTEGER NOT NULL, model TEXT NOT NULL,"
-            " dim INTEGER NOT NULL, text_hash TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (kind, owner_id))"
-        )
-    )
+    ddl(conn, "CREATE TABLE vector (kind TEXT NOT NULL, owner_id INTEGER NOT NULL, model TEXT NOT NULL,"
+        " dim INTEGER NOT NULL, text_hash TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (kind, owner_id))")
 
 
 def m004_meta(conn: Connection) -> None:
-    conn.execute(text("CREATE TABLE registry_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"))
+    ddl(conn, "CREATE TABLE registry_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
 def m005_model_kind(conn: Connection) -> None:
     # What each version is for (``registry/kinds.py``): checkpoint kinds or a LoRA's role, and the concepts a
     # request names to ask for it. Raw SQL, not a SQLModel table, so m001 never creates it ahead of this step.
-    conn.execute(
-        text(
-            "CREATE TABLE model_kind (version_id INTEGER PRIMARY KEY, kinds TEXT NOT NULL,"
-            " concepts TEXT NOT NULL, origin TEXT NOT NULL)"
-        )
-    )
+    ddl(conn, "CREATE TABLE model_kind (version_id INTEGER PRIMARY KEY, kinds TEXT NOT NULL,"
+        " concepts TEXT NOT NULL, origin TEXT NOT NULL)")
     # a registry imported by an earlier release gets labels derived from what it already holds
     from diffagent.registry.writer import backfill_kinds
 
     backfill_kinds(conn)
 
 
-MIGRATIONS: list[Migration] = [m001_tables, m002_fulltext, m003_vectors, m004_meta, m005_model_kind]
+def m006_no_fulltext_tables(conn: Connection) -> None:
+    # BM25 is computed in memory from the tables (``registry/lexical.py``), the same on SQLite and PostgreSQL;
+    # the FTS5 copies of the model text and of every creator prompt were no longer read.
+    if not is_postgres(conn):
+        conn.execute(text("DROP TABLE IF EXISTS model_fts"))
+        conn.execute(text("DROP TABLE IF EXISTS prompt_fts"))
+
+
+MIGRATIONS: list[Migration] = [m001_tables, m002_fulltext, m003_vectors, m004_meta, m005_model_kind,
+                               m006_no_fulltext_tables]
+
+#: one migrating process at a time on a shared PostgreSQL database (any constant key of our own)
+_PG_LOCK = 0x64696666
 
 
 def applied(conn: Connection) -> set[str]:
@@ -113,14 +140,16 @@ def applied(conn: Connection) -> set[str]:
 
 
 def migrate(conn: Connection) -> list[str]:
-    """Apply pending migrations; returns the names applied."""
+    """Apply pending migrations; returns the names applied. On PostgreSQL a transaction-scoped advisory lock keeps
+    two processes that open a new database at once from both migrating it."""
+    if is_postgres(conn):
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK})
     done = applied(conn)
     ran = []
     for m in MIGRATIONS:
         if m.__name__ not in done:
             m(conn)
-            conn.execute(
-                text("INSERT INTO _migrations VALUES (:n, datetime('now'))"), {"n": m.__name__}
-            )
+            conn.execute(text("INSERT INTO _migrations VALUES (:n, :at)"),
+                         {"n": m.__name__, "at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")})
             ran.append(m.__name__)
     return ran

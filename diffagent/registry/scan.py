@@ -30,6 +30,7 @@ from diffagent.atomic import write_atomic
 from diffagent.errors import UserInputError
 from diffagent.families import flat_tensor_names, flow_family_of_keys
 from diffagent.registry.index import SEARCHABLE_TYPES
+from diffagent.registry.location import Location
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 #: ids of models found only on disk: far above Civitai's ids, below SQLite's integer limit
@@ -198,16 +199,14 @@ def local_record(path: Path, sha: str, kind: str, base: str, name: str, header: 
                        description=f"found on disk at {path}", versions=[version])
 
 
-def scan(registry: Path, roots: list[Path], *, cache_path: Path, import_unknown: bool = True, embedder=None,
+def scan(registry: Location, roots: list[Path], *, cache_path: Path, import_unknown: bool = True, embedder=None,
          progress: bool = False) -> ScanReport:
     from tqdm import tqdm
 
     from diffagent.registry.db import open_engine
     from diffagent.registry.importer import import_records
 
-    if not Path(registry).exists():
-        raise UserInputError(f"registry {registry} does not exist; build it first (diffagent registry build-default "
-                             "or registry import)")
+    open_engine(registry).dispose()  # a missing registry is refused before any file is hashed
     files = weight_files(roots)
     report = ScanReport(files=len(files))
     cache = HashCache(cache_path)
@@ -226,7 +225,7 @@ def scan(registry: Path, roots: list[Path], *, cache_path: Path, import_unknown:
         hashes[f] = sha
     cache.save()
 
-    engine = open_engine(Path(registry))
+    engine = open_engine(registry)
     try:
         with engine.connect() as conn:
             by_hash = {str(h).lower(): int(v) for h, v in conn.execute(text(
@@ -257,7 +256,7 @@ def scan(registry: Path, roots: list[Path], *, cache_path: Path, import_unknown:
                     unknown.append(local_record(f, sha, kind, base, name, header))
                     report.imported.append((str(f), unknown[-1].id, kind, base))
         if unknown:
-            import_records(Path(registry), unknown, source="local scan", embedder=embedder, create=False)
+            import_records(registry, unknown, source="local scan", embedder=embedder, create=False)
         if report.matched:
             with engine.begin() as conn:
                 conn.execute(text("UPDATE model_version SET local_path = :p WHERE id = :v"),

@@ -32,6 +32,7 @@ from diffagent.families import Family
 from diffagent.registry.db import open_engine
 from diffagent.registry.embeddings import Embedder
 from diffagent.registry.info import FileInfo, SearchHit, UsageInfo, VersionInfo, WeightSource
+from diffagent.registry.location import Location, display, is_url, parse_location
 from diffagent.registry.query import STOPWORDS, contains_words, query_words
 from diffagent.registry.search_index import SearchIndex
 from diffagent.registry.writer import chunks
@@ -45,8 +46,9 @@ class Registry:
 
     WEIGHTS = {"lexical": 0.10, "semantic": 0.40, "prompts": 0.20, "knn": 1.0, "creators": 0.5, "prior": 0.05}
 
-    def __init__(self, path: Path, *, allow_nsfw: bool = False, embedder: Embedder | None = None):
-        self.path = Path(path)
+    def __init__(self, path: Location, *, allow_nsfw: bool = False, embedder: Embedder | None = None):
+        #: a SQLite file's path, or a PostgreSQL URL (``registry/location.py``); ``display(path)`` for messages
+        self.path = parse_location(path)
         self.allow_nsfw = allow_nsfw
         self.engine = open_engine(self.path)
         self.embedder = embedder or Embedder()
@@ -60,20 +62,36 @@ class Registry:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: Path | str, *, allow_nsfw: bool = False, embedder: Embedder | None = None) -> Registry:
-        return cls(Path(path), allow_nsfw=allow_nsfw, embedder=embedder)
+    def open(cls, path: Location, *, allow_nsfw: bool = False, embedder: Embedder | None = None) -> Registry:
+        return cls(path, allow_nsfw=allow_nsfw, embedder=embedder)
 
     @classmethod
-    def from_settings(cls, settings, path: Path | str | None = None) -> Registry:
+    def from_settings(cls, settings, path: Location | None = None) -> Registry:
         """The registry as every command and tool opens it: ``settings.registry`` (or ``path``), the NSFW policy,
         and queries embedded by the configured embedder (``DIFFAGENT_EMBEDDER``), the model its vectors were
         built with. Opening it any other way would search a registry built with another embedder without
         its vectors."""
-        return cls(Path(path or settings.registry), allow_nsfw=settings.allow_nsfw,
+        return cls(path or settings.registry, allow_nsfw=settings.allow_nsfw,
                    embedder=Embedder(settings.embedder))
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @property
+    def where(self) -> str:
+        """The registry's location for messages and reports (a URL without its password)."""
+        return display(self.path)
+
+    def fingerprint(self) -> list:
+        """Changes when the registry's content does (caches of features computed from it are keyed by it): a
+        file's size and modification time, a database's row counts and largest ids."""
+        if not is_url(self.path):
+            st = Path(self.path).stat()
+            return [st.st_size, st.st_mtime_ns]
+        with self.engine.connect() as conn:
+            return [list(conn.execute(text(f"SELECT count(*), coalesce(max({col}), 0) FROM {table}")).one())
+                    for table, col in (("model_version", "id"), ("sample_image", "id"), ("vector", "owner_id"),
+                                       ("model_kind", "version_id"))]
 
     # ----------------------------------------------------------------------------- lookups
     #: the columns of a ``VersionInfo``, each labelled with its field name (rows are read by name)
@@ -175,7 +193,7 @@ class Registry:
                 "SELECT family, count(*) FROM model_version GROUP BY family ORDER BY 2 DESC")).all())
             one = lambda sql: conn.execute(text(sql)).scalar()  # noqa: E731
             return {
-                "path": str(self.path),
+                "path": display(self.path),
                 "models": one("SELECT count(*) FROM model"),
                 "versions": one("SELECT count(*) FROM model_version"),
                 "files": one("SELECT count(*) FROM model_file"),
@@ -193,7 +211,7 @@ class Registry:
         with self._lock:
             if self._index is None:
                 with self.engine.connect() as conn:
-                    self._index = SearchIndex.load(conn, self.embedder, where=str(self.path))
+                    self._index = SearchIndex.load(conn, self.embedder, where=display(self.path))
             return self._index
 
     def warm(self) -> None:

@@ -18,6 +18,7 @@ import httpx
 from diffagent.errors import ImportFailed
 from diffagent.registry.embeddings import Embedder
 from diffagent.registry.importer import ImportReport, import_path
+from diffagent.registry.location import Location
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 
@@ -75,7 +76,7 @@ def fetch_pages(
 
 
 def sync(
-    registry: Path,
+    registry: Location,
     *,
     base_url: str,
     api_key: str | None,

@@ -147,14 +147,15 @@ def _save_use(use: TriggerUse, path) -> None:
                                                   encoding="utf-8"))
 
 
-def load_or_build_use(engine, db_path, index: TriggerIndex) -> TriggerUse:
+def load_or_build_use(engine, location, index: TriggerIndex) -> TriggerUse:
     """``build_use``, cached beside the registry (``<db>.triggers.json``) by a key of its images and versions."""
     from pathlib import Path
 
     from diffagent.registry import sidecar
+    from diffagent.registry.location import cache_base
 
     with engine.connect() as conn:
         key = _use_key(conn)
-        return sidecar.load_or_build(Path(f"{db_path}.triggers.json"), key, load=_load_use,
+        return sidecar.load_or_build(Path(f"{cache_base(location)}.triggers.json"), key, load=_load_use,
                                      build=lambda: build_use(conn, index), save=_save_use,
                                      worth_saving=lambda use: bool(use.seen), what="trigger use")

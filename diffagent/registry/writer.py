@@ -119,8 +119,8 @@ def write_records(conn: Connection, records: Iterable[ModelRecord], counts: Writ
         # the same image can appear on several pages (a LoRA page and a checkpoint page): first wins
         conn.execute(
             text(
-                f"INSERT OR IGNORE INTO sample_image ({', '.join(IMAGE_COLS)}) "
-                f"VALUES ({', '.join(':' + c for c in IMAGE_COLS)})"
+                f"INSERT INTO sample_image ({', '.join(IMAGE_COLS)}) "
+                f"VALUES ({', '.join(':' + c for c in IMAGE_COLS)}) ON CONFLICT (id) DO NOTHING"
             ),
             images,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from diffagent.registry.location import display
 from diffagent.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.http:
         check_bind(args.host, settings.http_token)  # refuse before anything loads
     server = create_server(settings)
-    log.info("registry %s, outputs in %s", settings.registry, settings.output_dir)
+    log.info("registry %s, outputs in %s", display(settings.registry), settings.output_dir)
     if args.http:
         run_http(server, host=args.host, port=args.port, token=settings.http_token)
     else:

@@ -149,7 +149,7 @@ def train_pairs(pairs_path: Path, registry, *, per_page: int, limit: int, seed: 
            for p in train if p.target.checkpoint_version_id in infos]
     out = [p for p in out if p.request.strip()]
     if not out:
-        raise UserInputError(f"no train pair in {pairs_path} names a checkpoint {registry.path} holds")
+        raise UserInputError(f"no train pair in {pairs_path} names a checkpoint {registry.where} holds")
     return out
 
 
@@ -276,7 +276,7 @@ def run_cardlm(settings, pairs_path: Path, work_dir: Path, *, cfg: CardLMConfig,
     state = train_cardlm(model, tok, train, cfg, work_dir / "train", progress=progress)
     t0 = time.perf_counter()
     trained = scored(model) | {"seconds": round(time.perf_counter() - t0, 1)}
-    report = {"pairs": str(pairs_path), "registry": str(registry.path), "base_model": str(gguf),
+    report = {"pairs": str(pairs_path), "registry": registry.where, "base_model": str(gguf),
               "train_pairs": len(train), "per_page": per_page, "config": json.loads(cfg.model_dump_json()),
               "steps": state.step, "train_seconds": round(state.seconds, 1),
               "first_loss": state.losses[0] if state.losses else None,

@@ -31,6 +31,7 @@ from diffagent.bench.pairs import Pair, load_pairs
 from diffagent.bench.split import PAGES, page_half
 from diffagent.errors import UserInputError
 from diffagent.prompttext import strip_resource_tags
+from diffagent.registry.location import identity
 from diffagent.registry.store import Registry
 
 
@@ -38,7 +39,7 @@ def card_matrix(registry: Registry) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """(version ids, model page ids, unit card vectors) of every renderable checkpoint with a card vector."""
     idx = registry._load_index()  # noqa: SLF001 - the index is the registry's own matrix of card vectors
     if idx.vec is None:
-        raise UserInputError(f"{registry.path} has no sentence vectors; import it without --no-vectors first")
+        raise UserInputError(f"{registry.where} has no sentence vectors; import it without --no-vectors first")
     rows = np.flatnonzero((idx.types == "checkpoint") & idx.renderable & (np.abs(idx.vec).sum(axis=1) > 0))
     ids = idx.ids[rows]
     pages = registry.versions([int(v) for v in ids])
@@ -191,7 +192,7 @@ def train_cards(registry: Registry, pairs_path: Path, out: Path, *, work_dir: Pa
     train = page_half(train, cfg.pages)
     train = sample_train(train, cfg.per_page, cfg.seed)
     if not train:
-        raise UserInputError(f"no train pair in {pairs_path} names a checkpoint of {registry.path} with a card vector")
+        raise UserInputError(f"no train pair in {pairs_path} names a checkpoint of {registry.where} with a card vector")
     work_dir.mkdir(parents=True, exist_ok=True)
     texts = [strip_resource_tags(p.instruction) for p in train]
     pos = np.array([row_of[p.target.checkpoint_version_id] for p in train])
@@ -212,7 +213,8 @@ def train_cards(registry: Registry, pairs_path: Path, out: Path, *, work_dir: Pa
             results[f"{split}/{name}"] = {"stock": evaluate(stock[mask], pages[mask], model_ids, cards),
                                           "adapted": evaluate(tuned[mask], pages[mask], model_ids, cards)}
     encoder.meta = {"embedder": registry.embedder.name, "trained_on": Path(pairs_path).name, "fold": cfg.pages,
-                    "registry": Path(registry.path).name, "train_pairs": len(train), "cards": len(ids),
+                    "registry": identity(registry.path).rsplit("/", 1)[-1], "train_pairs": len(train),
+                    "cards": len(ids),
                     "config": cfg.model_dump(), **fit_info, "results": results}
     encoder.save(out)
     return {"out": str(out), **encoder.meta}

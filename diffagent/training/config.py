@@ -89,7 +89,8 @@ class TrainConfig(_Section):
                          "(3 s vs 19 s a step): extra threads spin-wait on busy cores")
     work_dir: Path | None = Field(None, description="default: <data_dir>/training")
     base_model: Path | None = Field(None, description="GGUF of the base LLM; default: the bundled Gemma 3 270M")
-    registry: Path | None = Field(None, description="default: DIFFAGENT_REGISTRY / --registry")
+    registry: Path | str | None = Field(None, description="a SQLite file or a postgresql:// URL; default: "
+                                        "DIFFAGENT_REGISTRY / --registry")
     candidates_k: int | None = Field(None, ge=1, le=12, description="default: Settings.candidates_k")
     data: DataConfig = Field(default_factory=DataConfig)
     lora: LoraShape = Field(default_factory=LoraShape)

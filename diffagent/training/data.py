@@ -37,6 +37,7 @@ from diffagent.bench.pairs import Pair, Target, load_pairs
 from diffagent.errors import UserInputError
 from diffagent.families import parse_base_constraint
 from diffagent.prompttext import strip_resource_tags
+from diffagent.registry.location import identity
 from diffagent.registry.store import Registry
 from diffagent.training.io import AppendLog, write_json_atomic
 
@@ -142,7 +143,7 @@ def build_examples(pairs_path: Path, registry: Registry, out: Path, *, split: st
 
     model = load_ranker(ranker)
     card = load_card(card_adapter)
-    meta = {"pairs": str(Path(pairs_path).resolve()), "registry": str(Path(registry.path).resolve()),
+    meta = {"pairs": str(Path(pairs_path).resolve()), "registry": identity(registry.path),
             "split": split, "seed": seed, "dedupe": dedupe, "candidates_k": candidates_k,
             "max_loras": max_loras, "allow_nsfw": registry.allow_nsfw, "leave_page_out": leave_page_out,
             # the trees, not the setting: "default" names whichever file this version bundles

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffagent.errors import UserInputError
+from diffagent.registry.location import parse_location
 from diffagent.settings import Settings
 from diffagent.training.config import TrainConfig
 from diffagent.training.io import write_json_atomic
@@ -66,7 +67,7 @@ def base_gguf(cfg: TrainConfig, settings: Settings) -> Path:
 def _registry(cfg: TrainConfig, settings: Settings):
     from diffagent.registry.store import Registry
 
-    path = Path(cfg.registry) if cfg.registry else settings.registry
+    path = parse_location(cfg.registry) if cfg.registry else settings.registry
     if not path.is_file():
         raise UserInputError(f"registry {path} not found; set registry in the config or pass --registry")
     # opened as `bench select` and the runtime open it, so retrieval sees the same models

@@ -37,6 +37,7 @@ from diffagent.bench.split import page_half
 from diffagent.errors import UserInputError
 from diffagent.families import parse_base_constraint
 from diffagent.prompttext import strip_resource_tags
+from diffagent.registry.location import identity
 from diffagent.registry.store import Registry
 from diffagent.training.data import select_pairs
 from diffagent.training.io import write_json_atomic
@@ -129,9 +130,8 @@ def fit(data: Collected, *, seed: int = 0, max_iter: int = 200, learning_rate: f
 
 def _cached(registry: Registry, pairs_path: Path, split: str, limit: int, seed: int, cache_dir: Path,
             progress: bool, *, card: CardEncoder | None, pages: str, weights: RetrievalWeights) -> Collected:
-    db = Path(registry.path).stat()  # a re-imported registry gives other features
-    key = {"pairs": str(Path(pairs_path).resolve()), "registry": str(Path(registry.path).resolve()),
-           "registry_state": [db.st_size, db.st_mtime_ns],
+    key = {"pairs": str(Path(pairs_path).resolve()), "registry": identity(registry.path),
+           "registry_state": registry.fingerprint(),  # a re-imported registry gives other features
            "allow_nsfw": registry.allow_nsfw, "split": split, "limit": limit, "seed": seed,
            "features": list(FEATURES), "pool": POOL, "card": card.digest() if card else None, "pages": pages,
            "card_pool": weights.card_pool}
@@ -183,7 +183,7 @@ def train_ranker(registry: Registry, pairs_path: Path, out: Path, *, work_dir: P
     first_stage_order = -np.arange(len(val.group), dtype=np.float64)  # rows are stored in search order
     card = val.X[:, FEATURES.index("card")]
     report = {
-        "registry": str(registry.path), "pairs": str(pairs_path), "train_pairs": train.pairs,
+        "registry": registry.where, "pairs": str(pairs_path), "train_pairs": train.pairs,
         "train_pages": [pages for pages, _ in folds], "card_val": "given" if card_val else None,
         "card_pool": w.card_pool,
         "train_rows": int(len(train.y)), "train_positives": int(train.y.sum()), "val_pairs": val.pairs,

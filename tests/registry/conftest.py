@@ -1,4 +1,4 @@
-"""Fixtures for the registry tests: fresh database paths and a loopback HTTP server.
+"""Fixtures for the registry tests: fresh registry locations and a loopback HTTP server.
 
 The loopback server stands in for Civitai (this machine has no internet): a test gives it a list of
 scripted responses, served in order, and reads back what the client sent.
@@ -20,9 +20,9 @@ def loopback():
 
 
 @pytest.fixture()
-def db(tmp_path) -> Path:
-    """A path for a registry that does not exist yet."""
-    return tmp_path / "registry.db"
+def db(new_registry) -> Path | str:
+    """The location of a registry that does not exist yet (a path, or an empty PostgreSQL database's URL)."""
+    return new_registry("registry")
 
 
 @pytest.fixture(autouse=True)

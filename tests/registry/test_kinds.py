@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import pytest
 
@@ -89,38 +88,28 @@ def test_a_bad_curated_label_fails_with_the_entry(tmp_path):
 def test_default_registry_stores_curated_labels():
     from pathlib import Path
 
+    from registry_sql import sql_rows
+
     db = Path(__file__).resolve().parents[2] / "registry.db"
-    con = sqlite3.connect(db)
-    try:
-        rows = con.execute("SELECT k.kinds, k.origin, m.slug FROM model_kind k"
-                           " JOIN model_version v ON v.id = k.version_id"
-                           " JOIN model m ON m.id = v.model_id WHERE m.type = 'checkpoint'").fetchall()
-    finally:
-        con.close()
+    rows = sql_rows(db, "SELECT k.kinds, k.origin, m.slug FROM model_kind k JOIN model_version v ON v.id = k.version_id"
+                    " JOIN model m ON m.id = v.model_id WHERE m.type = 'checkpoint'")
     assert rows and all(origin == "curated" for _, origin, _ in rows)
     assert dict((slug, json.loads(k)) for k, _, slug in rows)["sdxl-refiner-1.0"] == ["refiner"]
 
 
-def test_migration_backfills_labels_of_an_older_registry(tmp_path):
+def test_migration_backfills_labels_of_an_older_registry(tmp_path, new_registry):
     from civitai_fixtures import write_jsonl
+    from registry_sql import sql_exec, sql_rows
 
-    from diffagent.registry.db import open_engine
     from diffagent.registry.importer import import_path
 
-    db = tmp_path / "old.db"
+    db = new_registry("old")
     import_path(write_jsonl(tmp_path / "items.jsonl"), db, embedder=None)
-    con = sqlite3.connect(db)
-    con.execute("DROP TABLE model_kind")
-    con.execute("DELETE FROM _migrations WHERE name = 'm005_model_kind'")
-    con.commit()
-    con.close()
-    open_engine(db).dispose()  # opening migrates
-    con = sqlite3.connect(db)
-    try:
-        n_versions = con.execute("SELECT count(*) FROM model_version").fetchone()[0]
-        labelled = con.execute("SELECT count(*) FROM model_kind WHERE origin = 'derived'").fetchone()[0]
-    finally:
-        con.close()
+    # as a release before model_kind left it (sql_exec's opening migrates only what _migrations lacks, so the
+    # table comes back at the next opening, labelled from what the registry holds)
+    sql_exec(db, "DROP TABLE model_kind", "DELETE FROM _migrations WHERE name = 'm005_model_kind'")
+    [(n_versions,)] = sql_rows(db, "SELECT count(*) FROM model_version")
+    [(labelled,)] = sql_rows(db, "SELECT count(*) FROM model_kind WHERE origin = 'derived'")
     assert labelled == n_versions > 0
 
 

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import pytest
 from civitai_fixtures import items, write_jsonl
 from loopback_civitai import Reply
+from registry_sql import sql_rows
 
 from diffagent.cli import main
 
 
 @pytest.fixture()
-def lexical_db(tmp_path):
+def lexical_db(tmp_path, new_registry):
     """The fixture items imported through the CLI without vectors (search needs no embedding model)."""
-    db = tmp_path / "lexical.db"
+    db = new_registry("lexical")
     assert main(["registry", "import", str(write_jsonl(tmp_path / "items.jsonl")), "--registry", str(db),
                  "--no-vectors", "-q"]) == 0
     return db
@@ -28,23 +28,20 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
     return rc, out, err
 
 
-def test_import_prints_a_summary(tmp_path, capsys):
+def test_import_prints_a_summary(tmp_path, capsys, db):
     src = write_jsonl(tmp_path / "items.jsonl")
-    rc, out, _ = _run(capsys, "registry", "import", str(src), "--registry", str(tmp_path / "new" / "r.db"),
+    rc, out, _ = _run(capsys, "registry", "import", str(src), "--registry", str(db),
                       "--no-vectors", "-q")
     assert rc == 0
     assert out.startswith("imported 11 models, 11 versions, 11 files, 9 sample images")
     assert "usage stats for 7 versions" in out
 
 
-def test_import_holdout_split_drops_sample_images(tmp_path, capsys):
-    db = tmp_path / "r.db"
+def test_import_holdout_split_drops_sample_images(tmp_path, capsys, db):
     rc, out, _ = _run(capsys, "registry", "import", str(write_jsonl(tmp_path / "i.jsonl")), "--registry", str(db),
                       "--no-vectors", "-q", "--holdout-split", "train", "val", "test")
     assert rc == 0 and "0 sample images" in out
-    con = sqlite3.connect(db)
-    assert con.execute("SELECT count(*) FROM sample_image").fetchone() == (0,)
-    con.close()
+    assert sql_rows(db, "SELECT count(*) FROM sample_image") == [(0,)]
 
 
 def test_import_failure_exits_2_naming_the_line(tmp_path, capsys, lexical_db):
@@ -93,6 +90,7 @@ def test_show_unknown_id_exits_2_with_a_hint(capsys, lexical_db):
     assert err.startswith("error: unknown model id 424242") and "registry search" in err
 
 
+@pytest.mark.sqlite_only
 def test_missing_registry_exits_2(tmp_path, capsys):
     rc, _, err = _run(capsys, "registry", "stats", "--registry", str(tmp_path / "typo.db"))
     assert rc == 2 and "does not exist" in err and "build-default" in err
@@ -129,10 +127,9 @@ def test_search_unknown_base_exits_2(capsys, lexical_db):
     assert rc == 2 and "unknown base constraint" in err
 
 
-def test_sync_command_uses_the_api_key_from_the_environment(tmp_path, capsys, loopback, monkeypatch):
+def test_sync_command_uses_the_api_key_from_the_environment(capsys, loopback, monkeypatch, db):
     monkeypatch.setenv("CIVITAI_API_KEY", "k123")
     loopback.replies = [Reply(200, {"items": items()[:3], "metadata": {}})]
-    db = tmp_path / "synced.db"
     rc, out, _ = _run(capsys, "registry", "sync", "--base-url", loopback.url, "--max-pages", "1", "--no-vectors",
                       "-q", "--types", "Checkpoint", "--registry", str(db))
     assert rc == 0 and out.startswith("imported 3 models")

@@ -27,13 +27,13 @@ def test_votes_spread_each_addon_over_its_creators_checkpoints():
 
 
 @pytest.fixture(scope="module")
-def creators_registry(tmp_path_factory, embedder) -> Registry:
+def creators_registry(tmp_path_factory, embedder, new_registry) -> Registry:
     """The tiny registry with the watercolor LoRA by the Aquarelle creator, everything else by others."""
     rows = items()
     for row in rows:
         row["creator"] = {"username": "aqua" if row["id"] in (103, 202) else f"user{row['id']}"}
     d = tmp_path_factory.mktemp("creators")
-    db = d / "registry.db"
+    db = new_registry("creators")
     import_path(write_jsonl(d / "items.jsonl", rows), db, embedder=None)
     reg = Registry.open(db, embedder=embedder)
     yield reg

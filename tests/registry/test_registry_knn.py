@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,15 +10,15 @@ import pytest
 from sqlalchemy import text
 
 from diffagent.registry.knn import load_or_build
+from diffagent.registry.location import cache_base
 from diffagent.registry.store import Registry
 
 
-def test_index_is_cached_beside_the_db_and_reloads_identically(tiny_registry_path, tmp_path, embedder):
-    db = tmp_path / "r.db"
-    shutil.copy(tiny_registry_path, db)
+def test_index_is_cached_beside_the_db_and_reloads_identically(tiny_registry_copy, embedder):
+    db = tiny_registry_copy
     reg = Registry.open(db, embedder=embedder)
     fresh = reg.prompt_neighbours("watercolor landscape with a lake")
-    cache = tmp_path / "r.db.knn.npz"
+    cache = Path(f"{cache_base(db)}.knn.npz")
     assert cache.exists() and max(fresh, key=fresh.get) == 1003
     again = Registry.open(db, embedder=embedder).prompt_neighbours("watercolor landscape with a lake")
     assert again == fresh
@@ -28,26 +27,24 @@ def test_index_is_cached_beside_the_db_and_reloads_identically(tiny_registry_pat
     assert max(lora, key=lora.get) == 2001 and 0.5 < lora[2001] <= 1.0
 
 
-def test_damaged_or_stale_cache_is_rebuilt(tiny_registry_path, tmp_path, embedder):
-    db = tmp_path / "r.db"
-    shutil.copy(tiny_registry_path, db)
+def test_damaged_or_stale_cache_is_rebuilt(tiny_registry_copy, embedder):
+    db = tiny_registry_copy
     reg = Registry.open(db, embedder=embedder)
-    (tmp_path / "r.db.knn.npz").write_bytes(b"not an npz")
+    Path(f"{cache_base(db)}.knn.npz").write_bytes(b"not an npz")
     index = load_or_build(reg.engine, db)
     assert index.matrix.shape[0] > 0
     assert index.votes("only the and of") == {}  # stop words match nothing
 
 
-def test_without_sample_images_the_index_votes_nothing_and_writes_no_cache(tiny_registry_path, tmp_path, embedder):
-    db = tmp_path / "r.db"
-    shutil.copy(tiny_registry_path, db)
+def test_without_sample_images_the_index_votes_nothing_and_writes_no_cache(tiny_registry_copy, embedder):
+    db = tiny_registry_copy
     reg = Registry.open(db, embedder=embedder)
     with reg.engine.begin() as conn:
         conn.execute(text("DELETE FROM sample_image"))
     index = load_or_build(reg.engine, db)
     assert index.matrix.shape[0] == 0 and index.vectorizer is None
     assert index.votes("watercolor landscape with a lake") == {} and index.lora_votes("portrait") == {}
-    assert not (tmp_path / "r.db.knn.npz").exists()
+    assert not Path(f"{cache_base(db)}.knn.npz").exists()
 
 
 def test_a_search_of_the_default_registry_imports_no_scikit_learn_or_torch():

@@ -3,11 +3,10 @@ cursor pages via ``metadata.nextPage``, rate limits, server errors, bad keys, em
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 from civitai_fixtures import items
 from loopback_civitai import Reply
+from registry_sql import holds_registry, sql_rows
 
 from diffagent.errors import ImportFailed
 from diffagent.registry.sync import fetch_pages, sync
@@ -22,11 +21,7 @@ def _page(loopback, rows, cursor: str | None) -> Reply:
 
 
 def _models(db) -> set[int]:
-    con = sqlite3.connect(db)
-    try:
-        return {r[0] for r in con.execute("SELECT id FROM model")}
-    finally:
-        con.close()
+    return {r[0] for r in sql_rows(db, "SELECT id FROM model")}
 
 
 def test_sync_follows_pages_through_rate_limits_and_server_errors(loopback, db):
@@ -79,7 +74,8 @@ def test_persistent_server_error_gives_up_and_imports_nothing(loopback, db):
         sync(db, base_url=loopback.url, api_key=None, embedder=None, max_retries=2, backoff=1.0, sleep=slept.append)
     assert slept == [1.0, 2.0]
     assert len(loopback.seen) == 4  # page 1, then page 2 tried 1 + 2 times
-    assert not db.exists() or _models(db) == set()  # pages are imported together or not at all
+    # pages are imported together or not at all
+    assert not holds_registry(db) or _models(db) == set()
 
 
 def test_empty_result_is_an_error(loopback, db):

@@ -4,7 +4,6 @@ their headers, pickles never opened, hashes cached, and the renderer's resolutio
 from __future__ import annotations
 
 import hashlib
-import shutil
 
 import numpy as np
 import pytest
@@ -23,9 +22,8 @@ def _write(path, tensors, metadata=None):
 
 
 @pytest.fixture
-def world(tiny_registry_path, tmp_path):
-    db = tmp_path / "registry.db"
-    shutil.copyfile(tiny_registry_path, db)
+def world(tiny_registry_copy, tmp_path):
+    db = tiny_registry_copy
     models = tmp_path / "webui" / "models"
     rng = np.random.default_rng(0)
     known = _write(models / "Stable-diffusion" / "known.safetensors",
@@ -114,8 +112,9 @@ def test_missing_folders_and_registries_are_clear_errors(world, tmp_path):
     db, root, _f = world
     with pytest.raises(UserInputError, match="does not exist"):
         scan(db, [tmp_path / "nowhere"], cache_path=tmp_path / "h.json")
-    with pytest.raises(UserInputError, match="build it first"):
-        scan(tmp_path / "none.db", [root], cache_path=tmp_path / "h.json")
+    with pytest.raises(UserInputError, match="does not exist; build one"):
+        scan(tmp_path / "none.db", [root], cache_path=tmp_path / "h.json")  # a missing file (either backend)
+    assert not (tmp_path / "h.json").exists()  # refused before hashing anything
 
 
 def test_the_selector_can_be_held_to_local_models(world, tmp_path, embedder):
