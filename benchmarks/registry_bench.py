@@ -34,6 +34,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import text as sql_text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -41,10 +42,12 @@ sys.path.insert(0, str(ROOT))
 from diffagent.bench.split import split_of  # noqa: E402
 from diffagent.errors import ImportFailed  # noqa: E402
 from diffagent.prompttext import strip_resource_tags  # noqa: E402
+from diffagent.registry.copy import copy_registry  # noqa: E402
 from diffagent.registry.default import content_rows  # noqa: E402
 from diffagent.registry.embeddings import Embedder  # noqa: E402
 from diffagent.registry.importer import import_path  # noqa: E402
 from diffagent.registry.index import SEARCHABLE_TYPES  # noqa: E402
+from diffagent.registry.location import is_url  # noqa: E402
 from diffagent.registry.store import Registry  # noqa: E402
 from diffagent.registry.writer import MODEL_COLS, VERSION_COLS  # noqa: E402
 
@@ -188,12 +191,6 @@ def expand(src: Path, dst: Path, total_models: int, *, noise: float = 0.02, seed
     con.execute(f"INSERT INTO model_version ({', '.join(chr(34) + c + chr(34) for c in VERSION_COLS)})"
                 f" SELECT {', '.join(version_expr[c] for c in VERSION_COLS)}"
                 " FROM syn s JOIN model_version v ON v.id = s.src_vid")
-    # the same FTS row as index.rebuild_fulltext builds, for the new versions only
-    con.execute(
-        "INSERT INTO model_fts (rowid, name, tags, trained_words, description)"
-        " SELECT v.id, m.name || ' ' || v.name, (SELECT group_concat(value, ' ') FROM json_each(m.tags)),"
-        " (SELECT group_concat(value, ' ') FROM json_each(v.trained_words)), substr(m.description, 1, 600)"
-        " FROM syn s JOIN model_version v ON v.id = s.new_vid JOIN model m ON m.id = v.model_id")
     for kind in ("version", "prompts"):
         vecs = {owner: (model, dim, data) for owner, model, dim, data in
                 con.execute("SELECT owner_id, model, dim, data FROM vector WHERE kind = ?", (kind,))}
@@ -236,14 +233,14 @@ def embed_queries(queries: list[str], embedder: Embedder) -> tuple[dict[str, np.
     return qvecs, embed_ms
 
 
-def bench_latency(db: Path, queries: list[str], qvecs: dict[str, np.ndarray], embed_ms: dict[str, dict],
+def bench_latency(db, queries: list[str], qvecs: dict[str, np.ndarray], embed_ms: dict[str, dict],
                   embedder: Embedder, label: str) -> dict:
-    """Search time with the query vector given; query embedding is timed apart (``embed_queries``)."""
-    con = sqlite3.connect(db)
-    models, versions = con.execute(
-        "SELECT (SELECT count(*) FROM model), (SELECT count(*) FROM model_version)").fetchone()
-    con.close()
+    """Search time with the query vector given; query embedding is timed apart (``embed_queries``). ``db``: a
+    SQLite file or a PostgreSQL URL."""
     reg = Registry.open(db, embedder=embedder)
+    with reg.engine.connect() as conn:
+        models, versions = conn.execute(sql_text(
+            "SELECT (SELECT count(*) FROM model), (SELECT count(*) FROM model_version)")).one()
     t = time.perf_counter()
     reg.warm()
     load = time.perf_counter() - t
@@ -262,7 +259,8 @@ def bench_latency(db: Path, queries: list[str], qvecs: dict[str, np.ndarray], em
     reg.close()
     best_embed = min(embed_ms.values(), key=lambda r: r["p50"])
     out = {
-        "label": label, "models": models, "versions": versions, "queries": len(queries),
+        "label": label, "database": "postgresql" if is_url(db) else "sqlite", "models": models,
+        "versions": versions, "queries": len(queries),
         "index_load_seconds": round(load, 2),
         "query_embedding_ms": embed_ms,
         "search_without_embedding_ms": {"p50": pct(search_ms, 50), "p95": pct(search_ms, 95),
@@ -436,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
                    choices=["import", "latency", "recall"],
                    help="later stages reuse WORKDIR/full.db when 'import' is skipped")
     p.add_argument("--queries", type=int, default=200, help="prompts for the latency benchmark")
+    p.add_argument("--postgres", default=None, help="URL of an empty PostgreSQL database: the latency stage also "
+                   "copies the dump's registry there and times search on it")
     p.add_argument("--synthetic-models", type=int, default=100_000)
     p.add_argument("--corrupt-line", type=int, default=9_000)
     p.add_argument("--ablations", action="store_true", help="also score single-signal rankings in (c)")
@@ -466,6 +466,11 @@ def main(argv: list[str] | None = None) -> int:
         queries = latency_queries(images, args.queries)
         qvecs, embed_ms = embed_queries(queries, embedder)
         results["latency"] = [bench_latency(full, queries, qvecs, embed_ms, embedder, "shared dump")]
+        if args.postgres:  # the same registry in PostgreSQL (copied: rows and vectors as they are)
+            copied = copy_registry(full, args.postgres)
+            log(f"(b) copied {full} to {copied['dest']} in {copied['seconds']} s")
+            results["latency"].append(bench_latency(args.postgres, queries, qvecs, embed_ms, embedder,
+                                                    "shared dump on PostgreSQL"))
         big = work / "synthetic.db"
         t = time.perf_counter()
         added = expand(full, big, args.synthetic_models)
