@@ -97,10 +97,12 @@ def cmd_cards(args, settings: Settings) -> int:
 def cmd_cardlm(args, settings: Settings) -> int:
     from diffagent.training.cardlm import CardLMConfig, run_cardlm
 
-    cfg = CardLMConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    cfg = CardLMConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                       negatives=args.negatives, contrast_weight=args.contrast_weight)
     report = run_cardlm(settings, args.pairs, args.work_dir or settings.data_dir / "training" / "cardlm", cfg=cfg,
                         per_page=args.per_page, train_limit=args.train_limit, eval_split=args.split,
-                        eval_limit=args.eval_limit, threads=args.threads, progress=not args.quiet)
+                        eval_limit=args.eval_limit, threads=args.threads, init_adapter=args.init_adapter,
+                        progress=not args.quiet)
     return _print(report)
 
 
@@ -193,6 +195,11 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--negatives", type=int, default=0, help="hard negative cards per pair for the contrastive "
+                   "term (0: language-model loss only)")
+    p.add_argument("--contrast-weight", type=float, default=1.0, help="weight of the contrastive term")
+    p.add_argument("--init-adapter", type=Path, default=None, help="start from this adapter (an earlier run's "
+                   "<work-dir>/train/adapter) instead of a fresh LoRA")
     p.add_argument("--per-page", type=int, default=3, help="most train prompts per model page")
     p.add_argument("--train-limit", type=int, default=20000, help="train pairs at most (a seeded sample)")
     p.add_argument("--split", choices=["val", "test"], default="val", help="held-out pairs to evaluate on")

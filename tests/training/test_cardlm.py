@@ -73,3 +73,36 @@ def test_fusion_adds_pmi_per_token_to_the_ranker_logit():
     # ranker logit gap log(0.6/0.4) = 0.405; PMI per token of card y = 2.0: beta 0.1 adds 0.2, beta 1 adds 2
     assert r["fused_top1"] == {"0.1": 0.0, "1.0": 1.0}
     assert r["nll_creator_card"] == 3.0 and r["nll_other_card"] == 5.0
+
+
+def test_contrastive_term_scores_each_prompt_under_its_negatives(tmp_path, toy_tok):
+    """With negatives, each step also scores the prompt under other cards and pushes its own card above them;
+    the loop logs both parts, and the contrastive part falls as the card comes to matter."""
+    cards = {n: CARD_HEAD.format(card=f"{n} v1. {w}") for n, w in STYLES.items()}
+    pairs = [CardPair(p.card, p.request, tuple(c for c in cards.values() if c != p.card)[:2]) for p in _pairs()]
+    model = add_lora(tiny_gemma(seed=1), LoraShape(r=8, alpha=16))
+    model.train()
+    state = train_cardlm(model, toy_tok, pairs, CardLMConfig(steps=40, batch_size=4, lr=2e-2, warmup_steps=0,
+                                                             checkpoint_every=20, negatives=2),
+                         tmp_path, progress=False)
+    contrast, lm = state.extras["contrast"], state.extras["lm"]
+    assert len(contrast) == len(lm) == 40
+    # chance for one own card among three is log 3 = 1.10
+    assert contrast[0] > 0.8 and sum(contrast[-5:]) / 5 < 0.2
+    assert all(abs(t - (a + b)) < 1e-3 for t, a, b in zip(state.losses, lm, contrast, strict=True))
+    model.eval()
+    after = evaluate(lambda prefixes, request: request_logprobs(model, toy_tok, prefixes, request), _items())
+    assert after["all"]["pmi_top1"] == 1.0
+
+
+def test_hard_negatives_are_nearest_cards_of_other_pages(tiny_registry):
+    from diffagent.training.cardlm import hard_negatives
+    from diffagent.training.cards import card_matrix
+
+    registry = tiny_registry
+    ids, pages, _ = card_matrix(registry)
+    chosen = hard_negatives(registry, [int(ids[0])], 2, pool=3, seed=0)
+    negs = chosen[int(ids[0])]
+    assert len(negs) == 2 and int(ids[0]) not in negs
+    page_of = dict(zip(ids.tolist(), pages.tolist(), strict=True))
+    assert all(page_of[n] != page_of[int(ids[0])] for n in negs)
