@@ -13,6 +13,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pg_binary(name: str) -> str | None:
+    """PostgreSQL's ``initdb`` / ``pg_ctl``: on PATH, else in Debian's versioned folder (the newest version)."""
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]) if
+                      p.parts[-3].isdigit() else 0)
+    return str(versions[-1]) if versions else None
 #: where the tests' registries live: SQLite files, or with DIFFAGENT_TEST_REGISTRY=postgres databases of a
 #: throwaway PostgreSQL cluster (``.ci/run`` runs the registry suite both ways)
 REGISTRY_BACKEND = os.environ.get("DIFFAGENT_TEST_REGISTRY", "sqlite")
@@ -21,11 +33,10 @@ if REGISTRY_BACKEND not in ("sqlite", "postgres"):
 
 
 def pytest_configure(config):
-    import shutil
-
-    if REGISTRY_BACKEND == "postgres" and not (shutil.which("initdb") and shutil.which("pg_ctl")):
+    if REGISTRY_BACKEND == "postgres" and not (pg_binary("initdb") and pg_binary("pg_ctl")):
         # asked for explicitly: a run that skipped every registry test would pass without testing anything
-        raise pytest.UsageError("DIFFAGENT_TEST_REGISTRY=postgres needs PostgreSQL's initdb and pg_ctl on PATH")
+        raise pytest.UsageError("DIFFAGENT_TEST_REGISTRY=postgres needs PostgreSQL's initdb and pg_ctl (on PATH or "
+                                "under /usr/lib/postgresql/<version>/bin); install the postgresql package")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -116,8 +127,9 @@ def postgres_server(tmp_path_factory):
     import subprocess
 
     pytest.importorskip("psycopg", reason="psycopg is not installed (the 'postgres' extra)")
-    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
-        pytest.skip("PostgreSQL's initdb / pg_ctl are not on PATH")
+    initdb, pg_ctl = pg_binary("initdb"), pg_binary("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("PostgreSQL's initdb / pg_ctl are neither on PATH nor under /usr/lib/postgresql")
     as_user: list[str] = []
     root = tmp_path_factory.mktemp("postgres")
     if os.geteuid() == 0:
@@ -137,21 +149,21 @@ def postgres_server(tmp_path_factory):
             parent.chmod(parent.stat().st_mode | 0o001)
         as_user = ["runuser", "-u", "postgres", "--"]
     data, port = root / "data", 50000 + os.getpid() % 10000
-    subprocess.run([*as_user, "initdb", "-D", str(data), "-A", "trust", "-U", "diffagent"], check=True,
+    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "diffagent"], check=True,
                    capture_output=True)
     options = f"-k {root} -c listen_addresses='' -p {port}"
-    subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-w", "-l", str(root / "server.log"), "-o", options,
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-w", "-l", str(root / "server.log"), "-o", options,
                     "start"], check=True, capture_output=True)
 
     def restart() -> None:
         """Restart the server (every open connection is dropped)."""
-        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "fast", "-w", "-l", str(root / "server.log"),
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "-l", str(root / "server.log"),
                         "-o", options, "restart"], check=True, capture_output=True)
 
     try:
         yield SimpleNamespace(url=f"postgresql://diffagent@/postgres?host={root}&port={port}", restart=restart)
     finally:
-        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
 
 
 @pytest.fixture(scope="session")
