@@ -89,13 +89,18 @@ def test_progress_reaches_the_caller_and_cancel_stops_the_replica(cluster, tiny)
     assert steps == [(1, 3), (2, 3), (3, 3)]
     cancel = threading.Event()
 
+    seen: list[int] = []
+
     def on_progress(step, total):
+        seen.append(step)
         cancel.set()  # cancel after the first step of many
 
     t0 = time.perf_counter()
     with pytest.raises(RenderCancelled):
         cluster.render(tiny.call(1, steps=150, width=128, height=128), progress=on_progress, cancel=cancel)
-    assert time.perf_counter() - t0 < 30
+    # stopped within a few steps of the cancel, however busy the box (the time bound only guards against a hang)
+    assert seen and max(seen) < 30, seen
+    assert time.perf_counter() - t0 < 120
     assert cluster.render(tiny.call(1, steps=1)).path.exists()  # the replica is free again
 
 

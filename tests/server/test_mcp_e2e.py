@@ -141,7 +141,10 @@ async def test_render_image_runs_on_a_ray_serve_replica_with_progress(world_sett
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              _node_ip_address="127.0.0.1")
     try:
-        server = create_server(settings, runtime=runtime)
+        # a replica that starts on a busy box can take longer than the default 45 s wait (seen: 33 s before
+        # the Serve application was ready); the job protocol for that is tested elsewhere, here the render is
+        # awaited whole so that every progress event reaches this call
+        server = create_server(settings, runtime=runtime, render_wait_s=300)
         async with Client(server) as client:
             _, r, seen = await select_and_render(client, seed=5)
             assert Path(r.structured_content["result"]["path"]).is_file() and seen == [(1, 3), (2, 3), (3, 3)]
