@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from diffagent.errors import UserInputError
 from diffagent.registry.db import open_engine
-from diffagent.registry.location import Location, display, is_url, parse_location
+from diffagent.registry.location import Location, display, identity, is_url, parse_location
 
 #: the registry's tables, parents before children (foreign keys are checked as rows arrive)
 TABLES = ("model", "model_version", "model_file", "sample_image", "usage_stats", "model_kind", "vector",
@@ -74,7 +74,7 @@ def copy_registry(source: Location, dest: Location, *, progress: bool = False) -
     """Copy every row of the registry at ``source`` into ``dest``; returns the rows copied per table and the
     seconds it took."""
     source, dest = parse_location(source), parse_location(dest)
-    if display(source) == display(dest):
+    if identity(source) == identity(dest):
         raise UserInputError("the source and the destination are the same registry")
     t0 = time.perf_counter()
     if is_url(dest):

@@ -47,7 +47,7 @@ class Registry:
     WEIGHTS = {"lexical": 0.10, "semantic": 0.40, "prompts": 0.20, "knn": 1.0, "creators": 0.5, "prior": 0.05}
 
     def __init__(self, path: Location, *, allow_nsfw: bool = False, embedder: Embedder | None = None):
-        #: a SQLite file's path, or a PostgreSQL URL (``registry/location.py``); ``display(path)`` for messages
+        #: a SQLite file's path, or a PostgreSQL URL (``registry/location.py``); ``where`` for messages
         self.path = parse_location(path)
         self.allow_nsfw = allow_nsfw
         self.engine = open_engine(self.path)
@@ -193,7 +193,7 @@ class Registry:
                 "SELECT family, count(*) FROM model_version GROUP BY family ORDER BY 2 DESC")).all())
             one = lambda sql: conn.execute(text(sql)).scalar()  # noqa: E731
             return {
-                "path": display(self.path),
+                "path": self.where,
                 "models": one("SELECT count(*) FROM model"),
                 "versions": one("SELECT count(*) FROM model_version"),
                 "files": one("SELECT count(*) FROM model_file"),
@@ -211,7 +211,7 @@ class Registry:
         with self._lock:
             if self._index is None:
                 with self.engine.connect() as conn:
-                    self._index = SearchIndex.load(conn, self.embedder, where=display(self.path))
+                    self._index = SearchIndex.load(conn, self.embedder, where=self.where)
             return self._index
 
     def warm(self) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffagent.errors import UserInputError
-from diffagent.registry.location import parse_location
+from diffagent.registry.location import is_url, parse_location
 from diffagent.settings import Settings
 from diffagent.training.config import TrainConfig
 from diffagent.training.io import write_json_atomic
@@ -68,7 +68,7 @@ def _registry(cfg: TrainConfig, settings: Settings):
     from diffagent.registry.store import Registry
 
     path = parse_location(cfg.registry) if cfg.registry else settings.registry
-    if not path.is_file():
+    if not is_url(path) and not Path(path).is_file():  # a database URL is checked by opening it, below
         raise UserInputError(f"registry {path} not found; set registry in the config or pass --registry")
     # opened as `bench select` and the runtime open it, so retrieval sees the same models
     return Registry.from_settings(settings, path)

@@ -94,6 +94,10 @@ def test_a_copy_never_overwrites_a_registry(tiny_registry_path, tiny_registry_co
         copy_registry(tiny_registry_path, existing)
     with pytest.raises(UserInputError, match="the same registry"):
         copy_registry(tiny_registry_path, tiny_registry_path)
+    if not isinstance(tiny_registry_path, str):  # the same file by another spelling of its path
+        other = tiny_registry_path.parent / "sub" / ".." / tiny_registry_path.name
+        with pytest.raises(UserInputError, match="the same registry"):
+            copy_registry(tiny_registry_path, other)
 
 
 def test_a_failed_copy_leaves_nothing(tiny_registry_path, new_registry, monkeypatch):

@@ -90,3 +90,13 @@ def test_stages_explain_what_to_run_first(tmp_path, tiny_registry_path):
     args = parser.parse_args(["train", "rrhf", "--work-dir", str(tmp_path)])
     with pytest.raises(UserInputError, match="diffagent train sft"):
         args.func(args, settings)
+
+
+def test_a_database_registry_is_checked_by_opening_it(tmp_path):
+    """A postgresql:// registry in the training config is not a file to look for: opening it says what is wrong."""
+    pytest.importorskip("psycopg", reason="the 'postgres' extra")
+    from diffagent.training.pipeline import _registry
+
+    cfg = TrainConfig(registry="postgresql://nobody@/nodb?host=/nonexistent-socket-folder")
+    with pytest.raises(UserInputError, match="cannot open the registry database postgresql://nobody@/nodb"):
+        _registry(cfg, Settings(data_dir=tmp_path))
