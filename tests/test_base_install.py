@@ -26,13 +26,15 @@ from diffagent.cli import main
 code = main(sys.argv[1:])
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in {BLOCKED!r})
 assert not leaked, leaked
+missing = [m for m in os.environ.get("EXPECT_LOADED", "").split() if m not in sys.modules]
+assert not missing, f"never imported: {{missing}}"
 sys.exit(code)
 """
 
 
-def _cli(*args: str, cwd: Path, timeout: float = 300, also: str = "") -> subprocess.CompletedProcess:
+def _cli(*args: str, cwd: Path, timeout: float = 300, also: str = "", expect: str = "") -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "DIFFAGENT_DATA_DIR": str(cwd / "data"),
-           "ALSO_NOT_INSTALLED": also}
+           "ALSO_NOT_INSTALLED": also, "EXPECT_LOADED": expect}
     return subprocess.run([sys.executable, "-c", RUNNER, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -44,9 +46,11 @@ def test_select_on_the_default_registry_needs_no_torch(tmp_path):
     assert call["checkpoint"]["id"] and call["prompt"]
 
 
-def test_import_embeds_with_the_numpy_encoder_without_torch(tmp_path, tiny_registry_path):
-    """Bulk embedding falls back to the numpy encoder; its vectors equal the sentence-transformers ones of the
-    session's registry (fp16 storage)."""
+@pytest.mark.parametrize(("also", "expect"), [("onnxruntime onnx", ""), ("", "onnxruntime")],
+                         ids=["numpy encoder", "embed extra (onnxruntime)"])
+def test_import_embeds_without_torch(tmp_path, tiny_registry_path, also, expect):
+    """Bulk embedding runs on ONNX Runtime with the ``embed`` extra and falls back to the numpy encoder without
+    it; either way the vectors equal the ones of the session's registry (fp16 storage)."""
     import sqlite3
 
     import numpy as np
@@ -54,7 +58,7 @@ def test_import_embeds_with_the_numpy_encoder_without_torch(tmp_path, tiny_regis
 
     src = write_jsonl(tmp_path / "items.jsonl")
     db = tmp_path / "r.db"
-    done = _cli("registry", "import", str(src), "--registry", str(db), cwd=tmp_path)
+    done = _cli("registry", "import", str(src), "--registry", str(db), cwd=tmp_path, also=also, expect=expect)
     assert done.returncode == 0, done.stderr[-2000:]
 
     def vectors(path):

@@ -108,24 +108,29 @@ class NumpyBert:
             x = _layer_norm(x + out, w[f"{p}output.LayerNorm.weight"], w[f"{p}output.LayerNorm.bias"], self.eps)
         return x
 
+    def batches(self, texts: list[str], batch_size: int):
+        """``(rows, ids, mask)`` per batch: token ids padded to the batch's longest text (int64), its mask
+        (bool), and which of ``texts`` the rows are. Texts are taken longest first, so that a batch's texts have
+        similar lengths and pad little (sentence-transformers sorts the same way)."""
+        encodings = [self.tokenizer.encode(t).ids for t in texts]  # encode_batch would start a thread pool
+        order = sorted(range(len(texts)), key=lambda i: -len(encodings[i]))
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            L = max(len(encodings[i]) for i in rows)
+            ids = np.zeros((len(rows), L), dtype=np.int64)
+            mask = np.zeros((len(rows), L), dtype=bool)
+            for row, i in enumerate(rows):
+                ids[row, :len(encodings[i])] = encodings[i]
+                mask[row, :len(encodings[i])] = True
+            yield rows, ids, mask
+
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        encodings = [self.tokenizer.encode(t) for t in texts]  # encode_batch would start a thread pool
-        # batches of similar lengths pad little (sentence-transformers sorts the same way)
-        order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            L = max(len(encodings[i].ids) for i in idx)
-            ids = np.zeros((len(idx), L), dtype=np.int64)
-            mask = np.zeros((len(idx), L), dtype=bool)
-            for row, i in enumerate(idx):
-                tokens = encodings[i].ids
-                ids[row, :len(tokens)] = tokens
-                mask[row, :len(tokens)] = True
+        for rows, ids, mask in self.batches(texts, batch_size):
             x = self._forward(ids, mask)
             m = mask[..., None].astype(np.float32)
             pooled = (x * m).sum(1) / np.maximum(m.sum(1), 1e-9)
             if self.normalize:
                 pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-            out[idx] = pooled
+            out[rows] = pooled
         return out

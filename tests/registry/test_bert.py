@@ -121,8 +121,10 @@ def test_bulk_encoding_leaves_the_process_online(monkeypatch):
     from diffagent.registry.embeddings import Embedder
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    vec = Embedder().encode(["a watercolor fox"])
-    assert vec.shape == (1, 384)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # bulk encoding through sentence-transformers
+    emb = Embedder()
+    vec = emb.encode(["a watercolor fox"])
+    assert vec.shape == (1, 384) and emb._model not in (None, False)
     assert "HF_HUB_OFFLINE" not in os.environ
 
 
