@@ -144,11 +144,17 @@ def cmd_fit(args, settings: Settings) -> int:
     name = f"{display(settings.registry).rsplit('/', 1)[-1]} / {settings.selector} / {args.split}"
     report = {"registry": display(settings.registry), "selector": settings.selector, "split": args.split,
               "base": args.base, "results": {name: row}, "failures": scores.failures}
-    if args.out:
-        from diffagent.atomic import write_atomic
+    from diffagent.atomic import write_atomic
 
+    if args.out:
         text = json.dumps(report, indent=2)
         write_atomic(args.out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    if args.to_judge:
+        from diffagent.bench.fit import judge_input
+
+        lines = "".join(json.dumps(judge_input(info), ensure_ascii=False) + "\n" for info in scores.to_judge.values())
+        write_atomic(args.to_judge, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
+        print(f"{len(scores.to_judge)} chosen models without a judged label -> {args.to_judge}", file=sys.stderr)
     if args.json:
         print(json.dumps(report))
     else:
@@ -190,6 +196,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-loras", type=int, default=2)
     p.add_argument("--model-labels", type=Path, default=None,
                    help="judges' labels of registry models (JSONL by version id); default: the registry's own")
+    p.add_argument("--to-judge", type=Path, default=None,
+                   help="write the chosen models that no judge labelled here, one judge-input line each "
+                        "(docs/fit-judging.md, part 2; the pages' text, so keep it outside the repo)")
     p.add_argument("--show", type=int, default=0, help="print this many misfits")
     p.add_argument("--out", type=Path, default=None, help="write the JSON report (with every misfit) here")
     p.add_argument("--json", action="store_true")

@@ -30,6 +30,8 @@ from pathlib import Path
 
 from diffagent.apicall import ApiCall
 from diffagent.errors import UserInputError
+from diffagent.prompttext import html_to_text
+from diffagent.registry.info import VersionInfo
 from diffagent.registry.kinds import NEUTRAL_ROLES, NOT_STANDALONE, name_phrase
 from diffagent.registry.query import contains_words
 
@@ -170,6 +172,8 @@ class FitScores:
     kinds: Counter = field(default_factory=Counter)
     by_cue: dict = field(default_factory=lambda: {True: Counter(), False: Counter()})
     failures: list[dict] = field(default_factory=list)
+    #: every model a graded call chose (checkpoints and LoRAs) that no judge labelled, in first-seen order
+    to_judge: dict[int, VersionInfo] = field(default_factory=dict)
 
     def row(self) -> dict:
         p = lambda a: round(a / self.n, 4) if self.n else None  # noqa: E731
@@ -200,6 +204,7 @@ def evaluate_fit(items: list[FitItem], select: Callable[[str], ApiCall], registr
             s.failures.append({"ref": it.ref, "error": f"{type(e).__name__}: {e}"})
             continue
         infos = registry.versions([call.checkpoint.id, *(lo.id for lo in call.loras)])
+        s.to_judge.update((i, info) for i, info in infos.items() if i not in labels)
         ck = infos.get(call.checkpoint.id)
         kinds = labels.get(call.checkpoint.id, {}).get("kinds") or (ck.kinds if ck else [])
         if call.checkpoint.id not in labels and (not ck or not ck.kinds or ck.kinds == ["unknown"]):
@@ -225,6 +230,13 @@ def evaluate_fit(items: list[FitItem], select: Callable[[str], ApiCall], registr
             s.failures.append({"ref": it.ref, "prompt": it.prompt[:160], "checkpoint": call.checkpoint.name,
                                "kinds": kinds, "fit": g, "harmful_loras": harmful})
     return s
+
+
+def judge_input(info: VersionInfo) -> dict:
+    """One line for a judge of what a model is for (docs/fit-judging.md, part 2): the page's own text."""
+    return {"version_id": info.id, "type": info.type, "name": info.model_name, "version": info.name,
+            "base_model": info.base_model, "tags": info.tags, "trigger_words": info.trained_words,
+            "description": html_to_text(info.description, max_chars=400)}
 
 
 def markdown_table(rows: dict[str, dict]) -> str:

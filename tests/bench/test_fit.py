@@ -15,6 +15,7 @@ from diffagent.bench.fit import (
     PROMPT_LABELS,
     FitItem,
     evaluate_fit,
+    judge_input,
     load_fit_set,
     load_labels,
     load_model_labels,
@@ -130,8 +131,15 @@ def test_evaluate_fit_on_the_default_registry():
             raise RuntimeError("broken")
         return answers[ref]
 
-    row = evaluate_fit(items, select, reg, model_labels={}).row()
+    scores = evaluate_fit(items, select, reg, model_labels={anime.id: {"kinds": ["anime"], "concepts": []}})
+    row = scores.row()
     reg.close()
+    # the models a judge has still to label: every chosen one but the labelled anime model, each once
+    assert list(scores.to_judge) == [photo.id, moxin.id]
+    line = judge_input(scores.to_judge[moxin.id])
+    assert line["version_id"] == moxin.id and line["type"] == "lora" and line["name"] == moxin.model_name
+    assert line["trigger_words"] == moxin.trained_words and len(line["description"]) <= 400
+    assert "<" not in line["description"]  # plain text for the judge
     assert row["n"] == 4 and row["invalid"] == 1
     assert row["wrong"] == 3  # the anime model for a plain request, the photo model for ink wash, the error
     assert row["harmful_lora_rate"] == 0.25  # MoXin where nobody asked for ink wash; fine where it was asked
