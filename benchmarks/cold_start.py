@@ -33,8 +33,9 @@ print("HEAVY " + ",".join(heavy), file=sys.stderr)
 def run_once(prompt: str, registry: str | None) -> tuple[float, str]:
     env = {**os.environ, **({"DIFFAGENT_REGISTRY": registry} if registry else {})}
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", PROBE, "select", prompt, "--json"], capture_output=True, text=True,
-                         env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, "select", prompt, "--json"], capture_output=True, text=True, env=env
+    )
     wall = time.perf_counter() - t
     if out.returncode:
         sys.exit(f"diffagent select failed:\n{out.stderr[-2000:]}")
@@ -56,9 +57,19 @@ def main() -> None:
         walls.append(wall)
         heavy.add(imported or "none")
         print(f"run {i + 1}: {wall:.2f} s")
-    print(json.dumps({"runs": args.runs, "median_s": round(statistics.median(walls), 2),
-                      "min_s": round(min(walls), 2), "max_s": round(max(walls), 2),
-                      "heavy_imports": sorted(heavy), "load_avg_before": round(load, 2)}, indent=1))
+    print(
+        json.dumps(
+            {
+                "runs": args.runs,
+                "median_s": round(statistics.median(walls), 2),
+                "min_s": round(min(walls), 2),
+                "max_s": round(max(walls), 2),
+                "heavy_imports": sorted(heavy),
+                "load_avg_before": round(load, 2),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

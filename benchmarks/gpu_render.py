@@ -81,7 +81,8 @@ def build_real(eco: str, out: Path, device: str, dtype) -> None:
         }
         if eco == "sdxl":
             parts["text_encoder_2"] = CLIPTextModelWithProjection(
-                CLIPTextConfig.from_pretrained(skel / "text_encoder_2"))
+                CLIPTextConfig.from_pretrained(skel / "text_encoder_2")
+            )
             parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(skel / "tokenizer_2")
     for k, v in parts.items():
         if isinstance(v, torch.nn.Module):
@@ -92,8 +93,9 @@ def build_real(eco: str, out: Path, device: str, dtype) -> None:
             parts[k] = v.to(dtype)
     sched_cfg = json.loads((skel / "scheduler" / "scheduler_config.json").read_text())
     parts["scheduler"] = make_scheduler("Euler", sched_cfg)
-    extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} \
-        if eco == "sd1" else {}
+    extra = (
+        {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} if eco == "sd1" else {}
+    )
     pipe = pipeline_class(eco)(**parts, **extra)
     pipe.save_pretrained(out, safe_serialization=True)
     del pipe, parts
@@ -140,10 +142,18 @@ def bench_family(eco: str, folder: Path, args, renderer) -> dict:
 
     size = args.size or (64 if args.tiny else (512 if eco == "sd1" else 1024))
     family = Family.SD1 if eco == "sd1" else Family.SDXL
-    call = ApiCall(checkpoint=ModelRef(id=1 if eco == "sd1" else 2, air=f"bench:{eco}", name=f"random-{eco}",
-                                       family=family),
-                   prompt=PROMPT, negative_prompt=NEGATIVE, steps=args.steps, cfg_scale=7.0, width=size,
-                   height=size, seed=1, sampler=args.sampler, clip_skip=1 if eco == "sd1" else 2)
+    call = ApiCall(
+        checkpoint=ModelRef(id=1 if eco == "sd1" else 2, air=f"bench:{eco}", name=f"random-{eco}", family=family),
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        steps=args.steps,
+        cfg_scale=7.0,
+        width=size,
+        height=size,
+        seed=1,
+        sampler=args.sampler,
+        clip_skip=1 if eco == "sd1" else 2,
+    )
 
     # --- bare diffusers, same scheduler options, same device generator
     t = time.perf_counter()
@@ -154,8 +164,15 @@ def bench_family(eco: str, folder: Path, args, renderer) -> dict:
     def bare():
         g = torch.Generator(device=args.device).manual_seed(1)
         with torch.inference_mode():
-            pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=args.steps, guidance_scale=7.0,
-                 width=size, height=size, generator=g)
+            pipe(
+                prompt=PROMPT,
+                negative_prompt=NEGATIVE,
+                num_inference_steps=args.steps,
+                guidance_scale=7.0,
+                width=size,
+                height=size,
+                generator=g,
+            )
 
     bare()  # warm-up
     bare_times = timed(bare, args.device, args.repeats)
@@ -172,13 +189,18 @@ def bench_family(eco: str, folder: Path, args, renderer) -> dict:
     totals = [r.seconds for r in results]
     bare_med = statistics.median(bare_times)
     return {
-        "family": eco, "size": size, "steps": args.steps, "sampler": args.sampler,
-        "bare_s": round(bare_med, 4), "diffagent_denoise_s": round(statistics.median(pipeline_part), 4),
+        "family": eco,
+        "size": size,
+        "steps": args.steps,
+        "sampler": args.sampler,
+        "bare_s": round(bare_med, 4),
+        "diffagent_denoise_s": round(statistics.median(pipeline_part), 4),
         "diffagent_total_s": round(statistics.median(totals), 4),
         "overhead_denoise_pct": round(100 * (statistics.median(pipeline_part) / bare_med - 1), 2),
         "overhead_total_pct": round(100 * (statistics.median(totals) / bare_med - 1), 2),
         "save_s": round(statistics.median(r.timings["save"] for r in results), 4),
-        "cold_load_s": round(first.timings["load"], 3), "bare_load_s": round(bare_load, 3),
+        "cold_load_s": round(first.timings["load"], 3),
+        "bare_load_s": round(bare_load, 3),
         "call": call,
     }
 
@@ -224,31 +246,70 @@ def bench_lora(call, args, renderer, lora_files: dict, tmp: Path) -> dict:
     lora = LoraRef(id=lora_id, air="bench:lora", name=f"random-lora-{eco}", family=call.checkpoint.family, weight=0.7)
     lora_files[lora_id] = path
     add = renderer.render(quick.model_copy(update={"loras": [lora]}), output_dir=args.out_dir)
-    swap = renderer.render(quick.model_copy(update={"loras": [lora.model_copy(update={"weight": 0.3})]}),
-                           output_dir=args.out_dir)
+    swap = renderer.render(
+        quick.model_copy(update={"loras": [lora.model_copy(update={"weight": 0.3})]}), output_dir=args.out_dir
+    )
     drop = renderer.render(quick, output_dir=args.out_dir)
-    return {"lora_load_s": round(add.timings["prepare"], 4), "lora_reweight_s": round(swap.timings["prepare"], 4),
-            "lora_unload_s": round(drop.timings["prepare"], 4),
-            "checkpoint_reloads": renderer.cache.loads - loads_before}
+    return {
+        "lora_load_s": round(add.timings["prepare"], 4),
+        "lora_reweight_s": round(swap.timings["prepare"], 4),
+        "lora_unload_s": round(drop.timings["prepare"], 4),
+        "checkpoint_reloads": renderer.cache.loads - loads_before,
+    }
 
 
 # --- FLUX.1 and Stable Diffusion 3 ----------------------------------------------------------------------------------
 
 #: the full-size text encoders these families ship: CLIP ViT-L/14's text tower, OpenCLIP ViT-bigG/14's (SD 3's
 #: ``text_encoder_2``) and the encoder of T5 v1.1 XXL (4.8B parameters)
-CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-              max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu")
-CLIP_G = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-              max_position_embeddings=77, projection_dim=1280, hidden_act="gelu")
-T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-              feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+CLIP_L = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+)
+CLIP_G = dict(
+    vocab_size=49408,
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=20,
+    max_position_embeddings=77,
+    projection_dim=1280,
+    hidden_act="gelu",
+)
+T5_XXL = dict(
+    vocab_size=32128,
+    d_model=4096,
+    d_kv=64,
+    d_ff=10240,
+    num_layers=24,
+    num_heads=64,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+)
 #: their VAE (16 latent channels, no quant convs); only the latent scaling differs between the two
-FLOW_VAE = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
-                layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, sample_size=1024, use_quant_conv=False,
-                use_post_quant_conv=False)
-FLOW_VAE_SCALING = {"flux": dict(scaling_factor=0.3611, shift_factor=0.1159),
-                    "sd3": dict(scaling_factor=1.5305, shift_factor=0.0609)}
+FLOW_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=16,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    norm_num_groups=32,
+    sample_size=1024,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
+FLOW_VAE_SCALING = {
+    "flux": dict(scaling_factor=0.3611, shift_factor=0.1159),
+    "sd3": dict(scaling_factor=1.5305, shift_factor=0.0609),
+}
 OFFLOAD_MODES = ("auto", "none", "model", "sequential")
 
 
@@ -300,22 +361,38 @@ def build_flow_real(eco: str, out: Path, device: str, dtype):
         vae = AutoencoderKL(**FLOW_VAE, **FLOW_VAE_SCALING[eco])
         t5 = T5EncoderModel(T5Config(**T5_XXL))
         if eco == "flux":
-            parts = dict(transformer=FluxTransformer2DModel(**layouts.FLUX_DEV),
-                         text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L, **ids)), text_encoder_2=t5)
+            parts = dict(
+                transformer=FluxTransformer2DModel(**layouts.FLUX_DEV),
+                text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L, **ids)),
+                text_encoder_2=t5,
+            )
         else:
-            parts = dict(transformer=SD3Transformer2DModel(**layouts.SD35_MEDIUM),
-                         text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_L, **ids)),
-                         text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_G, **ids)),
-                         text_encoder_3=t5)
+            parts = dict(
+                transformer=SD3Transformer2DModel(**layouts.SD35_MEDIUM),
+                text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_L, **ids)),
+                text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_G, **ids)),
+                text_encoder_3=t5,
+            )
     clip, t5_tokenizer = CLIPTokenizer.from_pretrained(out / "_tokenizer"), T5TokenizerFast.from_pretrained(out / "_t5")
     if eco == "flux":
-        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
-                                                    max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            shift=3.0,
+            use_dynamic_shifting=True,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
+        )
         pipe = FluxPipeline(scheduler=scheduler, vae=vae, tokenizer=clip, tokenizer_2=t5_tokenizer, **parts)
     else:
-        pipe = StableDiffusion3Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae, tokenizer=clip,
-                                        tokenizer_2=CLIPTokenizer.from_pretrained(out / "_tokenizer_2"),
-                                        tokenizer_3=t5_tokenizer, **parts)
+        pipe = StableDiffusion3Pipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=vae,
+            tokenizer=clip,
+            tokenizer_2=CLIPTokenizer.from_pretrained(out / "_tokenizer_2"),
+            tokenizer_3=t5_tokenizer,
+            **parts,
+        )
     pipe.save_pretrained(out, safe_serialization=True)
     return pipe
 
@@ -356,9 +433,12 @@ def flow_lora(renderer, call, lora, base, out_dir: Path) -> dict:
 
     loads_before = renderer.cache.loads
     result = renderer.render(call.model_copy(update={"loras": [lora]}), output_dir=out_dir)
-    return {"offload": result.offload, "lora_load_s": round(result.timings["prepare"], 4),
-            "changed_image": not np.array_equal(pixels(base), pixels(result)),
-            "checkpoint_reloads": renderer.cache.loads - loads_before}
+    return {
+        "offload": result.offload,
+        "lora_load_s": round(result.timings["prepare"], 4),
+        "changed_image": not np.array_equal(pixels(base), pixels(result)),
+        "checkpoint_reloads": renderer.cache.loads - loads_before,
+    }
 
 
 def bench_flow(eco: str, folder: Path, lora_path: Path, args, tmp: Path) -> dict:
@@ -379,9 +459,17 @@ def bench_flow(eco: str, folder: Path, lora_path: Path, args, tmp: Path) -> dict
     ckpt_id = 3 if eco == "flux" else 4
     size = args.size or (64 if args.tiny else 1024)
     # FLUX.1 takes no negative prompt; cfg_scale is its distilled guidance
-    call = ApiCall(checkpoint=ModelRef(id=ckpt_id, air=f"bench:{eco}", name=f"random-{eco}", family=family),
-                   prompt=PROMPT, negative_prompt="" if eco == "flux" else NEGATIVE, steps=args.flow_steps,
-                   cfg_scale=3.5 if eco == "flux" else 5.0, width=size, height=size, seed=1, sampler="Euler")
+    call = ApiCall(
+        checkpoint=ModelRef(id=ckpt_id, air=f"bench:{eco}", name=f"random-{eco}", family=family),
+        prompt=PROMPT,
+        negative_prompt="" if eco == "flux" else NEGATIVE,
+        steps=args.flow_steps,
+        cfg_scale=3.5 if eco == "flux" else 5.0,
+        width=size,
+        height=size,
+        seed=1,
+        sampler="Euler",
+    )
     lora = LoraRef(id=100 + ckpt_id, air="bench:lora", name=f"random-lora-{eco}", family=family, weight=1.0)
     files = {call.checkpoint.id: (folder, "diffusers"), lora.id: (lora_path, "lora")}
 
@@ -396,14 +484,30 @@ def bench_flow(eco: str, folder: Path, lora_path: Path, args, tmp: Path) -> dict
     def peak_gib() -> float | None:
         return round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
 
-    out = {"family": eco, "size": size, "steps": call.steps, "cfg_scale": call.cfg_scale, "modes": [], "lora": None,
-           "problems": []}
+    out = {
+        "family": eco,
+        "size": size,
+        "steps": call.steps,
+        "cfg_scale": call.cfg_scale,
+        "modes": [],
+        "lora": None,
+        "problems": [],
+    }
     images = tmp / "images"
     # the LoRA check runs where loading is hardest: into a pipeline under model offload's hooks, when that mode runs
     lora_mode = "model" if "model" in args.offload_modes else args.offload_modes[0]
     for mode in args.offload_modes:
-        renderer = Renderer(Settings(data_dir=tmp / "data", device=args.device, allow_downloads=False,
-                                     registry=tmp / "none.db", pipeline_cache_gb=64, offload=mode), resolver=resolver)
+        renderer = Renderer(
+            Settings(
+                data_dir=tmp / "data",
+                device=args.device,
+                allow_downloads=False,
+                registry=tmp / "none.db",
+                pipeline_cache_gb=64,
+                offload=mode,
+            ),
+            resolver=resolver,
+        )
         try:
             reset_peak()
             first = renderer.render(call, output_dir=images)  # cold: loads the checkpoint
@@ -419,11 +523,17 @@ def bench_flow(eco: str, folder: Path, lora_path: Path, args, tmp: Path) -> dict
             continue
         finally:
             renderer.close()  # drops the pipeline; the cache empties CUDA's allocator
-        out["modes"].append({
-            "mode": mode, "offload": first.offload, "cold_load_s": round(first.timings["load"], 3),
-            "denoise_s": round(statistics.median(r.timings["denoise"] for r in warm), 4),
-            "total_s": round(statistics.median(r.seconds for r in warm), 4),
-            "peak_cold_gib": peak_cold, "peak_warm_gib": peak_warm})
+        out["modes"].append(
+            {
+                "mode": mode,
+                "offload": first.offload,
+                "cold_load_s": round(first.timings["load"], 3),
+                "denoise_s": round(statistics.median(r.timings["denoise"] for r in warm), 4),
+                "total_s": round(statistics.median(r.seconds for r in warm), 4),
+                "peak_cold_gib": peak_cold,
+                "peak_warm_gib": peak_warm,
+            }
+        )
         # CPU ignores offload; on CUDA the pipeline must run as asked ('auto' chooses by free memory)
         expected = mode if cuda else "none"
         if expected != "auto" and first.offload != expected:
@@ -456,8 +566,10 @@ def print_flow(flow: dict) -> None:
     def gib(x: float | None) -> str:
         return "-" if x is None else f"{x:.2f}"
 
-    print(f"{'flow':5} {'offload':24} {'cold load s':>11} {'denoise s':>9} {'total s':>8} {'peak cold GiB':>13} "
-          f"{'peak warm GiB':>13} {'vs none':>8}")
+    print(
+        f"{'flow':5} {'offload':24} {'cold load s':>11} {'denoise s':>9} {'total s':>8} {'peak cold GiB':>13} "
+        f"{'peak warm GiB':>13} {'vs none':>8}"
+    )
     for eco, res in flow.items():
         none = next((m for m in res["modes"] if m["mode"] == "none" and "error" not in m), None)
         for m in res["modes"]:
@@ -465,16 +577,25 @@ def print_flow(flow: dict) -> None:
                 print(f"{eco:5} {m['mode']:24} {m['error']}")
                 continue
             mode = m["mode"] if m["offload"] == m["mode"] else f"{m['mode']} (ran {m['offload']})"
-            saved = "-" if none is None or none["peak_warm_gib"] is None \
+            saved = (
+                "-"
+                if none is None or none["peak_warm_gib"] is None
                 else f"{m['peak_warm_gib'] - none['peak_warm_gib']:+.2f}"
-            print(f"{eco:5} {mode:24} {m['cold_load_s']:>11.2f} {m['denoise_s']:>9.3f} {m['total_s']:>8.3f} "
-                  f"{gib(m['peak_cold_gib']):>13} {gib(m['peak_warm_gib']):>13} {saved:>8}")
+            )
+            print(
+                f"{eco:5} {mode:24} {m['cold_load_s']:>11.2f} {m['denoise_s']:>9.3f} {m['total_s']:>8.3f} "
+                f"{gib(m['peak_cold_gib']):>13} {gib(m['peak_warm_gib']):>13} {saved:>8}"
+            )
         if lo := res["lora"]:
-            print(f"lora on {eco} (offload {lo['offload']}): {'changed' if lo['changed_image'] else 'did NOT change'} "
-                  f"the image, load {lo['lora_load_s']:.3f}s, checkpoint reloads {lo['checkpoint_reloads']}")
+            print(
+                f"lora on {eco} (offload {lo['offload']}): {'changed' if lo['changed_image'] else 'did NOT change'} "
+                f"the image, load {lo['lora_load_s']:.3f}s, checkpoint reloads {lo['checkpoint_reloads']}"
+            )
         verdict = "problems: " + "; ".join(res["problems"]) if res["problems"] else "no problems"
-        print(f"{eco}: {res['size']} px, {res['steps']} steps, cfg {res['cfg_scale']:g}, built in {res['build_s']}s; "
-              f"{verdict}")
+        print(
+            f"{eco}: {res['size']} px, {res['steps']} steps, cfg {res['cfg_scale']:g}, built in {res['build_s']}s; "
+            f"{verdict}"
+        )
 
 
 def bench_sd(args) -> dict:
@@ -505,55 +626,82 @@ def bench_sd(args) -> dict:
                 return ResolvedWeights(path=path, family=fam, type=kind, name=ref.name)
             return ResolvedWeights(path=lora_files[ref.id], family=ref.family, type="lora", name=ref.name)
 
-        settings = Settings(data_dir=tmp / "data", device=args.device, allow_downloads=False,
-                            registry=tmp / "none.db", pipeline_cache_gb=64)
+        settings = Settings(
+            data_dir=tmp / "data",
+            device=args.device,
+            allow_downloads=False,
+            registry=tmp / "none.db",
+            pipeline_cache_gb=64,
+        )
         lora_files: dict[int, Path] = {}
         renderer = Renderer(settings, resolver=resolver)
         rows = [bench_family(eco, folders[eco], args, renderer) for eco in ("sd1", "sdxl")]
         switch = bench_switch(rows, args, renderer)
-        loras = {eco: bench_lora(row["call"], args, renderer, lora_files, tmp)
-                 for eco, row in zip(("sd1", "sdxl"), rows, strict=True)}
+        loras = {
+            eco: bench_lora(row["call"], args, renderer, lora_files, tmp)
+            for eco, row in zip(("sd1", "sdxl"), rows, strict=True)
+        }
         renderer.close()
 
-    out = {"build_s": build_times, "families": [{k: v for k, v in r.items() if k != "call"} for r in rows],
-           "switch": switch, "lora": loras}
+    out = {
+        "build_s": build_times,
+        "families": [{k: v for k, v in r.items() if k != "call"} for r in rows],
+        "switch": switch,
+        "lora": loras,
+    }
     if args.device.startswith("cuda"):  # before --flow resets the peak for its own phases
         out["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return out
 
 
 def print_sd(report: dict) -> None:
-    print(f"{'family':7} {'size':>5} {'steps':>5} {'bare s':>9} {'ours s':>9} {'overhead':>9} {'+png s':>8} "
-          f"{'cold load s':>11}")
+    print(
+        f"{'family':7} {'size':>5} {'steps':>5} {'bare s':>9} {'ours s':>9} {'overhead':>9} {'+png s':>8} "
+        f"{'cold load s':>11}"
+    )
     for r in report["families"]:
-        print(f"{r['family']:7} {r['size']:>5} {r['steps']:>5} {r['bare_s']:>9.3f} {r['diffagent_denoise_s']:>9.3f} "
-              f"{r['overhead_denoise_pct']:>8.1f}% {r['save_s']:>8.3f} {r['cold_load_s']:>11.2f}")
+        print(
+            f"{r['family']:7} {r['size']:>5} {r['steps']:>5} {r['bare_s']:>9.3f} {r['diffagent_denoise_s']:>9.3f} "
+            f"{r['overhead_denoise_pct']:>8.1f}% {r['save_s']:>8.3f} {r['cold_load_s']:>11.2f}"
+        )
     switch = report["switch"]
-    print(f"switch sd1<->sdxl, both cached: {switch['switch_cached_s']:.4f}s; "
-          f"reload each time: {switch['switch_reload_s']} s")
+    print(
+        f"switch sd1<->sdxl, both cached: {switch['switch_cached_s']:.4f}s; "
+        f"reload each time: {switch['switch_reload_s']} s"
+    )
     for eco, lo in report["lora"].items():
-        print(f"lora on {eco}: load {lo['lora_load_s']:.3f}s, reweight {lo['lora_reweight_s']:.4f}s, "
-              f"unload {lo['lora_unload_s']:.3f}s, checkpoint reloads {lo['checkpoint_reloads']}")
+        print(
+            f"lora on {eco}: load {lo['lora_load_s']:.3f}s, reweight {lo['lora_reweight_s']:.4f}s, "
+            f"unload {lo['lora_unload_s']:.3f}s, checkpoint reloads {lo['checkpoint_reloads']}"
+        )
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny random models (CPU dry run of the same code path)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="default 25 (full size) / 4 (tiny); the flow families default to 4")
+    p.add_argument(
+        "--steps", type=int, default=None, help="default 25 (full size) / 4 (tiny); the flow families default to 4"
+    )
     p.add_argument("--size", type=int, default=None, help="default 512 SD 1.5, 1024 SDXL / FLUX.1 / SD 3, 64 tiny")
     p.add_argument("--sampler", default="DPM++ 2M Karras", help="SD 1.5 / SDXL sampler (the flow families: Euler)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    p.add_argument("--real-size", action="store_true",
-                   help="also run benchmarks/real_size.py for both families on this device")
-    p.add_argument("--flow", action="store_true",
-                   help="also FLUX.1 [dev] and an SD 3.5 Medium-like pipeline, once per offload mode")
+    p.add_argument(
+        "--real-size", action="store_true", help="also run benchmarks/real_size.py for both families on this device"
+    )
+    p.add_argument(
+        "--flow",
+        action="store_true",
+        help="also FLUX.1 [dev] and an SD 3.5 Medium-like pipeline, once per offload mode",
+    )
     p.add_argument("--only-flow", action="store_true", help="--flow without the SD 1.5 / SDXL part")
-    p.add_argument("--offload-modes", default=None,
-                   help="comma-separated Settings.offload modes for --flow (auto, none, model, sequential); "
-                        "default none,model,sequential on CUDA, none on CPU")
+    p.add_argument(
+        "--offload-modes",
+        default=None,
+        help="comma-separated Settings.offload modes for --flow (auto, none, model, sequential); "
+        "default none,model,sequential on CUDA, none on CPU",
+    )
     args = p.parse_args(argv)
     args.flow = args.flow or args.only_flow
     args.flow_steps = args.steps or 4
@@ -603,11 +751,31 @@ def real_size_checks(args) -> dict:
             if args.tiny:
                 size = 64
             result = Path(tmpdir) / f"{family}.json"
-            proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "real_size.py"), "--family", family,
-                                   "--workdir", tmpdir, "--device", args.device, "--size", str(args.size or size),
-                                   "--steps", str(args.steps), "--out", str(result)], capture_output=True, text=True)
-            out[family] = json.loads(result.read_text()) if result.is_file() else {
-                "problems": [f"real_size.py exited {proc.returncode}: {proc.stderr[-2000:]}"]}
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    str(ROOT / "benchmarks" / "real_size.py"),
+                    "--family",
+                    family,
+                    "--workdir",
+                    tmpdir,
+                    "--device",
+                    args.device,
+                    "--size",
+                    str(args.size or size),
+                    "--steps",
+                    str(args.steps),
+                    "--out",
+                    str(result),
+                ],
+                capture_output=True,
+                text=True,
+            )
+            out[family] = (
+                json.loads(result.read_text())
+                if result.is_file()
+                else {"problems": [f"real_size.py exited {proc.returncode}: {proc.stderr[-2000:]}"]}
+            )
             for f in Path(tmpdir, family).glob("*.safetensors"):
                 f.unlink()  # 9 GB of files per family: free the disk before the next
     return out

@@ -75,15 +75,34 @@ def build_image_reward(device: str, tiny: bool, folder: Path):
     layers, inter, vocab = (1, 64, 100) if tiny else (12, 3072, 30522)
     n = write_bert_vocab(folder / "bert", vocab)
     med = folder / "med_config.json"
-    med.write_text(json.dumps({
-        "architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": inter,
-        "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert", "num_attention_heads": 12,
-        "num_hidden_layers": layers, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": n + 2,
-        "encoder_width": 1024, "add_cross_attention": True,
-    }))
-    vit = (imagereward_compat.VitSpec(64, 1, 1, 16) if tiny
-           else imagereward_compat.VitSpec(*imagereward_compat.RELEASED_VIT))
+    med.write_text(
+        json.dumps(
+            {
+                "architectures": ["BertModel"],
+                "attention_probs_dropout_prob": 0.1,
+                "hidden_act": "gelu",
+                "hidden_dropout_prob": 0.1,
+                "hidden_size": 768,
+                "initializer_range": 0.02,
+                "intermediate_size": inter,
+                "layer_norm_eps": 1e-12,
+                "max_position_embeddings": 512,
+                "model_type": "bert",
+                "num_attention_heads": 12,
+                "num_hidden_layers": layers,
+                "pad_token_id": 0,
+                "type_vocab_size": 2,
+                "vocab_size": n + 2,
+                "encoder_width": 1024,
+                "add_cross_attention": True,
+            }
+        )
+    )
+    vit = (
+        imagereward_compat.VitSpec(64, 1, 1, 16)
+        if tiny
+        else imagereward_compat.VitSpec(*imagereward_compat.RELEASED_VIT)
+    )
     torch.manual_seed(0)
     model = imagereward_compat.build(med, imagereward_compat.load_tokenizer(folder / "bert"), vit)
     model.device = device
@@ -167,25 +186,32 @@ def main(argv=None) -> int:
                 "batch": args.batch,
                 "batch_s": round(best, 4),
                 "images_per_s": round(args.batch / best, 2),
-                "peak_mem_GiB": (round(torch.cuda.max_memory_allocated() / 2**30, 2)
-                                 if args.device.startswith("cuda") else None),
+                "peak_mem_GiB": (
+                    round(torch.cuda.max_memory_allocated() / 2**30, 2) if args.device.startswith("cuda") else None
+                ),
             }
             rows.append(row)
             del m, fn
             if args.device.startswith("cuda"):
                 torch.cuda.empty_cache()
-    device_name = (torch.cuda.get_device_name() if args.device.startswith("cuda")
-                   else f"cpu ({torch.get_num_threads()} threads)")
+    device_name = (
+        torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+    )
     if args.json:
-        print(json.dumps({"device": device_name, "fp16_autocast": half, "image_size": args.image_size, "rows": rows},
-                         indent=2))
+        print(
+            json.dumps(
+                {"device": device_name, "fp16_autocast": half, "image_size": args.image_size, "rows": rows}, indent=2
+            )
+        )
         return 0
     print(f"device: {device_name}, fp16 autocast: {half}, {args.image_size}px random images, best of {args.repeats}")
     print("| metric | model | params (M) | build (s) | batch | s / batch | images / s | peak GiB |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['metric']} | {r['model']} | {r['params_M']} | {r['build_s']} | {r['batch']} | {r['batch_s']} | "
-              f"{r['images_per_s']} | {r['peak_mem_GiB'] if r['peak_mem_GiB'] is not None else '-'} |")
+        print(
+            f"| {r['metric']} | {r['model']} | {r['params_M']} | {r['build_s']} | {r['batch']} | {r['batch_s']} | "
+            f"{r['images_per_s']} | {r['peak_mem_GiB'] if r['peak_mem_GiB'] is not None else '-'} |"
+        )
     if len(rows) > 1:
         total = sum(r["batch_s"] for r in rows)
         print(f"unified metric (all {len(rows)} scorers): {args.batch / total:.2f} images / s")

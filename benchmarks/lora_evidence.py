@@ -54,8 +54,15 @@ def main() -> None:
     rows = []  # (request, LoRAs the metadata names, the same + the LoRA whose page shows the image, candidates)
     for p in pairs:
         request = strip_resource_tags(p.instruction)
-        cks = retrieve_checkpoints(reg, request, base=parse_base_constraint("any"), k=5, weights=w, ranker=ranker,
-                                   intent=request_intent(reg, request))
+        cks = retrieve_checkpoints(
+            reg,
+            request,
+            base=parse_base_constraint("any"),
+            k=5,
+            weights=w,
+            ranker=ranker,
+            intent=request_intent(reg, request),
+        )
         if not cks:
             continue
         cands = retrieve_loras(reg, request, cks[0].version, k=K, weights=w)
@@ -67,16 +74,27 @@ def main() -> None:
             chosen = set([c.version.id for c in cands if keep(c, request)][: args.max_loras])
             tp, tp_s, pred = tp + len(gt & chosen), tp_s + len(shown & chosen), pred + len(chosen)
             gt_n, gt_s = gt_n + len(gt), gt_s + len(shown)
-        return (tp / pred if pred else 0.0), (tp / gt_n if gt_n else 0.0), (tp_s / pred if pred else 0.0), \
-            (tp_s / gt_s if gt_s else 0.0), pred
+        return (
+            (tp / pred if pred else 0.0),
+            (tp / gt_n if gt_n else 0.0),
+            (tp_s / pred if pred else 0.0),
+            (tp_s / gt_s if gt_s else 0.0),
+            pred,
+        )
 
-    print(f"{len(rows)} {args.split} pairs, {sum(len(r[1]) for r in rows)} LoRAs named by the images' metadata, "
-          f"{sum(len(r[2]) for r in rows)} with the LoRA whose page shows the image")
-    print("| rule | precision | recall | precision (+ page's LoRA) | recall (+ page's LoRA) | LoRAs added |\n"
-          "|---|---|---|---|---|---|")
+    print(
+        f"{len(rows)} {args.split} pairs, {sum(len(r[1]) for r in rows)} LoRAs named by the images' metadata, "
+        f"{sum(len(r[2]) for r in rows)} with the LoRA whose page shows the image"
+    )
+    print(
+        "| rule | precision | recall | precision (+ page's LoRA) | recall (+ page's LoRA) | LoRAs added |\n"
+        "|---|---|---|---|---|---|"
+    )
     old = lambda c, r: c.signals["trigger"] >= OLD_TRIGGER_MIN or c.signals["knn"] >= OLD_KNN_MIN  # noqa: E731
-    variants = {"before: trigger or kNN >= 0.5 (no evidence rule)": old,
-                "trigger only": lambda c, r: c.signals["trigger"] >= OLD_TRIGGER_MIN}
+    variants = {
+        "before: trigger or kNN >= 0.5 (no evidence rule)": old,
+        "trigger only": lambda c, r: c.signals["trigger"] >= OLD_TRIGGER_MIN,
+    }
     for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
         wt = replace(w, lora_knn_min=t)
         variants[f"evidence rule, kNN >= {t}"] = lambda c, r, wt=wt: lora_evidence(c, r, wt) is not None
@@ -89,17 +107,22 @@ def main() -> None:
         "evidence: concept only": lambda c, r: why(c, r) == "concept",
         "evidence: creators only": lambda c, r: why(c, r) == "creators",
         "evidence: trigger or creators": lambda c, r: why(c, r) in ("trigger", "creators"),
-        "evidence, a trigger only where creators' use is known": lambda c, r: why(c, r) is not None and (
-            why(c, r) != "trigger" or c.signals["trigger_use"] >= 0),
-        "evidence, a trigger with known use >= 0.3": lambda c, r: why(c, r) is not None and (
-            why(c, r) != "trigger" or c.signals["trigger_use"] >= 0.3),
-        "evidence, a trigger with known use >= 0.5": lambda c, r: why(c, r) is not None and (
-            why(c, r) != "trigger" or c.signals["trigger_use"] >= 0.5),
-        "evidence + creators used it with this checkpoint": lambda c, r: why(c, r) is not None
-        and c.signals["cooccurrence"] > 0,
+        "evidence, a trigger only where creators' use is known": lambda c, r: (
+            why(c, r) is not None and (why(c, r) != "trigger" or c.signals["trigger_use"] >= 0)
+        ),
+        "evidence, a trigger with known use >= 0.3": lambda c, r: (
+            why(c, r) is not None and (why(c, r) != "trigger" or c.signals["trigger_use"] >= 0.3)
+        ),
+        "evidence, a trigger with known use >= 0.5": lambda c, r: (
+            why(c, r) is not None and (why(c, r) != "trigger" or c.signals["trigger_use"] >= 0.5)
+        ),
+        "evidence + creators used it with this checkpoint": lambda c, r: (
+            why(c, r) is not None and c.signals["cooccurrence"] > 0
+        ),
         "evidence + some kNN vote": lambda c, r: why(c, r) is not None and c.signals["knn"] > 0,
-        "trigger word + some kNN vote or use with the checkpoint": lambda c, r: why(c, r) == "trigger"
-        and (c.signals["knn"] > 0 or c.signals["cooccurrence"] > 0),
+        "trigger word + some kNN vote or use with the checkpoint": lambda c, r: (
+            why(c, r) == "trigger" and (c.signals["knn"] > 0 or c.signals["cooccurrence"] > 0)
+        ),
     }
     for name, keep in variants.items():
         prec, rec, prec_s, rec_s, n = score(keep)

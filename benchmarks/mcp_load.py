@@ -34,12 +34,22 @@ from mcp.shared.exceptions import MCPError
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "mcp_load.json"
 PROMPTS = [
-    "a watercolor fox in a snowy forest", "cyberpunk city at night, neon, rain", "portrait of an old sailor, "
-    "oil painting", "anime girl with silver hair, cherry blossoms", "a cozy cabin interior, warm light",
-    "product photo of a perfume bottle on marble", "a dragon over a medieval castle, epic fantasy",
-    "isometric low-poly island", "pencil sketch of a cat sleeping", "astronaut riding a horse on mars",
-    "minimalist logo of a mountain", "a bowl of ramen, food photography", "steampunk airship in the clouds",
-    "ink line art of a samurai", "pixel art forest with a river", "a photo of a golden retriever puppy",
+    "a watercolor fox in a snowy forest",
+    "cyberpunk city at night, neon, rain",
+    "portrait of an old sailor, oil painting",
+    "anime girl with silver hair, cherry blossoms",
+    "a cozy cabin interior, warm light",
+    "product photo of a perfume bottle on marble",
+    "a dragon over a medieval castle, epic fantasy",
+    "isometric low-poly island",
+    "pencil sketch of a cat sleeping",
+    "astronaut riding a horse on mars",
+    "minimalist logo of a mountain",
+    "a bowl of ramen, food photography",
+    "steampunk airship in the clouds",
+    "ink line art of a samurai",
+    "pixel art forest with a river",
+    "a photo of a golden retriever puppy",
 ]
 
 
@@ -50,9 +60,14 @@ def free_port() -> int:
 
 
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DIFFAGENT_SELECTOR": args.selector,
-           "DIFFAGENT_LLM_INSTANCES": str(args.llm_instances), "DIFFAGENT_LLM_THREADS": str(args.llm_threads),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "DIFFAGENT_SELECTOR": args.selector,
+        "DIFFAGENT_LLM_INSTANCES": str(args.llm_instances),
+        "DIFFAGENT_LLM_THREADS": str(args.llm_threads),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     if args.registry:
         env["DIFFAGENT_REGISTRY"] = str(Path(args.registry).resolve())
     cmd = [sys.executable, "-m", "diffagent", "serve", "--http", "--port", str(port)]
@@ -72,8 +87,9 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     raise SystemExit("the server did not start listening within 120 s")
 
 
-async def one_client(url: str, client_no: int, calls: int, mode: str, latencies: list[float],
-                     failures: list[str]) -> None:
+async def one_client(
+    url: str, client_no: int, calls: int, mode: str, latencies: list[float], failures: list[str]
+) -> None:
     async with Client(url, mode=mode) as client:
         for i in range(calls):
             prompt = PROMPTS[(client_no + i) % len(PROMPTS)]
@@ -105,12 +121,22 @@ async def run(url: str, args: argparse.Namespace) -> dict:
     wall = time.perf_counter() - t0
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
     return {
-        "clients": args.clients, "calls_per_client": args.calls, "selector": args.selector, "mode": args.mode,
-        "ok": len(latencies), "failures": len(failures), "failure_samples": failures[:5],
-        "p50_ms": round(q[49] * 1000, 1), "p95_ms": round(q[94] * 1000, 1), "p99_ms": round(q[98] * 1000, 1),
+        "clients": args.clients,
+        "calls_per_client": args.calls,
+        "selector": args.selector,
+        "mode": args.mode,
+        "ok": len(latencies),
+        "failures": len(failures),
+        "failure_samples": failures[:5],
+        "p50_ms": round(q[49] * 1000, 1),
+        "p95_ms": round(q[94] * 1000, 1),
+        "p99_ms": round(q[98] * 1000, 1),
         "max_ms": round(max(latencies) * 1000, 1) if latencies else None,
-        "throughput_per_s": round(len(latencies) / wall, 1), "wall_s": round(wall, 1),
-        "warmup_s": round(warmup_s, 2), "cpus": os.cpu_count(), "machine": platform.machine(),
+        "throughput_per_s": round(len(latencies) / wall, 1),
+        "wall_s": round(wall, 1),
+        "warmup_s": round(warmup_s, 2),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
     }
 
 
@@ -142,10 +168,14 @@ anyio.run(main, sys.argv[1])
 async def stall_probe(url: str) -> dict:
     """Ping latencies (from another process) while a 20,000-LoRA ``render_image`` request is sent and refused."""
     lora = {"id": 1, "air": "urn:air:sd1:lora:civitai:1@1", "name": "x", "family": "sd1", "weight": 0.5}
-    call = {"checkpoint": {"id": 1, "air": "urn:air:sd1:checkpoint:civitai:1@1", "name": "x", "family": "sd1"},
-            "prompt": "a cat", "loras": [lora] * 20_000}
-    pinger = subprocess.Popen([sys.executable, "-c", PINGER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    call = {
+        "checkpoint": {"id": 1, "air": "urn:air:sd1:checkpoint:civitai:1@1", "name": "x", "family": "sd1"},
+        "prompt": "a cat",
+        "loras": [lora] * 20_000,
+    }
+    pinger = subprocess.Popen(
+        [sys.executable, "-c", PINGER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert pinger.stdout.readline().strip() == "ready"
         await anyio.sleep(1.0)  # idle pings first
@@ -166,10 +196,13 @@ async def stall_probe(url: str) -> dict:
         pinger.kill()
     during = [d for at, d in pings if t_start <= at <= t_end + 0.5]  # answered while the big request was in flight
     idle = [d for at, d in pings if at < t_start]
-    return {"big_request": big, "pings": len(during),
-            "ping_median_ms": round(statistics.median(during) * 1000, 1) if during else None,
-            "ping_max_ms": round(max(during) * 1000, 1) if during else None,
-            "idle_ping_median_ms": round(statistics.median(idle) * 1000, 1)}
+    return {
+        "big_request": big,
+        "pings": len(during),
+        "ping_median_ms": round(statistics.median(during) * 1000, 1) if during else None,
+        "ping_max_ms": round(max(during) * 1000, 1) if during else None,
+        "idle_ping_median_ms": round(statistics.median(idle) * 1000, 1),
+    }
 
 
 def main() -> int:
@@ -199,18 +232,25 @@ def main() -> int:
     tmp = RESULTS.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, RESULTS)
-    print(f"{result['clients']} clients x {result['calls_per_client']} select_t2i_api calls over HTTP "
-          f"({result['selector']} selector, {result['mode']} protocol, {result['cpus']} CPUs)")
+    print(
+        f"{result['clients']} clients x {result['calls_per_client']} select_t2i_api calls over HTTP "
+        f"({result['selector']} selector, {result['mode']} protocol, {result['cpus']} CPUs)"
+    )
     print(f"ok {result['ok']}, failures {result['failures']}")
-    print(f"latency p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, p99 {result['p99_ms']} ms, "
-          f"max {result['max_ms']} ms")
-    print(f"throughput {result['throughput_per_s']} calls/s "
-          f"(wall {result['wall_s']} s; warm-up {result['warmup_s']} s)")
+    print(
+        f"latency p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, p99 {result['p99_ms']} ms, "
+        f"max {result['max_ms']} ms"
+    )
+    print(
+        f"throughput {result['throughput_per_s']} calls/s (wall {result['wall_s']} s; warm-up {result['warmup_s']} s)"
+    )
     sp = result["stall_probe"]
-    print(f"stall probe: a 20,000-LoRA render_image took {sp['big_request']['seconds']} s "
-          f"(refused: {sp['big_request']['refused']}); {sp['pings']} pings meanwhile, "
-          f"median {sp['ping_median_ms']} ms, "
-          f"max {sp['ping_max_ms']} ms (idle: median {sp['idle_ping_median_ms']} ms)")
+    print(
+        f"stall probe: a 20,000-LoRA render_image took {sp['big_request']['seconds']} s "
+        f"(refused: {sp['big_request']['refused']}); {sp['pings']} pings meanwhile, "
+        f"median {sp['ping_median_ms']} ms, "
+        f"max {sp['ping_max_ms']} ms (idle: median {sp['idle_ping_median_ms']} ms)"
+    )
     for f in result["failure_samples"]:
         print("  failure:", f)
     return 1 if result["failures"] else 0

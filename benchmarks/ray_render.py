@@ -44,13 +44,22 @@ def build(root: Path):
     tm = tiny_models()
     tm.build_sd15(root / "sd15")
     tm.build_sdxl(root / "sdxl")
-    table = {1: ResolvedWeights(path=root / "sd15", family=Family.SD1, type="checkpoint", name="tiny-sd15"),
-             2: ResolvedWeights(path=root / "sdxl", family=Family.SDXL, type="checkpoint", name="tiny-sdxl")}
+    table = {
+        1: ResolvedWeights(path=root / "sd15", family=Family.SD1, type="checkpoint", name="tiny-sd15"),
+        2: ResolvedWeights(path=root / "sdxl", family=Family.SDXL, type="checkpoint", name="tiny-sdxl"),
+    }
 
     def call(vid: int, seed: int = 1, steps: int = 8) -> ApiCall:
         w = table[vid]
-        return ApiCall(checkpoint=ModelRef(id=vid, air=f"bench:{vid}", name=w.name, family=w.family),
-                       prompt="a lighthouse on a cliff", sampler="Euler", steps=steps, width=64, height=64, seed=seed)
+        return ApiCall(
+            checkpoint=ModelRef(id=vid, air=f"bench:{vid}", name=w.name, family=w.family),
+            prompt="a lighthouse on a cliff",
+            sampler="Euler",
+            steps=steps,
+            width=64,
+            height=64,
+            seed=seed,
+        )
 
     return TableResolver(table), call
 
@@ -71,8 +80,12 @@ def throughput(renderer, call, jobs: int, workers: int) -> float:
     manager = JobManager(error_text=str, workers=workers, max_pending=jobs)
     try:
         t = time.perf_counter()
-        submitted = [manager.submit(lambda progress, cancel, c=call(1 + i % 2, seed=i):
-                                    renderer.render(c, progress=progress, cancel=cancel)) for i in range(jobs)]
+        submitted = [
+            manager.submit(
+                lambda progress, cancel, c=call(1 + i % 2, seed=i): renderer.render(c, progress=progress, cancel=cancel)
+            )
+            for i in range(jobs)
+        ]
         for job in submitted:
             job.done_event.wait(600)
         bad = [j.error for j in submitted if j.state != "done"]
@@ -107,8 +120,9 @@ def main(argv=None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="diffagent-ray-bench-"))
     resolver, call = build(tmp / "models")
-    base = dict(data_dir=tmp / "data", device="cpu", allow_downloads=False, registry=tmp / "none.db",
-                pipeline_cache_gb=1.0)
+    base = dict(
+        data_dir=tmp / "data", device="cpu", allow_downloads=False, registry=tmp / "none.db", pipeline_cache_gb=1.0
+    )
     local = Renderer(Settings(**base), resolver=resolver)
     rows: dict[str, list[float]] = {"local_latency_s": [], "local_jobs_s": []}
     for _ in range(args.runs):
@@ -116,12 +130,22 @@ def main(argv=None) -> int:
         rows["local_jobs_s"].append(throughput(local, call, args.jobs, workers=1))
     local.close()
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _node_ip_address="127.0.0.1")
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _node_ip_address="127.0.0.1",
+    )
     try:
         for replicas in (1, 2):
-            settings = Settings(**base, render_backend="ray", ray_replicas=replicas, ray_max_replicas=replicas,
-                                ray_cpus_per_replica=min(1.0, (os.cpu_count() or 2) / (replicas + 1)))
+            settings = Settings(
+                **base,
+                render_backend="ray",
+                ray_replicas=replicas,
+                ray_max_replicas=replicas,
+                ray_cpus_per_replica=min(1.0, (os.cpu_count() or 2) / (replicas + 1)),
+            )
             remote = RayRenderer(settings, resolver=resolver)
             for _ in range(args.runs):
                 if replicas == 1:
@@ -135,11 +159,16 @@ def main(argv=None) -> int:
         ray.shutdown()
 
     med = {k: round(statistics.median(v), 4) for k, v in rows.items()}
-    report = {**med,
-              "ray_latency_overhead_ratio": round(med["ray1_latency_s"] / med["local_latency_s"], 3),
-              "ray_2_vs_1_replica_jobs_ratio": round(med["ray2_jobs_s"] / med["ray1_jobs_s"], 3),
-              "ray1_vs_local_jobs_ratio": round(med["ray1_jobs_s"] / med["local_jobs_s"], 3),
-              "runs": args.runs, "jobs": args.jobs, "cpus": os.cpu_count(), "all": rows}
+    report = {
+        **med,
+        "ray_latency_overhead_ratio": round(med["ray1_latency_s"] / med["local_latency_s"], 3),
+        "ray_2_vs_1_replica_jobs_ratio": round(med["ray2_jobs_s"] / med["ray1_jobs_s"], 3),
+        "ray1_vs_local_jobs_ratio": round(med["ray1_jobs_s"] / med["local_jobs_s"], 3),
+        "runs": args.runs,
+        "jobs": args.jobs,
+        "cpus": os.cpu_count(),
+        "all": rows,
+    }
     for k, v in report.items():
         if k != "all":
             print(f"{k:32s} {v}")

@@ -50,9 +50,20 @@ sys.path.insert(0, str(ROOT))
 
 ECO = {"sd15": "sd1", "sdxl": "sdxl"}
 #: the noise-schedule buffers of an LDM checkpoint: in every original SD file, read by no diffusers loader
-SCHEDULE = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
-            "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
-            "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2")
+SCHEDULE = (
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+)
 POSITION_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
 RANK, ALPHA = 8, 4.0
 TOKEN = "realemb"
@@ -91,7 +102,8 @@ def random_components(eco: str, skel: Path):
     parts = SimpleNamespace(
         unet=half(UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(skel / "unet"))),
         vae=half(AutoencoderKL.from_config(AutoencoderKL.load_config(skel / "vae"))),
-        text_encoder=half(CLIPTextModel(CLIPTextConfig.from_pretrained(skel / "text_encoder"))))
+        text_encoder=half(CLIPTextModel(CLIPTextConfig.from_pretrained(skel / "text_encoder"))),
+    )
     if eco == "sdxl":
         cfg2 = CLIPTextConfig.from_pretrained(skel / "text_encoder_2")
         parts.text_encoder_2 = half(CLIPTextModelWithProjection(cfg2))
@@ -101,9 +113,17 @@ def random_components(eco: str, skel: Path):
 def ldm_module_name(tm, parts, path: str) -> str:
     """kohya's name for a UNet module of SDXL: its path in the original (LDM) UNet."""
     u = parts.unet.config
-    key = next(iter(tm._unet_to_ldm({path + ".weight": None}, len(u.block_out_channels), u.layers_per_block,
-                                    ["CrossAttn" in t for t in u.down_block_types],
-                                    ["CrossAttn" in t for t in u.up_block_types])))
+    key = next(
+        iter(
+            tm._unet_to_ldm(
+                {path + ".weight": None},
+                len(u.block_out_channels),
+                u.layers_per_block,
+                ["CrossAttn" in t for t in u.down_block_types],
+                ["CrossAttn" in t for t in u.up_block_types],
+            )
+        )
+    )
     return key.removeprefix("model.diffusion_model.").removesuffix(".weight")
 
 
@@ -154,19 +174,38 @@ def write_lora(tm, eco: str, parts, path: Path, conv: bool, seed: int) -> dict[s
     for path_, m in unet_targets(parts, conv):
         module = ldm_module_name(tm, parts, path_) if eco == "sdxl" else path_
         put("lora_unet_" + module.replace(".", "_"), m, "unet")
-    encoders = [("lora_te1", "te1", parts.text_encoder), ("lora_te2", "te2", parts.text_encoder_2)] \
-        if eco == "sdxl" else [("lora_te", "te1", parts.text_encoder)]
+    encoders = (
+        [("lora_te1", "te1", parts.text_encoder), ("lora_te2", "te2", parts.text_encoder_2)]
+        if eco == "sdxl"
+        else [("lora_te", "te1", parts.text_encoder)]
+    )
     for prefix, component, te in encoders:
         cfg = te.config
         for i in range(cfg.num_hidden_layers):
             h, f = cfg.hidden_size, cfg.intermediate_size
-            shapes = {"self_attn_q_proj": (h, h), "self_attn_k_proj": (h, h), "self_attn_v_proj": (h, h),
-                      "self_attn_out_proj": (h, h), "mlp_fc1": (h, f), "mlp_fc2": (f, h)}
+            shapes = {
+                "self_attn_q_proj": (h, h),
+                "self_attn_k_proj": (h, h),
+                "self_attn_v_proj": (h, h),
+                "self_attn_out_proj": (h, h),
+                "mlp_fc1": (h, f),
+                "mlp_fc2": (f, h),
+            }
             for sub, (n_in, n_out) in shapes.items():
-                put(f"{prefix}_text_model_encoder_layers_{i}_{sub}", torch.nn.Linear(n_in, n_out, device="meta"),
-                    component)
-    save_file(sd, str(path), metadata={"ss_network_module": "lycoris.kohya" if conv else "networks.lora",
-                                       "ss_network_dim": str(RANK), "ss_network_alpha": str(ALPHA)})
+                put(
+                    f"{prefix}_text_model_encoder_layers_{i}_{sub}",
+                    torch.nn.Linear(n_in, n_out, device="meta"),
+                    component,
+                )
+    save_file(
+        sd,
+        str(path),
+        metadata={
+            "ss_network_module": "lycoris.kohya" if conv else "networks.lora",
+            "ss_network_dim": str(RANK),
+            "ss_network_alpha": str(ALPHA),
+        },
+    )
     return counts
 
 
@@ -204,12 +243,21 @@ def write(family: str, out: Path) -> dict:
 
     vae = AutoencoderKL.from_config(parts.vae.config)
     v = vae.config
-    vsd = {k.removeprefix("first_stage_model."): (t.half() if eco == "sdxl" else t).contiguous()
-           for k, t in tm._vae_to_ldm(vae.state_dict(), len(v.block_out_channels), v.layers_per_block).items()}
+    vsd = {
+        k.removeprefix("first_stage_model."): (t.half() if eco == "sdxl" else t).contiguous()
+        for k, t in tm._vae_to_ldm(vae.state_dict(), len(v.block_out_channels), v.layers_per_block).items()
+    }
     save_file(vsd, str(out / "vae.safetensors"))
     files = {p.name: round(p.stat().st_size / 2**20, 1) for p in sorted(out.glob("*.safetensors"))}
-    return {"family": family, "random_init_s": round(t_init, 1), "write_s": round(time.perf_counter() - t, 1),
-            "files_mb": files, "lora_modules": lora, "locon_modules": locon, "peak_rss_gb": peak_rss_gb()}
+    return {
+        "family": family,
+        "random_init_s": round(t_init, 1),
+        "write_s": round(time.perf_counter() - t, 1),
+        "files_mb": files,
+        "lora_modules": lora,
+        "locon_modules": locon,
+        "peak_rss_gb": peak_rss_gb(),
+    }
 
 
 # ----------------------------------------------------------------------------------------------- rendering
@@ -221,15 +269,24 @@ def account(mapped: dict, path: Path, ignorable: set[str]) -> dict:
 
     with safe_open(str(path), "pt") as f:
         keys = set(f.keys())
-        unequal = [k for k in sorted(keys & mapped.keys())
-                   if not f.get_tensor(k).to(mapped[k].dtype).equal(mapped[k].detach().cpu())]
-    return {"file_tensors": len(keys), "loaded_tensors": len(mapped), "missing": sorted(mapped.keys() - keys),
-            "unexpected": sorted(keys - mapped.keys() - ignorable), "ignored": len(keys & ignorable),
-            "unequal": unequal}
+        unequal = [
+            k
+            for k in sorted(keys & mapped.keys())
+            if not f.get_tensor(k).to(mapped[k].dtype).equal(mapped[k].detach().cpu())
+        ]
+    return {
+        "file_tensors": len(keys),
+        "loaded_tensors": len(mapped),
+        "missing": sorted(mapped.keys() - keys),
+        "unexpected": sorted(keys - mapped.keys() - ignorable),
+        "ignored": len(keys & ignorable),
+        "unequal": unequal,
+    }
 
 
 def reached(pipe, adapter: str) -> dict[str, int]:
     """Modules carrying ``adapter`` per component."""
+
     def count(module) -> int:
         return sum(1 for _, m in module.named_modules() if hasattr(m, "lora_A") and adapter in m.lora_A)
 
@@ -255,9 +312,13 @@ def render(family: str, out: Path, size: int, steps: int, device: str = "cpu") -
     tm = tiny_models()
     eco = ECO[family]
     fam = Family.SD1 if eco == "sd1" else Family.SDXL
-    files = {1: ("checkpoint.safetensors", "checkpoint"), 2: ("lora-kohya.safetensors", "lora"),
-             3: ("locon.safetensors", "locon"), 4: ("embedding.safetensors", "embedding"),
-             5: ("vae.safetensors", "vae")}
+    files = {
+        1: ("checkpoint.safetensors", "checkpoint"),
+        2: ("lora-kohya.safetensors", "lora"),
+        3: ("locon.safetensors", "locon"),
+        4: ("embedding.safetensors", "embedding"),
+        5: ("vae.safetensors", "vae"),
+    }
 
     def resolver(ref):
         name, kind = files[ref.id]
@@ -266,27 +327,40 @@ def render(family: str, out: Path, size: int, steps: int, device: str = "cpu") -
     def ref(i: int) -> dict:
         return {"id": i, "air": f"urn:air:bench:{i}", "name": files[i][0].split(".")[0], "family": fam}
 
-    settings = Settings(data_dir=out / "data", device=device, allow_downloads=False, registry=out / "none.db",
-                        pipeline_cache_gb=64.0)
+    settings = Settings(
+        data_dir=out / "data", device=device, allow_downloads=False, registry=out / "none.db", pipeline_cache_gb=64.0
+    )
     from diffagent.render.skeletons import ensure_skeleton
 
     renderer = Renderer(settings, resolver=resolver, skeletons={eco: ensure_skeleton(eco, out / "skeletons")})
     torch.set_num_threads(os.cpu_count() or 1)
-    base = {"checkpoint": ModelRef(**ref(1)), "prompt": "a lighthouse on a cliff, dramatic light",
-            "negative_prompt": "blurry", "steps": steps, "cfg_scale": 7.0, "width": size, "height": size,
-            "seed": 1, "sampler": "Euler", "clip_skip": 1 if eco == "sd1" else 2}
+    base = {
+        "checkpoint": ModelRef(**ref(1)),
+        "prompt": "a lighthouse on a cliff, dramatic light",
+        "negative_prompt": "blurry",
+        "steps": steps,
+        "cfg_scale": 7.0,
+        "width": size,
+        "height": size,
+        "seed": 1,
+        "sampler": "Euler",
+        "clip_skip": 1 if eco == "sd1" else 2,
+    }
     results, images = {}, {}
 
     def run(label: str, **extra):
         res = renderer.render(ApiCall(**{**base, **extra}), output_dir=out / "images")
         img = np.asarray(Image.open(res.path), dtype=np.int16)
         images[label] = img
-        results[label] = {"load_s": round(res.timings.get("load", 0.0), 1),
-                          "prepare_s": round(res.timings.get("prepare", 0.0), 2),
-                          "encode_s": round(res.timings.get("encode", 0.0), 2),
-                          "step_s": round(res.timings.get("denoise", 0.0) / steps, 2),
-                          "total_s": round(res.seconds, 1), "image_std": round(float(img.std()), 1),
-                          "peak_rss_gb": peak_rss_gb()}
+        results[label] = {
+            "load_s": round(res.timings.get("load", 0.0), 1),
+            "prepare_s": round(res.timings.get("prepare", 0.0), 2),
+            "encode_s": round(res.timings.get("encode", 0.0), 2),
+            "step_s": round(res.timings.get("denoise", 0.0) / steps, 2),
+            "total_s": round(res.seconds, 1),
+            "image_std": round(float(img.std()), 1),
+            "peak_rss_gb": peak_rss_gb(),
+        }
         if device.startswith("cuda"):
             results[label]["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         return renderer.cache._entries[next(iter(renderer.cache._entries))].pipe  # noqa: SLF001 - one entry
@@ -309,13 +383,21 @@ def render(family: str, out: Path, size: int, steps: int, device: str = "cpu") -
     results["embedding"]["changes_conditioning"] = bool((a - b).abs().max() > 0)
     pipe = run("vae", vae=ModelRef(**ref(5)))
     v = pipe.vae.config
-    vmapped = {k.removeprefix("first_stage_model."): t for k, t in
-               tm._vae_to_ldm(pipe.vae.state_dict(), len(v.block_out_channels), v.layers_per_block).items()}
+    vmapped = {
+        k.removeprefix("first_stage_model."): t
+        for k, t in tm._vae_to_ldm(pipe.vae.state_dict(), len(v.block_out_channels), v.layers_per_block).items()
+    }
     results["vae"]["keys"] = account(vmapped, out / "vae.safetensors", set())
     results["vae"]["changes_image"] = bool(np.abs(images["vae"] - images["embedding"]).max() > 0)
     renderer.close()
-    return {"family": family, "size": size, "steps": steps, "device": device, "renders": results,
-            "peak_rss_gb": peak_rss_gb()}
+    return {
+        "family": family,
+        "size": size,
+        "steps": steps,
+        "device": device,
+        "renders": results,
+        "peak_rss_gb": peak_rss_gb(),
+    }
 
 
 def verdict(written: dict, rendered: dict) -> list[str]:
@@ -326,8 +408,10 @@ def verdict(written: dict, rendered: dict) -> list[str]:
     for label in ("checkpoint", "vae"):
         k = r[label]["keys"]
         if k["missing"] or k["unexpected"] or k["unequal"]:
-            bad.append(f"{label}: {len(k['missing'])} missing, {len(k['unexpected'])} unexpected, "
-                       f"{len(k['unequal'])} unequal (first: {(k['missing'] + k['unexpected'] + k['unequal'])[:3]})")
+            bad.append(
+                f"{label}: {len(k['missing'])} missing, {len(k['unexpected'])} unexpected, "
+                f"{len(k['unequal'])} unequal (first: {(k['missing'] + k['unexpected'] + k['unequal'])[:3]})"
+            )
     for label in ("lora", "locon"):
         want, got = written[f"{label}_modules"], r[label]["modules_reached"]
         if want != got:
@@ -348,8 +432,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128, help="render width and height (multiple of 8)")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="'cpu' (fp32) or 'cuda' (fp16)")
-    ap.add_argument("--stage", choices=["all", "write", "render"], default="all",
-                    help="internal: each stage runs in its own process for its own peak RSS")
+    ap.add_argument(
+        "--stage",
+        choices=["all", "write", "render"],
+        default="all",
+        help="internal: each stage runs in its own process for its own peak RSS",
+    )
     ap.add_argument("--out", type=Path, help="write the JSON results here too")
     args = ap.parse_args()
     folder = args.workdir / args.family
@@ -361,8 +449,22 @@ def main() -> None:
         return
     stages = {}
     for stage in ("write", "render"):
-        cmd = [sys.executable, __file__, "--family", args.family, "--workdir", str(args.workdir), "--stage", stage,
-               "--size", str(args.size), "--steps", str(args.steps), "--device", args.device]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--family",
+            args.family,
+            "--workdir",
+            str(args.workdir),
+            "--stage",
+            stage,
+            "--size",
+            str(args.size),
+            "--steps",
+            str(args.steps),
+            "--device",
+            args.device,
+        ]
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:

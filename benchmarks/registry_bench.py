@@ -128,17 +128,33 @@ def bench_import(dump: Path, work: Path, embedder: Embedder, corrupt_line: int) 
     bad.unlink()
 
     return db, {
-        "models": first.models, "versions": first.versions, "files": first.files, "sample_images": first.images,
-        "versions_with_usage_stats": first.with_stats, "embedded": first.embedded,
+        "models": first.models,
+        "versions": first.versions,
+        "files": first.files,
+        "sample_images": first.images,
+        "versions_with_usage_stats": first.with_stats,
+        "embedded": first.embedded,
         "seconds": {
-            "write": round(first.seconds["write"], 1), "index": round(first.seconds["index"], 1),
+            "write": round(first.seconds["write"], 1),
+            "index": round(first.seconds["index"], 1),
             "write_plus_index": round(first.seconds["write"] + first.seconds["index"], 1),
-            "embed": round(first.seconds.get("embed", 0.0), 1), "total": round(wall, 1),
+            "embed": round(first.seconds.get("embed", 0.0), 1),
+            "total": round(wall, 1),
         },
-        "reimport": {"seconds": round(rewall, 1), "embedded": second.embedded, "changed_tables": changed,
-                     "unchanged": not changed},
-        "corrupt_line": {"line": corrupt_line, "failed": failed, "names_line": named,
-                         "registry_unchanged": unchanged, "seconds": round(bad_secs, 1), "message": message},
+        "reimport": {
+            "seconds": round(rewall, 1),
+            "embedded": second.embedded,
+            "changed_tables": changed,
+            "unchanged": not changed,
+        },
+        "corrupt_line": {
+            "line": corrupt_line,
+            "failed": failed,
+            "names_line": named,
+            "registry_unchanged": unchanged,
+            "seconds": round(bad_secs, 1),
+            "message": message,
+        },
     }
 
 
@@ -151,8 +167,15 @@ def load_images(path: Path) -> list[dict]:
 
 
 def latency_queries(images: list[dict], n: int, seed: int = 0) -> list[str]:
-    prompts = sorted({q for im in images if im.get("image_nsfw") == "None"
-                      for q in [strip_resource_tags(im.get("prompt") or "")] if len(q) >= 20})
+    prompts = sorted(
+        {
+            q
+            for im in images
+            if im.get("image_nsfw") == "None"
+            for q in [strip_resource_tags(im.get("prompt") or "")]
+            if len(q) >= 20
+        }
+    )
     return random.Random(seed).sample(prompts, min(n, len(prompts)))
 
 
@@ -168,32 +191,54 @@ def expand(src: Path, dst: Path, total_models: int, *, noise: float = 0.02, seed
         return 0
     sources = con.execute(
         "SELECT v.id, v.model_id FROM model_version v JOIN model m ON m.id = v.model_id"
-        f" WHERE m.type IN {SEARCHABLE_TYPES} ORDER BY v.id").fetchall()
+        f" WHERE m.type IN {SEARCHABLE_TYPES} ORDER BY v.id"
+    ).fetchall()
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(sources), need)
     factors = rng.uniform(0.05, 1.5, need)
     words = ["remix", "lite", "turbo", "pruned", "merge", "finetune", "alpha", "beta", "redux", "mix"]
     mid0 = con.execute("SELECT max(id) FROM model").fetchone()[0] + 1
     vid0 = con.execute("SELECT max(id) FROM model_version").fetchone()[0] + 1
-    con.execute("CREATE TEMP TABLE syn (new_mid INTEGER, new_vid INTEGER PRIMARY KEY, src_mid INTEGER,"
-                " src_vid INTEGER, suffix TEXT, factor REAL)")
-    con.executemany("INSERT INTO syn VALUES (?, ?, ?, ?, ?, ?)", [
-        (mid0 + j, vid0 + j, sources[p][1], sources[p][0], f"{words[j % len(words)]} {j}", float(factors[j]))
-        for j, p in enumerate(picks)])
+    con.execute(
+        "CREATE TEMP TABLE syn (new_mid INTEGER, new_vid INTEGER PRIMARY KEY, src_mid INTEGER,"
+        " src_vid INTEGER, suffix TEXT, factor REAL)"
+    )
+    con.executemany(
+        "INSERT INTO syn VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (mid0 + j, vid0 + j, sources[p][1], sources[p][0], f"{words[j % len(words)]} {j}", float(factors[j]))
+            for j, p in enumerate(picks)
+        ],
+    )
     model_expr = {c: f'm."{c}"' for c in MODEL_COLS} | {
-        "id": "s.new_mid", "slug": "NULL", "name": "m.name || ' ' || s.suffix",
-        "downloads": "CAST(m.downloads * s.factor AS INTEGER)"}
-    con.execute(f"INSERT INTO model ({', '.join(chr(34) + c + chr(34) for c in MODEL_COLS)})"
-                f" SELECT {', '.join(model_expr[c] for c in MODEL_COLS)} FROM syn s JOIN model m ON m.id = s.src_mid")
+        "id": "s.new_mid",
+        "slug": "NULL",
+        "name": "m.name || ' ' || s.suffix",
+        "downloads": "CAST(m.downloads * s.factor AS INTEGER)",
+    }
+    con.execute(
+        f"INSERT INTO model ({', '.join(chr(34) + c + chr(34) for c in MODEL_COLS)})"
+        f" SELECT {', '.join(model_expr[c] for c in MODEL_COLS)} FROM syn s JOIN model m ON m.id = s.src_mid"
+    )
     version_expr = {c: f'v."{c}"' for c in VERSION_COLS} | {
-        "id": "s.new_vid", "model_id": "s.new_mid", "air": "'urn:air:synthetic:' || s.new_mid || '@' || s.new_vid",
-        "downloads": "CAST(v.downloads * s.factor AS INTEGER)", "local_path": "NULL"}
-    con.execute(f"INSERT INTO model_version ({', '.join(chr(34) + c + chr(34) for c in VERSION_COLS)})"
-                f" SELECT {', '.join(version_expr[c] for c in VERSION_COLS)}"
-                " FROM syn s JOIN model_version v ON v.id = s.src_vid")
+        "id": "s.new_vid",
+        "model_id": "s.new_mid",
+        "air": "'urn:air:synthetic:' || s.new_mid || '@' || s.new_vid",
+        "downloads": "CAST(v.downloads * s.factor AS INTEGER)",
+        "local_path": "NULL",
+    }
+    con.execute(
+        f"INSERT INTO model_version ({', '.join(chr(34) + c + chr(34) for c in VERSION_COLS)})"
+        f" SELECT {', '.join(version_expr[c] for c in VERSION_COLS)}"
+        " FROM syn s JOIN model_version v ON v.id = s.src_vid"
+    )
     for kind in ("version", "prompts"):
-        vecs = {owner: (model, dim, data) for owner, model, dim, data in
-                con.execute("SELECT owner_id, model, dim, data FROM vector WHERE kind = ?", (kind,))}
+        vecs = {
+            owner: (model, dim, data)
+            for owner, model, dim, data in con.execute(
+                "SELECT owner_id, model, dim, data FROM vector WHERE kind = ?", (kind,)
+            )
+        }
         rows = []
         for new_vid, src_vid in con.execute("SELECT new_vid, src_vid FROM syn ORDER BY new_vid"):
             if src_vid not in vecs:
@@ -202,8 +247,9 @@ def expand(src: Path, dst: Path, total_models: int, *, noise: float = 0.02, seed
             v = np.frombuffer(data, dtype=np.float16).astype(np.float32) + rng.normal(0, noise, dim)
             v /= np.linalg.norm(v) or 1.0
             rows.append((kind, new_vid, model, dim, "synthetic", v.astype(np.float16).tobytes()))
-        con.executemany("INSERT INTO vector (kind, owner_id, model, dim, text_hash, data) VALUES (?, ?, ?, ?, ?, ?)",
-                        rows)
+        con.executemany(
+            "INSERT INTO vector (kind, owner_id, model, dim, text_hash, data) VALUES (?, ?, ?, ?, ?, ?)", rows
+        )
     con.commit()
     con.close()
     return need
@@ -226,21 +272,27 @@ def embed_queries(queries: list[str], embedder: Embedder) -> tuple[dict[str, np.
             qvecs[q] = embedder.encode([q])[0]
             ms.append((time.perf_counter() - t0) * 1000)
             cpu.append((time.process_time() - c0) * 1000)
-        embed_ms[f"torch_threads_{threads}"] = {"p50": pct(ms, 50), "p95": pct(ms, 95),
-                                                 "cpu_p50": pct(cpu, 50), "cpu_p95": pct(cpu, 95)}
+        embed_ms[f"torch_threads_{threads}"] = {
+            "p50": pct(ms, 50),
+            "p95": pct(ms, 95),
+            "cpu_p50": pct(cpu, 50),
+            "cpu_p95": pct(cpu, 95),
+        }
     torch.set_num_threads(default_threads)
     log(f"(b) single-query embedding: {json.dumps(embed_ms)}")
     return qvecs, embed_ms
 
 
-def bench_latency(db, queries: list[str], qvecs: dict[str, np.ndarray], embed_ms: dict[str, dict],
-                  embedder: Embedder, label: str) -> dict:
+def bench_latency(
+    db, queries: list[str], qvecs: dict[str, np.ndarray], embed_ms: dict[str, dict], embedder: Embedder, label: str
+) -> dict:
     """Search time with the query vector given; query embedding is timed apart (``embed_queries``). ``db``: a
     SQLite file or a PostgreSQL URL."""
     reg = Registry.open(db, embedder=embedder)
     with reg.engine.connect() as conn:
-        models, versions = conn.execute(sql_text(
-            "SELECT (SELECT count(*) FROM model), (SELECT count(*) FROM model_version)")).one()
+        models, versions = conn.execute(
+            sql_text("SELECT (SELECT count(*) FROM model), (SELECT count(*) FROM model_version)")
+        ).one()
     t = time.perf_counter()
     reg.warm()
     load = time.perf_counter() - t
@@ -259,15 +311,24 @@ def bench_latency(db, queries: list[str], qvecs: dict[str, np.ndarray], embed_ms
     reg.close()
     best_embed = min(embed_ms.values(), key=lambda r: r["p50"])
     out = {
-        "label": label, "database": "postgresql" if is_url(db) else "sqlite", "models": models,
-        "versions": versions, "queries": len(queries),
+        "label": label,
+        "database": "postgresql" if is_url(db) else "sqlite",
+        "models": models,
+        "versions": versions,
+        "queries": len(queries),
         "index_load_seconds": round(load, 2),
         "query_embedding_ms": embed_ms,
-        "search_without_embedding_ms": {"p50": pct(search_ms, 50), "p95": pct(search_ms, 95),
-                                        "cpu_p50": pct(search_cpu, 50), "cpu_p95": pct(search_cpu, 95)},
+        "search_without_embedding_ms": {
+            "p50": pct(search_ms, 50),
+            "p95": pct(search_ms, 95),
+            "cpu_p50": pct(search_cpu, 50),
+            "cpu_p95": pct(search_cpu, 95),
+        },
         "load_avg": os.getloadavg(),
-        "end_to_end_ms_estimate": {"p50": round(best_embed["p50"] + pct(search_ms, 50), 2),
-                                   "note": "fastest query-embedding p50 + search p50"},
+        "end_to_end_ms_estimate": {
+            "p50": round(best_embed["p50"] + pct(search_ms, 50), 2),
+            "note": "fastest query-embedding p50 + search p50",
+        },
         "search_checkpoint_sd15_filter_ms": {"p50": pct(ckpt_ms, 50), "p95": pct(ckpt_ms, 95)},
     }
     log(f"(b) latency at {models:,} models / {versions:,} versions: {json.dumps(out)}")
@@ -287,25 +348,28 @@ def build_holdout(full: Path, dump: Path, work: Path, embedder: Embedder, reuse:
         return db, {"reused": str(db)}
     shutil.copyfile(full, db)
     log("(c) building the hold-out registry (sample images of test-split pages removed)")
-    report = import_path(dump, db, embedder=embedder, progress=True,
-                         keep_images=lambda page: split_of(page) != "test")
+    report = import_path(dump, db, embedder=embedder, progress=True, keep_images=lambda page: split_of(page) != "test")
     log(report.summary())
-    return db, {"seconds": round(report.seconds["total"], 1), "embedded": report.embedded,
-                "sample_images": report.images}
+    return db, {
+        "seconds": round(report.seconds["total"], 1),
+        "embedded": report.embedded,
+        "sample_images": report.images,
+    }
 
 
-def bench_recall(db: Path, images: list[dict], embedder: Embedder, ks=(1, 10, 50),
-                 ablations: bool = False) -> dict:
+def bench_recall(db: Path, images: list[dict], embedder: Embedder, ks=(1, 10, 50), ablations: bool = False) -> dict:
     con = sqlite3.connect(db)
     held_ids = {r[0] for r in con.execute("SELECT id FROM sample_image")}
     held_prompts = {r[0] for r in con.execute("SELECT prompt FROM sample_image")}
     by_hash: dict[str, set[int]] = defaultdict(set)
     for autov2, vid in con.execute(
-            "SELECT f.autov2, f.version_id FROM model_file f JOIN model_version v ON v.id = f.version_id"
-            " JOIN model m ON m.id = v.model_id WHERE m.type = 'checkpoint' AND f.autov2 IS NOT NULL"):
+        "SELECT f.autov2, f.version_id FROM model_file f JOIN model_version v ON v.id = f.version_id"
+        " JOIN model m ON m.id = v.model_id WHERE m.type = 'checkpoint' AND f.autov2 IS NOT NULL"
+    ):
         by_hash[autov2.upper()].add(vid)
-    nsfw_versions = {r[0] for r in con.execute(
-        "SELECT v.id FROM model_version v JOIN model m ON m.id = v.model_id WHERE m.nsfw")}
+    nsfw_versions = {
+        r[0] for r in con.execute("SELECT v.id FROM model_version v JOIN model m ON m.id = v.model_id WHERE m.nsfw")
+    }
     con.close()
 
     cases = []
@@ -317,13 +381,24 @@ def bench_recall(db: Path, images: list[dict], embedder: Embedder, ks=(1, 10, 50
         if not q:
             continue
         same = by_hash.get((im.get("model_hash") or "").upper(), set()) | {rc["version_id"]}
-        cases.append({"id": im["image_id"], "query": q, "target": rc["version_id"], "same_weights": same,
-                      "leaked": q in held_prompts})
+        cases.append(
+            {
+                "id": im["image_id"],
+                "query": q,
+                "target": rc["version_id"],
+                "same_weights": same,
+                "leaked": q in held_prompts,
+            }
+        )
     queries = sorted({c["query"] for c in cases})
-    log(f"(c) {len(cases)} SFW test-split images with a resolved checkpoint, {len(queries)} distinct prompts, "
-        f"{len({c['target'] for c in cases})} distinct target checkpoints")
-    leak = {"eval_images_present_in_registry": sum(c["id"] in held_ids for c in cases),
-            "eval_prompts_also_on_other_pages": sum(c["query"] in held_prompts for c in cases)}
+    log(
+        f"(c) {len(cases)} SFW test-split images with a resolved checkpoint, {len(queries)} distinct prompts, "
+        f"{len({c['target'] for c in cases})} distinct target checkpoints"
+    )
+    leak = {
+        "eval_images_present_in_registry": sum(c["id"] in held_ids for c in cases),
+        "eval_prompts_also_on_other_pages": sum(c["query"] in held_prompts for c in cases),
+    }
     log(f"(c) leakage check: {leak}")
 
     t = time.perf_counter()
@@ -337,9 +412,14 @@ def bench_recall(db: Path, images: list[dict], embedder: Embedder, ks=(1, 10, 50
     if ablations:  # each signal of Registry.search alone (whatever signals it has today)
         signals = [s for s in Registry.WEIGHTS if s != "prior"]
         variants |= {f"{s}_only": {t: float(t == s) for t in Registry.WEIGHTS} for s in signals}
-    out: dict = {"images": len(cases), "distinct_prompts": len(queries),
-                 "distinct_targets": len({c["target"] for c in cases}),
-                 "query_embedding_seconds": round(embed_secs, 1), "leakage": leak, "settings": {}}
+    out: dict = {
+        "images": len(cases),
+        "distinct_prompts": len(queries),
+        "distinct_targets": len({c["target"] for c in cases}),
+        "query_embedding_seconds": round(embed_secs, 1),
+        "leakage": leak,
+        "settings": {},
+    }
     kmax = max(ks)
     for allow_nsfw in (False, True):
         reg.allow_nsfw = allow_nsfw
@@ -353,9 +433,13 @@ def bench_recall(db: Path, images: list[dict], embedder: Embedder, ks=(1, 10, 50
             if name != "hybrid" and allow_nsfw:
                 continue
             t = time.perf_counter()
-            ranked[name] = {q: [h.version.id for h in reg.search(q, types=["checkpoint"], limit=kmax,
-                                                                  query_vector=qv[q], weights=weights)]
-                            for q in queries}
+            ranked[name] = {
+                q: [
+                    h.version.id
+                    for h in reg.search(q, types=["checkpoint"], limit=kmax, query_vector=qv[q], weights=weights)
+                ]
+                for q in queries
+            }
             log(f"(c) {setting} {name}: {len(queries)} searches in {time.perf_counter() - t:.0f}s")
         for name, lists in ranked.items():
             exact, weights_hit, unleaked = Counter(), Counter(), Counter()
@@ -367,10 +451,15 @@ def bench_recall(db: Path, images: list[dict], embedder: Embedder, ks=(1, 10, 50
                     weights_hit[k] += bool(c["same_weights"].intersection(top))
                     unleaked[k] += (not c["leaked"]) and c["target"] in top
             n_unleaked = sum(not c["leaked"] for c in cases)
-            res[name] = {f"recall@{k}": round(exact[k] / len(cases), 4) for k in ks} | {
-                f"recall@{k}_same_weights": round(weights_hit[k] / len(cases), 4) for k in ks} | {
-                # prompts that also appear verbatim on a page the registry keeps (creators reuse them)
-                f"recall@{k}_prompt_unseen": round(unleaked[k] / max(n_unleaked, 1), 4) for k in ks}
+            res[name] = (
+                {f"recall@{k}": round(exact[k] / len(cases), 4) for k in ks}
+                | {f"recall@{k}_same_weights": round(weights_hit[k] / len(cases), 4) for k in ks}
+                | {
+                    # prompts that also appear verbatim on a page the registry keeps (creators reuse them)
+                    f"recall@{k}_prompt_unseen": round(unleaked[k] / max(n_unleaked, 1), 4)
+                    for k in ks
+                }
+            )
         out["settings"][setting] = res
         log(f"(c) {setting}: {json.dumps(res)}")
     reg.close()
@@ -385,62 +474,92 @@ def markdown(results: dict) -> str:
     a = results.get("import")
     if a:
         s = a["seconds"]
-        lines += ["| import (fresh DB) | value |", "|---|---|",
-                  f"| models / versions / sample images "
-                  f"| {a['models']:,} / {a['versions']:,} / {a['sample_images']:,} |",
-                  f"| write + index (s) | {s['write_plus_index']} (write {s['write']}, index {s['index']}) |",
-                  f"| embedding (s) | {s['embed']} ({a['embedded']}) |",
-                  f"| total wall (s) | {s['total']} |",
-                  f"| re-import (s), tables changed | {a['reimport']['seconds']}, "
-                  f"{a['reimport']['changed_tables'] or 'none'} |",
-                  f"| corrupt line {a['corrupt_line']['line']}: fails naming it / registry unchanged | "
-                  f"{a['corrupt_line']['names_line']} / {a['corrupt_line']['registry_unchanged']} |", ""]
+        lines += [
+            "| import (fresh DB) | value |",
+            "|---|---|",
+            f"| models / versions / sample images | {a['models']:,} / {a['versions']:,} / {a['sample_images']:,} |",
+            f"| write + index (s) | {s['write_plus_index']} (write {s['write']}, index {s['index']}) |",
+            f"| embedding (s) | {s['embed']} ({a['embedded']}) |",
+            f"| total wall (s) | {s['total']} |",
+            f"| re-import (s), tables changed | {a['reimport']['seconds']}, "
+            f"{a['reimport']['changed_tables'] or 'none'} |",
+            f"| corrupt line {a['corrupt_line']['line']}: fails naming it / registry unchanged | "
+            f"{a['corrupt_line']['names_line']} / {a['corrupt_line']['registry_unchanged']} |",
+            "",
+        ]
     lat = results.get("latency")
     if lat:
-        lines += ["| search latency (ms) | models | search p50 / p95 (CPU p50 / p95) | ckpt+sd15 filter p50 / p95 |"
-                  " query embedding p50 / p95 (CPU p50) | load avg |", "|---|---|---|---|---|---|"]
+        lines += [
+            "| search latency (ms) | models | search p50 / p95 (CPU p50 / p95) | ckpt+sd15 filter p50 / p95 |"
+            " query embedding p50 / p95 (CPU p50) | load avg |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in lat:
-            emb = ", ".join(f"{k.replace('torch_threads_', '')} thr: {v['p50']} / {v['p95']} ({v.get('cpu_p50')})"
-                            for k, v in r["query_embedding_ms"].items())
+            emb = ", ".join(
+                f"{k.replace('torch_threads_', '')} thr: {v['p50']} / {v['p95']} ({v.get('cpu_p50')})"
+                for k, v in r["query_embedding_ms"].items()
+            )
             sm = r["search_without_embedding_ms"]
-            lines.append(f"| {r['label']} | {r['models']:,} | {sm['p50']} / {sm['p95']} ({sm.get('cpu_p50')} / "
-                         f"{sm.get('cpu_p95')}) | {r['search_checkpoint_sd15_filter_ms']['p50']}"
-                         f" / {r['search_checkpoint_sd15_filter_ms']['p95']} | {emb} | "
-                         f"{', '.join(f'{x:.1f}' for x in r.get('load_avg', []))} |")
+            lines.append(
+                f"| {r['label']} | {r['models']:,} | {sm['p50']} / {sm['p95']} ({sm.get('cpu_p50')} / "
+                f"{sm.get('cpu_p95')}) | {r['search_checkpoint_sd15_filter_ms']['p50']}"
+                f" / {r['search_checkpoint_sd15_filter_ms']['p95']} | {emb} | "
+                f"{', '.join(f'{x:.1f}' for x in r.get('load_avg', []))} |"
+            )
         lines.append("")
     rec = results.get("recall")
     if rec:
-        lines += [f"Recall of the creator's checkpoint, {rec['images']:,} SFW test-split images "
-                  f"({rec['distinct_prompts']:,} prompts, {rec['distinct_targets']} checkpoints):", "",
-                  "| setting | method | R@1 | R@10 | R@50 | R@10 same weights | R@50 same weights |"
-                  " R@50 prompt unseen |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"Recall of the creator's checkpoint, {rec['images']:,} SFW test-split images "
+            f"({rec['distinct_prompts']:,} prompts, {rec['distinct_targets']} checkpoints):",
+            "",
+            "| setting | method | R@1 | R@10 | R@50 | R@10 same weights | R@50 same weights | R@50 prompt unseen |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for setting, res in rec["settings"].items():
             for name, r in res.items():
                 if not isinstance(r, dict):
                     continue
-                lines.append(f"| {setting} | {name} | {r['recall@1']} | {r['recall@10']} | {r['recall@50']} | "
-                             f"{r['recall@10_same_weights']} | {r['recall@50_same_weights']} | "
-                             f"{r.get('recall@50_prompt_unseen', '-')} |")
+                lines.append(
+                    f"| {setting} | {name} | {r['recall@1']} | {r['recall@10']} | {r['recall@50']} | "
+                    f"{r['recall@10_same_weights']} | {r['recall@50_same_weights']} | "
+                    f"{r.get('recall@50_prompt_unseen', '-')} |"
+                )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dump", type=Path, required=True, help="Civitai models .jsonl.gz")
-    p.add_argument("--images", type=Path, default=None,
-                   help="image_meta .jsonl.gz (default: image_meta.train.jsonl.gz next to --dump)")
+    p.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="image_meta .jsonl.gz (default: image_meta.train.jsonl.gz next to --dump)",
+    )
     p.add_argument("--workdir", type=Path, default=None, help="where the databases go (default: a temp dir)")
-    p.add_argument("--stages", nargs="*", default=["import", "latency", "recall"],
-                   choices=["import", "latency", "recall"],
-                   help="later stages reuse WORKDIR/full.db when 'import' is skipped")
+    p.add_argument(
+        "--stages",
+        nargs="*",
+        default=["import", "latency", "recall"],
+        choices=["import", "latency", "recall"],
+        help="later stages reuse WORKDIR/full.db when 'import' is skipped",
+    )
     p.add_argument("--queries", type=int, default=200, help="prompts for the latency benchmark")
-    p.add_argument("--postgres", default=None, help="URL of an empty PostgreSQL database: the latency stage also "
-                   "copies the dump's registry there and times search on it")
+    p.add_argument(
+        "--postgres",
+        default=None,
+        help="URL of an empty PostgreSQL database: the latency stage also "
+        "copies the dump's registry there and times search on it",
+    )
     p.add_argument("--synthetic-models", type=int, default=100_000)
     p.add_argument("--corrupt-line", type=int, default=9_000)
     p.add_argument("--ablations", action="store_true", help="also score single-signal rankings in (c)")
-    p.add_argument("--reuse-holdout", action="store_true",
-                   help="(c) reuses WORKDIR/holdout.db from an earlier run instead of rebuilding it")
+    p.add_argument(
+        "--reuse-holdout",
+        action="store_true",
+        help="(c) reuses WORKDIR/holdout.db from an earlier run instead of rebuilding it",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
@@ -448,8 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="registry-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     embedder = Embedder()
-    results: dict = {"dump": str(args.dump), "machine": {"cpus": os.cpu_count(),
-                                                         "load_avg_at_start": os.getloadavg()}}
+    results: dict = {"dump": str(args.dump), "machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()}}
     if args.out.exists():  # keep the stages not rerun
         results = json.loads(args.out.read_text()) | results
     full = work / "full.db"
@@ -469,8 +587,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.postgres:  # the same registry in PostgreSQL (copied: rows and vectors as they are)
             copied = copy_registry(full, args.postgres)
             log(f"(b) copied {full} to {copied['dest']} in {copied['seconds']} s")
-            results["latency"].append(bench_latency(args.postgres, queries, qvecs, embed_ms, embedder,
-                                                    "shared dump on PostgreSQL"))
+            results["latency"].append(
+                bench_latency(args.postgres, queries, qvecs, embed_ms, embedder, "shared dump on PostgreSQL")
+            )
         big = work / "synthetic.db"
         t = time.perf_counter()
         added = expand(full, big, args.synthetic_models)

@@ -39,12 +39,18 @@ def main() -> None:
         rng = np.random.default_rng(0)
         per = int(args.gb * 1e9 / args.files / 2)  # float16 elements per file
         for i in range(args.files):
-            save_file({"model.diffusion_model.out.0.weight": rng.standard_normal(per, dtype=np.float32)
-                       .astype(np.float16), "cond_stage_model.transformer.x": np.zeros(4, np.float16)},
-                      str(models / "Stable-diffusion" / f"ckpt{i}.safetensors"))
-            save_file({"lora_unet_x.lora_down.weight": rng.standard_normal(1 << 20, dtype=np.float32)
-                       .astype(np.float16)}, str(models / "Lora" / f"lora{i}.safetensors"),
-                      metadata={"ss_base_model_version": "sd_v1", "ss_output_name": f"Bench LoRA {i}"})
+            save_file(
+                {
+                    "model.diffusion_model.out.0.weight": rng.standard_normal(per, dtype=np.float32).astype(np.float16),
+                    "cond_stage_model.transformer.x": np.zeros(4, np.float16),
+                },
+                str(models / "Stable-diffusion" / f"ckpt{i}.safetensors"),
+            )
+            save_file(
+                {"lora_unet_x.lora_down.weight": rng.standard_normal(1 << 20, dtype=np.float32).astype(np.float16)},
+                str(models / "Lora" / f"lora{i}.safetensors"),
+                metadata={"ss_base_model_version": "sd_v1", "ss_output_name": f"Bench LoRA {i}"},
+            )
         t = time.perf_counter()
         first = scan(db, [tmp / "webui"], cache_path=tmp / "hashes.json")
         first_s = time.perf_counter() - t
@@ -52,11 +58,23 @@ def main() -> None:
         second = scan(db, [tmp / "webui"], cache_path=tmp / "hashes.json")
         second_s = time.perf_counter() - t
         gb = first.bytes_hashed / 1e9
-        print(json.dumps({
-            "files": first.files, "gb_hashed": round(gb, 3), "hash_s_per_gb": round(first.hash_seconds / gb, 2),
-            "first_scan_s": round(first_s, 2), "imported": len(first.imported), "skipped": len(first.skipped),
-            "second_scan_s": round(second_s, 3), "second_from_cache": second.from_cache,
-            "second_matched": len(second.matched), "second_imported": len(second.imported)}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "files": first.files,
+                    "gb_hashed": round(gb, 3),
+                    "hash_s_per_gb": round(first.hash_seconds / gb, 2),
+                    "first_scan_s": round(first_s, 2),
+                    "imported": len(first.imported),
+                    "skipped": len(first.skipped),
+                    "second_scan_s": round(second_s, 3),
+                    "second_from_cache": second.from_cache,
+                    "second_matched": len(second.matched),
+                    "second_imported": len(second.imported),
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

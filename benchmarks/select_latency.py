@@ -38,7 +38,9 @@ def measure(db: Path, prompts: list[str], settings: Settings) -> dict:
             stages.setdefault(k, []).append(v)
     totals.sort()
     return {
-        "registry": str(db), "n": len(totals), "warm_s": round(warm, 2),
+        "registry": str(db),
+        "n": len(totals),
+        "warm_s": round(warm, 2),
         "p50_ms": round(1000 * statistics.median(totals), 1),
         "p95_ms": round(1000 * totals[min(len(totals) - 1, int(0.95 * len(totals)))], 1),
         "stage_p50_ms": {k: round(1000 * statistics.median(v), 1) for k, v in stages.items()},
@@ -57,8 +59,12 @@ def main() -> None:
     args = ap.parse_args()
     prompts = _read_prompts(args.prompts)[: args.n]
     settings = Settings(selector=args.selector, llm_design=args.design, llm_threads=args.threads, allow_nsfw=True)
-    out = {"load_before": os.getloadavg(), "selector": args.selector, "design": args.design,
-           "default": measure(args.registry, prompts, settings)}
+    out = {
+        "load_before": os.getloadavg(),
+        "selector": args.selector,
+        "design": args.design,
+        "default": measure(args.registry, prompts, settings),
+    }
     if args.large:
         out["large"] = measure(args.large, prompts, settings)
         out["large_over_default_p50"] = round(out["large"]["p50_ms"] / out["default"]["p50_ms"], 2)

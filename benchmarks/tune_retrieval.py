@@ -44,8 +44,10 @@ SETTINGS = {
     "tags 0.5": {"kind_tags": 0.5, "kind_fused_tags": 0.15},
     "no bonuses": {"primary_bonus": 0.0, "family_bonus": 0.0},
 }
-CARD_SETTINGS = {f"card on the ranker's logit x {w:g}": {"card_ranked": w}
-                 for w in (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0)}
+CARD_SETTINGS = {
+    f"card on the ranker's logit x {w:g}": {"card_ranked": w}
+    for w in (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0)
+}
 
 
 def add_card_signal(reg: Registry, rows: list, encoder: CardEncoder) -> None:
@@ -89,8 +91,10 @@ def main() -> None:
     unvoted = [not reg.has_creator_prompts(r[1]) for r in rows]
     n_nat, n_unv = sum(r[4].natural for r in rows), sum(unvoted)
     print(f"{len(rows)} {args.split} pairs ({n_nat} natural sentences, {n_unv} unvoted checkpoints)")
-    print("| setting | top-1 | top-5 | model top-1 | model top-5 | natural top-1 | unvoted model top-1 |\n"
-          "|---|---|---|---|---|---|---|")
+    print(
+        "| setting | top-1 | top-5 | model top-1 | model top-5 | natural top-1 | unvoted model top-1 |\n"
+        "|---|---|---|---|---|---|---|"
+    )
     for name, over in settings.items():
         w = replace(RetrievalWeights(), **(over or {}))
         t1 = t5 = m1 = m5 = nat = unv = 0
@@ -106,8 +110,10 @@ def main() -> None:
             nat += ids[:1] == [vid] and cached_intent.natural
             unv += pages[:1] == [mid] and no_votes
         n = len(rows)
-        print(f"| {name} | {t1 / n:.3f} | {t5 / n:.3f} | {m1 / n:.3f} | {m5 / n:.3f} | {nat / max(n_nat, 1):.3f} "
-              f"| {unv / max(n_unv, 1):.3f} |")
+        print(
+            f"| {name} | {t1 / n:.3f} | {t5 / n:.3f} | {m1 / n:.3f} | {m5 / n:.3f} | {nat / max(n_nat, 1):.3f} "
+            f"| {unv / max(n_unv, 1):.3f} |"
+        )
 
 
 if __name__ == "__main__":

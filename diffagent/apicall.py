@@ -42,8 +42,7 @@ class ModelRef(BaseModel):
 
 
 class LoraRef(ModelRef):
-    weight: float = Field(1.0, ge=LORA_WEIGHT_MIN, le=LORA_WEIGHT_MAX,
-                          description="strength, as in <lora:name:weight>")
+    weight: float = Field(1.0, ge=LORA_WEIGHT_MIN, le=LORA_WEIGHT_MAX, description="strength, as in <lora:name:weight>")
 
 
 class EmbeddingRef(ModelRef):
@@ -78,8 +77,7 @@ class ApiCall(BaseModel):
     clip_skip: int = Field(1, ge=1, le=12, description="A1111 Clip skip (1 = last layer)")
     seed: int = Field(0, ge=0, le=MAX_SEED)
     # hosts show this schema to their model on every turn: the description stays short (README has the rest)
-    shift: float | None = Field(None, ge=0.1, le=20.0,
-                                description="FLUX.1/SD 3: flow-matching shift; null: model's")
+    shift: float | None = Field(None, ge=0.1, le=20.0, description="FLUX.1/SD 3: flow-matching shift; null: model's")
     rationale: str = Field("", max_length=2000)
     alternatives: list[Alternative] = Field(default_factory=list, max_length=MAX_ALTERNATIVES)
 
@@ -105,24 +103,31 @@ class ApiCall(BaseModel):
                 )
         eco = ecosystem_of(self.checkpoint.family)
         if self.shift is not None and eco not in FLOW:
-            raise ValueError(f"'shift' is a parameter of flow-matching models (FLUX.1, SD 3); the "
-                             f"{self.checkpoint.family.value} checkpoint {self.checkpoint.name!r} samples on a fixed "
-                             "noise schedule: drop 'shift'")
+            raise ValueError(
+                f"'shift' is a parameter of flow-matching models (FLUX.1, SD 3); the "
+                f"{self.checkpoint.family.value} checkpoint {self.checkpoint.name!r} samples on a fixed "
+                "noise schedule: drop 'shift'"
+            )
         if self.shift is not None and self.schema_version == "1":
             raise ValueError("'shift' came with schema_version 2; set schema_version to \"2\" (or drop 'shift')")
         if eco in FLOW:
             what = {"flux": "FLUX.1", "sd3": "Stable Diffusion 3"}[eco]
             if self.embeddings:
-                raise ValueError(f"{what} checkpoints take no textual-inversion embeddings (SD 1.x / SDXL only); "
-                                 "drop 'embeddings'")
+                raise ValueError(
+                    f"{what} checkpoints take no textual-inversion embeddings (SD 1.x / SDXL only); drop 'embeddings'"
+                )
             if self.vae is not None:
                 raise ValueError(f"{what} checkpoints decode with their own VAE; drop 'vae'")
             if eco == "flux" and self.sampler not in FLUX_SAMPLERS:
-                raise ValueError(f"FLUX.1 renders with sampler {' or '.join(FLUX_SAMPLERS)} (its pipeline sets its own "
-                                 f"noise levels, which the {self.sampler} scheduler does not take); use 'Euler'")
+                raise ValueError(
+                    f"FLUX.1 renders with sampler {' or '.join(FLUX_SAMPLERS)} (its pipeline sets its own "
+                    f"noise levels, which the {self.sampler} scheduler does not take); use 'Euler'"
+                )
             if eco == "flux" and self.negative_prompt.strip():
-                raise ValueError("FLUX.1 takes no negative prompt (it is guidance-distilled: cfg_scale is its "
-                                 "distilled guidance, about 3.5 for [dev]); leave 'negative_prompt' empty")
+                raise ValueError(
+                    "FLUX.1 takes no negative prompt (it is guidance-distilled: cfg_scale is its "
+                    "distilled guidance, about 3.5 for [dev]); leave 'negative_prompt' empty"
+                )
         return self
 
     def a1111_parameters(self) -> str:

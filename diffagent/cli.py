@@ -21,6 +21,7 @@ def _registry_arg(value: str):
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
+
 #: modules with a ``register(subparsers)`` function, in help order; missing optional ones are skipped
 COMMAND_MODULES = [
     "diffagent.agent.cli",
@@ -41,11 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffagent {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (to stderr)")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--registry", type=_registry_arg, default=argparse.SUPPRESS,
-                        help="registry: a SQLite file or a postgresql:// URL (default: DIFFAGENT_REGISTRY or the "
-                        "checkout's registry.db)")
-    common.add_argument("--allow-nsfw", action="store_true", default=argparse.SUPPRESS,
-                        help="include NSFW models (default: DIFFAGENT_ALLOW_NSFW or off)")
+    common.add_argument(
+        "--registry",
+        type=_registry_arg,
+        default=argparse.SUPPRESS,
+        help="registry: a SQLite file or a postgresql:// URL (default: DIFFAGENT_REGISTRY or the "
+        "checkout's registry.db)",
+    )
+    common.add_argument(
+        "--allow-nsfw",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="include NSFW models (default: DIFFAGENT_ALLOW_NSFW or off)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     # every subcommand inherits the common options

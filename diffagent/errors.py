@@ -22,6 +22,5 @@ class MissingDependency(DiffAgentError, ImportError):
 
     def __init__(self, package: str, extra: str, how: str | None = None):
         super().__init__(
-            f"{package} is not installed; "
-            + (how or f"install the '{extra}' extra: pip install 'diffagent[{extra}]'")
+            f"{package} is not installed; " + (how or f"install the '{extra}' extra: pip install 'diffagent[{extra}]'")
         )

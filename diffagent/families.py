@@ -44,8 +44,13 @@ FLOW = {"flux", "sd3"}
 RENDERER_ECOSYSTEMS = RENDERABLE | FLOW
 
 #: user-facing constraint names (select --base) -> ecosystems
-BASE_CONSTRAINTS: dict[str, set[str] | None] = {"any": None, "sd15": {"sd1"}, "sdxl": {"sdxl"}, "flux": {"flux"},
-                                                "sd3": {"sd3"}}
+BASE_CONSTRAINTS: dict[str, set[str] | None] = {
+    "any": None,
+    "sd15": {"sd1"},
+    "sdxl": {"sdxl"},
+    "flux": {"flux"},
+    "sd3": {"sd3"},
+}
 
 
 #: ComfyUI's prefix on a checkpoint's denoiser tensors

@@ -41,6 +41,7 @@ from diffagent.tools import Runtime
 if TYPE_CHECKING:
     from mcp import Client
 
+
 class SelectArgs(BaseModel):
     prompt: Prompt
     options: SelectOptions | None = None
@@ -93,8 +94,11 @@ def diffagent_tools(settings: Settings | None = None, *, runtime: Runtime | None
         out = tools.render_image(call, prompt, best_of, runtime=rt)
         content = [
             {"type": "image", "base64": base64.b64encode(out.preview_png).decode(), "mime_type": "image/png"},
-            {"type": "text", "text": f"rendered {out.width}x{out.height}, seed {out.seed}, "
-                                     f"{out.seconds:.1f} s; full image: {out.path}"},
+            {
+                "type": "text",
+                "text": f"rendered {out.width}x{out.height}, seed {out.seed}, "
+                f"{out.seconds:.1f} s; full image: {out.path}",
+            },
         ]
         return content, out
 
@@ -107,18 +111,34 @@ def diffagent_tools(settings: Settings | None = None, *, runtime: Runtime | None
         return info.model_dump_json(exclude={"files", "description"}), info
 
     specs = [
-        (select, SelectArgs, "select_t2i_api",
-         "Pick checkpoint, LoRAs and settings from the registry for a prompt; returns a call for render_image."),
-        (render, RenderArgs, "render_image",
-         "Render a call from select_t2i_api (or a prompt) to a PNG; returns a preview and the file path."),
+        (
+            select,
+            SelectArgs,
+            "select_t2i_api",
+            "Pick checkpoint, LoRAs and settings from the registry for a prompt; returns a call for render_image.",
+        ),
+        (
+            render,
+            RenderArgs,
+            "render_image",
+            "Render a call from select_t2i_api (or a prompt) to a PNG; returns a preview and the file path.",
+        ),
         (search, SearchArgs, "search_models", "Search the model registry by text, type, base family and popularity."),
-        (get_model, GetModelArgs, "get_model",
-         "Everything the registry knows about one model version (trigger words, recommended settings)."),
+        (
+            get_model,
+            GetModelArgs,
+            "get_model",
+            "Everything the registry knows about one model version (trigger words, recommended settings).",
+        ),
     ]
     return [
         StructuredTool.from_function(
-            func=_as_tool_errors(fn), name=name, description=description, args_schema=schema,
-            response_format="content_and_artifact", handle_tool_error=True,
+            func=_as_tool_errors(fn),
+            name=name,
+            description=description,
+            args_schema=schema,
+            response_format="content_and_artifact",
+            handle_tool_error=True,
             handle_validation_error=_validation_message,
         )
         for fn, schema, name, description in specs
@@ -153,8 +173,11 @@ async def mcp_tools(client: Client) -> list[StructuredTool]:
 
     return [
         StructuredTool(
-            name=t.name, description=t.description or "", args_schema=t.input_schema,
-            coroutine=functools.partial(call, t.name), response_format="content_and_artifact",
+            name=t.name,
+            description=t.description or "",
+            args_schema=t.input_schema,
+            coroutine=functools.partial(call, t.name),
+            response_format="content_and_artifact",
             handle_tool_error=True,
         )
         for t in (await client.list_tools()).tools

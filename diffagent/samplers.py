@@ -7,11 +7,32 @@ each name to a diffusers scheduler in ``diffagent.render.schedulers``.
 from __future__ import annotations
 
 A1111_SAMPLERS: tuple[str, ...] = (
-    "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE",
-    "DPM++ 2M SDE", "DPM++ 3M SDE", "DPM fast", "DPM adaptive", "LMS Karras", "DPM2 Karras",
-    "DPM2 a Karras", "DPM++ 2S a Karras", "DPM++ 2M Karras", "DPM++ SDE Karras",
-    "DPM++ 2M SDE Karras", "DPM++ 3M SDE Karras", "DPM++ 3M SDE Exponential", "DDIM", "PLMS",
-    "UniPC", "LCM",
+    "Euler a",
+    "Euler",
+    "LMS",
+    "Heun",
+    "DPM2",
+    "DPM2 a",
+    "DPM++ 2S a",
+    "DPM++ 2M",
+    "DPM++ SDE",
+    "DPM++ 2M SDE",
+    "DPM++ 3M SDE",
+    "DPM fast",
+    "DPM adaptive",
+    "LMS Karras",
+    "DPM2 Karras",
+    "DPM2 a Karras",
+    "DPM++ 2S a Karras",
+    "DPM++ 2M Karras",
+    "DPM++ SDE Karras",
+    "DPM++ 2M SDE Karras",
+    "DPM++ 3M SDE Karras",
+    "DPM++ 3M SDE Exponential",
+    "DDIM",
+    "PLMS",
+    "UniPC",
+    "LCM",
 )
 
 #: the samplers of flow-matching models (FLUX.1, SD 3), as Forge and ComfyUI name them

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from diffagent.agent.selector import Selector
     from diffagent.registry.store import Registry
 
+
 class Runtime:
     """Process-wide owner of what the tools load (lazy, thread-safe): the registry, the selector, the renderer
     (its pipeline cache) and the scorers (CLIP, ImageReward, HPS v2: loaded once, not per best-of request)."""
@@ -97,8 +98,10 @@ def check_prompt(prompt: str | None) -> None:
     from diffagent.prompttext import has_visible_text
 
     if not prompt or not has_visible_text(prompt):
-        raise UserInputError("prompt is empty (only spaces, control or invisible characters); describe the picture "
-                             "you want, e.g. 'a watercolor fox'")
+        raise UserInputError(
+            "prompt is empty (only spaces, control or invisible characters); describe the picture "
+            "you want, e.g. 'a watercolor fox'"
+        )
 
 
 class ModelSummary(BaseModel):
@@ -297,8 +300,16 @@ def render_image(
             return rt.renderer.render(c, progress=progress, cancel=cancel, output_dir=output_dir)
 
         picked = render_best_of(
-            call, best_of, prompt=prompt, settings=rt.settings, registry=rt.registry, scorer=rt.scorer,
-            progress=progress, cancel=cancel, output_dir=output_dir, render_fn=render_one,
+            call,
+            best_of,
+            prompt=prompt,
+            settings=rt.settings,
+            registry=rt.registry,
+            scorer=rt.scorer,
+            progress=progress,
+            cancel=cancel,
+            output_dir=output_dir,
+            render_fn=render_one,
         )
         result, scores = picked.best, [round(s, 4) for s in picked.scores]
     else:

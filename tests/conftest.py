@@ -22,9 +22,13 @@ def pg_binary(name: str) -> str | None:
     found = shutil.which(name)
     if found:
         return found
-    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]) if
-                      p.parts[-3].isdigit() else 0)
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+    )
     return str(versions[-1]) if versions else None
+
+
 #: where the tests' registries live: SQLite files, or with DIFFAGENT_TEST_REGISTRY=postgres databases of a
 #: throwaway PostgreSQL cluster (``.ci/run`` runs the registry suite both ways)
 REGISTRY_BACKEND = os.environ.get("DIFFAGENT_TEST_REGISTRY", "sqlite")
@@ -35,8 +39,10 @@ if REGISTRY_BACKEND not in ("sqlite", "postgres"):
 def pytest_configure(config):
     if REGISTRY_BACKEND == "postgres" and not (pg_binary("initdb") and pg_binary("pg_ctl")):
         # asked for explicitly: a run that skipped every registry test would pass without testing anything
-        raise pytest.UsageError("DIFFAGENT_TEST_REGISTRY=postgres needs PostgreSQL's initdb and pg_ctl (on PATH or "
-                                "under /usr/lib/postgresql/<version>/bin); install the postgresql package")
+        raise pytest.UsageError(
+            "DIFFAGENT_TEST_REGISTRY=postgres needs PostgreSQL's initdb and pg_ctl (on PATH or "
+            "under /usr/lib/postgresql/<version>/bin); install the postgresql package"
+        )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -149,16 +155,36 @@ def postgres_server(tmp_path_factory):
             parent.chmod(parent.stat().st_mode | 0o001)
         as_user = ["runuser", "-u", "postgres", "--"]
     data, port = root / "data", 50000 + os.getpid() % 10000
-    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "diffagent"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "diffagent"], check=True, capture_output=True
+    )
     options = f"-k {root} -c listen_addresses='' -p {port}"
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-w", "-l", str(root / "server.log"), "-o", options,
-                    "start"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, pg_ctl, "-D", str(data), "-w", "-l", str(root / "server.log"), "-o", options, "start"],
+        check=True,
+        capture_output=True,
+    )
 
     def restart() -> None:
         """Restart the server (every open connection is dropped)."""
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "-l", str(root / "server.log"),
-                        "-o", options, "restart"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                *as_user,
+                pg_ctl,
+                "-D",
+                str(data),
+                "-m",
+                "fast",
+                "-w",
+                "-l",
+                str(root / "server.log"),
+                "-o",
+                options,
+                "restart",
+            ],
+            check=True,
+            capture_output=True,
+        )
 
     try:
         yield SimpleNamespace(url=f"postgresql://diffagent@/postgres?host={root}&port={port}", restart=restart)

@@ -24,10 +24,26 @@ from diffagent.tools import SelectOptions
 
 def _version(id: int, name: str, type: str, family: Family = Family.SD1) -> VersionInfo:
     return VersionInfo(
-        id=id, model_id=id * 10, name="v1", model_name=name, type=type, base_model="SD 1.5", family=family,
-        air=f"urn:air:sd1:{type}:civitai:{id * 10}@{id}", trained_words=["tw"] if type == "lora" else [],
-        tags=["test"], description="", creator=None, nsfw=False, downloads=1000 - id, rating=None,
-        recommended={}, hf_repo=None, hf_file=None, download_url=None, local_path=None,
+        id=id,
+        model_id=id * 10,
+        name="v1",
+        model_name=name,
+        type=type,
+        base_model="SD 1.5",
+        family=family,
+        air=f"urn:air:sd1:{type}:civitai:{id * 10}@{id}",
+        trained_words=["tw"] if type == "lora" else [],
+        tags=["test"],
+        description="",
+        creator=None,
+        nsfw=False,
+        downloads=1000 - id,
+        rating=None,
+        recommended={},
+        hf_repo=None,
+        hf_file=None,
+        download_url=None,
+        local_path=None,
     )
 
 
@@ -61,8 +77,16 @@ class FakeSelector:
         ck = self.registry.versions[1]
         lora = self.registry.versions[2]
         loras = [LoraRef(**lora.ref().model_dump(), weight=0.8)][: options.max_loras]
-        return ApiCall(checkpoint=ck.ref(), loras=loras, prompt=prompt, steps=4, width=64, height=64,
-                       seed=options.seed or 7, rationale="fake")
+        return ApiCall(
+            checkpoint=ck.ref(),
+            loras=loras,
+            prompt=prompt,
+            steps=4,
+            width=64,
+            height=64,
+            seed=options.seed or 7,
+            rationale="fake",
+        )
 
 
 class ModuleRenderer:
@@ -74,8 +98,14 @@ class ModuleRenderer:
     def render(self, call: ApiCall, *, progress=None, cancel=None, output_dir=None):
         import diffagent.render
 
-        return diffagent.render.render(call, settings=self.settings, registry=self.registry, progress=progress,
-                                       cancel=cancel, output_dir=output_dir)
+        return diffagent.render.render(
+            call,
+            settings=self.settings,
+            registry=self.registry,
+            progress=progress,
+            cancel=cancel,
+            output_dir=output_dir,
+        )
 
 
 class FakeRuntime:

@@ -15,8 +15,9 @@ def sql_rows(db, sql: str, params: dict | None = None) -> list[tuple]:
     engine = open_engine(db)
     try:
         with engine.connect() as conn:
-            return [tuple(int(v) if isinstance(v, bool) else v for v in r)
-                    for r in conn.execute(text(sql), params or {})]
+            return [
+                tuple(int(v) if isinstance(v, bool) else v for v in r) for r in conn.execute(text(sql), params or {})
+            ]
     finally:
         engine.dispose()
 

@@ -10,16 +10,29 @@ from diffagent.apicall import SCHEMA_VERSION, ApiCall, ModelRef
 from diffagent.families import Family
 from diffagent.render.png import parse_parameters_text
 
-FLUX = ModelRef(id=1, air="urn:air:flux1:checkpoint:huggingface:black-forest-labs/FLUX.1-dev", name="FLUX.1 [dev]",
-                family=Family.FLUX)
+FLUX = ModelRef(
+    id=1,
+    air="urn:air:flux1:checkpoint:huggingface:black-forest-labs/FLUX.1-dev",
+    name="FLUX.1 [dev]",
+    family=Family.FLUX,
+)
 SD3 = ModelRef(id=2, air="urn:air:sd3:checkpoint:huggingface:stabilityai/sd35", name="SD 3.5 Large", family=Family.SD3)
 SDXL = ModelRef(id=3, air="urn:air:sdxl:checkpoint:civitai:1@2", name="Juggernaut XL", family=Family.SDXL)
 
 
 def test_new_calls_are_schema_2_and_a_version_1_call_still_validates_unchanged():
     assert SCHEMA_VERSION == "2" and ApiCall(checkpoint=SDXL, prompt="a fox").schema_version == "2"
-    old = {"schema_version": "1", "checkpoint": SDXL.model_dump(), "prompt": "a fox", "sampler": "Euler a",
-           "steps": 30, "cfg_scale": 6.0, "width": 832, "height": 1216, "seed": 5}
+    old = {
+        "schema_version": "1",
+        "checkpoint": SDXL.model_dump(),
+        "prompt": "a fox",
+        "sampler": "Euler a",
+        "steps": 30,
+        "cfg_scale": 6.0,
+        "width": 832,
+        "height": 1216,
+        "seed": 5,
+    }
     call = ApiCall.model_validate(old)
     assert call.schema_version == "1" and call.shift is None
     assert call.model_dump(exclude_defaults=True)["schema_version"] == "1"  # not silently upgraded
@@ -45,8 +58,9 @@ def test_flux_renders_with_euler_only_and_sd3_also_with_heun():
 
 
 def test_flux_parameters_text_says_distilled_guidance_as_forge_writes_it():
-    call = ApiCall(checkpoint=FLUX, prompt="a fox", sampler="Euler", cfg_scale=3.5, steps=28, width=1024,
-                   height=1024, shift=1.5)
+    call = ApiCall(
+        checkpoint=FLUX, prompt="a fox", sampler="Euler", cfg_scale=3.5, steps=28, width=1024, height=1024, shift=1.5
+    )
     text = call.a1111_parameters()
     assert "CFG scale: 1, Distilled CFG Scale: 3.5" in text and "Shift: 1.5" in text
     parsed = parse_parameters_text(text)

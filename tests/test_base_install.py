@@ -33,10 +33,17 @@ sys.exit(code)
 
 
 def _cli(*args: str, cwd: Path, timeout: float = 300, also: str = "", expect: str = "") -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "DIFFAGENT_DATA_DIR": str(cwd / "data"),
-           "ALSO_NOT_INSTALLED": also, "EXPECT_LOADED": expect}
-    return subprocess.run([sys.executable, "-c", RUNNER, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "DIFFAGENT_DATA_DIR": str(cwd / "data"),
+        "ALSO_NOT_INSTALLED": also,
+        "EXPECT_LOADED": expect,
+    }
+    return subprocess.run(
+        [sys.executable, "-c", RUNNER, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_select_on_the_default_registry_needs_no_torch(tmp_path):
@@ -46,8 +53,11 @@ def test_select_on_the_default_registry_needs_no_torch(tmp_path):
     assert call["checkpoint"]["id"] and call["prompt"]
 
 
-@pytest.mark.parametrize(("also", "expect"), [("onnxruntime onnx", ""), ("", "onnxruntime")],
-                         ids=["numpy encoder", "embed extra (onnxruntime)"])
+@pytest.mark.parametrize(
+    ("also", "expect"),
+    [("onnxruntime onnx", ""), ("", "onnxruntime")],
+    ids=["numpy encoder", "embed extra (onnxruntime)"],
+)
 def test_import_embeds_without_torch(tmp_path, tiny_registry_path, also, expect):
     """Bulk embedding runs on ONNX Runtime with the ``embed`` extra and falls back to the numpy encoder without
     it; either way the vectors equal the ones of the session's registry (fp16 storage)."""
@@ -63,8 +73,10 @@ def test_import_embeds_without_torch(tmp_path, tiny_registry_path, also, expect)
 
     def vectors(path):
         with sqlite3.connect(path) as conn:
-            return {(k, o): np.frombuffer(d, np.float16).astype(np.float32)
-                    for k, o, d in conn.execute("SELECT kind, owner_id, data FROM vector")}
+            return {
+                (k, o): np.frombuffer(d, np.float16).astype(np.float32)
+                for k, o, d in conn.execute("SELECT kind, owner_id, data FROM vector")
+            }
 
     mine, reference = vectors(db), vectors(tiny_registry_path)
     assert mine.keys() == reference.keys() and len(mine) > 10

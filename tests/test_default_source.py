@@ -157,13 +157,23 @@ format = "SafeTensor"
 """
 
 
-def _entry(slug: str = "bad-one", *, top: str = "", weights: str | None = None, recommended: str = "",
-           type_: str = "lora", base: str = "SD 1.5", triggers: str = '["x"]') -> str:
+def _entry(
+    slug: str = "bad-one",
+    *,
+    top: str = "",
+    weights: str | None = None,
+    recommended: str = "",
+    type_: str = "lora",
+    base: str = "SD 1.5",
+    triggers: str = '["x"]',
+) -> str:
     w = weights if weights is not None else 'hf_repo = "owner/bad"\nhf_file = "bad.safetensors"\nformat = "SafeTensor"'
     rec = f"[model.recommended]\n{recommended}\n" if recommended else ""
-    labels = {"lora": 'kinds = ["style"]\nconcepts = ["bad style"]\n',
-              "locon": 'kinds = ["style"]\nconcepts = ["bad style"]\n',
-              "checkpoint": 'kinds = ["general"]\n'}.get(type_, "")
+    labels = {
+        "lora": 'kinds = ["style"]\nconcepts = ["bad style"]\n',
+        "locon": 'kinds = ["style"]\nconcepts = ["bad style"]\n',
+        "checkpoint": 'kinds = ["general"]\n',
+    }.get(type_, "")
     return (
         f'\n[[model]]\nslug = "{slug}"\nname = "Bad One"\nversion = "v1"\ntype = "{type_}"\n'
         f'base_model = "{base}"\ndescription = "An entry under test."\ntrigger_words = {triggers}\n{labels}{top}\n'
@@ -190,19 +200,31 @@ def test_small_valid_file_loads(tmp_path):
         ({"type_": "hypernetwork"}, "type", "checkpoint"),
         ({"base": "SD 2.1"}, "base_model", "unknown base model"),
         ({"base": "Flux.1 D", "type_": "embedding"}, "(entry)", "take no embeddings"),
-        ({"base": "Flux.1 D", "type_": "checkpoint",
-          "weights": 'hf_repo = "owner/bad"\nhf_file = "bad.ckpt"\nformat = "PickleTensor"'}, "(entry)",
-         ".safetensors transformer file"),
+        (
+            {
+                "base": "Flux.1 D",
+                "type_": "checkpoint",
+                "weights": 'hf_repo = "owner/bad"\nhf_file = "bad.ckpt"\nformat = "PickleTensor"',
+            },
+            "(entry)",
+            ".safetensors transformer file",
+        ),
         ({"triggers": '"x, y"'}, "trigger_words", "list"),
         ({"recommended": 'sampler = "Euler Turbo 9000"'}, "recommended.sampler", "unknown sampler"),
         ({"recommended": "steps = 0"}, "recommended.steps", "greater than or equal"),
-        ({"weights": 'civitai_model_id = 1\nfilename = "a.safetensors"\nformat = "SafeTensor"'},
-         "weights", "go together"),
+        (
+            {"weights": 'civitai_model_id = 1\nfilename = "a.safetensors"\nformat = "SafeTensor"'},
+            "weights",
+            "go together",
+        ),
         ({"weights": 'hf_repo = "owner/x"\nhf_file = "a.safetensors"\nformat = "Diffusers"'}, "weights", "Diffusers"),
         ({"weights": 'hf_repo = "owner/x"\nformat = "SafeTensor"'}, "weights", "single file"),
         ({"weights": 'hf_repo = "not a repo"\nformat = "Diffusers"'}, "weights.hf_repo", "owner/name"),
-        ({"weights": 'hf_repo = "o/x"\nhf_file = "a.pt"\nformat = "PickleTensor"\nsha256 = "abc"'},
-         "weights.sha256", "64 hex"),
+        (
+            {"weights": 'hf_repo = "o/x"\nhf_file = "a.pt"\nformat = "PickleTensor"\nsha256 = "abc"'},
+            "weights.sha256",
+            "64 hex",
+        ),
         ({"weights": 'civitai_model_id = 1\ncivitai_version_id = 2\nformat = "SafeTensor"'}, "weights", "filename"),
         ({"type_": "embedding", "triggers": "[]"}, "(entry)", "trigger_words"),
         ({"type_": "checkpoint", "recommended": "weight = 0.5"}, "(entry)", "LoRA strength"),
@@ -248,7 +270,7 @@ def test_invalid_toml_missing_file_and_stray_keys(tmp_path):
     with pytest.raises(UserInputError, match="does not exist"):
         load_default_source(tmp_path / "nope.toml")
     with pytest.raises(UserInputError, match="unknown top-level key"):
-        _load(tmp_path, 'version = 1\n' + GOOD)
+        _load(tmp_path, "version = 1\n" + GOOD)
     with pytest.raises(UserInputError, match=r"no \[\[model\]\] tables"):
         _load(tmp_path, "")
 

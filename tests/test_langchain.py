@@ -70,12 +70,15 @@ async def test_mcp_bridge(runtime, renderer, anyio_backend):
         tools = {t.name: t for t in await mcp_tools(client)}
         assert "render_image" in tools and "cancel_render" in tools
         sel = await tools["select_t2i_api"].ainvoke(
-            {"type": "tool_call", "id": "1", "name": "select_t2i_api", "args": {"prompt": "a fox"}})
+            {"type": "tool_call", "id": "1", "name": "select_t2i_api", "args": {"prompt": "a fox"}}
+        )
         assert sel.artifact["checkpoint"]["id"] == 1
         out = await tools["render_image"].ainvoke(
-            {"type": "tool_call", "id": "2", "name": "render_image", "args": {"call": sel.artifact}})
+            {"type": "tool_call", "id": "2", "name": "render_image", "args": {"call": sel.artifact}}
+        )
         assert [b["type"] for b in out.content] == ["image", "text", "text"]
         assert out.artifact["status"] == "done"
         bad = await tools["get_model"].ainvoke(
-            {"type": "tool_call", "id": "3", "name": "get_model", "args": {"version_id": 404}})
+            {"type": "tool_call", "id": "3", "name": "get_model", "args": {"version_id": 404}}
+        )
         assert bad.status == "error" and "search_models" in bad.content

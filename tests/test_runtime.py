@@ -11,8 +11,12 @@ from diffagent.settings import Settings
 
 @pytest.fixture
 def custom(tmp_path) -> Settings:
-    return Settings(registry=Path(__file__).resolve().parents[1] / "registry.db", data_dir=tmp_path,
-                    embedder=tmp_path / "my-embedder", selector="retrieval")
+    return Settings(
+        registry=Path(__file__).resolve().parents[1] / "registry.db",
+        data_dir=tmp_path,
+        embedder=tmp_path / "my-embedder",
+        selector="retrieval",
+    )
 
 
 def test_the_tools_runtime_uses_the_configured_embedder(custom):
@@ -102,8 +106,9 @@ def test_the_runtime_owns_one_renderer_and_one_scorer(tmp_path, monkeypatch):
     monkeypatch.setattr(renderer_mod, "Renderer", Recorder)
     monkeypatch.setattr(UnifiedScorer, "from_config", classmethod(lambda cls, cfg: scorers.append(1) or Scorer()))
     monkeypatch.setattr("diffagent.scoring.best_of.write_scores_into_png", lambda *a, **k: None)
-    rt = Runtime(Settings(registry=Path(__file__).resolve().parents[1] / "registry.db", data_dir=tmp_path,
-                          selector="retrieval"))
+    rt = Runtime(
+        Settings(registry=Path(__file__).resolve().parents[1] / "registry.db", data_dir=tmp_path, selector="retrieval")
+    )
     call = select_t2i_api("a lighthouse in a storm", runtime=rt)
     render_image(call, runtime=rt)
     render_image(call, runtime=rt)

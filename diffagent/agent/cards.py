@@ -39,8 +39,9 @@ class CardEncoder:
             raise UserInputError("a card encoder needs at least one layer's factors")
         for name, (a, b) in factors.items():
             if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
-                raise UserInputError(f"card encoder layer {name}: factors of shapes {a.shape} and {b.shape} do not "
-                                     "form B @ A")
+                raise UserInputError(
+                    f"card encoder layer {name}: factors of shapes {a.shape} and {b.shape} do not form B @ A"
+                )
         self.factors = {k: (a.astype(np.float32), b.astype(np.float32)) for k, (a, b) in factors.items()}
         self.scale = float(scale)
         self.meta = meta or {}
@@ -67,11 +68,15 @@ class CardEncoder:
         for name, (a, b) in self.factors.items():
             key = f"{name}.weight"
             if key not in weights:
-                raise UserInputError(f"card encoder layer {name} is not in the sentence model; it was trained for "
-                                     f"{self.embedder or 'another model'}")
+                raise UserInputError(
+                    f"card encoder layer {name} is not in the sentence model; it was trained for "
+                    f"{self.embedder or 'another model'}"
+                )
             if weights[key].shape != (b.shape[0], a.shape[1]):
-                raise UserInputError(f"card encoder layer {name} has shape {(b.shape[0], a.shape[1])}, the sentence "
-                                     f"model's {weights[key].shape}")
+                raise UserInputError(
+                    f"card encoder layer {name} has shape {(b.shape[0], a.shape[1])}, the sentence "
+                    f"model's {weights[key].shape}"
+                )
             weights[key] = weights[key] + self.scale * (b @ a)
 
     def _encoder(self, embedder):
@@ -84,8 +89,10 @@ class CardEncoder:
             if key not in self._bound:
                 base = embedder.numpy_encoder()
                 if base is None:
-                    raise UserInputError(f"the card encoder needs a plain BERT sentence model; {embedder.name} is "
-                                         "not one; set DIFFAGENT_CARD_ADAPTER=none")
+                    raise UserInputError(
+                        f"the card encoder needs a plain BERT sentence model; {embedder.name} is "
+                        "not one; set DIFFAGENT_CARD_ADAPTER=none"
+                    )
                 bert = copy.copy(base)
                 bert.w = dict(base.w)  # merge_into replaces the updated matrices; the base's stay untouched
                 self.merge_into(bert.w)
@@ -115,28 +122,33 @@ class CardEncoder:
             arrays[f"a{i}"], arrays[f"b{i}"] = a.astype(np.float16), b.astype(np.float16)
         write_atomic(path, lambda tmp: np.savez_compressed(tmp, **arrays))
         meta = {**self.meta, "layers": layers, "scale": self.scale}
-        write_atomic(path.with_suffix(".json"),
-                     lambda tmp: tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8"))
+        write_atomic(
+            path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        )
         return path
 
     @classmethod
     def load(cls, path: Path) -> CardEncoder:
         path = Path(path)
         if not path.is_file():
-            raise UserInputError(f"card encoder {path} does not exist; train one with `diffagent train cards` or set "
-                                 "DIFFAGENT_CARD_ADAPTER=none")
+            raise UserInputError(
+                f"card encoder {path} does not exist; train one with `diffagent train cards` or set "
+                "DIFFAGENT_CARD_ADAPTER=none"
+            )
         meta_path = path.with_suffix(".json")
         if not meta_path.is_file():
-            raise UserInputError(f"card encoder {path} has no {meta_path.name} beside it (the layer names and "
-                                 "scale); copy both files")
+            raise UserInputError(
+                f"card encoder {path} has no {meta_path.name} beside it (the layer names and scale); copy both files"
+            )
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         try:
             with np.load(path) as z:
                 factors = {name: (z[f"a{i}"], z[f"b{i}"]) for i, name in enumerate(meta["layers"])}
             scale = float(meta["scale"])
         except (KeyError, ValueError, OSError) as e:
-            raise UserInputError(f"card encoder {path} is not one `diffagent train cards` wrote ({e}); train it "
-                                 "again") from e
+            raise UserInputError(
+                f"card encoder {path} is not one `diffagent train cards` wrote ({e}); train it again"
+            ) from e
         return cls(factors, scale, meta)
 
 

@@ -16,8 +16,15 @@ def cmd_select(args, settings: Settings) -> int:
 
     if args.retrieval_only:
         settings = settings.model_copy(update={"selector": "retrieval"})
-    options = SelectOptions(base=args.base, max_loras=args.max_loras, style=args.style, seed=args.seed,
-                            n_candidates=args.n, strategy=args.strategy, temperature=args.temperature)
+    options = SelectOptions(
+        base=args.base,
+        max_loras=args.max_loras,
+        style=args.style,
+        seed=args.seed,
+        n_candidates=args.n,
+        strategy=args.strategy,
+        temperature=args.temperature,
+    )
     selection = get_runtime(settings).selector.select_many(args.prompt, options)
     if args.json:
         out = [c.model_dump(mode="json") for c in selection.calls]

@@ -90,12 +90,15 @@ class Decoder:
     def _extend(self, d: Decoded | None, choice: tuple[int, str, int], lp: float) -> Decoded:
         tok, kind, idx = choice
         if d is None:
-            return Decoded(checkpoint=idx, logprob=lp, tokens=[tok, *self.labels.between],
-                           done=self.n_loras == 0 or self.labels.max_loras == 0)
+            return Decoded(
+                checkpoint=idx,
+                logprob=lp,
+                tokens=[tok, *self.labels.between],
+                done=self.n_loras == 0 or self.labels.max_loras == 0,
+            )
         loras = d.loras + ((idx,) if kind == "lora" else ())
         done = kind in ("none", "end") or len(loras) >= min(self.labels.max_loras, self.n_loras)
-        return Decoded(checkpoint=d.checkpoint, loras=loras, logprob=d.logprob + lp, tokens=[*d.tokens, tok],
-                       done=done)
+        return Decoded(checkpoint=d.checkpoint, loras=loras, logprob=d.logprob + lp, tokens=[*d.tokens, tok], done=done)
 
     def _step_logprobs(self, d: Decoded | None, temperature: float = 1.0):
         opts = self.allowed(d)
@@ -130,8 +133,9 @@ class Decoder:
             out.append(d)
         return out
 
-    def diverse_beam_search(self, groups: int = 3, beams_per_group: int = 1,
-                            diversity_penalty: float = 1.0) -> list[Decoded]:
+    def diverse_beam_search(
+        self, groups: int = 3, beams_per_group: int = 1, diversity_penalty: float = 1.0
+    ) -> list[Decoded]:
         beams: list[list[Decoded | None]] = [[None] for _ in range(groups)]
         finished: list[list[Decoded]] = [[] for _ in range(groups)]
         for _step in range(2 + self.labels.max_loras):

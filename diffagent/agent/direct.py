@@ -17,8 +17,7 @@ from diffagent.agent.llm import LlamaBackend
 from diffagent.agent.prompt import quote_untrusted
 
 DIRECT_INSTRUCTIONS = (
-    "You are DiffAgent. For an image request, write the name of the Stable Diffusion checkpoint that fits it "
-    "best.\n\n"
+    "You are DiffAgent. For an image request, write the name of the Stable Diffusion checkpoint that fits it best.\n\n"
 )
 
 

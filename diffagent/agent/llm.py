@@ -31,8 +31,15 @@ def default_model_path() -> Path:
 class LlamaBackend:
     """A loaded GGUF model with prefix-cached evaluation. One request at a time (lock)."""
 
-    def __init__(self, model_path: Path | None = None, *, lora_path: Path | None = None, n_ctx: int = 2048,
-                 n_threads: int = 2, seed: int = 0):
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        *,
+        lora_path: Path | None = None,
+        n_ctx: int = 2048,
+        n_threads: int = 2,
+        seed: int = 0,
+    ):
         try:
             import llama_cpp
         except ImportError as e:
@@ -85,8 +92,10 @@ class LlamaBackend:
         if not tokens:
             raise ValueError("empty prompt")
         if len(tokens) >= self.llm.n_ctx():
-            raise UserInputError(f"prompt of {len(tokens)} tokens exceeds the LLM context ({self.llm.n_ctx()}); "
-                                 "shorten it or raise DIFFAGENT_LLM_CTX")
+            raise UserInputError(
+                f"prompt of {len(tokens)} tokens exceeds the LLM context ({self.llm.n_ctx()}); "
+                "shorten it or raise DIFFAGENT_LLM_CTX"
+            )
         with self.lock:
             cached = self.llm.input_ids[: self.llm.n_tokens]
             n = min(len(cached), len(tokens) - 1)  # always evaluate at least one token to get logits

@@ -26,8 +26,10 @@ Query = Annotated[str, Field(max_length=500, description="words to match, e.g. '
 SearchLimit = Annotated[int, Field(ge=1, le=SEARCH_LIMIT_MAX, description="most hits to return")]
 MinDownloads = Annotated[int, Field(ge=0, description="only models downloaded at least this often")]
 VersionId = Annotated[int, Field(ge=0, le=MAX_ID, description="id from search_models")]
-BestOf = Annotated[int, Field(ge=1, le=8, description="render n candidates (alternative checkpoints, other seeds), "
-                                                      "keep the best-scored")]
+BestOf = Annotated[
+    int,
+    Field(ge=1, le=8, description="render n candidates (alternative checkpoints, other seeds), keep the best-scored"),
+]
 
 
 class SelectOptions(BaseModel):
@@ -36,14 +38,20 @@ class SelectOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base: Base = Field("any", description="restrict to a base family: sd15, sdxl, flux (FLUX.1), sd3 (SD 3.5) or any "
-                      "(FLUX.1 / SD 3.5 only where the server allows large models)")
+    base: Base = Field(
+        "any",
+        description="restrict to a base family: sd15, sdxl, flux (FLUX.1), sd3 (SD 3.5) or any "
+        "(FLUX.1 / SD 3.5 only where the server allows large models)",
+    )
     max_loras: int = Field(2, ge=0, le=5, description="most LoRAs to add")
     style: str | None = Field(None, max_length=STYLE_MAX_CHARS, description="style hint, e.g. 'anime', 'photo'")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="image seed; random when omitted")
     n_candidates: int = Field(3, ge=1, le=8, description="ranked alternatives to return")
-    local_only: bool | None = Field(None, description="choose only models whose weights are on this machine "
-                                    "(found by `diffagent registry scan`); default: the server's setting")
+    local_only: bool | None = Field(
+        None,
+        description="choose only models whose weights are on this machine "
+        "(found by `diffagent registry scan`); default: the server's setting",
+    )
     strategy: Literal["rank", "beam", "sample"] = Field(
         "rank", description="rank: exact LLM ranking; beam: diverse beam search; sample: multinomial sampling"
     )

@@ -58,8 +58,9 @@ class RenderedPrompt:
     lora_labels: tuple[str, ...]
 
 
-def render_prompt(request: str, checkpoints: list[Candidate], loras: list[Candidate],
-                  style: str | None = None) -> RenderedPrompt:
+def render_prompt(
+    request: str, checkpoints: list[Candidate], loras: list[Candidate], style: str | None = None
+) -> RenderedPrompt:
     if len(checkpoints) > len(CHECKPOINT_LABELS) or len(loras) > len(LORA_LABELS):
         raise ValueError("too many candidates for the label alphabet")
     req = strip_resource_tags(request)
@@ -89,11 +90,22 @@ def answer_text(checkpoint_label: str, lora_labels: list[str]) -> str:
     return f" {checkpoint_label}{BETWEEN}{loras}"
 
 
-def prompt_labels(single: Callable[[str], int], encode: Callable[[str], list[int]], *, n_checkpoints: int,
-                  n_loras: int, max_loras: int) -> Labels:
+def prompt_labels(
+    single: Callable[[str], int],
+    encode: Callable[[str], list[int]],
+    *,
+    n_checkpoints: int,
+    n_loras: int,
+    max_loras: int,
+) -> Labels:
     """The decoder's label tokens for a prompt listing ``n_checkpoints`` and ``n_loras`` candidates: built here for
     the selector (over llama.cpp's tokenizer) and for training (over the tokenizer it trains with) alike.
     ``single(text)`` is the one token of ``text``; ``encode(text)`` its tokens."""
-    return Labels(checkpoints=tuple(single(f" {c}") for c in CHECKPOINT_LABELS[:n_checkpoints]),
-                  loras=tuple(single(f" {c}") for c in LORA_LABELS[:n_loras]),
-                  none=single(NONE), end=single(END), between=tuple(encode(BETWEEN)), max_loras=max_loras)
+    return Labels(
+        checkpoints=tuple(single(f" {c}") for c in CHECKPOINT_LABELS[:n_checkpoints]),
+        loras=tuple(single(f" {c}") for c in LORA_LABELS[:n_loras]),
+        none=single(NONE),
+        end=single(END),
+        between=tuple(encode(BETWEEN)),
+        max_loras=max_loras,
+    )

@@ -50,10 +50,15 @@ def features(hits) -> np.ndarray:
     newest: dict[int, int] = defaultdict(int)
     for h in hits:
         newest[h.version.model_id] = max(newest[h.version.model_id], h.version.id)
-    rows = [[h.signals.get(s, 0.0) for s in SIGNALS]
-            + [math.log1p(max(h.version.downloads, 0)), per_page[h.version.model_id],
-               float(h.version.id == newest[h.version.model_id])]
-            for h in hits]
+    rows = [
+        [h.signals.get(s, 0.0) for s in SIGNALS]
+        + [
+            math.log1p(max(h.version.downloads, 0)),
+            per_page[h.version.model_id],
+            float(h.version.id == newest[h.version.model_id]),
+        ]
+        for h in hits
+    ]
     return np.asarray(rows, dtype=np.float64).reshape(len(hits), len(FEATURES))
 
 
@@ -93,11 +98,19 @@ class TreeEnsemble:
         return self.baseline + self.value[node].sum(axis=1)
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "features": list(self.features), "baseline": self.baseline,
-                "roots": self.roots.tolist(), "feature": self.feature.tolist(),
-                "threshold": [float(t) for t in self.threshold], "left": self.left.tolist(),
-                "right": self.right.tolist(), "value": [float(v) for v in self.value],
-                "leaf": self.leaf.astype(int).tolist(), "meta": self.meta}
+        return {
+            "format": FORMAT,
+            "features": list(self.features),
+            "baseline": self.baseline,
+            "roots": self.roots.tolist(),
+            "feature": self.feature.tolist(),
+            "threshold": [float(t) for t in self.threshold],
+            "left": self.left.tolist(),
+            "right": self.right.tolist(),
+            "value": [float(v) for v in self.value],
+            "leaf": self.leaf.astype(int).tolist(),
+            "meta": self.meta,
+        }
 
     def digest(self) -> str:
         """SHA-256 of the trees and features (not ``meta``): what a cache built with this ranker
@@ -108,18 +121,25 @@ class TreeEnsemble:
     @classmethod
     def from_json(cls, data: dict) -> TreeEnsemble:
         if data.get("format") != FORMAT:
-            raise UserInputError(f"ranker format {data.get('format')!r} is not {FORMAT}; retrain it with "
-                                 "`diffagent train ranker`")
+            raise UserInputError(
+                f"ranker format {data.get('format')!r} is not {FORMAT}; retrain it with `diffagent train ranker`"
+            )
         n = len(data["feature"])
         arrays = {k: np.asarray(data[k]) for k in ("feature", "threshold", "left", "right", "value", "leaf")}
         if any(len(a) != n for a in arrays.values()):
             raise UserInputError("ranker file is corrupt: its node arrays differ in length")
-        return cls(features=tuple(data["features"]), baseline=float(data["baseline"]),
-                   roots=np.asarray(data["roots"], dtype=np.int64),
-                   feature=arrays["feature"].astype(np.int64), threshold=arrays["threshold"].astype(np.float64),
-                   left=arrays["left"].astype(np.int64), right=arrays["right"].astype(np.int64),
-                   value=arrays["value"].astype(np.float64), leaf=arrays["leaf"].astype(bool),
-                   meta=data.get("meta", {}))
+        return cls(
+            features=tuple(data["features"]),
+            baseline=float(data["baseline"]),
+            roots=np.asarray(data["roots"], dtype=np.int64),
+            feature=arrays["feature"].astype(np.int64),
+            threshold=arrays["threshold"].astype(np.float64),
+            left=arrays["left"].astype(np.int64),
+            right=arrays["right"].astype(np.int64),
+            value=arrays["value"].astype(np.float64),
+            leaf=arrays["leaf"].astype(bool),
+            meta=data.get("meta", {}),
+        )
 
     @classmethod
     def from_sklearn(cls, model, feature_names: tuple[str, ...], meta: dict | None = None) -> TreeEnsemble:
@@ -138,8 +158,13 @@ class TreeEnsemble:
             parts["leaf"].append(nodes["is_leaf"].astype(bool))
             offset += len(nodes)
         cat = {k: np.concatenate(v) for k, v in parts.items()}
-        return cls(features=tuple(feature_names), baseline=float(np.ravel(model._baseline_prediction)[0]),
-                   roots=np.asarray(roots, dtype=np.int64), meta=meta or {}, **cat)
+        return cls(
+            features=tuple(feature_names),
+            baseline=float(np.ravel(model._baseline_prediction)[0]),
+            roots=np.asarray(roots, dtype=np.int64),
+            meta=meta or {},
+            **cat,
+        )
 
     @classmethod
     def load(cls, path: Path) -> TreeEnsemble:
@@ -147,14 +172,18 @@ class TreeEnsemble:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise UserInputError(f"ranker file {path} does not exist; train one with `diffagent train ranker` "
-                                 "or set DIFFAGENT_RANKER=none") from None
+            raise UserInputError(
+                f"ranker file {path} does not exist; train one with `diffagent train ranker` "
+                "or set DIFFAGENT_RANKER=none"
+            ) from None
         except json.JSONDecodeError as e:
             raise UserInputError(f"ranker file {path} is not JSON ({e}); retrain it") from None
         model = cls.from_json(data)
         if model.features != FEATURES:
-            raise UserInputError(f"ranker {path} uses features {model.features}, this version computes "
-                                 f"{FEATURES}; retrain it with `diffagent train ranker`")
+            raise UserInputError(
+                f"ranker {path} uses features {model.features}, this version computes "
+                f"{FEATURES}; retrain it with `diffagent train ranker`"
+            )
         return model
 
 

@@ -20,16 +20,40 @@ from diffagent.samplers import canonical_sampler, flow_samplers
 MIN_IMAGES = 3  # usage statistics from fewer images than this are ignored
 
 FAMILY_DEFAULTS: dict[str, dict] = {
-    "sd1": {"sampler": "DPM++ 2M Karras", "steps": 25, "cfg_scale": 7.0, "size": (512, 768), "clip_skip": 1,
-            "negative_prompt": "lowres, bad anatomy, bad hands, text, error, worst quality, low quality, blurry"},
-    "sdxl": {"sampler": "DPM++ 2M Karras", "steps": 30, "cfg_scale": 6.0, "size": (832, 1216), "clip_skip": 1,
-             "negative_prompt": "lowres, bad anatomy, bad hands, text, watermark, worst quality, low quality"},
+    "sd1": {
+        "sampler": "DPM++ 2M Karras",
+        "steps": 25,
+        "cfg_scale": 7.0,
+        "size": (512, 768),
+        "clip_skip": 1,
+        "negative_prompt": "lowres, bad anatomy, bad hands, text, error, worst quality, low quality, blurry",
+    },
+    "sdxl": {
+        "sampler": "DPM++ 2M Karras",
+        "steps": 30,
+        "cfg_scale": 6.0,
+        "size": (832, 1216),
+        "clip_skip": 1,
+        "negative_prompt": "lowres, bad anatomy, bad hands, text, watermark, worst quality, low quality",
+    },
     # flow matching: Euler is the reference sampler; FLUX.1 is guidance-distilled (cfg_scale is its distilled
     # guidance, 3.5 for [dev]; [schnell] ignores it) and takes no negative prompt; SD 3.5 Large: 28 steps, CFG 3.5-4.5
-    "flux": {"sampler": "Euler", "steps": 28, "cfg_scale": 3.5, "size": (1024, 1024), "clip_skip": 1,
-             "negative_prompt": ""},
-    "sd3": {"sampler": "Euler", "steps": 28, "cfg_scale": 4.5, "size": (1024, 1024), "clip_skip": 1,
-            "negative_prompt": ""},
+    "flux": {
+        "sampler": "Euler",
+        "steps": 28,
+        "cfg_scale": 3.5,
+        "size": (1024, 1024),
+        "clip_skip": 1,
+        "negative_prompt": "",
+    },
+    "sd3": {
+        "sampler": "Euler",
+        "steps": 28,
+        "cfg_scale": 4.5,
+        "size": (1024, 1024),
+        "clip_skip": 1,
+        "negative_prompt": "",
+    },
 }
 PONY_NEGATIVE = "score_6, score_5, score_4, lowres, bad anatomy, bad hands, watermark"
 SIZE_LIMITS = {"sd1": (256, 1024), "sdxl": (640, 1536), "flux": (512, 2048), "sd3": (512, 2048)}
@@ -106,8 +130,16 @@ def rebuild_parameters(checkpoint: VersionInfo, usage: UsageInfo | None) -> dict
         clip = 1
         if eco == "flux":
             negative = ""  # guidance-distilled: no negative prompt (ApiCall refuses one)
-    return {"sampler": sampler, "steps": steps, "cfg_scale": round(cfg, 1), "width": size[0], "height": size[1],
-            "clip_skip": clip, "negative_prompt": negative, "source": src}
+    return {
+        "sampler": sampler,
+        "steps": steps,
+        "cfg_scale": round(cfg, 1),
+        "width": size[0],
+        "height": size[1],
+        "clip_skip": clip,
+        "negative_prompt": negative,
+        "source": src,
+    }
 
 
 def lora_weight(lora: VersionInfo, checkpoint_usage: UsageInfo | None, lora_usage: UsageInfo | None) -> float:
@@ -141,21 +173,34 @@ def negative_embeddings(negative: str, embeddings: dict[str, VersionInfo], famil
         info = embeddings.get(token.lower())
         if info and info.id not in seen and compatible(family, info.family):
             seen.add(info.id)
-            out.append(EmbeddingRef(id=info.id, air=info.air, name=info.display_name, family=info.family,
-                                    token=token, negative=True))
+            out.append(
+                EmbeddingRef(
+                    id=info.id, air=info.air, name=info.display_name, family=info.family, token=token, negative=True
+                )
+            )
     return out
 
 
-def build_call(user_prompt: str, checkpoint: VersionInfo, usage: UsageInfo | None,
-               loras: list[tuple[VersionInfo, float]], *, seed: int | None,
-               embeddings: dict[str, VersionInfo] | None = None, rationale: str = "") -> ApiCall:
+def build_call(
+    user_prompt: str,
+    checkpoint: VersionInfo,
+    usage: UsageInfo | None,
+    loras: list[tuple[VersionInfo, float]],
+    *,
+    seed: int | None,
+    embeddings: dict[str, VersionInfo] | None = None,
+    rationale: str = "",
+) -> ApiCall:
     params = rebuild_parameters(checkpoint, usage)
     params.pop("source")
     lora_infos = [lo for lo, _ in loras if compatible(checkpoint.family, lo.family)]
     return ApiCall(
         checkpoint=checkpoint.ref(),
-        loras=[LoraRef(id=lo.id, air=lo.air, name=lo.display_name, family=lo.family, weight=w)
-               for lo, w in loras if lo in lora_infos],
+        loras=[
+            LoraRef(id=lo.id, air=lo.air, name=lo.display_name, family=lo.family, weight=w)
+            for lo, w in loras
+            if lo in lora_infos
+        ],
         embeddings=negative_embeddings(params["negative_prompt"], embeddings or {}, checkpoint.family),
         prompt=compose_prompt(user_prompt, checkpoint, lora_infos),
         seed=seed if seed is not None else secrets.randbelow(MAX_SEED + 1),

@@ -123,10 +123,44 @@ def kind_fit(intent: Intent, v: VersionInfo, weights: RetrievalWeights | None = 
 
 
 #: name words that say what kind of model it is, not which one
-_GENERIC_NAME_WORDS = frozenset({
-    "mix", "mixed", "merge", "model", "models", "diffusion", "realistic", "real", "photo", "photorealistic", "art",
-    "anime", "style", "styles", "base", "checkpoint", "ckpt", "final", "beta", "alpha", "new", "dreambooth",
-    "lora", "version", "the", "and", "for", "with", "sdxl", "pruned", "fp16", "fp32", "ema", "safetensors"})
+_GENERIC_NAME_WORDS = frozenset(
+    {
+        "mix",
+        "mixed",
+        "merge",
+        "model",
+        "models",
+        "diffusion",
+        "realistic",
+        "real",
+        "photo",
+        "photorealistic",
+        "art",
+        "anime",
+        "style",
+        "styles",
+        "base",
+        "checkpoint",
+        "ckpt",
+        "final",
+        "beta",
+        "alpha",
+        "new",
+        "dreambooth",
+        "lora",
+        "version",
+        "the",
+        "and",
+        "for",
+        "with",
+        "sdxl",
+        "pruned",
+        "fp16",
+        "fp32",
+        "ema",
+        "safetensors",
+    }
+)
 
 
 def named_by_request(registry: Registry, request: str, hits, weights: RetrievalWeights | None = None) -> set[int]:
@@ -140,8 +174,11 @@ def named_by_request(registry: Registry, request: str, hits, weights: RetrievalW
         if voted(h.signals):
             continue
         v = h.version
-        words = {x for x in query_words(" ".join([v.model_name, *v.trained_words]))
-                 if len(x) >= 3 and x not in _GENERIC_NAME_WORDS and not x.isdigit()}
+        words = {
+            x
+            for x in query_words(" ".join([v.model_name, *v.trained_words]))
+            if len(x) >= 3 and x not in _GENERIC_NAME_WORDS and not x.isdigit()
+        }
         if any(registry.prompt_word_share(x) < w.distinctive_share for x in asked & words):
             named.add(v.id)
     return named
@@ -164,8 +201,11 @@ def lora_evidence(c: Candidate, request: str, weights: RetrievalWeights | None =
     triggers = {t.lower().strip(" ,") for t in v.trained_words}
     # the trigger signal already leaves out words that several add-ons claim ("masterpiece", "pastel colors")
     use = c.signals.get("trigger_use", -1.0)  # -1: creators typed its triggers too rarely to tell
-    if (c.signals.get("trigger", 0.0) > 0 and (use < 0 or use >= w.lora_trigger_use_min)
-            and any(len(t) >= 3 and distinctive(t) and contains_words(low, t) for t in triggers)):
+    if (
+        c.signals.get("trigger", 0.0) > 0
+        and (use < 0 or use >= w.lora_trigger_use_min)
+        and any(len(t) >= 3 and distinctive(t) and contains_words(low, t) for t in triggers)
+    ):
         return "trigger"
     if any(len(p) >= 3 and contains_words(low, p) for p in (*v.concepts, name_phrase(v.model_name))):
         return "concept"
@@ -222,13 +262,25 @@ def names_addon(registry: Registry, request: str) -> bool:
     if not matches:
         return False
     low = _padded(request)
-    return any(_COINED.search(t) and contains_words(low, t.lower().strip(" ,"))
-               for v in registry.versions(list(matches)).values() for t in v.trained_words if len(t.strip()) >= 4)
+    return any(
+        _COINED.search(t) and contains_words(low, t.lower().strip(" ,"))
+        for v in registry.versions(list(matches)).values()
+        for t in v.trained_words
+        if len(t.strip()) >= 4
+    )
 
 
-def first_stage(registry: Registry, prompt: str, *, base: set[str] | None, limit: int,
-                weights: RetrievalWeights | None = None, exclude_page: int | None = None,
-                card: CardEncoder | None = None, local_only: bool = False) -> list:
+def first_stage(
+    registry: Registry,
+    prompt: str,
+    *,
+    base: set[str] | None,
+    limit: int,
+    weights: RetrievalWeights | None = None,
+    exclude_page: int | None = None,
+    card: CardEncoder | None = None,
+    local_only: bool = False,
+) -> list:
     """The registry's hybrid search over renderable checkpoints: the hits a ranker reorders. With a card
     encoder (and a registry embedded by the encoder's embedder) hits carry the ``card`` signal."""
     w = weights or RetrievalWeights()
@@ -236,16 +288,33 @@ def first_stage(registry: Registry, prompt: str, *, base: set[str] | None, limit
     card_vector = None
     if card is not None and prompt.strip() and registry.has_vectors and card.embedder in (None, registry.embedder.name):
         card_vector = card.encode_query(registry.embedder, prompt)
-    return registry.search(prompt, types=["checkpoint"], base=ecosystems, limit=limit,
-                           weights={"knn": w.knn, "creators": w.creators, "card": w.card_fused},
-                           exclude_page=exclude_page, renderable_only=True, card_vector=card_vector,
-                           local_only=local_only, card_pool=w.card_pool if card_vector is not None else 0)
+    return registry.search(
+        prompt,
+        types=["checkpoint"],
+        base=ecosystems,
+        limit=limit,
+        weights={"knn": w.knn, "creators": w.creators, "card": w.card_fused},
+        exclude_page=exclude_page,
+        renderable_only=True,
+        card_vector=card_vector,
+        local_only=local_only,
+        card_pool=w.card_pool if card_vector is not None else 0,
+    )
 
 
-def retrieve_checkpoints(registry: Registry, prompt: str, *, base: set[str] | None, k: int,
-                         weights: RetrievalWeights | None = None, exclude_page: int | None = None,
-                         ranker: TreeEnsemble | None = None, intent: Intent | None = None,
-                         card: CardEncoder | None = None, local_only: bool = False) -> list[Candidate]:
+def retrieve_checkpoints(
+    registry: Registry,
+    prompt: str,
+    *,
+    base: set[str] | None,
+    k: int,
+    weights: RetrievalWeights | None = None,
+    exclude_page: int | None = None,
+    ranker: TreeEnsemble | None = None,
+    intent: Intent | None = None,
+    card: CardEncoder | None = None,
+    local_only: bool = False,
+) -> list[Candidate]:
     """The ``k`` best checkpoints for ``prompt``. ``exclude_page`` hides one model page's sample images
     (training examples see the registry as a held-out benchmark page does).
 
@@ -256,13 +325,29 @@ def retrieve_checkpoints(registry: Registry, prompt: str, *, base: set[str] | No
     With an ``intent`` every score moves by how well the checkpoint's kinds fit the request (``kind_fit``):
     a wrong kind ranks below every fitting one unless retrieval is far more certain about it."""
     w = weights or RetrievalWeights()
-    hits = first_stage(registry, prompt, base=base, limit=pool_size(k, ranker, intent), weights=w,
-                       exclude_page=exclude_page, card=card, local_only=local_only)
+    hits = first_stage(
+        registry,
+        prompt,
+        base=base,
+        limit=pool_size(k, ranker, intent),
+        weights=w,
+        exclude_page=exclude_page,
+        card=card,
+        local_only=local_only,
+    )
     return second_stage(registry, prompt, hits, k=k, weights=w, ranker=ranker, intent=intent)
 
 
-def second_stage(registry: Registry, request: str, hits: list, *, k: int, weights: RetrievalWeights | None = None,
-                 ranker: TreeEnsemble | None = None, intent: Intent | None = None) -> list[Candidate]:
+def second_stage(
+    registry: Registry,
+    request: str,
+    hits: list,
+    *,
+    k: int,
+    weights: RetrievalWeights | None = None,
+    ranker: TreeEnsemble | None = None,
+    intent: Intent | None = None,
+) -> list[Candidate]:
     """``rank_hits`` on first-stage ``hits`` of ``request``, with the unvoted hits the request names looked up
     (what ``retrieve_checkpoints`` does after its search; benchmarks and training call it on cached hits)."""
     w = weights or RetrievalWeights()
@@ -276,8 +361,15 @@ def pool_size(k: int, ranker: TreeEnsemble | None, intent: Intent | None) -> int
     return max(POOL if ranker else 4 * k, k, 40) * (2 if intent is not None else 1)
 
 
-def rank_hits(hits: list, *, k: int, weights: RetrievalWeights | None = None, ranker: TreeEnsemble | None = None,
-              intent: Intent | None = None, named: set[int] | None = None) -> list[Candidate]:
+def rank_hits(
+    hits: list,
+    *,
+    k: int,
+    weights: RetrievalWeights | None = None,
+    ranker: TreeEnsemble | None = None,
+    intent: Intent | None = None,
+    named: set[int] | None = None,
+) -> list[Candidate]:
     """The second stage of ``retrieve_checkpoints`` on first-stage hits (pure: benchmarks re-rank cached hits).
     ``named``: the unvoted hits the request names (``named_by_request``); the other unvoted ones pay
     ``weights.unvoted_penalty`` under the ranker."""
@@ -291,8 +383,10 @@ def rank_hits(hits: list, *, k: int, weights: RetrievalWeights | None = None, ra
             scored = [(h, raw + w.card_ranked * h.signals.get("card", 0.0)) for h, raw in scored]
         if w.unvoted_penalty:
             named = named or set()
-            scored = [(h, raw - (w.unvoted_penalty if not voted(h.signals) and h.version.id not in named else 0.0))
-                      for h, raw in scored]
+            scored = [
+                (h, raw - (w.unvoted_penalty if not voted(h.signals) and h.version.id not in named else 0.0))
+                for h, raw in scored
+            ]
         scored.sort(key=lambda x: -x[1])
         floor = min(raw for _, raw in scored) - 1.0
         # hits past the pool stay below it, in first-stage order: reachable for a request whose kind they fit
@@ -301,8 +395,9 @@ def rank_hits(hits: list, *, k: int, weights: RetrievalWeights | None = None, ra
             kw = w.kind_weight(intent, ranked=True)
             scored = [(h, raw + kw * kind_fit(intent, h.version, w)) for h, raw in scored]
             scored.sort(key=lambda x: -x[1])
-        return [Candidate(h.version, 1.0 / (1.0 + math.exp(-raw)), {**h.signals, "ranker": raw})
-                for h, raw in scored[:k]]
+        return [
+            Candidate(h.version, 1.0 / (1.0 + math.exp(-raw)), {**h.signals, "ranker": raw}) for h, raw in scored[:k]
+        ]
     cands = {h.version.id: Candidate(h.version, h.score, dict(h.signals)) for h in hits}
     if intent is not None:
         kw = w.kind_weight(intent, ranked=False)
@@ -313,9 +408,16 @@ def rank_hits(hits: list, *, k: int, weights: RetrievalWeights | None = None, ra
     return ranked[:k]
 
 
-def retrieve_loras(registry: Registry, prompt: str, checkpoint: VersionInfo, *, k: int,
-                   weights: RetrievalWeights | None = None, exclude_page: int | None = None,
-                   local_only: bool = False) -> list[Candidate]:
+def retrieve_loras(
+    registry: Registry,
+    prompt: str,
+    checkpoint: VersionInfo,
+    *,
+    k: int,
+    weights: RetrievalWeights | None = None,
+    exclude_page: int | None = None,
+    local_only: bool = False,
+) -> list[Candidate]:
     """LoRAs compatible with ``checkpoint`` for ``prompt`` (best first): what creators used in similar
     prompts, what they used with this checkpoint, and what the registry text search finds."""
     if k <= 0:
@@ -323,16 +425,27 @@ def retrieve_loras(registry: Registry, prompt: str, checkpoint: VersionInfo, *, 
     w = weights or RetrievalWeights()
     eco = ecosystem_of(checkpoint.family)
     cands: dict[int, Candidate] = {}
-    for h in registry.search(prompt, types=["lora"], base={eco}, limit=max(3 * k, 20),
-                             weights={"knn": 0.0, "creators": 0.0}, renderable_only=True, local_only=local_only):
+    for h in registry.search(
+        prompt,
+        types=["lora"],
+        base={eco},
+        limit=max(3 * k, 20),
+        weights={"knn": 0.0, "creators": 0.0},
+        renderable_only=True,
+        local_only=local_only,
+    ):
         cands[h.version.id] = Candidate(h.version, w.lora_search * h.score, {"search": h.score})
     votes = registry.lora_neighbours(prompt, exclude_page=exclude_page)
     triggers = registry.trigger_matches(prompt)
     missing = [v for v in {**votes, **triggers} if v not in cands]
     for vid, info in registry.versions(missing).items():
-        if info.type in ("lora", "locon") and ecosystem_of(info.family) == eco and (
-            registry.allow_nsfw or not info.nsfw
-        ) and registry.is_renderable(vid) and (not local_only or registry.is_local(vid)):
+        if (
+            info.type in ("lora", "locon")
+            and ecosystem_of(info.family) == eco
+            and (registry.allow_nsfw or not info.nsfw)
+            and registry.is_renderable(vid)
+            and (not local_only or registry.is_local(vid))
+        ):
             cands[vid] = Candidate(info, 0.0, {"search": 0.0})
     usage = registry.usage(checkpoint.id)
     co = (usage.loras if usage else {}) or {}
@@ -344,22 +457,33 @@ def retrieve_loras(registry: Registry, prompt: str, checkpoint: VersionInfo, *, 
         c.signals["cooccurrence"] = (used["count"] / total) if used and total else 0.0
         use = registry.trigger_use(vid) if c.signals["trigger"] > 0 else None
         c.signals["trigger_use"] = -1.0 if use is None else use
-        c.score += (w.lora_knn * c.signals["knn"] + w.lora_trigger * c.signals["trigger"]
-                    + w.lora_cooccurrence * c.signals["cooccurrence"])
+        c.score += (
+            w.lora_knn * c.signals["knn"]
+            + w.lora_trigger * c.signals["trigger"]
+            + w.lora_cooccurrence * c.signals["cooccurrence"]
+        )
     out = sorted(cands.values(), key=lambda c: (-c.score, c.version.id))
     return out[:k]
 
 
-def evidenced_loras(registry: Registry, request: str, checkpoint: VersionInfo, *, k: int,
-                    weights: RetrievalWeights | None = None, exclude_page: int | None = None,
-                    local_only: bool = False) -> list[Candidate]:
+def evidenced_loras(
+    registry: Registry,
+    request: str,
+    checkpoint: VersionInfo,
+    *,
+    k: int,
+    weights: RetrievalWeights | None = None,
+    exclude_page: int | None = None,
+    local_only: bool = False,
+) -> list[Candidate]:
     """The retrieved LoRAs that the request asks for (``lora_evidence``), best first, each with its reason in
     ``signals["evidence"]``. Most plain requests get none: no LoRA is the right answer for them."""
     if k <= 0:
         return []
     out = []
-    for c in retrieve_loras(registry, request, checkpoint, k=k, weights=weights, exclude_page=exclude_page,
-                            local_only=local_only):
+    for c in retrieve_loras(
+        registry, request, checkpoint, k=k, weights=weights, exclude_page=exclude_page, local_only=local_only
+    ):
         why = lora_evidence(c, request, weights)
         if why is not None:
             c.signals["evidence"] = why

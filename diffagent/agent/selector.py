@@ -61,8 +61,13 @@ class Selection:
 
 
 class Selector:
-    def __init__(self, registry: Registry, settings: Settings, backend: LlamaBackend | None = None,
-                 weights: RetrievalWeights | None = None):
+    def __init__(
+        self,
+        registry: Registry,
+        settings: Settings,
+        backend: LlamaBackend | None = None,
+        weights: RetrievalWeights | None = None,
+    ):
         self.registry = registry
         self.settings = settings
         self.weights = weights or RetrievalWeights()
@@ -87,8 +92,10 @@ class Selector:
         with self._lock:
             if self._pool is None:
                 s = self.settings
-                self._pool = BackendPool(lambda: LlamaBackend(s.llm_model, lora_path=s.llm_lora, n_ctx=s.llm_ctx,
-                                                              n_threads=s.llm_threads), s.llm_instances)
+                self._pool = BackendPool(
+                    lambda: LlamaBackend(s.llm_model, lora_path=s.llm_lora, n_ctx=s.llm_ctx, n_threads=s.llm_threads),
+                    s.llm_instances,
+                )
             return self._pool
 
     @property
@@ -113,10 +120,17 @@ class Selector:
         base = parse_base_constraint(options.base) or self.any_base
         intent = request_intent(self.registry, query)
         local = self._local(options)
-        checkpoints = retrieve_checkpoints(self.registry, query, base=base,
-                                           k=max(self.settings.candidates_k, options.n_candidates, 5),
-                                           weights=self.weights, ranker=self.ranker, intent=intent,
-                                           card=self.card, local_only=local)
+        checkpoints = retrieve_checkpoints(
+            self.registry,
+            query,
+            base=base,
+            k=max(self.settings.candidates_k, options.n_candidates, 5),
+            weights=self.weights,
+            ranker=self.ranker,
+            intent=intent,
+            card=self.card,
+            local_only=local,
+        )
         if not checkpoints:
             raise NotFoundError(
                 f"the registry has no {options.base if options.base != 'any' else 'renderable'} checkpoint"
@@ -134,9 +148,10 @@ class Selector:
             choices, rendered = self._llm_choices(request, query, shortlist, options, timings)
             # retrieval ranks past the LLM's shortlist follow as further alternatives
             floor = min((c.score for c in choices), default=0.0)
-            choices += [Choice(c, [], floor - 1.0 - i, notes=["retrieval"])
-                        for i, c in enumerate(checkpoints[len(shortlist):])]
-        cue = (f"style cues: {', '.join(intent.cues)}" if intent.cues else "no style cue")
+            choices += [
+                Choice(c, [], floor - 1.0 - i, notes=["retrieval"]) for i, c in enumerate(checkpoints[len(shortlist) :])
+            ]
+        cue = f"style cues: {', '.join(intent.cues)}" if intent.cues else "no style cue"
         for ch in choices:
             kinds = "/".join(ch.checkpoint.version.kinds) or "unlabelled"
             ch.notes.insert(0, f"{cue}; a {kinds} model (fit {intent.grade(ch.checkpoint.version.kinds)}/2)")
@@ -148,30 +163,48 @@ class Selector:
 
     # ------------------------------------------------------------------ retrieval-only
     def _retrieval_choices(self, query: str, checkpoints: list[Candidate], options: SelectOptions) -> list[Choice]:
-        return [Choice(ck, self._evidenced_loras(query, ck.version, options.max_loras, self._local(options)), ck.score,
-                       notes=["retrieval"]) for ck in checkpoints[: options.n_candidates]]
+        return [
+            Choice(
+                ck,
+                self._evidenced_loras(query, ck.version, options.max_loras, self._local(options)),
+                ck.score,
+                notes=["retrieval"],
+            )
+            for ck in checkpoints[: options.n_candidates]
+        ]
 
     def _local(self, options: SelectOptions) -> bool:
         """Only models on this machine: the request's option, else the setting."""
         return self.settings.local_only if options.local_only is None else options.local_only
 
-    def _evidenced_loras(self, query: str, checkpoint: VersionInfo, limit: int, local_only: bool = False
-                         ) -> list[Candidate]:
-        return evidenced_loras(self.registry, query, checkpoint, k=LORA_CANDIDATES, weights=self.weights,
-                               local_only=local_only)[:limit]
+    def _evidenced_loras(
+        self, query: str, checkpoint: VersionInfo, limit: int, local_only: bool = False
+    ) -> list[Candidate]:
+        return evidenced_loras(
+            self.registry, query, checkpoint, k=LORA_CANDIDATES, weights=self.weights, local_only=local_only
+        )[:limit]
 
     # ------------------------------------------------------------------ LLM
-    def _llm_choices(self, request: str, query: str, checkpoints: list[Candidate], options: SelectOptions,
-                     timings: dict[str, float]) -> tuple[list[Choice], RenderedPrompt]:
+    def _llm_choices(
+        self, request: str, query: str, checkpoints: list[Candidate], options: SelectOptions, timings: dict[str, float]
+    ) -> tuple[list[Choice], RenderedPrompt]:
         t = time.perf_counter()
         # LoRAs are offered for the best retrieved checkpoint's ecosystem; a choice of a checkpoint
         # from another ecosystem drops incompatible ones in validation.
-        loras = (self._evidenced_loras(query, checkpoints[0].version, LORA_CANDIDATES, self._local(options))
-                 if options.max_loras else [])
+        loras = (
+            self._evidenced_loras(query, checkpoints[0].version, LORA_CANDIDATES, self._local(options))
+            if options.max_loras
+            else []
+        )
         rendered = render_prompt(request, checkpoints, loras, style=options.style)
         with self.pool.borrow() as backend:  # one request per copy: its KV cache holds this prompt's prefix
-            labels = prompt_labels(backend.single_token, backend.tokenize, n_checkpoints=len(checkpoints),
-                                   n_loras=len(loras), max_loras=options.max_loras)
+            labels = prompt_labels(
+                backend.single_token,
+                backend.tokenize,
+                n_checkpoints=len(checkpoints),
+                n_loras=len(loras),
+                max_loras=options.max_loras,
+            )
             tokens = backend.tokenize(rendered.text, bos=True)
             decoder = Decoder(backend.logits, tokens, labels, n_loras=len(loras))
             timings["prepare"] = time.perf_counter() - t
@@ -181,23 +214,29 @@ class Selector:
             t = time.perf_counter()
             strategy = options.strategy
             if strategy == "sample":
-                decoded = decoder.sample(max(options.n_candidates * 2, 4), temperature=options.temperature,
-                                         seed=options.seed or 0)
+                decoded = decoder.sample(
+                    max(options.n_candidates * 2, 4), temperature=options.temperature, seed=options.seed or 0
+                )
             elif strategy == "beam":
-                decoded = decoder.diverse_beam_search(groups=max(options.n_candidates, 2), beams_per_group=1,
-                                                      diversity_penalty=1.0)
+                decoded = decoder.diverse_beam_search(
+                    groups=max(options.n_candidates, 2), beams_per_group=1, diversity_penalty=1.0
+                )
             else:  # "rank": exact ranking of every checkpoint label, LoRAs decoded greedily for the best
                 best = decoder.greedy()
-                decoded = [best] + [Decoded(checkpoint=i, loras=(), logprob=float(lp))
-                                    for i, lp in enumerate(ck_lp) if i != best.checkpoint]
+                decoded = [best] + [
+                    Decoded(checkpoint=i, loras=(), logprob=float(lp))
+                    for i, lp in enumerate(ck_lp)
+                    if i != best.checkpoint
+                ]
         timings["llm_decode"] = time.perf_counter() - t
         choices = []
         for d in dedupe(decoded):
             ck = checkpoints[d.checkpoint]
             score = float(ck_lp[d.checkpoint]) + retrieval_term(ck)
             chosen = [loras[j] for j in d.loras]
-            choices.append(Choice(ck, chosen, score, llm_logprob=d.logprob,
-                                  notes=[f"llm p={math.exp(ck_lp[d.checkpoint]):.2f}"]))
+            choices.append(
+                Choice(ck, chosen, score, llm_logprob=d.logprob, notes=[f"llm p={math.exp(ck_lp[d.checkpoint]):.2f}"])
+            )
         choices.sort(key=lambda c: -c.score)
         return choices, rendered
 
@@ -207,16 +246,24 @@ class Selector:
         with self._lock:
             trie = self._tries.get(key)
         if trie is None:
-            ids = self.registry.popular(types=["checkpoint"], base=(base or RENDERABLE) & RENDERER_ECOSYSTEMS,
-                                        limit=10**6)
+            ids = self.registry.popular(
+                types=["checkpoint"], base=(base or RENDERABLE) & RENDERER_ECOSYSTEMS, limit=10**6
+            )
             infos = self.registry.versions(ids)
             trie = NameTrie(self.backend, {vid: infos[vid].display_name for vid in ids if vid in infos})
             with self._lock:
                 self._tries[key] = trie
         return trie
 
-    def _direct_choices(self, request: str, query: str, checkpoints: list[Candidate], base, options: SelectOptions,
-                        timings: dict[str, float]) -> list[Choice]:
+    def _direct_choices(
+        self,
+        request: str,
+        query: str,
+        checkpoints: list[Candidate],
+        base,
+        options: SelectOptions,
+        timings: dict[str, float],
+    ) -> list[Choice]:
         t = time.perf_counter()
         trie = self._trie(base)
         with self.pool.borrow() as backend:
@@ -227,8 +274,7 @@ class Selector:
         first = next((c for c in checkpoints if c.version.id == vid), None) or Candidate(info, 0.0, {})
         loras = self._evidenced_loras(query, info, options.max_loras, self._local(options))
         rest = [Choice(c, [], c.score - 100.0, notes=["retrieval"]) for c in checkpoints if c.version.id != vid]
-        return [Choice(first, loras, 0.0, llm_logprob=logprob, notes=[f"llm named it (logprob {logprob:.2f})"]),
-                *rest]
+        return [Choice(first, loras, 0.0, llm_logprob=logprob, notes=[f"llm named it (logprob {logprob:.2f})"]), *rest]
 
     # ------------------------------------------------------------------ rebuild
     def _requested_loras(self, prompt: str) -> list[tuple[VersionInfo, float]]:
@@ -238,18 +284,22 @@ class Selector:
         out: dict[int, tuple[VersionInfo, float]] = {}
         for name, weight in lora_tags(prompt):
             if not LORA_WEIGHT_MIN <= weight <= LORA_WEIGHT_MAX:
-                raise UserInputError(f"<lora:{name}:{weight:g}>: a LoRA weight must be between {LORA_WEIGHT_MIN:g} "
-                                     f"and {LORA_WEIGHT_MAX:g} (A1111 users use 0.3 to 1.2)")
+                raise UserInputError(
+                    f"<lora:{name}:{weight:g}>: a LoRA weight must be between {LORA_WEIGHT_MIN:g} "
+                    f"and {LORA_WEIGHT_MAX:g} (A1111 users use 0.3 to 1.2)"
+                )
             if name.lower() in by_name:
                 v = by_name[name.lower()]
                 out.setdefault(v.id, (v, weight))
         if len(out) > MAX_LORAS:
-            raise UserInputError(f"the prompt names {len(out)} LoRAs with <lora:...> tags; a call takes at most "
-                                 f"{MAX_LORAS}")
+            raise UserInputError(
+                f"the prompt names {len(out)} LoRAs with <lora:...> tags; a call takes at most {MAX_LORAS}"
+            )
         return list(out.values())
 
-    def _build_calls(self, prompt: str, requested: list[tuple[VersionInfo, float]], choices: list[Choice],
-                     options: SelectOptions) -> list[ApiCall]:
+    def _build_calls(
+        self, prompt: str, requested: list[tuple[VersionInfo, float]], choices: list[Choice], options: SelectOptions
+    ) -> list[ApiCall]:
         embeddings = self.registry.addons_by_trigger(("embedding",))
         calls: list[ApiCall] = []
         seen = set()
@@ -261,16 +311,20 @@ class Selector:
             usage = self.registry.usage(ck.id)
             # the user's own <lora:...> tags come first; compatibility is checked in build_call
             loras = [(v, w) for v, w in requested if compatible(ck.family, v.family)]
-            loras += [(lo.version, lora_weight(lo.version, usage, self.registry.usage(lo.version.id)))
-                      for lo in ch.loras if lo.version.id not in {v.id for v, _ in loras}]
+            loras += [
+                (lo.version, lora_weight(lo.version, usage, self.registry.usage(lo.version.id)))
+                for lo in ch.loras
+                if lo.version.id not in {v.id for v, _ in loras}
+            ]
             loras = loras[: max(options.max_loras, len(requested))]
             why = _rationale(ch, usage.n_images if usage else 0)
-            calls.append(build_call(prompt, ck, usage, loras, seed=options.seed, embeddings=embeddings,
-                                    rationale=why))
+            calls.append(build_call(prompt, ck, usage, loras, seed=options.seed, embeddings=embeddings, rationale=why))
             if len(calls) >= options.n_candidates:
                 break
-        alternatives = [Alternative(checkpoint=c.checkpoint.version.ref(), score=round(c.score, 4))
-                        for c in choices[1 : 1 + max(options.n_candidates, 3)]]
+        alternatives = [
+            Alternative(checkpoint=c.checkpoint.version.ref(), score=round(c.score, 4))
+            for c in choices[1 : 1 + max(options.n_candidates, 3)]
+        ]
         calls[0] = calls[0].model_copy(update={"alternatives": alternatives})
         return calls
 
@@ -285,11 +339,16 @@ def retrieval_term(c: Candidate) -> float:
 def _rationale(ch: Choice, n_images: int) -> str:
     v = ch.checkpoint.version
     sig = ch.checkpoint.signals
-    strongest = max((k for k in ("lexical", "semantic", "prompts", "knn") if k in sig), key=lambda k: sig[k],
-                    default=None)
-    why = {"lexical": "its name and tags match the request", "semantic": "its description is closest in meaning",
-           "prompts": "its creators' prompts resemble the request", "knn": "creators wrote similar prompts with it",
-           None: "it is popular"}[strongest]
+    strongest = max(
+        (k for k in ("lexical", "semantic", "prompts", "knn") if k in sig), key=lambda k: sig[k], default=None
+    )
+    why = {
+        "lexical": "its name and tags match the request",
+        "semantic": "its description is closest in meaning",
+        "prompts": "its creators' prompts resemble the request",
+        "knn": "creators wrote similar prompts with it",
+        None: "it is popular",
+    }[strongest]
     parts = [f"{v.display_name} ({v.base_model}): {why}"]
     if ch.notes:
         parts.append("; ".join(ch.notes))
@@ -297,4 +356,3 @@ def _rationale(ch: Choice, n_images: int) -> str:
         parts.append("LoRAs: " + ", ".join(lo.version.display_name for lo in ch.loras))
     parts.append(f"settings from {n_images} creator images" if n_images >= 3 else "settings from defaults")
     return ". ".join(parts)[:2000]
-

@@ -19,8 +19,9 @@ def cmd_build(args, settings: Settings) -> int:
     from diffagent.bench.pairs import build_pairs
 
     counts = build_pairs(args.rows, args.out, sfw_only=not args.include_nsfw)
-    print(f"wrote {sum(counts.values())} pairs to {args.out}: "
-          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print(
+        f"wrote {sum(counts.values())} pairs to {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    )
     return 0
 
 
@@ -41,13 +42,25 @@ def cmd_select(args, settings: Settings) -> int:
     if not pairs:
         print(f"no {args.split} pairs in {args.pairs}", file=sys.stderr)
         return 2
-    results = compare(args.methods, pairs, registry, settings, max_loras=args.max_loras,
-                      train_pairs=args.train_pairs or args.pairs, progress=not args.json)
-    report = {"pairs": str(args.pairs), "split": args.split, "n": len(pairs), "registry": display(settings.registry),
-              "selector_model": settings.llm_model and str(settings.llm_model),
-              "lora": settings.llm_lora and str(settings.llm_lora),
-              "ranker": settings.ranker,
-              "results": results}
+    results = compare(
+        args.methods,
+        pairs,
+        registry,
+        settings,
+        max_loras=args.max_loras,
+        train_pairs=args.train_pairs or args.pairs,
+        progress=not args.json,
+    )
+    report = {
+        "pairs": str(args.pairs),
+        "split": args.split,
+        "n": len(pairs),
+        "registry": display(settings.registry),
+        "selector_model": settings.llm_model and str(settings.llm_model),
+        "lora": settings.llm_lora and str(settings.llm_lora),
+        "ranker": settings.ranker,
+        "results": results,
+    }
     if args.plot:
         plot(results, args.plot)
     if args.json:
@@ -104,7 +117,9 @@ def cmd_prompts(args, settings: Settings) -> int:
             chosen[call.checkpoint.name] += 1
         lat.sort()
         rows[path.name] = {
-            "prompts": len(prompts), "valid": valid, "hallucinated_ids": halluc,
+            "prompts": len(prompts),
+            "valid": valid,
+            "hallucinated_ids": halluc,
             "distinct_checkpoints": len(chosen),
             "top_checkpoint_share": round(chosen.most_common(1)[0][1] / valid, 3) if valid else None,
             "p50_ms": round(1000 * lat[len(lat) // 2], 1) if lat else None,
@@ -113,8 +128,15 @@ def cmd_prompts(args, settings: Settings) -> int:
     if args.json:
         print(json.dumps(rows))
     else:
-        cols = ["prompts", "valid", "hallucinated_ids", "distinct_checkpoints", "top_checkpoint_share",
-                "p50_ms", "p95_ms"]
+        cols = [
+            "prompts",
+            "valid",
+            "hallucinated_ids",
+            "distinct_checkpoints",
+            "top_checkpoint_share",
+            "p50_ms",
+            "p95_ms",
+        ]
         print("| set | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 1) + "|")
         for name, r in rows.items():
             print(f"| {name} | " + " | ".join(str(r[c]) for c in cols) + " |")
@@ -142,8 +164,14 @@ def cmd_fit(args, settings: Settings) -> int:
     scores = evaluate_fit(items, lambda p: selector.select(p, options), registry, labels)
     row = scores.row() | {"wall_s": round(time.perf_counter() - t0, 1)}
     name = f"{display(settings.registry).rsplit('/', 1)[-1]} / {settings.selector} / {args.split}"
-    report = {"registry": display(settings.registry), "selector": settings.selector, "split": args.split,
-              "base": args.base, "results": {name: row}, "failures": scores.failures}
+    report = {
+        "registry": display(settings.registry),
+        "selector": settings.selector,
+        "split": args.split,
+        "base": args.base,
+        "results": {name: row},
+        "failures": scores.failures,
+    }
     from diffagent.atomic import write_atomic
 
     if args.out:
@@ -181,24 +209,44 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, default=500, help="evaluate a seeded random sample of this many pairs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-loras", type=int, default=2)
-    p.add_argument("--methods", nargs="+", default=["popularity", "knn", "retrieval", "llm"],
-                   choices=["popularity", "knn", "retrieval", "llm"])
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["popularity", "knn", "retrieval", "llm"],
+        choices=["popularity", "knn", "retrieval", "llm"],
+    )
     p.add_argument("--plot", type=Path, default=None, help="write a PNG plot here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_select)
 
     p = add_command(bench, "fit", help="natural requests: right kind of model, no LoRA nobody asked for")
-    p.add_argument("--split", default="heldout", choices=["dev", "heldout", "all"],
-                   help="labelled third kept aside (heldout, never tuned on), the rest (dev), or all")
-    p.add_argument("--prompts-root", type=Path, default=None,
-                   help="the shared prompt sets folder (default: ../shared/data/prompts beside the checkout)")
+    p.add_argument(
+        "--split",
+        default="heldout",
+        choices=["dev", "heldout", "all"],
+        help="labelled third kept aside (heldout, never tuned on), the rest (dev), or all",
+    )
+    p.add_argument(
+        "--prompts-root",
+        type=Path,
+        default=None,
+        help="the shared prompt sets folder (default: ../shared/data/prompts beside the checkout)",
+    )
     p.add_argument("--base", default="any", choices=list(get_args(Base)))
     p.add_argument("--max-loras", type=int, default=2)
-    p.add_argument("--model-labels", type=Path, default=None,
-                   help="judges' labels of registry models (JSONL by version id); default: the registry's own")
-    p.add_argument("--to-judge", type=Path, default=None,
-                   help="write the chosen models that no judge labelled here, one judge-input line each "
-                        "(docs/fit-judging.md, part 2; the pages' text, so keep it outside the repo)")
+    p.add_argument(
+        "--model-labels",
+        type=Path,
+        default=None,
+        help="judges' labels of registry models (JSONL by version id); default: the registry's own",
+    )
+    p.add_argument(
+        "--to-judge",
+        type=Path,
+        default=None,
+        help="write the chosen models that no judge labelled here, one judge-input line each "
+        "(docs/fit-judging.md, part 2; the pages' text, so keep it outside the repo)",
+    )
     p.add_argument("--show", type=int, default=0, help="print this many misfits")
     p.add_argument("--out", type=Path, default=None, help="write the JSON report (with every misfit) here")
     p.add_argument("--json", action="store_true")

@@ -116,8 +116,10 @@ def load_labels(path: Path = PROMPT_LABELS) -> list[dict]:
         r = json.loads(line)
         good, ok = set(r["good"]), set(r["ok"])
         if not good or not good <= KINDS or not ok <= KINDS or good & ok or r["split"] not in SPLITS:
-            raise UserInputError(f"{path.name}:{n}: bad label {r!r}: good/ok must be disjoint sets of {sorted(KINDS)}, "
-                                 f"good non-empty, split one of {SPLITS}")
+            raise UserInputError(
+                f"{path.name}:{n}: bad label {r!r}: good/ok must be disjoint sets of {sorted(KINDS)}, "
+                f"good non-empty, split one of {SPLITS}"
+            )
         rows.append(r)
     return rows
 
@@ -133,10 +135,21 @@ def load_fit_set(prompts_root: Path, split: str = "heldout", path: Path = PROMPT
             continue
         text = read_prompt(Path(prompts_root), r["ref"])
         if _sha(text) != r["sha"]:
-            raise UserInputError(f"{r['ref']}: the prompt text changed since it was labelled (hash {_sha(text)} != "
-                                 f"{r['sha']}); relabel it")
-        items.append(FitItem(r["ref"], text, frozenset(r["good"]), frozenset(r["ok"]), bool(r["style_cue"]),
-                             tuple(r["asks_for"]), r["split"]))
+            raise UserInputError(
+                f"{r['ref']}: the prompt text changed since it was labelled (hash {_sha(text)} != "
+                f"{r['sha']}); relabel it"
+            )
+        items.append(
+            FitItem(
+                r["ref"],
+                text,
+                frozenset(r["good"]),
+                frozenset(r["ok"]),
+                bool(r["style_cue"]),
+                tuple(r["asks_for"]),
+                r["split"],
+            )
+        )
     return items
 
 
@@ -155,8 +168,10 @@ def load_model_labels(path: Path) -> dict[int, dict]:
             continue
         r = json.loads(line)
         if not r.get("kinds") or not set(r["kinds"]) <= allowed or not r.get("by"):
-            raise UserInputError(f"{path.name}:{n}: bad model label {r!r}: kinds must be words of {sorted(allowed)}, "
-                                 "and 'by' must say who judged it")
+            raise UserInputError(
+                f"{path.name}:{n}: bad model label {r!r}: kinds must be words of {sorted(allowed)}, "
+                "and 'by' must say who judged it"
+            )
         out[int(r["version_id"])] = r
     return out
 
@@ -178,17 +193,29 @@ class FitScores:
     def row(self) -> dict:
         p = lambda a: round(a / self.n, 4) if self.n else None  # noqa: E731
         fit = sum(g * c for g, c in self.grades.items())
-        cue = {("style_cue" if k else "no_cue"): {"n": v["n"],
-                                                   "wrong_kind": round(v[0] / v["n"], 4) if v["n"] else None}
-               for k, v in self.by_cue.items()}
-        return {"n": self.n, "wrong_kind_rate": p(self.grades[0]), "mean_fit": p(fit),
-                "good": self.grades[2], "acceptable": self.grades[1], "wrong": self.grades[0],
-                "harmful_lora_rate": p(self.harmful), "lora_rate": p(self.with_lora), "invalid": self.invalid,
-                "unlabelled_checkpoints": self.unlabelled, "chosen_kinds": dict(self.kinds.most_common()), **cue}
+        cue = {
+            ("style_cue" if k else "no_cue"): {"n": v["n"], "wrong_kind": round(v[0] / v["n"], 4) if v["n"] else None}
+            for k, v in self.by_cue.items()
+        }
+        return {
+            "n": self.n,
+            "wrong_kind_rate": p(self.grades[0]),
+            "mean_fit": p(fit),
+            "good": self.grades[2],
+            "acceptable": self.grades[1],
+            "wrong": self.grades[0],
+            "harmful_lora_rate": p(self.harmful),
+            "lora_rate": p(self.with_lora),
+            "invalid": self.invalid,
+            "unlabelled_checkpoints": self.unlabelled,
+            "chosen_kinds": dict(self.kinds.most_common()),
+            **cue,
+        }
 
 
-def evaluate_fit(items: list[FitItem], select: Callable[[str], ApiCall], registry,
-                 model_labels: dict[int, dict] | None = None) -> FitScores:
+def evaluate_fit(
+    items: list[FitItem], select: Callable[[str], ApiCall], registry, model_labels: dict[int, dict] | None = None
+) -> FitScores:
     """Run ``select`` on every request and grade the call (see the module docstring)."""
     labels = model_labels or {}
     s = FitScores()
@@ -227,16 +254,31 @@ def evaluate_fit(items: list[FitItem], select: Callable[[str], ApiCall], registr
         s.with_lora += bool(call.loras)
         s.harmful += bool(harmful)
         if g == 0 or harmful:
-            s.failures.append({"ref": it.ref, "prompt": it.prompt[:160], "checkpoint": call.checkpoint.name,
-                               "kinds": kinds, "fit": g, "harmful_loras": harmful})
+            s.failures.append(
+                {
+                    "ref": it.ref,
+                    "prompt": it.prompt[:160],
+                    "checkpoint": call.checkpoint.name,
+                    "kinds": kinds,
+                    "fit": g,
+                    "harmful_loras": harmful,
+                }
+            )
     return s
 
 
 def judge_input(info: VersionInfo) -> dict:
     """One line for a judge of what a model is for (docs/fit-judging.md, part 2): the page's own text."""
-    return {"version_id": info.id, "type": info.type, "name": info.model_name, "version": info.name,
-            "base_model": info.base_model, "tags": info.tags, "trigger_words": info.trained_words,
-            "description": html_to_text(info.description, max_chars=400)}
+    return {
+        "version_id": info.id,
+        "type": info.type,
+        "name": info.model_name,
+        "version": info.name,
+        "base_model": info.base_model,
+        "tags": info.tags,
+        "trigger_words": info.trained_words,
+        "description": html_to_text(info.description, max_chars=400),
+    }
 
 
 def markdown_table(rows: dict[str, dict]) -> str:

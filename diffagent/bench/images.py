@@ -160,8 +160,11 @@ def _read_prompt_file(path: Path) -> list[PromptItem]:
         except json.JSONDecodeError as e:
             raise UserInputError(f"{str(path)!r} is not JSON: {e}") from e
         if isinstance(data, dict):  # {"dataset": [prompts...]}
-            return [_record(r, str(ds), str(path)).model_copy(update={"dataset": str(ds)})
-                    for ds, rs in data.items() for r in rs]
+            return [
+                _record(r, str(ds), str(path)).model_copy(update={"dataset": str(ds)})
+                for ds, rs in data.items()
+                for r in rs
+            ]
         if isinstance(data, list):
             return [_record(r, stem, str(path)) for r in data]
         raise UserInputError(f"{str(path)!r}: expected a list of prompts or an object of dataset -> prompts")
@@ -191,8 +194,9 @@ def registry_baselines(registry, overrides: dict[str, int] | None = None) -> Cal
         else:
             slug = BASELINE_SLUGS.get(eco)
             if slug is None:
-                raise NotFoundError(f"no baseline model known for the {eco} ecosystem; "
-                                    f"pass --baseline {eco}=VERSION_ID")
+                raise NotFoundError(
+                    f"no baseline model known for the {eco} ecosystem; pass --baseline {eco}=VERSION_ID"
+                )
             try:
                 ref = registry.model_ref(synthetic_id(slug + "@version"))
             except NotFoundError:
@@ -233,8 +237,9 @@ def run(
         try:
             selected = select_fn(item.prompt)
             pair.selected_call = selected
-            pair.baseline_call = baseline_call(selected, baseline_fn(ecosystem_of(selected.checkpoint.family)),
-                                               item.prompt)
+            pair.baseline_call = baseline_call(
+                selected, baseline_fn(ecosystem_of(selected.checkpoint.family)), item.prompt
+            )
             if best_of > 1:
                 cands = candidate_calls(selected, best_of)
                 sel_result, _ = best_of_n([c for _, c in cands], render_fn, scorer, score_prompt)
@@ -252,8 +257,10 @@ def run(
             pair.error = str(e)
         pairs.append(pair)
         if log:
-            status = f"error: {pair.error}" if pair.error else (
-                f"selected {pair.selected.unified:+.3f} vs baseline {pair.baseline.unified:+.3f}"
+            status = (
+                f"error: {pair.error}"
+                if pair.error
+                else (f"selected {pair.selected.unified:+.3f} vs baseline {pair.baseline.unified:+.3f}")
             )
             log(f"[{k}/{len(items)}] {item.dataset}: {item.prompt[:60]!r} {status}")
     datasets = list(dict.fromkeys(p.dataset for p in pairs))
@@ -360,9 +367,13 @@ def write_plots(report: BenchReport, out_dir: Path) -> list[Path]:
     gains = [s.gain_pct for s in report.datasets]
     bars = ax.bar(names, gains, color=["tab:green" if g >= 0 else "tab:red" for g in gains])
     for bar, s in zip(bars, report.datasets, strict=True):
-        ax.annotate(f"{s.gain_pct:+.1f}%\nΔz {s.delta_unified:+.2f}",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom" if s.gain_pct >= 0 else "top", fontsize=8)
+        ax.annotate(
+            f"{s.gain_pct:+.1f}%\nΔz {s.delta_unified:+.2f}",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom" if s.gain_pct >= 0 else "top",
+            fontsize=8,
+        )
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_ylabel("unified-metric gain over baseline (%)")
     ax.set_title(f"selected vs base model (best of {report.best_of})")

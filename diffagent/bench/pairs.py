@@ -88,24 +88,32 @@ def row_to_pair(row: dict, *, sfw_only: bool = True) -> Pair | None:
         return None
     w, h = _size(row)
     loras = [
-        TargetLora(name=str(r.get("name")),
-                   weight=float(r["weight"]) if isinstance(r.get("weight"), int | float) else 1.0)
+        TargetLora(
+            name=str(r.get("name")), weight=float(r["weight"]) if isinstance(r.get("weight"), int | float) else 1.0
+        )
         for r in row.get("resources") or []
         if str(r.get("type", "")).lower() in ("lora", "lycoris", "locon") and r.get("name")
     ]
     return Pair(
         image_id=int(row["image_id"]),
         page_model_id=int(row["attached_model_id"]),
-        page_version_id=parse_int(row.get("attached_version_id")), page_type=str(row.get("attached_type") or ""),
+        page_version_id=parse_int(row.get("attached_version_id")),
+        page_type=str(row.get("attached_type") or ""),
         split=split_of(int(row["attached_model_id"])),
         instruction=instruction[:2000],
         target=Target(
-            checkpoint_version_id=int(ck["version_id"]), checkpoint_model_id=int(ck["model_id"]),
+            checkpoint_version_id=int(ck["version_id"]),
+            checkpoint_model_id=int(ck["model_id"]),
             checkpoint_name=f"{ck.get('model_name', '')} {ck.get('version_name', '')}".strip(),
-            base_model=str(ck.get("baseModel") or ""), loras=loras, sampler=canonical_sampler(row.get("sampler")),
-            steps=parse_int(row.get("steps")), cfg_scale=parse_float(row.get("cfgScale")),
-            width=parse_int(w), height=parse_int(h),
-            clip_skip=parse_int(row.get("clip_skip")), negative_prompt=str(row.get("negativePrompt") or "")[:2000],
+            base_model=str(ck.get("baseModel") or ""),
+            loras=loras,
+            sampler=canonical_sampler(row.get("sampler")),
+            steps=parse_int(row.get("steps")),
+            cfg_scale=parse_float(row.get("cfgScale")),
+            width=parse_int(w),
+            height=parse_int(h),
+            clip_skip=parse_int(row.get("clip_skip")),
+            negative_prompt=str(row.get("negativePrompt") or "")[:2000],
         ),
     )
 

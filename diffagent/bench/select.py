@@ -62,17 +62,23 @@ class Scores:
         p = lambda a, b: round(a / b, 4) if b else None  # noqa: E731
         lat = sorted(self.latencies)
         return {
-            "n": self.n, "checkpoint_top1": p(self.top1, self.n), "checkpoint_top5": p(self.top5, self.n),
-            "model_top1": p(self.model_top1, self.n), "model_top5": p(self.model_top5, self.n),
-            "lora_precision": p(self.lora_tp, self.lora_pred), "lora_recall": p(self.lora_tp, self.lora_gt),
+            "n": self.n,
+            "checkpoint_top1": p(self.top1, self.n),
+            "checkpoint_top5": p(self.top5, self.n),
+            "model_top1": p(self.model_top1, self.n),
+            "model_top5": p(self.model_top5, self.n),
+            "lora_precision": p(self.lora_tp, self.lora_pred),
+            "lora_recall": p(self.lora_tp, self.lora_gt),
             "lora_precision_showcase": p(self.showcase_tp, self.lora_pred),
             "lora_recall_showcase": p(self.showcase_tp, self.showcase_gt),
             **{f"arg_{k}": p(self.args[k], self.args_n) for k in ("sampler", "steps", "cfg", "size", "clip_skip")},
-            "hallucinated_ids": self.hallucinated_ids, "lora_base_mismatch": self.mismatched,
+            "hallucinated_ids": self.hallucinated_ids,
+            "lora_base_mismatch": self.mismatched,
             "invalid_calls": self.invalid,
             "hallucination_rate": p(self.hallucinated_ids + self.mismatched + self.invalid, self.n),
             "distinct_checkpoints": len(self.chosen),
-            "no_train_image_n": self.unseen, "no_train_image_model_top1": p(self.unseen_model_top1, self.unseen),
+            "no_train_image_n": self.unseen,
+            "no_train_image_model_top1": p(self.unseen_model_top1, self.unseen),
             "no_train_image_model_top5": p(self.unseen_model_top5, self.unseen),
             "latency_p50_ms": round(1000 * lat[len(lat) // 2], 1) if lat else None,
             "latency_p95_ms": round(1000 * lat[min(len(lat) - 1, int(0.95 * len(lat)))], 1) if lat else None,
@@ -100,9 +106,15 @@ class KnnBaseline:
         return [v for v, _ in sorted(votes.items(), key=lambda x: -x[1])]
 
 
-def evaluate(pairs: list[Pair], predict: Callable[[Pair], Prediction], registry: Registry,
-             lora_index: dict[str, int], progress: bool = False, train_pages: set[int] | None = None,
-             lora_ids: frozenset[int] = frozenset()) -> Scores:
+def evaluate(
+    pairs: list[Pair],
+    predict: Callable[[Pair], Prediction],
+    registry: Registry,
+    lora_index: dict[str, int],
+    progress: bool = False,
+    train_pages: set[int] | None = None,
+    lora_ids: frozenset[int] = frozenset(),
+) -> Scores:
     """Scores of ``predict`` on ``pairs``; with ``train_pages`` (the checkpoint pages train-split images show),
     the pairs whose checkpoint page is not among them are also scored apart."""
     from tqdm import tqdm
@@ -157,8 +169,9 @@ def evaluate(pairs: list[Pair], predict: Callable[[Pair], Prediction], registry:
     return s
 
 
-def predictor(method: str, registry: Registry, settings, *, max_loras: int, train_pairs: Path | None = None
-              ) -> Callable[[Pair], Prediction]:
+def predictor(
+    method: str, registry: Registry, settings, *, max_loras: int, train_pairs: Path | None = None
+) -> Callable[[Pair], Prediction]:
     """The predictor of one method: ``popularity``, ``knn`` (TF-IDF over ``train_pairs``' prompts), or a selector
     mode (``retrieval``, ``llm``) run as ``select_t2i_api`` runs it."""
     from diffagent.agent.options import SelectOptions
@@ -199,22 +212,34 @@ def predictor(method: str, registry: Registry, settings, *, max_loras: int, trai
     return predict
 
 
-def compare(methods: list[str], pairs: list[Pair], registry: Registry, settings, *, max_loras: int,
-            train_pairs: Path | None = None, progress: bool = False) -> dict[str, dict]:
+def compare(
+    methods: list[str],
+    pairs: list[Pair],
+    registry: Registry,
+    settings,
+    *,
+    max_loras: int,
+    train_pairs: Path | None = None,
+    progress: bool = False,
+) -> dict[str, dict]:
     """Every method's scores on ``pairs`` (``Scores.row()`` plus its wall time)."""
     from diffagent.bench.pairs import load_pairs
     from diffagent.registry.stats import lora_name_index, lora_versions
 
     with registry.engine.connect() as conn:
         loras, lora_ids = lora_name_index(conn), lora_versions(conn)
-    train_pages = ({p.target.checkpoint_model_id for p in load_pairs(train_pairs, splits={"train"})}
-                   if train_pairs is not None else None)
+    train_pages = (
+        {p.target.checkpoint_model_id for p in load_pairs(train_pairs, splits={"train"})}
+        if train_pairs is not None
+        else None
+    )
     results: dict[str, dict] = {}
     for method in methods:
         t0 = time.perf_counter()
         predict = predictor(method, registry, settings, max_loras=max_loras, train_pairs=train_pairs)
-        scores = evaluate(pairs, predict, registry, loras, progress=progress, train_pages=train_pages or None,
-                          lora_ids=lora_ids)
+        scores = evaluate(
+            pairs, predict, registry, loras, progress=progress, train_pages=train_pages or None, lora_ids=lora_ids
+        )
         results[method] = scores.row() | {"wall_s": round(time.perf_counter() - t0, 1)}
         if progress:
             print(f"{method}: {json.dumps(results[method])}", file=sys.stderr)
@@ -230,14 +255,33 @@ def _models(ranked: list[int], registry: Registry, model_of: dict[int, int]) -> 
 
 
 def markdown_table(results: dict[str, dict]) -> str:
-    cols = ["n", "checkpoint_top1", "checkpoint_top5", "model_top1", "model_top5", "lora_precision", "lora_recall",
-            "lora_precision_showcase", "lora_recall_showcase",
-            "arg_sampler", "arg_steps", "arg_cfg", "arg_size", "arg_clip_skip", "hallucination_rate",
-            "distinct_checkpoints", "no_train_image_n", "no_train_image_model_top1", "latency_p50_ms", "latency_p95_ms"]
+    cols = [
+        "n",
+        "checkpoint_top1",
+        "checkpoint_top5",
+        "model_top1",
+        "model_top5",
+        "lora_precision",
+        "lora_recall",
+        "lora_precision_showcase",
+        "lora_recall_showcase",
+        "arg_sampler",
+        "arg_steps",
+        "arg_cfg",
+        "arg_size",
+        "arg_clip_skip",
+        "hallucination_rate",
+        "distinct_checkpoints",
+        "no_train_image_n",
+        "no_train_image_model_top1",
+        "latency_p50_ms",
+        "latency_p95_ms",
+    ]
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for method, row in results.items():
-        cells = ["-" if row.get(c) is None else (f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]))
-                 for c in cols]
+        cells = [
+            "-" if row.get(c) is None else (f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])) for c in cols
+        ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -248,8 +292,15 @@ def plot(results: dict[str, dict], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = ["checkpoint_top1", "checkpoint_top5", "model_top1", "model_top5", "lora_recall", "arg_sampler",
-               "arg_size"]
+    metrics = [
+        "checkpoint_top1",
+        "checkpoint_top5",
+        "model_top1",
+        "model_top5",
+        "lora_recall",
+        "arg_sampler",
+        "arg_size",
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     x = np.arange(len(metrics))
     width = 0.8 / max(len(results), 1)

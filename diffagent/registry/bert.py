@@ -20,8 +20,11 @@ from pathlib import Path
 import numpy as np
 
 #: sentence-transformers modules this encoder reproduces, in order
-_MODULES = ["sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
-            "sentence_transformers.models.Normalize"]
+_MODULES = [
+    "sentence_transformers.models.Transformer",
+    "sentence_transformers.models.Pooling",
+    "sentence_transformers.models.Normalize",
+]
 
 
 class Unsupported(Exception):
@@ -40,8 +43,11 @@ class NumpyBert:
     def __init__(self, folder: Path, max_seq_length: int):
         folder = Path(folder)
         cfg = json.loads((folder / "config.json").read_text())
-        modules = [m.get("type") for m in json.loads((folder / "modules.json").read_text())] \
-            if (folder / "modules.json").is_file() else None
+        modules = (
+            [m.get("type") for m in json.loads((folder / "modules.json").read_text())]
+            if (folder / "modules.json").is_file()
+            else None
+        )
         if modules not in (_MODULES, _MODULES[:2]):
             raise Unsupported(f"modules {modules}")
         self.normalize = modules == _MODULES
@@ -49,8 +55,11 @@ class NumpyBert:
         modes = sorted(k for k, v in pooling.items() if k.startswith("pooling_mode") and v)
         if modes != ["pooling_mode_mean_tokens"]:
             raise Unsupported(f"pooling {modes}")
-        if (cfg.get("model_type") != "bert" or cfg.get("hidden_act") != "gelu"
-                or cfg.get("position_embedding_type", "absolute") != "absolute"):
+        if (
+            cfg.get("model_type") != "bert"
+            or cfg.get("hidden_act") != "gelu"
+            or cfg.get("position_embedding_type", "absolute") != "absolute"
+        ):
             raise Unsupported(f"model type {cfg.get('model_type')}, activation {cfg.get('hidden_act')}")
         if not (folder / "model.safetensors").is_file() or not (folder / "tokenizer.json").is_file():
             raise Unsupported("no model.safetensors or tokenizer.json")
@@ -68,9 +77,11 @@ class NumpyBert:
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
         self.tokenizer.no_padding()
-        missing = [k for k in ("embeddings.word_embeddings.weight",
-                               f"encoder.layer.{self.layers - 1}.output.dense.bias")
-                   if k not in self.w]
+        missing = [
+            k
+            for k in ("embeddings.word_embeddings.weight", f"encoder.layer.{self.layers - 1}.output.dense.bias")
+            if k not in self.w
+        ]
         if missing:
             raise Unsupported(f"weights lack {missing}")
 
@@ -79,8 +90,11 @@ class NumpyBert:
         from scipy.special import erf
 
         w, n, L = self.w, self.heads, ids.shape[1]
-        x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:L]
-             + w["embeddings.token_type_embeddings.weight"][0])
+        x = (
+            w["embeddings.word_embeddings.weight"][ids]
+            + w["embeddings.position_embeddings.weight"][:L]
+            + w["embeddings.token_type_embeddings.weight"][0]
+        )
         x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], self.eps)
         bias = np.where(mask[:, None, None, :], 0.0, np.finfo(np.float32).min).astype(np.float32)
         d = self.dim // n
@@ -100,8 +114,9 @@ class NumpyBert:
             scores /= scores.sum(-1, keepdims=True)
             ctx = np.einsum("bhlm,bhmd->blhd", scores, v, optimize=True).reshape(x.shape)
             out = dense(ctx, f"{p}attention.output.dense")
-            x = _layer_norm(x + out, w[f"{p}attention.output.LayerNorm.weight"],
-                            w[f"{p}attention.output.LayerNorm.bias"], self.eps)
+            x = _layer_norm(
+                x + out, w[f"{p}attention.output.LayerNorm.weight"], w[f"{p}attention.output.LayerNorm.bias"], self.eps
+            )
             h = dense(x, f"{p}intermediate.dense")
             h = 0.5 * h * (1.0 + erf(h / np.float32(np.sqrt(2.0))))
             out = dense(h, f"{p}output.dense")
@@ -115,13 +130,13 @@ class NumpyBert:
         encodings = [self.tokenizer.encode(t).ids for t in texts]  # encode_batch would start a thread pool
         order = sorted(range(len(texts)), key=lambda i: -len(encodings[i]))
         for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
+            rows = order[start : start + batch_size]
             L = max(len(encodings[i]) for i in rows)
             ids = np.zeros((len(rows), L), dtype=np.int64)
             mask = np.zeros((len(rows), L), dtype=bool)
             for row, i in enumerate(rows):
-                ids[row, :len(encodings[i])] = encodings[i]
-                mask[row, :len(encodings[i])] = True
+                ids[row, : len(encodings[i])] = encodings[i]
+                mask[row, : len(encodings[i])] = True
             yield rows, ids, mask
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:

@@ -49,7 +49,8 @@ def _describe(doc: Any) -> str:
         what = of.get(kinds.pop(), "values") if len(kinds) == 1 else "values"
         return f"a list of {len(doc)} {what}"
     return {bool: "a boolean", int: "a number", float: "a number", str: "a string", type(None): "null"}.get(
-        type(doc), type(doc).__name__)
+        type(doc), type(doc).__name__
+    )
 
 
 @contextlib.contextmanager
@@ -58,14 +59,19 @@ def _read_errors(path: Path, n: list[int]) -> Iterator[None]:
     try:
         yield
     except EOFError:
-        raise ImportFailed(f"{path}: the gzip data ends early (after line {n[0]}); the file is truncated: "
-                           "download or copy it again") from None
+        raise ImportFailed(
+            f"{path}: the gzip data ends early (after line {n[0]}); the file is truncated: download or copy it again"
+        ) from None
     except (gzip.BadGzipFile, zlib.error) as e:
-        raise ImportFailed(f"{path}: not valid gzip data after line {n[0]} ({e}); the file is corrupt: download "
-                           "or copy it again, or give the uncompressed .jsonl") from None
+        raise ImportFailed(
+            f"{path}: not valid gzip data after line {n[0]} ({e}); the file is corrupt: download "
+            "or copy it again, or give the uncompressed .jsonl"
+        ) from None
     except UnicodeDecodeError as e:
-        raise ImportFailed(f"{path}: not UTF-8 text (line {n[0] + 1}, byte {e.start}); Civitai exports are UTF-8: "
-                           "convert the file or give the original export") from None
+        raise ImportFailed(
+            f"{path}: not UTF-8 text (line {n[0] + 1}, byte {e.start}); Civitai exports are UTF-8: "
+            "convert the file or give the original export"
+        ) from None
 
 
 def iter_items(path: Path) -> Iterator[tuple[str, dict]]:
@@ -83,8 +89,10 @@ def iter_items(path: Path) -> Iterator[tuple[str, dict]]:
                     doc = json.loads(line)
                 except json.JSONDecodeError as e:
                     what = e.msg.removesuffix(" at")  # "Invalid control character at" already ends in "at"
-                    raise ImportFailed(f"{path}:{n[0]}: invalid JSON ({what} at column {e.colno}); "
-                                       "fix or remove that line and import again") from None
+                    raise ImportFailed(
+                        f"{path}:{n[0]}: invalid JSON ({what} at column {e.colno}); "
+                        "fix or remove that line and import again"
+                    ) from None
                 for i, item in enumerate(items_from_json(doc, f"{path}:{n[0]}")):
                     yield f"{path}:{n[0]}" + (f"[{i}]" if i else ""), item
         return
@@ -146,9 +154,7 @@ def image_record(image: dict) -> ImageRecord | None:
         clip_skip=parse_int(meta.get("Clip skip") or meta.get("clipSkip")),
         model_hash=(meta.get("Model hash") or None),
         nsfw=str(image.get("nsfw") or "None") not in ("None", "false", "False", ""),
-        resources=[
-            {k: r[k] for k in ("name", "type", "weight", "hash") if k in r} for r in resources
-        ],
+        resources=[{k: r[k] for k in ("name", "type", "weight", "hash") if k in r} for r in resources],
     )
 
 
@@ -169,8 +175,9 @@ def item_to_record(item: dict, where: str = "item") -> ModelRecord:
             raise ImportFailed(f"{where}: model item lacks a valid '{key}' field")
     model_id = _item_id(item["id"])
     if model_id is None:
-        raise ImportFailed(f"{where}: model item lacks a valid 'id' field: 'id' must be an integer, got "
-                           f"{_describe(item['id'])}")
+        raise ImportFailed(
+            f"{where}: model item lacks a valid 'id' field: 'id' must be an integer, got {_describe(item['id'])}"
+        )
     name = str(item["name"]).strip()
     versions_in = item.get("modelVersions") or []
     if not isinstance(versions_in, list):

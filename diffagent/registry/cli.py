@@ -24,8 +24,9 @@ def cmd_import(args, settings: Settings) -> int:
         from diffagent.bench.split import split_of
 
         keep = lambda page_id: split_of(page_id) not in args.holdout_split  # noqa: E731
-    report = import_path(args.source, settings.registry, embedder=_embedder(args, settings),
-                         progress=not args.quiet, keep_images=keep)
+    report = import_path(
+        args.source, settings.registry, embedder=_embedder(args, settings), progress=not args.quiet, keep_images=keep
+    )
     print(report.summary())
     return 0
 
@@ -35,8 +36,14 @@ def cmd_scan(args, settings: Settings) -> int:
 
     from diffagent.registry.scan import scan
 
-    report = scan(settings.registry, [Path(d) for d in args.folders], cache_path=settings.data_dir / "scan-hashes.json",
-                  import_unknown=not args.no_import, embedder=_embedder(args, settings), progress=not args.quiet)
+    report = scan(
+        settings.registry,
+        [Path(d) for d in args.folders],
+        cache_path=settings.data_dir / "scan-hashes.json",
+        import_unknown=not args.no_import,
+        embedder=_embedder(args, settings),
+        progress=not args.quiet,
+    )
     print(json.dumps(report.as_dict()) if args.json else report.summary())
     return 0
 
@@ -51,9 +58,15 @@ def cmd_sync(args, settings: Settings) -> int:
         params["query"] = args.query
     if args.nsfw:
         params["nsfw"] = "true"
-    report = sync(settings.registry, base_url=args.base_url or settings.civitai_base_url,
-                  api_key=settings.civitai_api_key, embedder=_embedder(args, settings), params=params,
-                  max_pages=args.max_pages, progress=not args.quiet)
+    report = sync(
+        settings.registry,
+        base_url=args.base_url or settings.civitai_base_url,
+        api_key=settings.civitai_api_key,
+        embedder=_embedder(args, settings),
+        params=params,
+        max_pages=args.max_pages,
+        progress=not args.quiet,
+    )
     print(report.summary())
     return 0
 
@@ -65,10 +78,13 @@ def cmd_build_default(args, settings: Settings) -> int:
     from diffagent.registry.location import is_url
 
     if is_url(settings.registry):
-        raise UserInputError("build-default writes a SQLite file; build it, then move it into the database with "
-                             "`diffagent registry copy registry.db postgresql://...`")
-    report = build_default(settings.registry, source=args.source or SOURCE, embedder=Embedder(settings.embedder),
-                           progress=not args.quiet)
+        raise UserInputError(
+            "build-default writes a SQLite file; build it, then move it into the database with "
+            "`diffagent registry copy registry.db postgresql://...`"
+        )
+    report = build_default(
+        settings.registry, source=args.source or SOURCE, embedder=Embedder(settings.embedder), progress=not args.quiet
+    )
     print(f"wrote {settings.registry}: {report.summary()}")
     return 0
 
@@ -78,8 +94,11 @@ def cmd_copy(args, settings: Settings) -> int:
 
     report = copy_registry(args.source, args.dest, progress=not args.quiet)
     rows = ", ".join(f"{n} {t}" for t, n in report["rows"].items())
-    print(json.dumps(report) if args.json else f"copied {report['source']} to {report['dest']} in "
-          f"{report['seconds']} s: {rows}")
+    print(
+        json.dumps(report)
+        if args.json
+        else f"copied {report['source']} to {report['dest']} in {report['seconds']} s: {rows}"
+    )
     return 0
 
 
@@ -93,13 +112,32 @@ def cmd_search(args, settings: Settings) -> int:
     from diffagent.families import parse_base_constraint
 
     reg = _registry(settings)
-    hits = reg.search(args.query, types=args.type, base=parse_base_constraint(args.base),
-                      min_downloads=args.min_downloads, limit=args.limit)
+    hits = reg.search(
+        args.query,
+        types=args.type,
+        base=parse_base_constraint(args.base),
+        min_downloads=args.min_downloads,
+        limit=args.limit,
+    )
     if args.json:
-        print(json.dumps([{"id": h.version.id, "air": h.version.air, "name": h.version.display_name,
-                           "type": h.version.type, "base_model": h.version.base_model,
-                           "downloads": h.version.downloads, "score": round(h.score, 4),
-                           "signals": {k: round(v, 4) for k, v in h.signals.items()}} for h in hits], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": h.version.id,
+                        "air": h.version.air,
+                        "name": h.version.display_name,
+                        "type": h.version.type,
+                        "base_model": h.version.base_model,
+                        "downloads": h.version.downloads,
+                        "score": round(h.score, 4),
+                        "signals": {k: round(v, 4) for k, v in h.signals.items()},
+                    }
+                    for h in hits
+                ],
+                indent=2,
+            )
+        )
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -145,8 +183,10 @@ def cmd_show(args, settings: Settings) -> int:
     if info.usage:
         u = info.usage
         top = lambda d: ", ".join(f"{k} ({n})" for k, n in sorted(d.items(), key=lambda x: -x[1])[:3])  # noqa: E731
-        print(f"  usage      {u.n_images} images; samplers {top(u.samplers)}; steps {top(u.steps)}; "
-              f"cfg {top(u.cfg_scale)}; sizes {top(u.sizes)}")
+        print(
+            f"  usage      {u.n_images} images; samplers {top(u.samplers)}; steps {top(u.steps)}; "
+            f"cfg {top(u.cfg_scale)}; sizes {top(u.sizes)}"
+        )
     if info.description:
         print("\n" + info.description[:800])
     return 0
@@ -158,13 +198,22 @@ def register(subparsers) -> None:
     p = add_command(reg, "import", help="import Civitai models (item / API page .json, .jsonl(.gz) dump, or URL)")
     p.add_argument("source", help="file path or http(s) URL")
     p.add_argument("--no-vectors", action="store_true", help="skip sentence embeddings (lexical search only)")
-    p.add_argument("--holdout-split", nargs="*", choices=["train", "val", "test"], default=None,
-                   help="drop sample images of model pages in these benchmark splits (no test leakage)")
+    p.add_argument(
+        "--holdout-split",
+        nargs="*",
+        choices=["train", "val", "test"],
+        default=None,
+        help="drop sample images of model pages in these benchmark splits (no test leakage)",
+    )
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_import)
 
-    p = add_command(reg, "scan", help="find the weights already on disk (A1111/Forge/ComfyUI model folders): match "
-                    "them to registry versions by hash, import unknown .safetensors as local models")
+    p = add_command(
+        reg,
+        "scan",
+        help="find the weights already on disk (A1111/Forge/ComfyUI model folders): match "
+        "them to registry versions by hash, import unknown .safetensors as local models",
+    )
     p.add_argument("folders", nargs="+", help="model folders or files, e.g. stable-diffusion-webui/models")
     p.add_argument("--no-import", action="store_true", help="only match files to registry versions")
     p.add_argument("--no-vectors", action="store_true", help="do not embed the imported models' cards")
@@ -187,8 +236,12 @@ def register(subparsers) -> None:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_build_default)
 
-    p = add_command(reg, "copy", help="copy a registry, vectors included, between SQLite files and PostgreSQL "
-                    "databases (into a new file or an empty database)")
+    p = add_command(
+        reg,
+        "copy",
+        help="copy a registry, vectors included, between SQLite files and PostgreSQL "
+        "databases (into a new file or an empty database)",
+    )
     p.add_argument("source", type=_location, help="a SQLite file or a postgresql:// URL")
     p.add_argument("dest", type=_location, help="a new SQLite file or a postgresql:// URL of an empty database")
     p.add_argument("--json", action="store_true")
@@ -212,4 +265,3 @@ def register(subparsers) -> None:
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_show)
-

@@ -20,8 +20,16 @@ from diffagent.registry.db import open_engine
 from diffagent.registry.location import Location, display, identity, is_url, parse_location
 
 #: the registry's tables, parents before children (foreign keys are checked as rows arrive)
-TABLES = ("model", "model_version", "model_file", "sample_image", "usage_stats", "model_kind", "vector",
-          "registry_meta")
+TABLES = (
+    "model",
+    "model_version",
+    "model_file",
+    "sample_image",
+    "usage_stats",
+    "model_kind",
+    "vector",
+    "registry_meta",
+)
 BATCH = 2000
 
 
@@ -33,8 +41,10 @@ def _copy_table(src: Connection, dst: Connection, table: str, bar: tqdm | None) 
     theirs, ours = _columns(src, table), _columns(dst, table)
     missing = sorted(set(ours) - set(theirs))
     if missing:
-        raise UserInputError(f"the source's table {table} lacks the columns {', '.join(missing)}; open it once "
-                             "with this version of diffagent (it migrates on open) and copy again")
+        raise UserInputError(
+            f"the source's table {table} lacks the columns {', '.join(missing)}; open it once "
+            "with this version of diffagent (it migrates on open) and copy again"
+        )
     cols = list(ours)
     booleans = {c for c, t in ours.items() if isinstance(t, Boolean)}
     names = ", ".join(f'"{c}"' for c in cols)
@@ -42,8 +52,9 @@ def _copy_table(src: Connection, dst: Connection, table: str, bar: tqdm | None) 
     rows = src.execution_options(stream_results=True, yield_per=BATCH).execute(text(f"SELECT {names} FROM {table}"))
     n = 0
     for part in rows.partitions(BATCH):
-        params = [{c: (bool(v) if c in booleans and v is not None else v) for c, v in zip(cols, r, strict=True)}
-                  for r in part]
+        params = [
+            {c: (bool(v) if c in booleans and v is not None else v) for c, v in zip(cols, r, strict=True)} for r in part
+        ]
         dst.execute(insert, params)
         n += len(params)
         if bar is not None:
@@ -58,8 +69,10 @@ def _write(source: Location, dest: Location, progress: bool) -> dict[str, int]:
         with src_engine.connect() as src, dst_engine.begin() as dst:
             held = dst.execute(text("SELECT count(*) FROM model")).scalar()
             if held:
-                raise UserInputError(f"{display(dest)} already holds {held} models; copy into a new SQLite file or "
-                                     "an empty database (or import into this one with `diffagent registry import`)")
+                raise UserInputError(
+                    f"{display(dest)} already holds {held} models; copy into a new SQLite file or "
+                    "an empty database (or import into this one with `diffagent registry import`)"
+                )
             total = sum(src.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in TABLES)
             bar = tqdm(total=total, desc="copying", unit="row", disable=not progress)
             counts = {t: _copy_table(src, dst, t, bar) for t in TABLES}
@@ -91,5 +104,9 @@ def copy_registry(source: Location, dest: Location, *, progress: bool = False) -
             tmp.replace(path)
         finally:
             tmp.unlink(missing_ok=True)
-    return {"source": display(source), "dest": display(dest), "rows": counts,
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "source": display(source),
+        "dest": display(dest),
+        "rows": counts,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }

@@ -32,17 +32,26 @@ class CreatorIndex:
     def build(cls, engine: Engine) -> CreatorIndex:
         usage: dict[str, dict[int, dict[int, int]]] = defaultdict(lambda: defaultdict(dict))
         with engine.connect() as conn:
-            for creator, page, version, n in conn.execute(text(
-                "SELECT pm.creator, s.page_model_id, s.version_id, count(*) FROM sample_image s"
-                " JOIN model pm ON pm.id = s.page_model_id"
-                " JOIN model_version cv ON cv.id = s.version_id JOIN model cm ON cm.id = cv.model_id"
-                " WHERE cm.type = 'checkpoint' AND NOT s.nsfw AND pm.creator IS NOT NULL"
-                " GROUP BY pm.creator, s.page_model_id, s.version_id")):
+            for creator, page, version, n in conn.execute(
+                text(
+                    "SELECT pm.creator, s.page_model_id, s.version_id, count(*) FROM sample_image s"
+                    " JOIN model pm ON pm.id = s.page_model_id"
+                    " JOIN model_version cv ON cv.id = s.version_id JOIN model cm ON cm.id = cv.model_id"
+                    " WHERE cm.type = 'checkpoint' AND NOT s.nsfw AND pm.creator IS NOT NULL"
+                    " GROUP BY pm.creator, s.page_model_id, s.version_id"
+                )
+            ):
                 usage[creator][page][version] = n
-            creator_of = {v: c for v, c in conn.execute(text(
-                "SELECT v.id, m.creator FROM model_version v JOIN model m ON m.id = v.model_id"
-                " WHERE m.creator IS NOT NULL AND m.type IN :types").bindparams(bindparam("types", expanding=True)),
-                {"types": list(ADDON_TYPES)})}
+            creator_of = {
+                v: c
+                for v, c in conn.execute(
+                    text(
+                        "SELECT v.id, m.creator FROM model_version v JOIN model m ON m.id = v.model_id"
+                        " WHERE m.creator IS NOT NULL AND m.type IN :types"
+                    ).bindparams(bindparam("types", expanding=True)),
+                    {"types": list(ADDON_TYPES)},
+                )
+            }
         return cls(usage={c: dict(p) for c, p in usage.items()}, creator_of=creator_of)
 
     def checkpoints(self, creator: str, exclude_page: int | None = None) -> dict[int, float]:

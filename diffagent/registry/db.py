@@ -11,8 +11,10 @@ from diffagent.errors import MissingDependency, UserInputError
 from diffagent.registry.location import Location, display, is_url, parse_location, sqlalchemy_url
 from diffagent.registry.migrations import migrate
 
-_MISSING = ("build one with `diffagent registry build-default` or `diffagent registry import PATH --registry {where}`"
-            ", or copy one into it with `diffagent registry copy SOURCE {where}`")
+_MISSING = (
+    "build one with `diffagent registry build-default` or `diffagent registry import PATH --registry {where}`"
+    ", or copy one into it with `diffagent registry copy SOURCE {where}`"
+)
 
 
 def _pragmas(dbapi_conn, _record) -> None:
@@ -51,14 +53,17 @@ def _open_postgres(url: str, *, create: bool) -> Engine:
     try:
         with engine.begin() as conn:
             if not create and not inspect(conn).has_table("_migrations"):
-                raise UserInputError(f"the database {display(url)} holds no diffagent registry; "
-                                     + _MISSING.format(where="URL"))
+                raise UserInputError(
+                    f"the database {display(url)} holds no diffagent registry; " + _MISSING.format(where="URL")
+                )
             migrate(conn)
     except OperationalError as e:
         engine.dispose()
         reason = str(e.orig).strip().splitlines()[0] if e.orig else str(e)
-        raise UserInputError(f"cannot open the registry database {display(url)}: {reason}; check the URL (user, "
-                             "host, port, database name) and that the server is running") from None
+        raise UserInputError(
+            f"cannot open the registry database {display(url)}: {reason}; check the URL (user, "
+            "host, port, database name) and that the server is running"
+        ) from None
     except BaseException:
         engine.dispose()
         raise

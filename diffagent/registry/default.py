@@ -16,8 +16,9 @@ SOURCE = Path(__file__).with_name("default_models.toml")
 CONTENT_TABLES = ("model", "model_version", "model_file", "usage_stats", "sample_image")
 
 
-def build_default(dest: Path, *, source: Path = SOURCE, embedder: Embedder | None = None,
-                  progress: bool = False) -> ImportReport:
+def build_default(
+    dest: Path, *, source: Path = SOURCE, embedder: Embedder | None = None, progress: bool = False
+) -> ImportReport:
     """Build the registry from ``source`` into a temporary file, then move it over ``dest``."""
     from diffagent.registry.default_source import load_default_source
 
@@ -26,8 +27,9 @@ def build_default(dest: Path, *, source: Path = SOURCE, embedder: Embedder | Non
 
     def build(tmp: Path) -> None:
         tmp.unlink()  # the importer creates the database itself
-        reports.append(import_records(tmp, records, source=str(source), embedder=embedder or Embedder(),
-                                      progress=progress))
+        reports.append(
+            import_records(tmp, records, source=str(source), embedder=embedder or Embedder(), progress=progress)
+        )
         con = sqlite3.connect(tmp)
         con.execute("VACUUM")
         con.close()
@@ -47,7 +49,9 @@ def content_rows(db) -> dict[str, list[tuple]]:
     engine = open_engine(db)
     try:
         with engine.connect() as conn:
-            return {t: sorted((tuple(r) for r in conn.execute(text(f"SELECT * FROM {t}"))), key=repr)
-                    for t in CONTENT_TABLES}
+            return {
+                t: sorted((tuple(r) for r in conn.execute(text(f"SELECT * FROM {t}"))), key=repr)
+                for t in CONTENT_TABLES
+            }
     finally:
         engine.dispose()

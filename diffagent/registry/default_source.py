@@ -30,10 +30,25 @@ SOURCE = "curated"
 #: generation constants, i.e. everything diffagent can render.
 BASE_MODELS: frozenset[str] = frozenset(
     {
-        "SD 1.4", "SD 1.5", "SD 1.5 LCM", "SD 1.5 Hyper",
-        "SDXL 0.9", "SDXL 1.0", "SDXL 1.0 LCM", "SDXL Lightning", "SDXL Hyper", "SDXL Turbo",
-        "Pony", "Illustrious", "NoobAI",
-        "Flux.1 D", "Flux.1 S", "SD 3.5", "SD 3.5 Large", "SD 3.5 Large Turbo", "SD 3.5 Medium",
+        "SD 1.4",
+        "SD 1.5",
+        "SD 1.5 LCM",
+        "SD 1.5 Hyper",
+        "SDXL 0.9",
+        "SDXL 1.0",
+        "SDXL 1.0 LCM",
+        "SDXL Lightning",
+        "SDXL Hyper",
+        "SDXL Turbo",
+        "Pony",
+        "Illustrious",
+        "NoobAI",
+        "Flux.1 D",
+        "Flux.1 S",
+        "SD 3.5",
+        "SD 3.5 Large",
+        "SD 3.5 Large Turbo",
+        "SD 3.5 Medium",
     }
 )
 
@@ -212,11 +227,15 @@ class Entry(_Strict):
                 raise ValueError(f"FLUX.1 and SD 3.5 take no {self.type}s (their text encoders and VAE are their own)")
             references = set(FLOW_REFERENCES[eco].values())
             if self.slug in references and self.weights.format != "Diffusers":
-                raise ValueError(f"{self.slug} is the reference model whose folder completes {eco} transformer files "
-                                 "(encoders, VAE): give format 'Diffusers' and the Hugging Face repo")
+                raise ValueError(
+                    f"{self.slug} is the reference model whose folder completes {eco} transformer files "
+                    "(encoders, VAE): give format 'Diffusers' and the Hugging Face repo"
+                )
             if self.type == "checkpoint" and self.weights.format not in ("Diffusers", "SafeTensor"):
-                raise ValueError("a FLUX.1 / SD 3.5 checkpoint is a diffusers folder (format 'Diffusers') or a "
-                                 ".safetensors transformer file (format 'SafeTensor')")
+                raise ValueError(
+                    "a FLUX.1 / SD 3.5 checkpoint is a diffusers folder (format 'Diffusers') or a "
+                    ".safetensors transformer file (format 'SafeTensor')"
+                )
         return self
 
 

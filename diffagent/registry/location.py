@@ -31,8 +31,10 @@ def parse_location(value: Location) -> Location:
         return text
     scheme = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", text)
     if scheme:
-        raise ValueError(f"a registry is a SQLite file path or a PostgreSQL URL (postgresql://user@host/db), "
-                         f"not a {scheme.group(1)}:// URL")
+        raise ValueError(
+            f"a registry is a SQLite file path or a PostgreSQL URL (postgresql://user@host/db), "
+            f"not a {scheme.group(1)}:// URL"
+        )
     return Path(text).expanduser()
 
 
@@ -48,8 +50,7 @@ def display(location: Location) -> str:
         return str(location)
     from sqlalchemy.engine import make_url
 
-    return make_url(sqlalchemy_url(str(location))).set(drivername="postgresql").render_as_string(
-        hide_password=True)
+    return make_url(sqlalchemy_url(str(location))).set(drivername="postgresql").render_as_string(hide_password=True)
 
 
 def cache_base(location: Location) -> Path:

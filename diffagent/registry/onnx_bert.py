@@ -5,9 +5,9 @@ model texts and creators' prompts, where its numpy forward pass (59 texts/s on t
 sentence-transformers on torch (86) make the embedding most of the import. This module writes the same
 computation (embeddings, post-norm encoder layers with erf GELU, masked mean pooling, L2 normalisation) as a
 graph of standard ONNX operators (opset 17) from the weights ``NumpyBert`` loaded, in memory, and runs it
-with ONNX Runtime (all graph optimisations on): 2.5x sentence-transformers'
-rate on the same texts (``benchmarks/embed_bench.py``), with the same vectors (largest difference 2e-7; tests compare
-them). Needs ``onnx`` (to write the graph) and ``onnxruntime`` (the ``embed`` extra); no torch.
+with ONNX Runtime (all graph optimisations on): 2.5x sentence-transformers' rate on the same texts
+(``benchmarks/embed_bench.py``), with the same vectors (largest difference 2e-7; tests compare them). Needs
+``onnx`` (to write the graph) and ``onnxruntime`` (the ``embed`` extra); no torch.
 """
 
 from __future__ import annotations
@@ -58,23 +58,29 @@ def build_model(bert: NumpyBert) -> bytes:
         return g.op("Add", g.op("MatMul", x, kernel), weight(f"{name}.bias"))
 
     def layer_norm(x: str, name: str) -> str:
-        return g.op("LayerNormalization", x, weight(f"{name}.weight"), weight(f"{name}.bias"), axis=-1,
-                    epsilon=bert.eps)
+        return g.op(
+            "LayerNormalization", x, weight(f"{name}.weight"), weight(f"{name}.bias"), axis=-1, epsilon=bert.eps
+        )
 
     ids, mask = "ids", "mask"
     # embeddings: word + position (0..L-1) + token type 0, then layer norm
     length = g.op("Gather", g.op("Shape", ids), g.const("one_index", np.array(1, np.int64)))
-    positions = g.op("Range", g.const("zero", np.array(0, np.int64)), length,
-                     g.const("step", np.array(1, np.int64)))
-    x = g.op("Add", g.op("Gather", weight("embeddings.word_embeddings.weight"), ids),
-             g.op("Gather", weight("embeddings.position_embeddings.weight"), positions))
+    positions = g.op("Range", g.const("zero", np.array(0, np.int64)), length, g.const("step", np.array(1, np.int64)))
+    x = g.op(
+        "Add",
+        g.op("Gather", weight("embeddings.word_embeddings.weight"), ids),
+        g.op("Gather", weight("embeddings.position_embeddings.weight"), positions),
+    )
     x = g.op("Add", x, g.const("type0", w["embeddings.token_type_embeddings.weight"][0]))
     x = layer_norm(x, "embeddings.LayerNorm")
 
     # additive attention bias, (B, 1, 1, L): 0 on tokens, float32 min on padding (as NumpyBert)
     keep = g.op("Cast", mask, to=TensorProto.FLOAT)
-    bias = g.op("Mul", g.op("Sub", g.const("f_one", np.array(1.0, np.float32)), keep),
-                g.const("f_min", np.array(np.finfo(np.float32).min, np.float32)))
+    bias = g.op(
+        "Mul",
+        g.op("Sub", g.const("f_one", np.array(1.0, np.float32)), keep),
+        g.const("f_min", np.array(np.finfo(np.float32).min, np.float32)),
+    )
     bias = g.op("Unsqueeze", bias, g.const("axes_1_2", np.array([1, 2], np.int64)))
 
     split_heads = g.const("split_heads", np.array([0, 0, n, d], np.int64))  # 0: keep that dimension
@@ -90,9 +96,9 @@ def build_model(bert: NumpyBert) -> bytes:
         def heads(t: str, perm: list[int]) -> str:
             return g.op("Transpose", g.op("Reshape", t, split_heads), perm=perm)
 
-        q = heads(dense(x, f"{p}attention.self.query"), [0, 2, 1, 3])   # (B, n, L, d)
-        k = heads(dense(x, f"{p}attention.self.key"), [0, 2, 3, 1])     # (B, n, d, L)
-        v = heads(dense(x, f"{p}attention.self.value"), [0, 2, 1, 3])   # (B, n, L, d)
+        q = heads(dense(x, f"{p}attention.self.query"), [0, 2, 1, 3])  # (B, n, L, d)
+        k = heads(dense(x, f"{p}attention.self.key"), [0, 2, 3, 1])  # (B, n, d, L)
+        v = heads(dense(x, f"{p}attention.self.value"), [0, 2, 1, 3])  # (B, n, L, d)
         scores = g.op("Add", g.op("Mul", g.op("MatMul", q, k), scale), bias)
         ctx = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)
         ctx = g.op("Reshape", g.op("Transpose", ctx, perm=[0, 2, 1, 3]), merge_heads)
@@ -113,14 +119,16 @@ def build_model(bert: NumpyBert) -> bytes:
     g.nodes.append(g.helper.make_node("Identity", [pooled], ["vectors"]))
 
     graph = g.helper.make_graph(
-        g.nodes, "bert_sentence_encoder",
-        [g.helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "length"]),
-         g.helper.make_tensor_value_info("mask", TensorProto.BOOL, ["batch", "length"])],
+        g.nodes,
+        "bert_sentence_encoder",
+        [
+            g.helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "length"]),
+            g.helper.make_tensor_value_info("mask", TensorProto.BOOL, ["batch", "length"]),
+        ],
         [g.helper.make_tensor_value_info("vectors", TensorProto.FLOAT, ["batch", dim])],
         initializer=g.inits,
     )
-    model = g.helper.make_model(graph, opset_imports=[g.helper.make_opsetid("", OPSET)],
-                                producer_name="diffagent")
+    model = g.helper.make_model(graph, opset_imports=[g.helper.make_opsetid("", OPSET)], producer_name="diffagent")
     model.ir_version = 8  # what ONNX Runtime 1.14 and later read
     return model.SerializeToString()
 

@@ -36,8 +36,16 @@ WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 #: ids of models found only on disk: far above Civitai's ids, below SQLite's integer limit
 LOCAL_ID_BASE = 10**12
 #: folder names (lower-cased) of A1111 / Forge / ComfyUI model folders -> registry type
-FOLDER_TYPES = {"stable-diffusion": "checkpoint", "checkpoints": "checkpoint", "lora": "lora", "loras": "lora",
-                "lycoris": "locon", "embeddings": "embedding", "textual_inversion": "embedding", "vae": "vae"}
+FOLDER_TYPES = {
+    "stable-diffusion": "checkpoint",
+    "checkpoints": "checkpoint",
+    "lora": "lora",
+    "loras": "lora",
+    "lycoris": "locon",
+    "embeddings": "embedding",
+    "textual_inversion": "embedding",
+    "vae": "vae",
+}
 _CHUNK = 1 << 20
 _HEADER_MAX = 100 << 20  # a safetensors header larger than this is not one
 
@@ -55,20 +63,26 @@ class ScanReport:
     def summary(self) -> str:
         gb = self.bytes_hashed / 1e9
         rate = f", {self.hash_seconds / gb:.1f} s/GB" if gb > 0.01 else ""
-        lines = [f"{self.files} weight files: {len(self.matched)} matched to registry versions, "
-                 f"{len(self.imported)} imported as local models, {len(self.skipped)} skipped; "
-                 f"hashed {gb:.2f} GB in {self.hash_seconds:.1f} s{rate}, {self.from_cache} from the hash cache"]
+        lines = [
+            f"{self.files} weight files: {len(self.matched)} matched to registry versions, "
+            f"{len(self.imported)} imported as local models, {len(self.skipped)} skipped; "
+            f"hashed {gb:.2f} GB in {self.hash_seconds:.1f} s{rate}, {self.from_cache} from the hash cache"
+        ]
         lines += [f"  skipped {path}: {why}" for path, why in self.skipped[:20]]
         if len(self.skipped) > 20:
             lines.append(f"  ... and {len(self.skipped) - 20} more")
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
-        return {"files": self.files, "bytes_hashed": self.bytes_hashed, "from_cache": self.from_cache,
-                "hash_seconds": round(self.hash_seconds, 2),
-                "matched": [{"path": p, "version_id": v} for p, v in self.matched],
-                "imported": [{"path": p, "id": i, "type": t, "base_model": b} for p, i, t, b in self.imported],
-                "skipped": [{"path": p, "why": w} for p, w in self.skipped]}
+        return {
+            "files": self.files,
+            "bytes_hashed": self.bytes_hashed,
+            "from_cache": self.from_cache,
+            "hash_seconds": round(self.hash_seconds, 2),
+            "matched": [{"path": p, "version_id": v} for p, v in self.matched],
+            "imported": [{"path": p, "id": i, "type": t, "base_model": b} for p, i, t, b in self.imported],
+            "skipped": [{"path": p, "why": w} for p, w in self.skipped],
+        }
 
 
 def weight_files(roots: list[Path]) -> list[Path]:
@@ -152,16 +166,19 @@ def describe(path: Path, header: dict) -> tuple[str | None, str | None, str]:
     if kind is None:
         if any(k.startswith(("lora_unet_", "lora_te")) or ".lora_down." in k or ".lora_A." in k for k in keys):
             # LyCORIS (LoHa / LoKr keys, or its trainer named in the metadata) or a LoCon: low-rank 3x3 convolutions
-            conv = any(k.endswith(".lora_down.weight") and len(header[k].get("shape", ())) == 4
-                       and header[k]["shape"][-1] > 1 for k in keys)
+            conv = any(
+                k.endswith(".lora_down.weight") and len(header[k].get("shape", ())) == 4 and header[k]["shape"][-1] > 1
+                for k in keys
+            )
             lycoris = "lycoris" in str(meta.get("ss_network_module", "")).lower()
             kind = "locon" if conv or lycoris or any("hada_" in k or "lokr_" in k for k in keys) else "lora"
         elif any(k.startswith("model.diffusion_model.") for k in keys):
             kind = "checkpoint"
         elif keys and len(keys) <= 4 and any(k in ("emb_params", "clip_l", "clip_g", "string_to_param") for k in keys):
             kind = "embedding"
-        elif keys and all(k.startswith(("encoder.", "decoder.", "quant_conv", "post_quant_conv", "first_stage_model"))
-                          for k in keys):
+        elif keys and all(
+            k.startswith(("encoder.", "decoder.", "quant_conv", "post_quant_conv", "first_stage_model")) for k in keys
+        ):
             kind = "vae"
     arch = str(meta.get("modelspec.architecture", "")).lower()
     version = str(meta.get("ss_base_model_version", "")).lower()
@@ -176,7 +193,8 @@ def describe(path: Path, header: dict) -> tuple[str | None, str | None, str]:
     elif any(k.startswith(("conditioner.embedders.1.", "lora_te2_", "lora_te1_")) or k == "clip_g" for k in keys):
         base = "SDXL 1.0"
     elif any(k.startswith(("cond_stage_model.transformer.", "lora_te_")) for k in keys) or (
-            kind == "embedding" and keys and header[keys[0]].get("shape", [0])[-1:] == [768]):
+        kind == "embedding" and keys and header[keys[0]].get("shape", [0])[-1:] == [768]
+    ):
         base = "SD 1.5"
     else:
         base = None
@@ -191,16 +209,43 @@ def local_record(path: Path, sha: str, kind: str, base: str, name: str, header: 
     trigger = str(meta.get("modelspec.trigger_phrase") or "").strip()
     ident = LOCAL_ID_BASE + int(sha[:10], 16)
     version = VersionRecord(
-        id=ident, name=path.stem, base_model=base, local_path=str(path), trained_words=[trigger] if trigger else [],
+        id=ident,
+        name=path.stem,
+        base_model=base,
+        local_path=str(path),
+        trained_words=[trigger] if trigger else [],
         description=str(meta.get("modelspec.description") or ""),
-        files=[FileRecord(id=ident, name=path.name, format="SafeTensor", sha256=sha.upper(),
-                          size_kb=path.stat().st_size / 1024, primary=True)])
-    return ModelRecord(id=ident, name=name, type=kind, source="local", tags=["local"],
-                       description=f"found on disk at {path}", versions=[version])
+        files=[
+            FileRecord(
+                id=ident,
+                name=path.name,
+                format="SafeTensor",
+                sha256=sha.upper(),
+                size_kb=path.stat().st_size / 1024,
+                primary=True,
+            )
+        ],
+    )
+    return ModelRecord(
+        id=ident,
+        name=name,
+        type=kind,
+        source="local",
+        tags=["local"],
+        description=f"found on disk at {path}",
+        versions=[version],
+    )
 
 
-def scan(registry: Location, roots: list[Path], *, cache_path: Path, import_unknown: bool = True, embedder=None,
-         progress: bool = False) -> ScanReport:
+def scan(
+    registry: Location,
+    roots: list[Path],
+    *,
+    cache_path: Path,
+    import_unknown: bool = True,
+    embedder=None,
+    progress: bool = False,
+) -> ScanReport:
     from tqdm import tqdm
 
     from diffagent.registry.db import open_engine
@@ -228,8 +273,12 @@ def scan(registry: Location, roots: list[Path], *, cache_path: Path, import_unkn
     engine = open_engine(registry)
     try:
         with engine.connect() as conn:
-            by_hash = {str(h).lower(): int(v) for h, v in conn.execute(text(
-                "SELECT sha256, version_id FROM model_file WHERE sha256 IS NOT NULL ORDER BY id DESC"))}
+            by_hash = {
+                str(h).lower(): int(v)
+                for h, v in conn.execute(
+                    text("SELECT sha256, version_id FROM model_file WHERE sha256 IS NOT NULL ORDER BY id DESC")
+                )
+            }
         unknown = []
         for f, sha in hashes.items():
             if sha in by_hash:
@@ -238,8 +287,9 @@ def scan(registry: Location, roots: list[Path], *, cache_path: Path, import_unkn
             if not import_unknown:
                 report.skipped.append((str(f), "not in the registry (import of unknown files is off)"))
             elif f.suffix.lower() != ".safetensors":
-                report.skipped.append((str(f), "a pickle not in the registry: not opened (unsafe); convert it to "
-                                               ".safetensors to use it"))
+                report.skipped.append(
+                    (str(f), "a pickle not in the registry: not opened (unsafe); convert it to .safetensors to use it")
+                )
             else:
                 try:
                     header = safetensors_header(f)
@@ -248,8 +298,13 @@ def scan(registry: Location, roots: list[Path], *, cache_path: Path, import_unkn
                     continue
                 kind, base, name = describe(f, header)
                 if kind not in SEARCHABLE_TYPES:
-                    report.skipped.append((str(f), "not a checkpoint, LoRA, embedding or VAE (put it in the "
-                                                   "matching models folder if it is one)"))
+                    report.skipped.append(
+                        (
+                            str(f),
+                            "not a checkpoint, LoRA, embedding or VAE (put it in the "
+                            "matching models folder if it is one)",
+                        )
+                    )
                 elif base is None:
                     report.skipped.append((str(f), "its header names no base model (SD 1.5 or SDXL)"))
                 else:
@@ -259,8 +314,10 @@ def scan(registry: Location, roots: list[Path], *, cache_path: Path, import_unkn
             import_records(registry, unknown, source="local scan", embedder=embedder, create=False)
         if report.matched:
             with engine.begin() as conn:
-                conn.execute(text("UPDATE model_version SET local_path = :p WHERE id = :v"),
-                             [{"p": p, "v": v} for p, v in report.matched])
+                conn.execute(
+                    text("UPDATE model_version SET local_path = :p WHERE id = :v"),
+                    [{"p": p, "v": v} for p, v in report.matched],
+                )
     finally:
         engine.dispose()
     return report

@@ -49,8 +49,11 @@ def _renders(r, references: frozenset[str] = frozenset()) -> bool:
 
 def _flow_references_held(rows) -> frozenset[str]:
     """The flow families (``flux``, ``sd3``) whose every reference model (``FLOW_REFERENCES``) is a folder here."""
-    folders = {r.slug for r in rows
-               if r.type == "checkpoint" and ecosystem_of(r.family) in FLOW and r.has_weights and _is_folder(r)}
+    folders = {
+        r.slug
+        for r in rows
+        if r.type == "checkpoint" and ecosystem_of(r.family) in FLOW and r.has_weights and _is_folder(r)
+    }
     return frozenset(eco for eco, refs in FLOW_REFERENCES.items() if set(refs.values()) <= folders)
 
 
@@ -113,18 +116,23 @@ class SearchIndex:
         downloads = np.array([max(r.downloads or 0, 0) for r in rows], dtype=np.int64)
         model_dl = np.array([max(r.model_downloads or 0, 0) for r in rows], dtype=np.int64)
         pop = np.log1p(np.maximum(downloads, model_dl // 4).astype(np.float64))
-        prior = ((pop / pop.max()).astype(np.float32) if len(pop) and pop.max() > 0
-                 else np.zeros(len(ids), np.float32))
+        prior = (pop / pop.max()).astype(np.float32) if len(pop) and pop.max() > 0 else np.zeros(len(ids), np.float32)
         vec = pvec = None
         has_p = np.zeros(len(ids), dtype=bool)
         mine = embedder.name
         others = conn.execute(text("SELECT DISTINCT model FROM vector WHERE model != :m"), {"m": mine}).scalars().all()
         if others:
             embedder.check()  # a misconfigured embedder is an error, not a silent fallback
-            log.warning("%s holds sentence vectors of %s, not of the configured embedder %s; semantic "
-                        "search uses only %s vectors. Re-import to embed with %s, or set "
-                        "DIFFAGENT_EMBEDDER to the model the registry was built with",
-                        where, ", ".join(others), mine, mine, mine)
+            log.warning(
+                "%s holds sentence vectors of %s, not of the configured embedder %s; semantic "
+                "search uses only %s vectors. Re-import to embed with %s, or set "
+                "DIFFAGENT_EMBEDDER to the model the registry was built with",
+                where,
+                ", ".join(others),
+                mine,
+                mine,
+                mine,
+            )
         for r in conn.execute(text("SELECT kind, owner_id, dim, data FROM vector WHERE model = :m"), {"m": mine}):
             i = pos.get(r.owner_id)
             if i is None:
@@ -140,10 +148,16 @@ class SearchIndex:
             if r.kind == "prompts":
                 has_p[i] = True
         return cls(
-            ids=ids, types=np.array([r.type for r in rows], dtype=object),
+            ids=ids,
+            types=np.array([r.type for r in rows], dtype=object),
             eco=np.array([ecosystem_of(r.family) for r in rows], dtype=object),
-            nsfw=np.array([bool(r.nsfw) for r in rows]), downloads=np.maximum(downloads, model_dl),
-            prior=prior, vec=vec, pvec=pvec, has_pvec=has_p, pos=pos,
+            nsfw=np.array([bool(r.nsfw) for r in rows]),
+            downloads=np.maximum(downloads, model_dl),
+            prior=prior,
+            vec=vec,
+            pvec=pvec,
+            has_pvec=has_p,
+            pos=pos,
             local=np.array([bool(r.local) for r in rows], dtype=bool),
             renderable=np.array([_renders(r, references) for r in rows], dtype=bool),
         )
@@ -165,8 +179,14 @@ class SearchIndex:
 
     def subset(self, types, base, min_downloads, allow_nsfw, renderable_only=False, local_only=False) -> Subset:
         """The filter's rows (``Subset``), cached per filter."""
-        key = (tuple(sorted(types or ())), tuple(sorted(base or ())), int(min_downloads or 0), bool(allow_nsfw),
-               bool(renderable_only), bool(local_only))
+        key = (
+            tuple(sorted(types or ())),
+            tuple(sorted(base or ())),
+            int(min_downloads or 0),
+            bool(allow_nsfw),
+            bool(renderable_only),
+            bool(local_only),
+        )
         hit = self.subsets.get(key)
         if hit is None:
             mask = self.mask(types, base, min_downloads, allow_nsfw)
@@ -176,8 +196,13 @@ class SearchIndex:
                 mask &= self.local
             rows = np.flatnonzero(mask)
             prows = rows[self.has_pvec[rows]]  # prompt vectors exist for checkpoints with creators' images only
-            hit = Subset(mask=mask, rows=rows, vec=None if self.vec is None else np.ascontiguousarray(self.vec[rows]),
-                         prows=prows, pvec=None if self.pvec is None else np.ascontiguousarray(self.pvec[prows]))
+            hit = Subset(
+                mask=mask,
+                rows=rows,
+                vec=None if self.vec is None else np.ascontiguousarray(self.vec[rows]),
+                prows=prows,
+                pvec=None if self.pvec is None else np.ascontiguousarray(self.pvec[prows]),
+            )
             if len(self.subsets) >= 32:
                 self.subsets.clear()
             self.subsets[key] = hit  # one assignment: safe to share between threads

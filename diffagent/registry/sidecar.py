@@ -16,8 +16,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def load_or_build(cache: Path, key: str, *, load: Callable[[Path, str], T | None], build: Callable[[], T],
-                  save: Callable[[T, Path], None], worth_saving: Callable[[T], bool], what: str) -> T:
+def load_or_build(
+    cache: Path,
+    key: str,
+    *,
+    load: Callable[[Path, str], T | None],
+    build: Callable[[], T],
+    save: Callable[[T, Path], None],
+    worth_saving: Callable[[T], bool],
+    what: str,
+) -> T:
     """``load(cache, key)`` (None when the key differs), else ``build()``, saved when ``worth_saving``."""
     if cache.exists():
         try:

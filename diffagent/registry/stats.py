@@ -26,7 +26,7 @@ def resolve_images(conn: Connection) -> None:
             " SELECT f.version_id FROM model_file f"
             " JOIN model_version v ON v.id = f.version_id JOIN model m ON m.id = v.model_id"
             " WHERE f.autov2 = sample_image.model_hash AND m.type = 'checkpoint'"
-            " ORDER BY f.\"primary\" DESC, f.id LIMIT 1)"
+            ' ORDER BY f."primary" DESC, f.id LIMIT 1)'
             " WHERE model_hash IS NOT NULL"
         )
     )
@@ -36,6 +36,7 @@ def civitai_file_stem(model_name: str, version_name: str) -> str:
     """The file stem Civitai gives a download ("Widowmaker (Overwatch)" v1.5 -> "widowmakeroverwatch_v15"): the
     model and version names' letters and digits, joined by an underscore (camel case, compared lowercased).
     Creators who rename nothing write this stem in ``<lora:...>``, not the uploader's file name."""
+
     def squash(s: str) -> str:
         return "".join(_ALNUM.findall(s or "")).lower()
 
@@ -64,8 +65,12 @@ def lora_name_index(conn: Connection) -> dict[str, int]:
 
 def lora_versions(conn: Connection) -> frozenset[int]:
     """Ids of every LoRA / LoCon version in the registry."""
-    return frozenset(r[0] for r in conn.execute(text(
-        "SELECT v.id FROM model_version v JOIN model m ON m.id = v.model_id WHERE m.type IN ('lora', 'locon')")))
+    return frozenset(
+        r[0]
+        for r in conn.execute(
+            text("SELECT v.id FROM model_version v JOIN model m ON m.id = v.model_id WHERE m.type IN ('lora', 'locon')")
+        )
+    )
 
 
 def loras_used(resources: str | None, by_stem: dict[str, int]) -> set[int]:
@@ -74,8 +79,11 @@ def loras_used(resources: str | None, by_stem: dict[str, int]) -> set[int]:
     An image shown on a LoRA's own page was made with that LoRA even where its metadata does not say so, which
     ``bench.pairs.creator_loras`` counts when scoring; counting it here too (in the LoRA kNN votes, trigger use and
     use with the checkpoint) measured worse on val (LoRA precision 0.636 -> 0.606 at recall 0.345 -> 0.343)."""
-    used = {by_stem.get(str(x.get("name", "")).lower()) for x in json.loads(resources or "[]")
-            if str(x.get("type", "")).lower() in ("lora", "lycoris", "locon")}
+    used = {
+        by_stem.get(str(x.get("name", "")).lower())
+        for x in json.loads(resources or "[]")
+        if str(x.get("type", "")).lower() in ("lora", "lycoris", "locon")
+    }
     used.discard(None)
     return used
 
@@ -102,8 +110,16 @@ def recompute_usage_stats(conn: Connection) -> int:
     """Rebuild ``usage_stats`` from ``sample_image``; returns the number of versions with stats."""
     loras = lora_name_index(conn)
     per_ckpt: dict[int, dict] = defaultdict(
-        lambda: {"n": 0, "samplers": Counter(), "steps": Counter(), "cfg": Counter(), "sizes": Counter(),
-                 "clip": Counter(), "neg": [], "loras": defaultdict(list)}
+        lambda: {
+            "n": 0,
+            "samplers": Counter(),
+            "steps": Counter(),
+            "cfg": Counter(),
+            "sizes": Counter(),
+            "clip": Counter(),
+            "neg": [],
+            "loras": defaultdict(list),
+        }
     )
     lora_weights: dict[int, list[float]] = defaultdict(list)
     rows = conn.execute(
@@ -142,9 +158,13 @@ def recompute_usage_stats(conn: Connection) -> int:
     for vid, s in per_ckpt.items():
         out.append(
             {
-                "version_id": vid, "n_images": s["n"], "samplers": json.dumps(dict(s["samplers"])),
-                "steps": json.dumps(dict(s["steps"])), "cfg_scale": json.dumps(dict(s["cfg"])),
-                "sizes": json.dumps(dict(s["sizes"])), "clip_skip": json.dumps(dict(s["clip"])),
+                "version_id": vid,
+                "n_images": s["n"],
+                "samplers": json.dumps(dict(s["samplers"])),
+                "steps": json.dumps(dict(s["steps"])),
+                "cfg_scale": json.dumps(dict(s["cfg"])),
+                "sizes": json.dumps(dict(s["sizes"])),
+                "clip_skip": json.dumps(dict(s["clip"])),
                 "negative_prompt": _typical(s["neg"]),
                 "loras": json.dumps(
                     {str(k): {"count": len(v), "weight": round(sum(v) / len(v), 3)} for k, v in s["loras"].items()},
@@ -158,8 +178,18 @@ def recompute_usage_stats(conn: Connection) -> int:
         if lvid in per_ckpt:
             continue
         out.append(
-            {"version_id": lvid, "n_images": len(weights), "samplers": "{}", "steps": "{}", "cfg_scale": "{}",
-             "sizes": "{}", "clip_skip": "{}", "negative_prompt": "", "loras": "{}", "lora_weight": mean}
+            {
+                "version_id": lvid,
+                "n_images": len(weights),
+                "samplers": "{}",
+                "steps": "{}",
+                "cfg_scale": "{}",
+                "sizes": "{}",
+                "clip_skip": "{}",
+                "negative_prompt": "",
+                "loras": "{}",
+                "lora_weight": mean,
+            }
         )
     if out:
         cols = list(out[0])

@@ -37,8 +37,17 @@ from diffagent.registry.query import STOPWORDS, contains_words, query_words
 from diffagent.registry.search_index import SearchIndex
 from diffagent.registry.writer import chunks
 
-__all__ = ["STOPWORDS", "FileInfo", "Registry", "SearchHit", "UsageInfo", "VersionInfo", "WeightSource",
-           "contains_words", "query_words"]
+__all__ = [
+    "STOPWORDS",
+    "FileInfo",
+    "Registry",
+    "SearchHit",
+    "UsageInfo",
+    "VersionInfo",
+    "WeightSource",
+    "contains_words",
+    "query_words",
+]
 
 
 class Registry:
@@ -71,8 +80,7 @@ class Registry:
         and queries embedded by the configured embedder (``DIFFAGENT_EMBEDDER``), the model its vectors were
         built with. Opening it any other way would search a registry built with another embedder without
         its vectors."""
-        return cls(path or settings.registry, allow_nsfw=settings.allow_nsfw,
-                   embedder=Embedder(settings.embedder))
+        return cls(path or settings.registry, allow_nsfw=settings.allow_nsfw, embedder=Embedder(settings.embedder))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -89,9 +97,15 @@ class Registry:
             st = Path(self.path).stat()
             return [st.st_size, st.st_mtime_ns]
         with self.engine.connect() as conn:
-            return [list(conn.execute(text(f"SELECT count(*), coalesce(max({col}), 0) FROM {table}")).one())
-                    for table, col in (("model_version", "id"), ("sample_image", "id"), ("vector", "owner_id"),
-                                       ("model_kind", "version_id"))]
+            return [
+                list(conn.execute(text(f"SELECT count(*), coalesce(max({col}), 0) FROM {table}")).one())
+                for table, col in (
+                    ("model_version", "id"),
+                    ("sample_image", "id"),
+                    ("vector", "owner_id"),
+                    ("model_kind", "version_id"),
+                )
+            ]
 
     # ----------------------------------------------------------------------------- lookups
     #: the columns of a ``VersionInfo``, each labelled with its field name (rows are read by name)
@@ -111,8 +125,12 @@ class Registry:
         row = dict(r._mapping)
         for key, empty in cls._JSON_FIELDS.items():
             row[key] = json.loads(row[key] or empty)
-        row.update(family=Family(row["family"]), description=row["description"] or "", nsfw=bool(row["nsfw"]),
-                   downloads=row["downloads"] or 0)
+        row.update(
+            family=Family(row["family"]),
+            description=row["description"] or "",
+            nsfw=bool(row["nsfw"]),
+            downloads=row["downloads"] or 0,
+        )
         return VersionInfo(**row)
 
     def versions(self, ids: list[int]) -> dict[int, VersionInfo]:
@@ -138,11 +156,23 @@ class Registry:
             info = self._row_to_info(r)
             if with_files:
                 info.files = [
-                    FileInfo(id=f[0], name=f[1], kind=f[2], size_kb=f[3], format=f[4], fp=f[5], sha256=f[6],
-                             autov2=f[7], download_url=f[8], primary=bool(f[9]))
+                    FileInfo(
+                        id=f[0],
+                        name=f[1],
+                        kind=f[2],
+                        size_kb=f[3],
+                        format=f[4],
+                        fp=f[5],
+                        sha256=f[6],
+                        autov2=f[7],
+                        download_url=f[8],
+                        primary=bool(f[9]),
+                    )
                     for f in conn.execute(
-                        text("SELECT id, name, kind, size_kb, format, fp, sha256, autov2, download_url, \"primary\""
-                             " FROM model_file WHERE version_id = :id ORDER BY \"primary\" DESC, id"),
+                        text(
+                            'SELECT id, name, kind, size_kb, format, fp, sha256, autov2, download_url, "primary"'
+                            ' FROM model_file WHERE version_id = :id ORDER BY "primary" DESC, id'
+                        ),
                         {"id": int(version_id)},
                     )
                 ]
@@ -150,8 +180,10 @@ class Registry:
         return info
 
     def usage(self, version_id: int, *, conn=None) -> UsageInfo | None:
-        sql = text("SELECT n_images, samplers, steps, cfg_scale, sizes, clip_skip, negative_prompt, loras,"
-                   " lora_weight FROM usage_stats WHERE version_id = :id")
+        sql = text(
+            "SELECT n_images, samplers, steps, cfg_scale, sizes, clip_skip, negative_prompt, loras,"
+            " lora_weight FROM usage_stats WHERE version_id = :id"
+        )
         if conn is None:
             with self.engine.connect() as c:
                 r = c.execute(sql, {"id": int(version_id)}).first()
@@ -170,8 +202,13 @@ class Registry:
     def version_by_slug(self, slug: str) -> VersionInfo | None:
         """The first version of the model page with this slug (curated models have one), or None."""
         with self.engine.connect() as conn:
-            vid = conn.execute(text("SELECT v.id FROM model_version v JOIN model m ON m.id = v.model_id"
-                                    " WHERE m.slug = :slug ORDER BY v.id LIMIT 1"), {"slug": slug}).scalar()
+            vid = conn.execute(
+                text(
+                    "SELECT v.id FROM model_version v JOIN model m ON m.id = v.model_id"
+                    " WHERE m.slug = :slug ORDER BY v.id LIMIT 1"
+                ),
+                {"slug": slug},
+            ).scalar()
         return None if vid is None else self.version(int(vid))
 
     def weight_source(self, version_id: int) -> WeightSource:
@@ -179,18 +216,26 @@ class Registry:
         model_files = [f for f in v.files if f.kind in ("Model", "Pruned Model")] or v.files
         f = model_files[0] if model_files else None
         return WeightSource(
-            version_id=v.id, air=v.air, name=v.display_name, type=v.type, family=v.family,
-            local_path=v.local_path, hf_repo=v.hf_repo, hf_file=v.hf_file,
+            version_id=v.id,
+            air=v.air,
+            name=v.display_name,
+            type=v.type,
+            family=v.family,
+            local_path=v.local_path,
+            hf_repo=v.hf_repo,
+            hf_file=v.hf_file,
             download_url=(f.download_url if f and f.download_url else v.download_url),
             sha256=(f.sha256.upper() if f and f.sha256 else None),
-            filename=(f.name if f else v.hf_file), format=(f.format if f else None),
+            filename=(f.name if f else v.hf_file),
+            format=(f.format if f else None),
         )
 
     def stats(self) -> dict[str, Any]:
         with self.engine.connect() as conn:
             by_type = dict(conn.execute(text("SELECT type, count(*) FROM model GROUP BY type ORDER BY 2 DESC")).all())
-            by_family = dict(conn.execute(text(
-                "SELECT family, count(*) FROM model_version GROUP BY family ORDER BY 2 DESC")).all())
+            by_family = dict(
+                conn.execute(text("SELECT family, count(*) FROM model_version GROUP BY family ORDER BY 2 DESC")).all()
+            )
             one = lambda sql: conn.execute(text(sql)).scalar()  # noqa: E731
             return {
                 "path": self.where,
@@ -238,8 +283,9 @@ class Registry:
                 self._lexical_index = load_or_build(self.engine, self.path)
             return self._lexical_index
 
-    def trigger_matches(self, query: str, types: tuple[str, ...] = ("lora", "locon"),
-                        limit: int = 50) -> dict[int, float]:
+    def trigger_matches(
+        self, query: str, types: tuple[str, ...] = ("lora", "locon"), limit: int = 50
+    ) -> dict[int, float]:
         """Add-ons whose trigger words appear verbatim in ``query`` (creators type them to activate a
         LoRA), scored by the longest matched trigger's length (``triggers.TriggerIndex.matches``), at most
         ``limit``. An in-memory lookup (well under a millisecond), so it is not memoised."""
@@ -349,16 +395,20 @@ class Registry:
             if (idx.vec is not None or idx.pvec is not None) and (w["semantic"] or w["prompts"]):
                 qv = query_vector if query_vector is not None else self.embedder.encode_query(query)
                 with one_blas_thread():
-                    for name, matrix, at, v in (("semantic", sub.vec, sub.rows, qv),
-                                                ("prompts", sub.pvec, sub.prows, qv),
-                                                ("card", sub.vec, sub.rows, card_vector)):
+                    for name, matrix, at, v in (
+                        ("semantic", sub.vec, sub.rows, qv),
+                        ("prompts", sub.pvec, sub.prows, qv),
+                        ("card", sub.vec, sub.rows, card_vector),
+                    ):
                         if matrix is not None and v is not None:
                             sim = np.zeros(len(idx.ids), dtype=np.float32)
                             sim[at] = np.clip(matrix @ v, 0, 1)
                             signals[name] = sim
                             score += w.get(name, 0.0) * sim
-            votes = {"knn": lambda: self.prompt_neighbours(query, k=50, exclude_page=exclude_page),
-                     "creators": lambda: self.creator_votes(query, exclude_page=exclude_page)}
+            votes = {
+                "knn": lambda: self.prompt_neighbours(query, k=50, exclude_page=exclude_page),
+                "creators": lambda: self.creator_votes(query, exclude_page=exclude_page),
+            }
             for name, vote in votes.items():
                 if w[name]:
                     signals[name] = idx.column(vote())
@@ -372,9 +422,14 @@ class Registry:
             top = np.concatenate([top, np.asarray([i for i in by_pool if i not in taken], dtype=top.dtype)])
         infos = self.versions([int(idx.ids[i]) for i in top])
         return [
-            SearchHit(version=infos[int(idx.ids[i])], score=float(score[i]),
-                      signals={**{name: float(arr[i]) for name, arr in signals.items()},
-                               **({"card_pool": 1.0} if int(i) in by_card else {})})
+            SearchHit(
+                version=infos[int(idx.ids[i])],
+                score=float(score[i]),
+                signals={
+                    **{name: float(arr[i]) for name, arr in signals.items()},
+                    **({"card_pool": 1.0} if int(i) in by_card else {}),
+                },
+            )
             for i in top
             if int(idx.ids[i]) in infos
         ]
@@ -406,11 +461,14 @@ class Registry:
             if types in cache:
                 return cache[types]
         with self.engine.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT v.id, f.name FROM model_version v JOIN model m ON m.id = v.model_id"
-                " LEFT JOIN model_file f ON f.version_id = v.id"
-                " WHERE m.type IN :types ORDER BY m.downloads DESC, v.id"
-            ).bindparams(bindparam("types", expanding=True)), {"types": list(types)}).all()
+            rows = conn.execute(
+                text(
+                    "SELECT v.id, f.name FROM model_version v JOIN model m ON m.id = v.model_id"
+                    " LEFT JOIN model_file f ON f.version_id = v.id"
+                    " WHERE m.type IN :types ORDER BY m.downloads DESC, v.id"
+                ).bindparams(bindparam("types", expanding=True)),
+                {"types": list(types)},
+            ).all()
         infos = self.versions(sorted({r[0] for r in rows}))
         out: dict[str, VersionInfo] = {}
         for vid, fname in rows:
@@ -428,4 +486,3 @@ class Registry:
         mask = idx.mask(types, base, 0, self.allow_nsfw)
         order = np.argsort(-np.where(mask, idx.downloads, -1), kind="stable")[: min(limit, int(mask.sum()))]
         return [int(idx.ids[i]) for i in order]
-

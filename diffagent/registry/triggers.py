@@ -48,10 +48,13 @@ class TriggerIndex:
 
     @classmethod
     def build(cls, conn: Connection, types: tuple[str, ...]) -> TriggerIndex:
-        rows = conn.execute(text(
-            "SELECT v.id AS id, m.type AS type, v.trained_words AS words FROM model_version v"
-            " JOIN model m ON m.id = v.model_id WHERE m.type IN :types AND v.trained_words != '[]'"
-        ).bindparams(bindparam("types", expanding=True)), {"types": list(types)})
+        rows = conn.execute(
+            text(
+                "SELECT v.id AS id, m.type AS type, v.trained_words AS words FROM model_version v"
+                " JOIN model m ON m.id = v.model_id WHERE m.type IN :types AND v.trained_words != '[]'"
+            ).bindparams(bindparam("types", expanding=True)),
+            {"types": list(types)},
+        )
         entries = []
         for r in rows:
             for phrase in {phrase_key(w) for w in json.loads(r.words) if len(w.strip()) >= 3}:
@@ -78,8 +81,12 @@ class TriggerIndex:
         best: dict[int, int] = {}
         for word in set(_TOKEN.findall(lowered)):
             for e in self._by_word.get(word, ()):
-                if (e.type in types and claims.get(e.phrase, 0) <= max_claims
-                        and len(e.phrase) > best.get(e.version_id, 0) and contains_words(lowered, e.phrase)):
+                if (
+                    e.type in types
+                    and claims.get(e.phrase, 0) <= max_claims
+                    and len(e.phrase) > best.get(e.version_id, 0)
+                    and contains_words(lowered, e.phrase)
+                ):
                     best[e.version_id] = len(e.phrase)
         return {vid: min(1.0, 0.5 + n / 40) for vid, n in best.items()}
 
@@ -120,8 +127,9 @@ def build_use(conn: Connection, index: TriggerIndex, types: tuple[str, ...] = ("
     by_stem = lora_name_index(conn)
     seen: dict[int, int] = defaultdict(int)
     used: dict[int, int] = defaultdict(int)
-    for prompt, resources in conn.execute(text(
-            "SELECT prompt, resources FROM sample_image WHERE NOT nsfw AND length(prompt) > 0")):
+    for prompt, resources in conn.execute(
+        text("SELECT prompt, resources FROM sample_image WHERE NOT nsfw AND length(prompt) > 0")
+    ):
         matched = index.matches(strip_resource_tags(prompt), types)
         if not matched:
             continue
@@ -136,15 +144,18 @@ def _load_use(path, key: str) -> TriggerUse | None:
     data = json.loads(path.read_text(encoding="utf-8"))
     if data.get("key") != key:
         return None
-    return TriggerUse(key=key, seen={int(k): v for k, v in data["seen"].items()},
-                      used={int(k): v for k, v in data["used"].items()})
+    return TriggerUse(
+        key=key, seen={int(k): v for k, v in data["seen"].items()}, used={int(k): v for k, v in data["used"].items()}
+    )
 
 
 def _save_use(use: TriggerUse, path) -> None:
     from diffagent.atomic import write_atomic
 
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps({"key": use.key, "seen": use.seen, "used": use.used}),
-                                                  encoding="utf-8"))
+    write_atomic(
+        path,
+        lambda tmp: tmp.write_text(json.dumps({"key": use.key, "seen": use.seen, "used": use.used}), encoding="utf-8"),
+    )
 
 
 def load_or_build_use(engine, location, index: TriggerIndex) -> TriggerUse:
@@ -156,6 +167,12 @@ def load_or_build_use(engine, location, index: TriggerIndex) -> TriggerUse:
 
     with engine.connect() as conn:
         key = _use_key(conn)
-        return sidecar.load_or_build(Path(f"{cache_base(location)}.triggers.json"), key, load=_load_use,
-                                     build=lambda: build_use(conn, index), save=_save_use,
-                                     worth_saving=lambda use: bool(use.seen), what="trigger use")
+        return sidecar.load_or_build(
+            Path(f"{cache_base(location)}.triggers.json"),
+            key,
+            load=_load_use,
+            build=lambda: build_use(conn, index),
+            save=_save_use,
+            worth_saving=lambda use: bool(use.seen),
+            what="trigger use",
+        )

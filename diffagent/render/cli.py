@@ -75,8 +75,10 @@ def _run(call, args: argparse.Namespace, settings: Settings) -> int:
         print(result.model_dump_json(indent=2))
     else:
         note = "" if result.sampler_exact else f" (sampler {call.sampler!r} is approximated in diffusers)"
-        print(f"{result.path}  {result.width}x{result.height} seed {result.seed} on {result.device} "
-              f"in {result.seconds:.1f}s{note}")
+        print(
+            f"{result.path}  {result.width}x{result.height} seed {result.seed} on {result.device} "
+            f"in {result.seconds:.1f}s{note}"
+        )
     return 0
 
 
@@ -101,25 +103,35 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 
     options = SelectOptions(base=args.base, seed=args.seed, max_loras=args.max_loras, style=args.style)
     call = select_t2i_api(args.prompt, options, runtime=get_runtime(settings))
-    print(f"selected {call.checkpoint.name} [{call.checkpoint.family}]"
-          + "".join(f" + {lo.name}x{lo.weight:g}" for lo in call.loras)
-          + f", {call.sampler}, {call.steps} steps, CFG {call.cfg_scale:g}, {call.width}x{call.height}",
-          file=sys.stderr)
+    print(
+        f"selected {call.checkpoint.name} [{call.checkpoint.family}]"
+        + "".join(f" + {lo.name}x{lo.weight:g}" for lo in call.loras)
+        + f", {call.sampler}, {call.steps} steps, CFG {call.cfg_scale:g}, {call.width}x{call.height}",
+        file=sys.stderr,
+    )
     if args.save_call:
         args.save_call.write_text(call.model_dump_json(indent=2), encoding="utf-8")
     return _run(call, args, settings)
 
 
 def register(subparsers) -> None:
-    p = _add(subparsers, "render", help="render an ApiCall JSON file to a PNG",
-             description="Render an ApiCall (from `diffagent select --json`) with diffusers. The PNG carries "
-                         "A1111 'parameters' metadata, so Civitai and A1111 can read it back.")
+    p = _add(
+        subparsers,
+        "render",
+        help="render an ApiCall JSON file to a PNG",
+        description="Render an ApiCall (from `diffagent select --json`) with diffusers. The PNG carries "
+        "A1111 'parameters' metadata, so Civitai and A1111 can read it back.",
+    )
     p.add_argument("--call", required=True, help="ApiCall JSON file ('-' reads stdin)")
     _render_options(p)
     p.set_defaults(func=cmd_render)
 
-    g = _add(subparsers, "generate", help="select a model for a prompt and render it",
-             description="Select a checkpoint, LoRAs and settings for the prompt, then render the image.")
+    g = _add(
+        subparsers,
+        "generate",
+        help="select a model for a prompt and render it",
+        description="Select a checkpoint, LoRAs and settings for the prompt, then render the image.",
+    )
     g.add_argument("prompt")
     g.add_argument("--base", default="any", choices=list(get_args(Base)))
     g.add_argument("--seed", type=int, default=None)

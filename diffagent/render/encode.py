@@ -108,8 +108,8 @@ def chunk_tokens(tokenizer, fragments: list[tuple[str, float]], comma_id: int | 
                 last_comma = len(cur.tokens)
             elif len(cur.tokens) == CHUNK and last_comma >= 0 and len(cur.tokens) - last_comma <= COMMA_BACKTRACK:
                 # move the words after the last comma into the next chunk instead of cutting a phrase in two
-                rest_t, rest_w = cur.tokens[last_comma + 1:], cur.weights[last_comma + 1:]
-                cur.tokens, cur.weights = cur.tokens[:last_comma + 1], cur.weights[:last_comma + 1]
+                rest_t, rest_w = cur.tokens[last_comma + 1 :], cur.weights[last_comma + 1 :]
+                cur.tokens, cur.weights = cur.tokens[: last_comma + 1], cur.weights[: last_comma + 1]
                 close()
                 cur.tokens, cur.weights = rest_t, rest_w
             if len(cur.tokens) == CHUNK:
@@ -219,8 +219,9 @@ def encode_sdxl(pipe, prompt: str, negative: str, clip_skip: int) -> dict:
         (z1, w1), (z2, w2) = per_encoder
         if len(z1) != len(z2):  # the tokenizers agree on ids, so this means a broken tokenizer pair
             raise RuntimeError("SDXL tokenizers split the prompt into different chunk counts")
-        z = torch.cat([_apply_weights(torch.cat([a, b], dim=-1), wa) for a, b, wa in zip(z1, z2, w1, strict=True)],
-                      dim=1)
+        z = torch.cat(
+            [_apply_weights(torch.cat([a, b], dim=-1), wa) for a, b, wa in zip(z1, z2, w1, strict=True)], dim=1
+        )
         return z, pooled
 
     z, pooled = run(prompt, negative)
@@ -228,8 +229,12 @@ def encode_sdxl(pipe, prompt: str, negative: str, clip_skip: int) -> dict:
         nz, npooled = torch.zeros_like(z), torch.zeros_like(pooled)
     else:
         nz, npooled = run(negative, prompt)
-    return {"prompt_embeds": z, "negative_prompt_embeds": nz, "pooled_prompt_embeds": pooled,
-            "negative_pooled_prompt_embeds": npooled}
+    return {
+        "prompt_embeds": z,
+        "negative_prompt_embeds": nz,
+        "pooled_prompt_embeds": pooled,
+        "negative_pooled_prompt_embeds": npooled,
+    }
 
 
 def plain_text(prompt: str) -> str:

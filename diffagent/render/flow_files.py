@@ -34,8 +34,9 @@ def reference_slug(path: Path) -> str:
         return FLUX_REFERENCES[any(k.startswith("guidance_in.") for k in keys)]
     if family == "sd3":
         return SD3_REFERENCES[any(".x_block.attn2." in k for k in keys)]
-    raise UserInputError(f"{Path(path).name} is not a FLUX.1 or SD 3 transformer file (no double_blocks or "
-                         "joint_blocks)")
+    raise UserInputError(
+        f"{Path(path).name} is not a FLUX.1 or SD 3 transformer file (no double_blocks or joint_blocks)"
+    )
 
 
 def flux_from_original(sd: dict) -> dict:
@@ -64,8 +65,12 @@ def flux_from_original(sd: dict) -> dict:
             for stream, names in _QKV.items():
                 for name, t in zip(names, sd.pop(f"{b}{stream}_attn.qkv.{part}").chunk(3, dim=0), strict=True):
                     out[f"{o}attn.{name}.{part}"] = t
-        for dst, src in (("norm_q", "img_attn.norm.query_norm"), ("norm_k", "img_attn.norm.key_norm"),
-                         ("norm_added_q", "txt_attn.norm.query_norm"), ("norm_added_k", "txt_attn.norm.key_norm")):
+        for dst, src in (
+            ("norm_q", "img_attn.norm.query_norm"),
+            ("norm_k", "img_attn.norm.key_norm"),
+            ("norm_added_q", "txt_attn.norm.query_norm"),
+            ("norm_added_k", "txt_attn.norm.key_norm"),
+        ):
             out[f"{o}attn.{dst}.weight"] = sd.pop(f"{b}{src}.scale")
     for i in sorted({int(k.split(".")[1]) for k in sd if k.startswith("single_blocks.")}):
         o, b = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
@@ -92,13 +97,20 @@ _RENAMED = {
     "time_text_embed.text_embedder.linear_2": "vector_in.out_layer",
     "time_text_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
     "time_text_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
-    "context_embedder": "txt_in", "x_embedder": "img_in", "proj_out": "final_layer.linear",
+    "context_embedder": "txt_in",
+    "x_embedder": "img_in",
+    "proj_out": "final_layer.linear",
 }
 _QKV = {"img": ("to_q", "to_k", "to_v"), "txt": ("add_q_proj", "add_k_proj", "add_v_proj")}
 _DOUBLE = {
-    "norm1.linear": "img_mod.lin", "norm1_context.linear": "txt_mod.lin", "ff.net.0.proj": "img_mlp.0",
-    "ff.net.2": "img_mlp.2", "ff_context.net.0.proj": "txt_mlp.0", "ff_context.net.2": "txt_mlp.2",
-    "attn.to_out.0": "img_attn.proj", "attn.to_add_out": "txt_attn.proj",
+    "norm1.linear": "img_mod.lin",
+    "norm1_context.linear": "txt_mod.lin",
+    "ff.net.0.proj": "img_mlp.0",
+    "ff.net.2": "img_mlp.2",
+    "ff_context.net.0.proj": "txt_mlp.0",
+    "ff_context.net.2": "txt_mlp.2",
+    "attn.to_out.0": "img_attn.proj",
+    "attn.to_add_out": "txt_attn.proj",
 }
 
 
@@ -109,11 +121,14 @@ def load_sd3_transformer(path: Path, reference: Path, dtype):
     from diffagent.render.pipelines import dtype_kwarg
 
     try:
-        return SD3Transformer2DModel.from_single_file(str(path), config=str(reference), subfolder="transformer",
-                                                      local_files_only=True, **{dtype_kwarg(): dtype})
+        return SD3Transformer2DModel.from_single_file(
+            str(path), config=str(reference), subfolder="transformer", local_files_only=True, **{dtype_kwarg(): dtype}
+        )
     except (KeyError, ValueError, RuntimeError) as e:
-        raise UserInputError(f"{Path(path).name} does not fit the SD 3 transformer of {Path(reference).name} ({e}); "
-                             "is it an SD 3.5 transformer of the same size?") from e
+        raise UserInputError(
+            f"{Path(path).name} does not fit the SD 3 transformer of {Path(reference).name} ({e}); "
+            "is it an SD 3.5 transformer of the same size?"
+        ) from e
 
 
 def load_flux_transformer(path: Path, reference: Path, dtype):
@@ -131,8 +146,10 @@ def load_flux_transformer(path: Path, reference: Path, dtype):
     if expected != got:
         missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
         wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
-        raise UserInputError(f"{Path(path).name} does not fit the FLUX.1 transformer of {Path(reference).name} "
-                             f"(missing {missing[:3]}, unexpected {extra[:3]}, other shapes {wrong[:3]}); "
-                             "is it a FLUX.1 transformer of the same size?")
+        raise UserInputError(
+            f"{Path(path).name} does not fit the FLUX.1 transformer of {Path(reference).name} "
+            f"(missing {missing[:3]}, unexpected {extra[:3]}, other shapes {wrong[:3]}); "
+            "is it a FLUX.1 transformer of the same size?"
+        )
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
     return model.eval()

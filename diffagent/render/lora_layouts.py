@@ -32,8 +32,12 @@ def _keys(path: Path) -> list[str]:
 
 
 def _bfl_lora_a_names(keys: list[str]) -> bool:
-    return any(k.startswith("diffusion_model.") and k.endswith((".lora_A.weight", ".lora_B.weight"))
-               and ("double_blocks." in k or "single_blocks." in k) for k in keys)
+    return any(
+        k.startswith("diffusion_model.")
+        and k.endswith((".lora_A.weight", ".lora_B.weight"))
+        and ("double_blocks." in k or "single_blocks." in k)
+        for k in keys
+    )
 
 
 #: Stability AI's joint-block modules -> diffusers' (fused ones list their parts in order)
@@ -51,9 +55,11 @@ _SD3_MODULES = {
     ("context_block", "mlp.fc2"): ("ff_context.net.2",),
     ("context_block", "adaLN_modulation.1"): ("norm1_context.linear",),
 }
-_SD3_NAME = re.compile(r"^(?:lora_unet_|diffusion_model\.|model\.diffusion_model\.)?joint_blocks[._](\d+)[._]"
-                       r"(x_block|context_block)[._](attn2?[._](?:qkv|proj)|mlp[._]fc[12]|adaLN_modulation[._]1)"
-                       r"\.(lora_down|lora_up|lora_A|lora_B|alpha)(?:\.weight)?$")
+_SD3_NAME = re.compile(
+    r"^(?:lora_unet_|diffusion_model\.|model\.diffusion_model\.)?joint_blocks[._](\d+)[._]"
+    r"(x_block|context_block)[._](attn2?[._](?:qkv|proj)|mlp[._]fc[12]|adaLN_modulation[._]1)"
+    r"\.(lora_down|lora_up|lora_A|lora_B|alpha)(?:\.weight)?$"
+)
 
 
 def sd3_from_original(state: dict, last_block: int) -> dict:
@@ -66,13 +72,16 @@ def sd3_from_original(state: dict, last_block: int) -> dict:
         if m is None:
             encoder = key.startswith(("lora_te", "text_encoders."))
             what = "a text-encoder layer" if encoder else "not a joint-block layer"
-            raise UserInputError(f"SD 3 LoRA tensor {key!r} is {what}; diffagent loads SD 3 LoRAs of the transformer "
-                                 "(attn/attn2 qkv and proj, mlp fc1/fc2, adaLN modulation): use a transformer-only "
-                                 "version of the LoRA")
+            raise UserInputError(
+                f"SD 3 LoRA tensor {key!r} is {what}; diffagent loads SD 3 LoRAs of the transformer "
+                "(attn/attn2 qkv and proj, mlp fc1/fc2, adaLN modulation): use a transformer-only "
+                "version of the LoRA"
+            )
         block, part, module, what = int(m[1]), m[2], m[3], m[4]
         module = re.sub(r"[._]", ".", module).replace("adaLN.modulation", "adaLN_modulation")
-        parts.setdefault((block, part, module), {})[{"lora_A": "lora_down", "lora_B": "lora_up"}.get(what, what)] \
-            = tensor
+        parts.setdefault((block, part, module), {})[{"lora_A": "lora_down", "lora_B": "lora_up"}.get(what, what)] = (
+            tensor
+        )
     out = {}
     for (block, part, module), t in parts.items():
         if "lora_down" not in t or "lora_up" not in t:
@@ -101,8 +110,10 @@ def lora_source(path: Path, pipe) -> str | dict:
     if kind == "FluxPipeline" and _bfl_lora_a_names(keys):
         from safetensors.torch import load_file
 
-        return {k.replace(".lora_A.weight", ".lora_down.weight").replace(".lora_B.weight", ".lora_up.weight"): v
-                for k, v in load_file(str(path)).items()}
+        return {
+            k.replace(".lora_A.weight", ".lora_down.weight").replace(".lora_B.weight", ".lora_up.weight"): v
+            for k, v in load_file(str(path)).items()
+        }
     if kind == "StableDiffusion3Pipeline" and any("joint_blocks" in k for k in keys):
         from safetensors.torch import load_file
 

@@ -19,8 +19,10 @@ from diffagent.render.pipelines import CachedPipeline
 
 #: cross-attention width -> the base it belongs to, for error messages
 _BASE_BY_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
-_FORMATS = ("diffusers reads kohya/Civitai, ComfyUI, ai-toolkit and diffusers/PEFT LoRA layouts; LyCORIS LoHa/LoKr "
-            "are not supported")
+_FORMATS = (
+    "diffusers reads kohya/Civitai, ComfyUI, ai-toolkit and diffusers/PEFT LoRA layouts; LyCORIS LoHa/LoKr "
+    "are not supported"
+)
 _DOWN_MARKERS = (".lora_down.weight", ".lora.down.weight", ".lora_A.weight", ".lora_A.default.weight")
 
 
@@ -51,9 +53,11 @@ def check_lora(path: Path, pipe, name: str) -> None:
     if width is not None and width != expected:
         got = _BASE_BY_WIDTH.get(width, "another base model")
         want = _BASE_BY_WIDTH.get(expected, "a different base model")
-        raise UserInputError(f"LoRA {name!r} was made for {got} (cross-attention width {width}), but the checkpoint "
-                             f"is {want} (width {expected}); "
-                             "remove it or choose a LoRA made for the checkpoint's base model")
+        raise UserInputError(
+            f"LoRA {name!r} was made for {got} (cross-attention width {width}), but the checkpoint "
+            f"is {want} (width {expected}); "
+            "remove it or choose a LoRA made for the checkpoint's base model"
+        )
 
 
 @contextmanager
@@ -111,8 +115,10 @@ def apply_loras(entry: CachedPipeline, loras: list[tuple[int, str, Path, float]]
             raise UserInputError(f"LoRA {name!r} ({Path(path).name}) could not be loaded: {e}. {_FORMATS}") from e
         if not _adapter_loaded(pipe, key):
             # diffusers only warns when no tensor name matches a module: the render would silently lack the LoRA
-            raise UserInputError(f"LoRA {name!r} ({Path(path).name}) matched no layer of the checkpoint: its tensor "
-                                 f"names are of another model family or an unknown layout. {_FORMATS}")
+            raise UserInputError(
+                f"LoRA {name!r} ({Path(path).name}) matched no layer of the checkpoint: its tensor "
+                f"names are of another model family or an unknown layout. {_FORMATS}"
+            )
         entry.loras[key] = Path(path)
     pipe.set_adapters(list(wanted), adapter_weights=[w for _, _, w in wanted.values()])
 
@@ -128,8 +134,10 @@ def _read_embedding(path: Path) -> dict:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise UserInputError(f"embedding {path.name} is a pickle with non-tensor objects, which diffagent does "
-                             "not unpickle (unsafe); use its .safetensors version") from e
+        raise UserInputError(
+            f"embedding {path.name} is a pickle with non-tensor objects, which diffagent does "
+            "not unpickle (unsafe); use its .safetensors version"
+        ) from e
 
 
 def _pairs(pipe) -> list[tuple[object, object]]:
@@ -150,8 +158,9 @@ def apply_embeddings(entry: CachedPipeline, embeddings: list[tuple[str, str, Pat
         for tok, enc in _pairs(pipe):
             for t in tokens:
                 # multi-vector embeddings were added as "t", "t_1", "t_2", ...
-                added = [a for a in tok.get_added_vocab()
-                         if a == t or (a.startswith(t + "_") and a[len(t) + 1:].isdigit())]
+                added = [
+                    a for a in tok.get_added_vocab() if a == t or (a.startswith(t + "_") and a[len(t) + 1 :].isdigit())
+                ]
                 if added:
                     pipe.unload_textual_inversion(added, tokenizer=tok, text_encoder=enc)
         entry.embeddings.clear()
@@ -159,23 +168,31 @@ def apply_embeddings(entry: CachedPipeline, embeddings: list[tuple[str, str, Pat
         state = _read_embedding(path)
         if getattr(pipe, "text_encoder_2", None) is not None:
             if not {"clip_l", "clip_g"} <= set(state):
-                raise UserInputError(f"embedding {name!r} has no clip_l/clip_g vectors, so it is not an SDXL "
-                                     "embedding; use one made for the checkpoint's base model")
-            parts = [(state["clip_l"], pipe.tokenizer, pipe.text_encoder),
-                     (state["clip_g"], pipe.tokenizer_2, pipe.text_encoder_2)]
+                raise UserInputError(
+                    f"embedding {name!r} has no clip_l/clip_g vectors, so it is not an SDXL "
+                    "embedding; use one made for the checkpoint's base model"
+                )
+            parts = [
+                (state["clip_l"], pipe.tokenizer, pipe.text_encoder),
+                (state["clip_g"], pipe.tokenizer_2, pipe.text_encoder_2),
+            ]
         else:
             if "clip_l" in state or "clip_g" in state:
-                raise UserInputError(f"embedding {name!r} is an SDXL embedding (clip_l/clip_g) and cannot load "
-                                     "into an SD 1.x checkpoint")
+                raise UserInputError(
+                    f"embedding {name!r} is an SDXL embedding (clip_l/clip_g) and cannot load into an SD 1.x checkpoint"
+                )
             parts = [(state, pipe.tokenizer, pipe.text_encoder)]
         for vectors, tok, enc in parts:
             width = enc.get_input_embeddings().weight.shape[-1]
             tensor = vectors if not isinstance(vectors, dict) else _embedding_tensor(vectors, name)
             if tensor.shape[-1] != width:
-                raise UserInputError(f"embedding {name!r} has {tensor.shape[-1]}-wide vectors but the text encoder "
-                                     f"expects {width}; it was made for another base model")
-            pipe.load_textual_inversion(tensor if tensor.ndim == 2 else tensor[None], token=token,
-                                        tokenizer=tok, text_encoder=enc)
+                raise UserInputError(
+                    f"embedding {name!r} has {tensor.shape[-1]}-wide vectors but the text encoder "
+                    f"expects {width}; it was made for another base model"
+                )
+            pipe.load_textual_inversion(
+                tensor if tensor.ndim == 2 else tensor[None], token=token, tokenizer=tok, text_encoder=enc
+            )
         entry.embeddings[token] = path
 
 

@@ -53,11 +53,17 @@ def detect_architecture(path: Path) -> str | None:
 def pipeline_class(ecosystem: str):
     import diffusers
 
-    names = {"sd1": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "flux": "FluxPipeline",
-             "sd3": "StableDiffusion3Pipeline"}
+    names = {
+        "sd1": "StableDiffusionPipeline",
+        "sdxl": "StableDiffusionXLPipeline",
+        "flux": "FluxPipeline",
+        "sd3": "StableDiffusion3Pipeline",
+    }
     if ecosystem not in names:
-        raise UserInputError(f"diffagent renders SD 1.x, SDXL, FLUX.1 and SD 3 checkpoints, not {ecosystem!r}; "
-                             "pick a checkpoint with base sd15 or sdxl")
+        raise UserInputError(
+            f"diffagent renders SD 1.x, SDXL, FLUX.1 and SD 3 checkpoints, not {ecosystem!r}; "
+            "pick a checkpoint with base sd15 or sdxl"
+        )
     return getattr(diffusers, names[ecosystem])
 
 
@@ -81,8 +87,10 @@ def refuse_unsafe_pickle(path: Path, error: BaseException, what: str) -> None:
     visited: set[int] = set()
     while cause is not None and id(cause) not in visited:
         if isinstance(cause, pickle.UnpicklingError) or "weights_only" in str(cause):
-            raise UserInputError(f"{path.name} is a pickle {what} holding non-tensor objects, which diffagent does "
-                                 "not unpickle (unsafe); use its .safetensors version") from error
+            raise UserInputError(
+                f"{path.name} is a pickle {what} holding non-tensor objects, which diffagent does "
+                "not unpickle (unsafe); use its .safetensors version"
+            ) from error
         visited.add(id(cause))
         cause = cause.__cause__ or cause.__context__
 
@@ -154,8 +162,16 @@ def place_pipeline(pipe, device: str, offload: str = "none"):
     return pipe
 
 
-def load_pipeline(path: Path, ecosystem: str, *, device: str, dtype, skeleton: Path | None,
-                  reference: Path | None = None, offload: str = "none"):
+def load_pipeline(
+    path: Path,
+    ecosystem: str,
+    *,
+    device: str,
+    dtype,
+    skeleton: Path | None,
+    reference: Path | None = None,
+    offload: str = "none",
+):
     """A ready pipeline on ``device``: a diffusers folder, a single file loaded against ``skeleton``, or a FLUX.1
     transformer file completed by its ``reference`` model's folder (``flow_files.py``); ``offload``:
     ``place_pipeline``."""
@@ -165,24 +181,29 @@ def load_pipeline(path: Path, ecosystem: str, *, device: str, dtype, skeleton: P
     extra[dtype_kwarg()] = dtype
     if path.is_dir():
         if not (path / "model_index.json").exists():
-            raise UserInputError(f"{path} is a folder without model_index.json; give a diffusers pipeline folder "
-                                 "or a single .safetensors checkpoint")
+            raise UserInputError(
+                f"{path} is a folder without model_index.json; give a diffusers pipeline folder "
+                "or a single .safetensors checkpoint"
+            )
         pipe = cls.from_pretrained(path, local_files_only=True, **extra)
     elif path.suffix.lower() == ".safetensors" and ecosystem in FLOW and reference is not None:
         from diffagent.render.flow_files import load_flux_transformer, load_sd3_transformer
 
         load = load_flux_transformer if ecosystem == "flux" else load_sd3_transformer
-        pipe = cls.from_pretrained(reference, transformer=load(path, reference, dtype), local_files_only=True,
-                                   **extra)
+        pipe = cls.from_pretrained(reference, transformer=load(path, reference, dtype), local_files_only=True, **extra)
     elif path.suffix.lower() in SINGLE_FILE_SUFFIXES and ecosystem in FLOW:
-        raise UserInputError(f"{path.name}: a FLUX.1 / SD 3 single file loads as a .safetensors transformer completed "
-                             "by its reference model's folder, which was not given; use the model in diffusers format "
-                             "(a folder with model_index.json, as its Hugging Face repository has it)")
+        raise UserInputError(
+            f"{path.name}: a FLUX.1 / SD 3 single file loads as a .safetensors transformer completed "
+            "by its reference model's folder, which was not given; use the model in diffusers format "
+            "(a folder with model_index.json, as its Hugging Face repository has it)"
+        )
     elif path.suffix.lower() in SINGLE_FILE_SUFFIXES:
         arch = detect_architecture(path)
         if arch is not None and arch != ecosystem:
-            raise UserInputError(f"{path.name} is a {arch} checkpoint by its weights, but the registry lists it as "
-                                 f"{ecosystem}; fix the model's base model in the registry or pick another file")
+            raise UserInputError(
+                f"{path.name} is a {arch} checkpoint by its weights, but the registry lists it as "
+                f"{ecosystem}; fix the model's base model in the registry or pick another file"
+            )
         if skeleton is None:
             raise UserInputError(f"no config skeleton for {ecosystem}; single files need one to load offline")
         try:
@@ -191,8 +212,9 @@ def load_pipeline(path: Path, ecosystem: str, *, device: str, dtype, skeleton: P
             refuse_unsafe_pickle(path, e, "checkpoint")
             raise
     else:
-        raise UserInputError(f"cannot load {path}: expected a diffusers folder or a {', '.join(SINGLE_FILE_SUFFIXES)} "
-                             "file")
+        raise UserInputError(
+            f"cannot load {path}: expected a diffusers folder or a {', '.join(SINGLE_FILE_SUFFIXES)} file"
+        )
     pipe.set_progress_bar_config(disable=True)
     return place_pipeline(pipe, device, offload)
 
@@ -267,9 +289,15 @@ class PipelineCache:
             self._evict_until(self.budget_bytes - estimate)
         t0 = time.perf_counter()
         pipe, ecosystem, base_config, offload = loader()
-        entry = CachedPipeline(key=key, pipe=pipe, ecosystem=ecosystem, nbytes=pipeline_nbytes(pipe),
-                               base_scheduler_config=base_config, load_seconds=time.perf_counter() - t0,
-                               offload=offload)
+        entry = CachedPipeline(
+            key=key,
+            pipe=pipe,
+            ecosystem=ecosystem,
+            nbytes=pipeline_nbytes(pipe),
+            base_scheduler_config=base_config,
+            load_seconds=time.perf_counter() - t0,
+            offload=offload,
+        )
         with self._guard:
             self._entries[key] = entry
             self.loads += 1

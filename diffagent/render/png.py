@@ -32,7 +32,7 @@ _PAIR = re.compile(r'\s*([\w][\w \-/+().]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)
 
 def quote(value: str) -> str:
     value = str(value)
-    if not any(c in value for c in ",:\n\""):
+    if not any(c in value for c in ',:\n"'):
         return value
     return json.dumps(value, ensure_ascii=False)
 
@@ -114,10 +114,11 @@ def parse_parameters_text(text: str) -> GenerationParameters:
     for line in lines:
         if line.startswith("Negative prompt:"):
             in_negative = True
-            line = line[len("Negative prompt:"):].lstrip(" ")
+            line = line[len("Negative prompt:") :].lstrip(" ")
         (negative if in_negative else prompt).append(line)
-    return GenerationParameters(prompt="\n".join(prompt).strip(), negative_prompt="\n".join(negative).strip(),
-                                settings=settings)
+    return GenerationParameters(
+        prompt="\n".join(prompt).strip(), negative_prompt="\n".join(negative).strip(), settings=settings
+    )
 
 
 def parse_png_parameters(source: Path | str | bytes) -> GenerationParameters:
@@ -129,8 +130,10 @@ def parse_png_parameters(source: Path | str | bytes) -> GenerationParameters:
         im.load()
         text = (getattr(im, "text", None) or {}).get("parameters") or im.info.get("parameters")
     if not text:
-        raise UserInputError("the image has no 'parameters' text chunk (not made by A1111/Civitai/diffagent, "
-                             "or the chunk was stripped by an image host)")
+        raise UserInputError(
+            "the image has no 'parameters' text chunk (not made by A1111/Civitai/diffagent, "
+            "or the chunk was stripped by an image host)"
+        )
     return parse_parameters_text(text)
 
 
@@ -163,8 +166,9 @@ def write_png(image, directory: Path, name: str, parameters: str) -> Path:
     return target
 
 
-def preview_png(image, parameters: str | None = None, *, max_side: int = PREVIEW_MAX_SIDE,
-                max_bytes: int = PREVIEW_MAX_BYTES) -> bytes:
+def preview_png(
+    image, parameters: str | None = None, *, max_side: int = PREVIEW_MAX_SIDE, max_bytes: int = PREVIEW_MAX_BYTES
+) -> bytes:
     """A PNG small enough for a chat client: longest side <= ``max_side`` and at most ``max_bytes``."""
     from PIL import Image
 

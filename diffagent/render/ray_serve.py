@@ -40,11 +40,11 @@ class RenderReplica:
     """One Serve replica: a ``Renderer`` and the renders running on it. Deployed by ``deploy`` with the settings'
     replica count, autoscaling bounds and GPU share."""
 
-    def __init__(self, settings_json: str, resolver: Resolver | None = None,
-                 skeletons: dict[str, str] | None = None):
+    def __init__(self, settings_json: str, resolver: Resolver | None = None, skeletons: dict[str, str] | None = None):
         self.settings = Settings.model_validate_json(settings_json)
-        self.renderer = Renderer(self.settings, resolver=resolver,
-                                 skeletons={k: Path(v) for k, v in (skeletons or {}).items()})
+        self.renderer = Renderer(
+            self.settings, resolver=resolver, skeletons={k: Path(v) for k, v in (skeletons or {}).items()}
+        )
         self.worker = f"ray:{os.uname().nodename}:{os.getpid()}"
 
     @serve.multiplexed(max_num_models_per_replica=4)
@@ -65,8 +65,9 @@ class RenderReplica:
             loop.call_soon_threadsafe(events.put_nowait, ("progress", step, total, self.worker))
 
         def run() -> RenderResult:
-            return self.renderer.render(call, progress=progress, cancel=cancel,
-                                        output_dir=Path(output_dir) if output_dir else None)
+            return self.renderer.render(
+                call, progress=progress, cancel=cancel, output_dir=Path(output_dir) if output_dir else None
+            )
 
         task = loop.run_in_executor(None, run)
         try:
@@ -101,18 +102,35 @@ def deploy(settings: Settings, *, resolver: Resolver | None = None, skeletons: d
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=settings.ray_address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, **({} if settings.ray_address else {"num_cpus": os.cpu_count()}))
+        ray.init(
+            address=settings.ray_address,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            **({} if settings.ray_address else {"num_cpus": os.cpu_count()}),
+        )
     replicas = settings.ray_replicas
     scaling: dict = {"num_replicas": replicas}
     if settings.ray_max_replicas > replicas:
-        scaling = {"autoscaling_config": {"min_replicas": replicas, "max_replicas": settings.ray_max_replicas,
-                                          "target_ongoing_requests": 1}}
+        scaling = {
+            "autoscaling_config": {
+                "min_replicas": replicas,
+                "max_replicas": settings.ray_max_replicas,
+                "target_ongoing_requests": 1,
+            }
+        }
     deployment = serve.deployment(
-        RenderReplica, name="render", max_ongoing_requests=2, health_check_period_s=2, health_check_timeout_s=30,
-        ray_actor_options={"num_cpus": settings.ray_cpus_per_replica,
-                           "num_gpus": gpus_per_replica(settings.ray_gpus_per_replica, ray.cluster_resources())},
-        **scaling)
+        RenderReplica,
+        name="render",
+        max_ongoing_requests=2,
+        health_check_period_s=2,
+        health_check_timeout_s=30,
+        ray_actor_options={
+            "num_cpus": settings.ray_cpus_per_replica,
+            "num_gpus": gpus_per_replica(settings.ray_gpus_per_replica, ray.cluster_resources()),
+        },
+        **scaling,
+    )
     app = deployment.bind(settings.model_dump_json(), resolver, {k: str(v) for k, v in (skeletons or {}).items()})
     serve.start(proxy_location="Disabled")  # the front talks to the app through its handle, not HTTP
     return serve.run(app, name=APP_NAME, route_prefix=None)
@@ -122,21 +140,30 @@ class RayRenderer:
     """The front's side: ``render`` has ``Renderer.render``'s signature, so the tools, the job table and the CLI use
     either. One per process (``tools.Runtime`` holds it)."""
 
-    def __init__(self, settings: Settings, *, resolver: Resolver | None = None,
-                 skeletons: dict[str, Path] | None = None):
+    def __init__(
+        self, settings: Settings, *, resolver: Resolver | None = None, skeletons: dict[str, Path] | None = None
+    ):
         self.settings = settings
         self.handle = deploy(settings, resolver=resolver, skeletons=skeletons)
         self.device = "ray"
 
-    def render(self, call: ApiCall, *, progress=None, cancel: threading.Event | None = None,
-               output_dir: Path | None = None, on_worker=None) -> RenderResult:
+    def render(
+        self,
+        call: ApiCall,
+        *,
+        progress=None,
+        cancel: threading.Event | None = None,
+        output_dir: Path | None = None,
+        on_worker=None,
+    ) -> RenderResult:
         """``Renderer.render`` on a replica; ``on_worker(worker)`` hears once which replica runs it."""
         import ray
         from ray.serve.exceptions import RequestCancelledError
 
         out = str(output_dir if output_dir is not None else self.settings.output_dir)
         stream = self.handle.options(multiplexed_model_id=str(call.checkpoint.id), stream=True).render.remote(
-            call.model_dump_json(), out)
+            call.model_dump_json(), out
+        )
         stop = threading.Event()
 
         def watch() -> None:  # the caller's cancel event cancels the stream, and so the task in the replica
@@ -168,9 +195,11 @@ class RayRenderer:
         except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError) as e:
             if cancel is not None and cancel.is_set():
                 raise RenderCancelled("render cancelled") from e
-            raise RenderFailed("the render replica running this job stopped before it finished (its process died: "
-                               "out of memory, killed, or its node left the cluster); Ray Serve starts a new one. "
-                               "Call render_image again") from e
+            raise RenderFailed(
+                "the render replica running this job stopped before it finished (its process died: "
+                "out of memory, killed, or its node left the cluster); Ray Serve starts a new one. "
+                "Call render_image again"
+            ) from e
         finally:
             stop.set()
 

@@ -59,8 +59,9 @@ class RenderResult(BaseModel):
     offload: str = Field("none", description="CPU offload the checkpoint's pipeline runs with (Settings.offload)")
     worker: str = Field("local", description="where it ran: 'local', or 'ray:<node>:<pid>' for a Ray Serve replica")
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per phase")
-    preview_png: bytes = Field(b"", exclude=True, repr=False,
-                               description="bounded preview: longest side <= 512 px, <= 512 KiB")
+    preview_png: bytes = Field(
+        b"", exclude=True, repr=False, description="bounded preview: longest side <= 512 px, <= 512 KiB"
+    )
 
 
 def require_render_extra() -> None:
@@ -98,9 +99,16 @@ def autov2(sha256: str | None) -> str | None:
 class Renderer:
     """Owns the pipeline cache and the device; renders ``ApiCall`` objects. Thread-safe."""
 
-    def __init__(self, settings: Settings | None = None, *, resolver: Resolver | None = None, registry=None,
-                 device: str | None = None, skeletons: dict[str, Path] | None = None,
-                 cache_bytes: int | None = None):
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        resolver: Resolver | None = None,
+        registry=None,
+        device: str | None = None,
+        skeletons: dict[str, Path] | None = None,
+        cache_bytes: int | None = None,
+    ):
         self.settings = settings or get_settings()
         self.device = resolve_device(device or self.settings.device)
         self._resolver = resolver
@@ -138,8 +146,11 @@ class Renderer:
                     from diffagent.registry.store import Registry
 
                     registry = Registry.from_settings(self.settings)
-                store = WeightStore(self.settings.weights_dir, allow_downloads=self.settings.allow_downloads,
-                                    civitai_api_key=self.settings.civitai_api_key)
+                store = WeightStore(
+                    self.settings.weights_dir,
+                    allow_downloads=self.settings.allow_downloads,
+                    civitai_api_key=self.settings.civitai_api_key,
+                )
                 self._resolver = RegistryResolver(registry, store)
             return self._resolver
 
@@ -154,11 +165,15 @@ class Renderer:
     def _resolve(self, ref: ModelRef, kind: str, checkpoint_family) -> ResolvedWeights:
         weights = self.resolver(ref)
         if kind != "checkpoint" and not compatible(checkpoint_family, weights.family):
-            raise UserInputError(f"{kind} {ref.name!r} is registered as {weights.family.value}, which does not fit "
-                                 f"the {checkpoint_family.value} checkpoint; remove it or pick a matching one")
+            raise UserInputError(
+                f"{kind} {ref.name!r} is registered as {weights.family.value}, which does not fit "
+                f"the {checkpoint_family.value} checkpoint; remove it or pick a matching one"
+            )
         if kind == "checkpoint" and ecosystem_of(weights.family) != ecosystem_of(checkpoint_family):
-            raise UserInputError(f"checkpoint {ref.name!r} is registered as {weights.family.value}, but the call "
-                                 f"says {checkpoint_family.value}; rebuild the call from the registry")
+            raise UserInputError(
+                f"checkpoint {ref.name!r} is registered as {weights.family.value}, but the call "
+                f"says {checkpoint_family.value}; rebuild the call from the registry"
+            )
         if kind == "checkpoint" and weights.type not in ("checkpoint", "diffusers"):
             raise UserInputError(f"{ref.name!r} is a {weights.type}, not a checkpoint")
         if kind == "lora" and weights.type not in ("lora", "locon"):
@@ -177,19 +192,34 @@ class Renderer:
         # FLUX.1 / SD 3 load from folders (a FLUX.1 transformer file with its reference folder): no skeleton to make
         skeleton = None if weights.path.is_dir() or ecosystem in FLOW else self.skeleton(ecosystem)
         offload = choose_offload(self.settings.offload, self.device, components, cuda_free_bytes(self.device))
-        pipe = load_pipeline(weights.path, ecosystem, device=self.device, dtype=self.dtype_for(ecosystem),
-                             skeleton=skeleton, reference=weights.reference, offload=offload)
+        pipe = load_pipeline(
+            weights.path,
+            ecosystem,
+            device=self.device,
+            dtype=self.dtype_for(ecosystem),
+            skeleton=skeleton,
+            reference=weights.reference,
+            offload=offload,
+        )
         return pipe, ecosystem, dict(pipe.scheduler.config), offload
 
     # -------------------------------------------------------------------------------- render
-    def render(self, call: ApiCall, *, progress: Progress | None = None, cancel: threading.Event | None = None,
-               output_dir: Path | None = None) -> RenderResult:
+    def render(
+        self,
+        call: ApiCall,
+        *,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+        output_dir: Path | None = None,
+    ) -> RenderResult:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         ecosystem = ecosystem_of(call.checkpoint.family)
         if ecosystem not in RENDERER_ECOSYSTEMS:
-            raise UserInputError(f"{call.checkpoint.name!r} is a {call.checkpoint.family.value} checkpoint; "
-                                 "diffagent renders SD 1.x, SDXL, FLUX.1 and SD 3 checkpoints only")
+            raise UserInputError(
+                f"{call.checkpoint.name!r} is a {call.checkpoint.family.value} checkpoint; "
+                "diffagent renders SD 1.x, SDXL, FLUX.1 and SD 3 checkpoints only"
+            )
         spec = sampler_spec(call.sampler, flow=ecosystem in FLOW)  # unknown sampler: fail before any file is touched
 
         with cancellable(cancel):  # a weight download stops when the caller cancels
@@ -201,13 +231,18 @@ class Renderer:
 
         positive_tokens = [e.token for e in call.embeddings if not e.negative]
         negative_tokens = [e.token for e in call.embeddings if e.negative]
-        rendered = call.model_copy(update={"prompt": with_tokens(call.prompt, positive_tokens),
-                                           "negative_prompt": with_tokens(call.negative_prompt, negative_tokens)})
+        rendered = call.model_copy(
+            update={
+                "prompt": with_tokens(call.prompt, positive_tokens),
+                "negative_prompt": with_tokens(call.negative_prompt, negative_tokens),
+            }
+        )
         prompt = strip_resource_tags(rendered.prompt)  # A1111 removes extra-network tags before encoding
         negative = strip_resource_tags(rendered.negative_prompt)
 
-        image, entry, cache_hit = self._denoise(call, ecosystem, ckpt, loras, embeddings, vae, prompt, negative,
-                                                progress, cancel, timings)
+        image, entry, cache_hit = self._denoise(
+            call, ecosystem, ckpt, loras, embeddings, vae, prompt, negative, progress, cancel, timings
+        )
 
         t1 = time.perf_counter()
         parameters = self.parameters_text(rendered, ckpt, loras, embeddings, vae)
@@ -216,14 +251,36 @@ class Renderer:
         path = png.write_png(image, out_dir, name, parameters)
         preview = png.preview_png(image, parameters)
         timings["save"] = time.perf_counter() - t1
-        return RenderResult(path=path, width=image.width, height=image.height, seed=call.seed, device=self.device,
-                            seconds=time.perf_counter() - t0, parameters=parameters, call=rendered,
-                            sampler_exact=spec.exact, cache_hit=cache_hit, timings=timings, preview_png=preview,
-                            offload=entry.offload)
+        return RenderResult(
+            path=path,
+            width=image.width,
+            height=image.height,
+            seed=call.seed,
+            device=self.device,
+            seconds=time.perf_counter() - t0,
+            parameters=parameters,
+            call=rendered,
+            sampler_exact=spec.exact,
+            cache_hit=cache_hit,
+            timings=timings,
+            preview_png=preview,
+            offload=entry.offload,
+        )
 
-    def _denoise(self, call: ApiCall, ecosystem: str, ckpt: ResolvedWeights, loras, embeddings, vae,
-                 prompt: str, negative: str, progress: Progress | None, cancel: threading.Event | None,
-                 timings: dict[str, float]):
+    def _denoise(
+        self,
+        call: ApiCall,
+        ecosystem: str,
+        ckpt: ResolvedWeights,
+        loras,
+        embeddings,
+        vae,
+        prompt: str,
+        negative: str,
+        progress: Progress | None,
+        cancel: threading.Event | None,
+        timings: dict[str, float],
+    ):
         import torch
 
         from diffagent.render.encode import encode
@@ -245,18 +302,26 @@ class Renderer:
             cached = key in self.cache  # under the device lock: nothing loads or evicts meanwhile
             # the weights' sizes size the eviction and the offload: read from disk only when a load follows
             components = {} if cached else component_nbytes(ckpt.path, ckpt.reference)
-            entry = self.cache.get_or_load(key, lambda: self._load(ckpt, ecosystem, components),
-                                           estimate=sum(components.values()))
+            entry = self.cache.get_or_load(
+                key, lambda: self._load(ckpt, ecosystem, components), estimate=sum(components.values())
+            )
             timings["load"] = time.perf_counter() - t
             t = time.perf_counter()
             apply_loras(entry, [(ref.id, ref.name, w.path, ref.weight) for ref, w in loras])
             apply_embeddings(entry, [(ref.token, ref.name, w.path) for ref, w in embeddings])
-            apply_vae(entry, vae[1].path if vae else None,
-                      lambda path: load_vae(path, None if path.is_dir() else self.skeleton(ecosystem),
-                                            name=vae[0].name, device=self.device, dtype=self.dtype))
+            apply_vae(
+                entry,
+                vae[1].path if vae else None,
+                lambda path: load_vae(
+                    path,
+                    None if path.is_dir() else self.skeleton(ecosystem),
+                    name=vae[0].name,
+                    device=self.device,
+                    dtype=self.dtype,
+                ),
+            )
             pipe = entry.pipe
-            pipe.scheduler = make_scheduler(call.sampler, entry.base_scheduler_config, seed=call.seed,
-                                            shift=call.shift)
+            pipe.scheduler = make_scheduler(call.sampler, entry.base_scheduler_config, seed=call.seed, shift=call.shift)
             timings["prepare"] = time.perf_counter() - t
 
             def on_step_end(p, step: int, timestep, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -274,9 +339,15 @@ class Renderer:
             timings["encode"] = time.perf_counter() - t
             t = time.perf_counter()
             with torch.inference_mode():
-                out = pipe(**embeds, num_inference_steps=call.steps, guidance_scale=call.cfg_scale,
-                           width=call.width, height=call.height, generator=generator,
-                           callback_on_step_end=on_step_end)
+                out = pipe(
+                    **embeds,
+                    num_inference_steps=call.steps,
+                    guidance_scale=call.cfg_scale,
+                    width=call.width,
+                    height=call.height,
+                    generator=generator,
+                    callback_on_step_end=on_step_end,
+                )
             timings["denoise"] = time.perf_counter() - t
             return out.images[0], entry, cached
         finally:
@@ -314,16 +385,25 @@ def default_renderer(settings: Settings | None = None, registry=None) -> Rendere
     """The process-wide renderer, created on first use; other settings or registry replace it."""
     global _default
     with _default_guard:
-        if _default is None or (settings is not None and settings != _default.settings) \
-                or (registry is not None and registry is not _default._registry):
+        if (
+            _default is None
+            or (settings is not None and settings != _default.settings)
+            or (registry is not None and registry is not _default._registry)
+        ):
             if _default is not None:
                 _default.close()
             _default = Renderer(settings, registry=registry)
         return _default
 
 
-def render(call: ApiCall, *, settings: Settings | None = None, registry=None, progress: Progress | None = None,
-           cancel: threading.Event | None = None, output_dir: Path | None = None) -> RenderResult:
+def render(
+    call: ApiCall,
+    *,
+    settings: Settings | None = None,
+    registry=None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    output_dir: Path | None = None,
+) -> RenderResult:
     """Render ``call`` with the process-wide ``Renderer`` (see ``Renderer.render``)."""
-    return default_renderer(settings, registry).render(call, progress=progress, cancel=cancel,
-                                                       output_dir=output_dir)
+    return default_renderer(settings, registry).render(call, progress=progress, cancel=cancel, output_dir=output_dir)

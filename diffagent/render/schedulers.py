@@ -27,9 +27,20 @@ from diffagent.samplers import A1111_SAMPLERS, canonical_sampler
 _KARRAS = {"use_karras_sigmas": True}
 #: solver options a pipeline's stored scheduler config may carry from its previous sampler; they are reset so
 #: that e.g. a folder saved with "DPM++ 2M Karras" does not turn a later "DPM++ 2M" into the Karras variant
-_SOLVER_KEYS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas",
-                "algorithm_type", "solver_order", "solver_type", "lower_order_final", "euler_at_final",
-                "final_sigmas_type", "noise_sampler_seed", "skip_prk_steps")
+_SOLVER_KEYS = (
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+    "use_lu_lambdas",
+    "algorithm_type",
+    "solver_order",
+    "solver_type",
+    "lower_order_final",
+    "euler_at_final",
+    "final_sigmas_type",
+    "noise_sampler_seed",
+    "skip_prk_steps",
+)
 _SDE = {"algorithm_type": "sde-dpmsolver++"}
 
 
@@ -71,8 +82,14 @@ SAMPLERS: dict[str, SamplerSpec] = {
     # third-order multistep SDE solver; diffusers' 3rd-order SDE update differs in detail from k-diffusion's
     "DPM++ 3M SDE": _spec("DPMSolverMultistepScheduler", exact=False, solver_order=3, **_SDE),
     "DPM++ 3M SDE Karras": _spec("DPMSolverMultistepScheduler", exact=False, solver_order=3, **_SDE, **_KARRAS),
-    "DPM++ 3M SDE Exponential": _spec("DPMSolverMultistepScheduler", exact=False, solver_order=3,
-                                      timestep_spacing="linspace", use_exponential_sigmas=True, **_SDE),
+    "DPM++ 3M SDE Exponential": _spec(
+        "DPMSolverMultistepScheduler",
+        exact=False,
+        solver_order=3,
+        timestep_spacing="linspace",
+        use_exponential_sigmas=True,
+        **_SDE,
+    ),
     # k-diffusion's DPM-Solver "fast" (order 3 single-step, uniform log-SNR) and "adaptive" (error-controlled
     # step size, ignores the step count): the nearest fixed-step solver is 3rd-order single-step DPM-Solver
     # (diffusers' own noise-prediction "dpmsolver" variant is deprecated there, so the ++ form is used)
@@ -104,8 +121,10 @@ def sampler_spec(name: str, *, flow: bool = False) -> SamplerSpec:
     canon = canonical_sampler(name)
     if flow:
         if canon not in FLOW_SAMPLERS:
-            raise UserInputError(f"FLUX.1 and SD 3 sample by flow matching: use sampler {' or '.join(FLOW_SAMPLERS)}, "
-                                 f"not {name!r} (a sampler of SD 1.x / SDXL)")
+            raise UserInputError(
+                f"FLUX.1 and SD 3 sample by flow matching: use sampler {' or '.join(FLOW_SAMPLERS)}, "
+                f"not {name!r} (a sampler of SD 1.x / SDXL)"
+            )
         return FLOW_SAMPLERS[canon]
     if canon is None or canon not in SAMPLERS:
         raise UserInputError(f"unknown sampler {name!r}; known samplers: {', '.join(SAMPLERS)}")
@@ -124,8 +143,9 @@ def accepted_options(cls: type) -> set[str]:
     return {p for p in inspect.signature(cls.__init__).parameters if p != "self"}
 
 
-def make_scheduler(name: str, base_config: dict[str, Any], *, seed: int | None = None, shift: float | None = None,
-                   **extra: Any):
+def make_scheduler(
+    name: str, base_config: dict[str, Any], *, seed: int | None = None, shift: float | None = None, **extra: Any
+):
     """Build the scheduler for ``name`` from a pipeline's own scheduler config.
 
     ``base_config`` carries the checkpoint's noise schedule (betas, prediction type, steps offset); the

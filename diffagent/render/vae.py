@@ -24,23 +24,30 @@ def load_vae(path: Path, skeleton: Path | None, *, name: str, device: str, dtype
         if path.is_dir():
             folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
             if not (folder / "config.json").is_file():
-                raise UserInputError(f"VAE {name!r}: {path} is a folder without a VAE config.json; give a diffusers "
-                                     "VAE folder or a single .safetensors file")
+                raise UserInputError(
+                    f"VAE {name!r}: {path} is a folder without a VAE config.json; give a diffusers "
+                    "VAE folder or a single .safetensors file"
+                )
             vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True, **kw)
         elif path.suffix.lower() in SINGLE_FILE_SUFFIXES:
             if skeleton is None:
                 raise UserInputError(f"VAE {name!r}: no config skeleton to load a single file against")
-            vae = AutoencoderKL.from_single_file(str(path), config=str(skeleton), subfolder="vae",
-                                                 local_files_only=True, **kw)
+            vae = AutoencoderKL.from_single_file(
+                str(path), config=str(skeleton), subfolder="vae", local_files_only=True, **kw
+            )
         else:
-            raise UserInputError(f"VAE {name!r}: cannot load {path.name}; expected a diffusers folder or a "
-                                 f"{', '.join(SINGLE_FILE_SUFFIXES)} file")
+            raise UserInputError(
+                f"VAE {name!r}: cannot load {path.name}; expected a diffusers folder or a "
+                f"{', '.join(SINGLE_FILE_SUFFIXES)} file"
+            )
     except UserInputError:
         raise
     except Exception as e:  # noqa: BLE001 - a wrong or broken file surfaces as many exception types
         refuse_unsafe_pickle(path, e, f"VAE ({name!r})")
-        raise UserInputError(f"VAE {name!r} ({path.name}) could not be loaded as a VAE of this checkpoint's base "
-                             f"model: {type(e).__name__}: {str(e)[:300]}; pick a VAE made for it, or none") from e
+        raise UserInputError(
+            f"VAE {name!r} ({path.name}) could not be loaded as a VAE of this checkpoint's base "
+            f"model: {type(e).__name__}: {str(e)[:300]}; pick a VAE made for it, or none"
+        ) from e
     return vae.to(device)
 
 

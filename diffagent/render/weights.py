@@ -75,8 +75,9 @@ def cancellable(cancel: threading.Event | None) -> Iterator[None]:
 def _check_cancel(name: str) -> None:
     cancel = _CANCEL.get()
     if cancel is not None and cancel.is_set():
-        raise DownloadCancelled(f"the download of {name} was cancelled; what arrived is kept and the next render "
-                                "of this model resumes it")
+        raise DownloadCancelled(
+            f"the download of {name} was cancelled; what arrived is kept and the next render of this model resumes it"
+        )
 
 
 def _interruptible(fn: Callable[[], Path], name: str, poll_s: float = 0.1) -> Path:
@@ -132,8 +133,10 @@ class TableResolver:
         try:
             return self.table[ref.id]
         except KeyError:
-            raise NotFoundError(f"no weights for {ref.name!r} (version {ref.id}) in this renderer's table; known "
-                                f"versions: {sorted(self.table)[:20]}") from None
+            raise NotFoundError(
+                f"no weights for {ref.name!r} (version {ref.id}) in this renderer's table; known "
+                f"versions: {sorted(self.table)[:20]}"
+            ) from None
 
 
 def sha256_file(path: Path, chunk: int = _CHUNK) -> str:
@@ -166,9 +169,17 @@ def _disposition_filename(header: str | None) -> str | None:
 class WeightStore:
     """The content-addressed weights cache plus the downloaders that fill it."""
 
-    def __init__(self, root: Path, *, allow_downloads: bool = True, civitai_api_key: str | None = None,
-                 retries: int = 4, timeout: float = 60.0, progress: bool | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        allow_downloads: bool = True,
+        civitai_api_key: str | None = None,
+        retries: int = 4,
+        timeout: float = 60.0,
+        progress: bool | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.root = Path(root)
         self.allow_downloads = allow_downloads
         self.civitai_api_key = civitai_api_key
@@ -222,22 +233,29 @@ class WeightStore:
             p = Path(source.local_path).expanduser()
             if p.exists():
                 return p
-            raise NotFoundError(f"weights of {source.name!r} should be at {p}, which does not exist; "
-                                "copy the file there or re-import the model with its current path")
+            raise NotFoundError(
+                f"weights of {source.name!r} should be at {p}, which does not exist; "
+                "copy the file there or re-import the model with its current path"
+            )
         if kind == "hf-file":
             return self.from_hf(source.hf_repo, source.hf_file, sha256=sha, name=source.name)
         if kind == "hf-folder":
             return self.from_hf_folder(source.hf_repo, name=source.name)
         if kind == "url":
-            return self.download(source.download_url, sha256=sha, filename=source.filename, fmt=source.format,
-                                 name=source.name)
-        raise NotFoundError(f"the registry has no file for {source.name!r} (version {source.version_id}): no local "
-                            "path, Hugging Face file or folder, or download URL; import it with a local path")
+            return self.download(
+                source.download_url, sha256=sha, filename=source.filename, fmt=source.format, name=source.name
+            )
+        raise NotFoundError(
+            f"the registry has no file for {source.name!r} (version {source.version_id}): no local "
+            "path, Hugging Face file or folder, or download URL; import it with a local path"
+        )
 
     def _require_downloads(self, name: str, where: str) -> None:
         if not self.allow_downloads:
-            raise UserInputError(f"weights of {name!r} are not in the cache ({self.root}) and downloads are off; "
-                                 f"set DIFFAGENT_ALLOW_DOWNLOADS=1 or put the file there yourself (from {where})")
+            raise UserInputError(
+                f"weights of {name!r} are not in the cache ({self.root}) and downloads are off; "
+                f"set DIFFAGENT_ALLOW_DOWNLOADS=1 or put the file there yourself (from {where})"
+            )
 
     def from_hf(self, repo: str, filename: str, *, sha256: str | None = None, name: str = "") -> Path:
         """A Hugging Face hub file (the hub's own cache), verified and linked into ours."""
@@ -251,8 +269,9 @@ class WeightStore:
             try:
                 path = _interruptible(lambda: Path(hf_hub_download(repo, filename)), name or filename)
             except LocalEntryNotFoundError as e:
-                raise DownloadError(f"cannot download {repo}/{filename}: the hub is unreachable or "
-                                    f"HF_HUB_OFFLINE is set ({e})") from e
+                raise DownloadError(
+                    f"cannot download {repo}/{filename}: the hub is unreachable or HF_HUB_OFFLINE is set ({e})"
+                ) from e
         if sha256 is None:
             return path
         with self._locked(sha256):
@@ -260,8 +279,10 @@ class WeightStore:
                 return hit
             actual = sha256_file(path)
             if actual != sha256:
-                raise DownloadError(f"{repo}/{filename} has SHA256 {actual}, but the registry expects {sha256}; "
-                                    "the hub file changed since the registry was built: update the registry entry")
+                raise DownloadError(
+                    f"{repo}/{filename} has SHA256 {actual}, but the registry expects {sha256}; "
+                    "the hub file changed since the registry was built: update the registry entry"
+                )
             target = self.entry_dir(sha256) / _safe_filename(filename, None)
             tmp = target.with_name(PARTIAL)
             tmp.unlink(missing_ok=True)
@@ -290,16 +311,24 @@ class WeightStore:
         try:
             path = _interruptible(lambda: fetch(DIFFUSERS_FILES, offline=False), name or repo)
             if missing := _components_without_weights(path):  # an older repo with .bin weights only
-                _interruptible(lambda: fetch([f"{c}/*.bin" for c in missing] + DIFFUSERS_FILES, offline=False),
-                               name or repo)
+                _interruptible(
+                    lambda: fetch([f"{c}/*.bin" for c in missing] + DIFFUSERS_FILES, offline=False), name or repo
+                )
         except LocalEntryNotFoundError as e:
             raise DownloadError(f"cannot download {repo}: the hub is unreachable or HF_HUB_OFFLINE is set ({e})") from e
         check_diffusers_folder(path, repo)
         return path
 
     # -------------------------------------------------------------------------------- download
-    def download(self, url: str, *, sha256: str | None = None, filename: str | None = None,
-                 fmt: str | None = None, name: str = "") -> Path:
+    def download(
+        self,
+        url: str,
+        *,
+        sha256: str | None = None,
+        filename: str | None = None,
+        fmt: str | None = None,
+        name: str = "",
+    ) -> Path:
         """Stream ``url`` into the cache; resume after dropped connections; verify ``sha256``."""
         sha256 = sha256.lower() if sha256 else None
         if hit := self.cached(sha256):
@@ -319,7 +348,8 @@ class WeightStore:
                 part.unlink(missing_ok=True)
                 raise DownloadError(
                     f"download of {name or url} has SHA256 {actual}, expected {sha256}; the file was deleted. "
-                    "The source may have replaced the file: update the registry (diffagent registry import) and retry")
+                    "The source may have replaced the file: update the registry (diffagent registry import) and retry"
+                )
             final = d / final_name
             os.replace(part, final)
             if not sha256:  # unknown hash: also file it under its real hash for later lookups
@@ -347,7 +377,7 @@ class WeightStore:
         for attempt in range(self.retries + 1):
             _check_cancel(name)
             if attempt:
-                delay, cancel = min(2.0 ** attempt, 30.0), _CANCEL.get()
+                delay, cancel = min(2.0**attempt, 30.0), _CANCEL.get()
                 if cancel is None:
                     self._sleep(delay)
                 else:
@@ -358,8 +388,10 @@ class WeightStore:
             if offset:
                 headers["Range"] = f"bytes={offset}-"
             try:
-                with httpx.Client(follow_redirects=True, timeout=self.timeout) as client, \
-                        client.stream("GET", url, headers=headers) as r:
+                with (
+                    httpx.Client(follow_redirects=True, timeout=self.timeout) as client,
+                    client.stream("GET", url, headers=headers) as r,
+                ):
                     if r.status_code == 416 and offset:  # we hold every byte already (or junk): let the hash decide
                         return final_name or _safe_filename(None, fmt)
                     self._check_response(r, url, name)
@@ -367,13 +399,24 @@ class WeightStore:
                         offset = 0
                     final_name = final_name or _safe_filename(
                         _disposition_filename(r.headers.get("content-disposition"))
-                        or Path(urllib.parse.urlsplit(str(r.url)).path).name, fmt)
+                        or Path(urllib.parse.urlsplit(str(r.url)).path).name,
+                        fmt,
+                    )
                     length = r.headers.get("content-length")
                     total = offset + int(length) if length and length.isdigit() else None
-                    with open(part, "ab" if offset else "wb") as f, \
-                            tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                                 desc=final_name[:40], disable=None if self.progress is None else not self.progress,
-                                 leave=False) as bar:
+                    with (
+                        open(part, "ab" if offset else "wb") as f,
+                        tqdm(
+                            total=total,
+                            initial=offset,
+                            unit="B",
+                            unit_scale=True,
+                            unit_divisor=1024,
+                            desc=final_name[:40],
+                            disable=None if self.progress is None else not self.progress,
+                            leave=False,
+                        ) as bar,
+                    ):
                         for block in r.iter_bytes():  # as it arrives: a dropped link loses nothing
                             f.write(block)
                             bar.update(len(block))
@@ -383,27 +426,39 @@ class WeightStore:
                     return final_name
             except httpx.TransportError as e:  # dropped connection, timeout, DNS: resume on the next try
                 last_error = e
-        raise DownloadError(f"download of {name} failed after {self.retries + 1} tries: {last_error}; "
-                            f"the partial file is kept at {part} and the next try resumes from it")
+        raise DownloadError(
+            f"download of {name} failed after {self.retries + 1} tries: {last_error}; "
+            f"the partial file is kept at {part} and the next try resumes from it"
+        )
 
     @staticmethod
     def _check_response(r, url: str, name: str) -> None:
         if r.status_code in (401, 403):
-            raise DownloadError(f"{name}: the server refused the download (HTTP {r.status_code}); Civitai needs an "
-                                "API key for this model: set CIVITAI_API_KEY (civitai.com > account settings)")
+            raise DownloadError(
+                f"{name}: the server refused the download (HTTP {r.status_code}); Civitai needs an "
+                "API key for this model: set CIVITAI_API_KEY (civitai.com > account settings)"
+            )
         if r.status_code == 404:
             raise NotFoundError(f"{name}: {url} does not exist (HTTP 404); the model version may have been removed")
         if r.status_code >= 400:
             raise DownloadError(f"{name}: HTTP {r.status_code} from {url}")
         if r.headers.get("content-type", "").startswith("text/html"):
             # Civitai answers some unauthenticated downloads with its login page and status 200
-            raise DownloadError(f"{name}: {url} returned a web page instead of a file; it probably needs a "
-                                "Civitai API key (set CIVITAI_API_KEY)")
+            raise DownloadError(
+                f"{name}: {url} returned a web page instead of a file; it probably needs a "
+                "Civitai API key (set CIVITAI_API_KEY)"
+            )
 
 
 #: the files of a diffusers pipeline repo that loading needs: no fp16 duplicates, no .ckpt single files
-DIFFUSERS_FILES = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model", "*/diffusion_pytorch_model.safetensors",
-                   "*/model.safetensors"]
+DIFFUSERS_FILES = [
+    "model_index.json",
+    "*/*.json",
+    "*/*.txt",
+    "*/*.model",
+    "*/diffusion_pytorch_model.safetensors",
+    "*/model.safetensors",
+]
 #: pipeline components that carry weights
 _WEIGHTED = ("unet", "vae", "text_encoder", "text_encoder_2", "transformer", "text_encoder_3")
 
@@ -426,8 +481,11 @@ def _components(path: Path) -> dict[str, list]:
 
 
 def _components_without_weights(path: Path) -> list[str]:
-    return [c for c in _components(path) if c in _WEIGHTED
-            and not any((path / c).glob("*.safetensors")) and not any((path / c).glob("*.bin"))]
+    return [
+        c
+        for c in _components(path)
+        if c in _WEIGHTED and not any((path / c).glob("*.safetensors")) and not any((path / c).glob("*.bin"))
+    ]
 
 
 def check_diffusers_folder(path: Path, name: str = "") -> None:
@@ -456,8 +514,10 @@ def check_diffusers_folder(path: Path, name: str = "") -> None:
         if header is None or f.stat().st_size < 8 + n + end:
             problems.append(f"{f.parent.name}/{f.name} (truncated or not safetensors)")
     if problems:
-        raise IncompleteFolder(f"the diffusers folder of {label} is incomplete: "
-                               f"missing or broken {', '.join(problems)}; delete {path} and download it again")
+        raise IncompleteFolder(
+            f"the diffusers folder of {label} is incomplete: "
+            f"missing or broken {', '.join(problems)}; delete {path} and download it again"
+        )
 
 
 class RegistryResolver:
@@ -477,9 +537,17 @@ class RegistryResolver:
             slug = reference_slug(path)
             found = self.registry.version_by_slug(slug)
             if found is None:
-                raise UserInputError(f"{source.name!r} is a transformer file; rendering it needs the text "
-                                     f"encoders and VAE of the reference model {slug!r} (its diffusers folder), which "
-                                     "this registry lacks; use the default registry or import that model")
+                raise UserInputError(
+                    f"{source.name!r} is a transformer file; rendering it needs the text "
+                    f"encoders and VAE of the reference model {slug!r} (its diffusers folder), which "
+                    "this registry lacks; use the default registry or import that model"
+                )
             reference = self.store.fetch(self.registry.weight_source(found.id))
-        return ResolvedWeights(path=path, sha256=(source.sha256 or None), family=source.family, type=source.type,
-                               name=source.name, reference=reference)
+        return ResolvedWeights(
+            path=path,
+            sha256=(source.sha256 or None),
+            family=source.family,
+            type=source.type,
+            name=source.name,
+            reference=reference,
+        )

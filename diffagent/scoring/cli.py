@@ -51,17 +51,32 @@ def register_bench(bench_subparsers) -> None:
         description="Render the selected call and a baseline (the family's base model, default settings) "
         "for each prompt, score both, and report the unified-metric gain per dataset (table + plots).",
     )
-    p.add_argument("--prompts", type=Path, action="append", required=True,
-                   help="prompt file (.txt, .csv, .json, .jsonl); repeat for several datasets")
+    p.add_argument(
+        "--prompts",
+        type=Path,
+        action="append",
+        required=True,
+        help="prompt file (.txt, .csv, .json, .jsonl); repeat for several datasets",
+    )
     p.add_argument("--n", type=int, default=None, help="first N prompts of each dataset")
     p.add_argument("--best-of", type=int, default=1, help="render the top-k candidates and keep the best")
     p.add_argument("--base", default="any", choices=list(get_args(Base)), help="restrict the selector")
     p.add_argument("--seed", type=int, default=None, help="image seed for every prompt (default: selector's)")
-    p.add_argument("--baseline", action="append", default=[], metavar="ECO=VERSION_ID",
-                   help="baseline checkpoint per ecosystem, e.g. sd1=123 (default: the curated base models)")
+    p.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="ECO=VERSION_ID",
+        help="baseline checkpoint per ecosystem, e.g. sd1=123 (default: the curated base models)",
+    )
     p.add_argument("--out", type=Path, default=None, help="output folder (default: DATA_DIR/bench/images-<time>)")
-    p.add_argument("--save-reference-stats", type=Path, default=None, metavar="FILE",
-                   help="also write normalization statistics measured on every rendered image")
+    p.add_argument(
+        "--save-reference-stats",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write normalization statistics measured on every rendered image",
+    )
     _scoring_args(p)
     p.set_defaults(func=cmd_bench_images)
 
@@ -111,8 +126,11 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
             raise UserInputError(f"cannot read image {str(path)!r}: {e}") from e
     results = UnifiedScorer.from_config(scoring_config(args, settings)).score(args.prompt, images)
     if args.json:
-        print(json.dumps([{"image": str(p), **r.model_dump()} for p, r in zip(args.images, results, strict=True)],
-                         indent=2))
+        print(
+            json.dumps(
+                [{"image": str(p), **r.model_dump()} for p, r in zip(args.images, results, strict=True)], indent=2
+            )
+        )
         return 0
     metrics = list(results[0].metrics) if results else []
     print("| image | " + " | ".join(metrics) + " | unified |")

@@ -45,8 +45,9 @@ def check_keys(missing: list[str], unexpected: list[str], path: Path) -> None:
         log.warning("ImageReward checkpoint %s has %d unused keys (e.g. %s)", path, len(unexpected), unexpected[:3])
 
 
-def load_model(checkpoint: Path, med_config: Path, tokenizer_dir: Path, device: str, *, heads=None,
-               trust_pickles=False):
+def load_model(
+    checkpoint: Path, med_config: Path, tokenizer_dir: Path, device: str, *, heads=None, trust_pickles=False
+):
     import torch
 
     cfg = json.loads(Path(med_config).read_text(encoding="utf-8"))

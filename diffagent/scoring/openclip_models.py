@@ -69,9 +69,7 @@ def load(
     name = model_name(spec)
     try:
         if pretrained_tag is not None:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=pretrained_tag, device=device
-            )
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained_tag, device=device)
         else:
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
             if checkpoint is not None:
@@ -85,8 +83,9 @@ def load(
             ) from e
         raise
     model.eval()
-    return OpenClipModel(model=model, preprocess=preprocess, tokenizer=open_clip.get_tokenizer(name), device=device,
-                         name=name)
+    return OpenClipModel(
+        model=model, preprocess=preprocess, tokenizer=open_clip.get_tokenizer(name), device=device, name=name
+    )
 
 
 def _load_checkpoint(open_clip, model, path: Path, trust_pickles: bool) -> None:

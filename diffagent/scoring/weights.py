@@ -60,11 +60,7 @@ def _from_hub(ref: str, *, allow_downloads: bool, cache_dir: Path | None, what: 
         if filename is not None:
             from huggingface_hub import hf_hub_download
 
-            return Path(
-                hf_hub_download(
-                    repo, filename, cache_dir=cache_dir, local_files_only=not allow_downloads
-                )
-            )
+            return Path(hf_hub_download(repo, filename, cache_dir=cache_dir, local_files_only=not allow_downloads))
         from huggingface_hub import snapshot_download
 
         return Path(

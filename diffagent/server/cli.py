@@ -21,8 +21,11 @@ def register(subparsers) -> None:
         "carries only protocol (logs go to stderr); --http serves http://HOST:PORT/mcp.",
     )
     p.add_argument("--http", action="store_true", help="streamable HTTP instead of stdio")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="HTTP bind address (default 127.0.0.1; any other needs DIFFAGENT_HTTP_TOKEN)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="HTTP bind address (default 127.0.0.1; any other needs DIFFAGENT_HTTP_TOKEN)",
+    )
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     p.set_defaults(func=serve_command)
 

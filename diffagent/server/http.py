@@ -81,9 +81,17 @@ class BearerAuth:
             got = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(got, self.expected):
                 body = json.dumps({"error": "missing or wrong bearer token"}).encode()
-                await send({"type": "http.response.start", "status": 401, "headers": [
-                    (b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="diffagent"'),
-                    (b"content-length", str(len(body)).encode())]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"www-authenticate", b'Bearer realm="diffagent"'),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
@@ -98,9 +106,12 @@ MAX_BODY_BYTES = 256 * 1024
 def http_app(server: MCPServer, *, host: str = "127.0.0.1", token: str | None = None) -> ASGIApp:
     """The ASGI app serving ``server`` at ``/mcp`` (guarded as described above)."""
     check_bind(host, token)
-    app: ASGIApp = server.streamable_http_app(streamable_http_path=MCP_PATH, host=host,
-                                              transport_security=transport_security(host),
-                                              max_request_body_size=MAX_BODY_BYTES)
+    app: ASGIApp = server.streamable_http_app(
+        streamable_http_path=MCP_PATH,
+        host=host,
+        transport_security=transport_security(host),
+        max_request_body_size=MAX_BODY_BYTES,
+    )
     return BearerAuth(app, token) if token else app
 
 

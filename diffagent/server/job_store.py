@@ -73,23 +73,29 @@ class JobStore:
 
     def progress(self, job_id: str, step: int, total: int) -> bool:
         """Record a step; True when some front asked to cancel the job."""
-        self._exec("UPDATE render_job SET state = 'running', step = ?, total = ?, updated = ? WHERE id = ?",
-                   (step, total, time.time(), job_id))
+        self._exec(
+            "UPDATE render_job SET state = 'running', step = ?, total = ?, updated = ? WHERE id = ?",
+            (step, total, time.time(), job_id),
+        )
         row = self._exec("SELECT cancel_requested FROM render_job WHERE id = ?", (job_id,)).fetchone()
         return bool(row and row[0])
 
     def set_state(self, job_id: str, state: str, *, error: str | None = None, result: str | None = None) -> None:
         now = time.time()
         finished = now if state in ("done", "failed", "cancelled") else None
-        self._exec("UPDATE render_job SET state = ?, error = ?, result = ?, updated = ?, finished = ? WHERE id = ?",
-                   (state, error, result, now, finished, job_id))
+        self._exec(
+            "UPDATE render_job SET state = ?, error = ?, result = ?, updated = ?, finished = ? WHERE id = ?",
+            (state, error, result, now, finished, job_id),
+        )
 
     def request_cancel(self, job_id: str) -> None:
         self._exec("UPDATE render_job SET cancel_requested = 1, updated = ? WHERE id = ?", (time.time(), job_id))
 
     def get(self, job_id: str) -> JobRow | None:
-        row = self._exec("SELECT id, state, step, total, error, result, cancel_requested, finished"
-                         " FROM render_job WHERE id = ?", (job_id,)).fetchone()
+        row = self._exec(
+            "SELECT id, state, step, total, error, result, cancel_requested, finished FROM render_job WHERE id = ?",
+            (job_id,),
+        ).fetchone()
         return None if row is None else JobRow(*row[:6], bool(row[6]), row[7])
 
     def purge(self, ttl_s: float) -> None:

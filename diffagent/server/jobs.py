@@ -74,9 +74,17 @@ class JobManager:
     """A FIFO of render jobs run by ``workers`` threads: one for a local renderer (the GPU runs one denoising
     loop at a time), one per render replica for Ray Serve (``Settings.render_backend``)."""
 
-    def __init__(self, *, max_pending: int = 8, ttl_s: float = 3600.0, error_text: Callable[[BaseException], str],
-                 workers: int = 1, store: JobStore | None = None, encode: Callable[[Any], str] = str,
-                 decode: Callable[[str], Any] = str):
+    def __init__(
+        self,
+        *,
+        max_pending: int = 8,
+        ttl_s: float = 3600.0,
+        error_text: Callable[[BaseException], str],
+        workers: int = 1,
+        store: JobStore | None = None,
+        encode: Callable[[Any], str] = str,
+        decode: Callable[[str], Any] = str,
+    ):
         """``error_text`` turns a failed job's exception into the message a caller sees (it decides
         what may be shown: user-fixable errors verbatim, anything else masked). ``store``: the job table shared
         with other fronts, where results go as ``encode(result)`` and come back as ``decode(text)``."""
@@ -108,8 +116,10 @@ class JobManager:
             self._jobs[job.id] = job
             self._work[job.id] = work
             if not self._threads:
-                self._threads = [threading.Thread(target=self._run, name=f"diffagent-render-{i}", daemon=True)
-                                 for i in range(self.workers)]
+                self._threads = [
+                    threading.Thread(target=self._run, name=f"diffagent-render-{i}", daemon=True)
+                    for i in range(self.workers)
+                ]
                 for thread in self._threads:
                     thread.start()
         if self.store is not None:
@@ -190,7 +200,9 @@ class JobManager:
                     state, error = "failed", self._error_text(exc)
                     log.log(
                         logging.INFO if isinstance(exc, UserInputError) else logging.ERROR,
-                        "job %s failed", job.id, exc_info=not isinstance(exc, UserInputError),
+                        "job %s failed",
+                        job.id,
+                        exc_info=not isinstance(exc, UserInputError),
                     )
                 with self._lock:
                     self._finish(job, state, error=error)
@@ -206,8 +218,9 @@ class JobManager:
         self._work.pop(job.id, None)
         if self.store is not None:
             try:
-                self.store.set_state(job.id, state, error=error,
-                                     result=self._encode(result) if state == "done" else None)
+                self.store.set_state(
+                    job.id, state, error=error, result=self._encode(result) if state == "done" else None
+                )
             except Exception:  # noqa: BLE001 - the local job is finished either way; other fronts see it stale
                 log.exception("could not record job %s in the shared job table", job.id)
         job.done_event.set()
@@ -217,8 +230,13 @@ class JobManager:
         row = self.store.get(job_id)
         if row is None:
             return None
-        job = Job(id=row.id, state=row.state, error=row.error, remote=True,
-                  events=[ProgressEvent(row.step, row.total)] if row.total else [])
+        job = Job(
+            id=row.id,
+            state=row.state,
+            error=row.error,
+            remote=True,
+            events=[ProgressEvent(row.step, row.total)] if row.total else [],
+        )
         if row.state == "done" and row.result is not None:
             job.result = self._decode(row.result)
         if job.finished_state:

@@ -137,8 +137,15 @@ def create_server(
         # a local renderer runs one job at a time; Ray Serve replicas each run theirs
         workers = settings.ray_max_replicas if settings.render_backend == "ray" else 1
         store = open_job_store(settings.job_table) if settings.job_table else None
-        jobs = JobManager(max_pending=max_pending, ttl_s=job_ttl_s, error_text=caller_message, workers=workers,
-                          store=store, encode=lambda out: out.model_dump_json(), decode=render_output_from_json)
+        jobs = JobManager(
+            max_pending=max_pending,
+            ttl_s=job_ttl_s,
+            error_text=caller_message,
+            workers=workers,
+            store=store,
+            encode=lambda out: out.model_dump_json(),
+            decode=render_output_from_json,
+        )
         try:
             yield ServerState(runtime=runtime, jobs=jobs)
         finally:
@@ -180,13 +187,20 @@ def create_server(
             return tools.get_model(version_id, runtime=state(ctx).runtime)
 
     # --- rendering ---------------------------------------------------------------------------
-    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
-                                          open_world_hint=settings.allow_downloads))
+    @mcp.tool(
+        annotations=ToolAnnotations(
+            read_only_hint=False,
+            destructive_hint=False,
+            idempotent_hint=False,
+            open_world_hint=settings.allow_downloads,
+        )
+    )
     async def render_image(
         ctx: Context[ServerState],
         call: Annotated[ApiCall | None, Field(description="the call from select_t2i_api (possibly edited)")] = None,
-        prompt: Annotated[Prompt | None,
-                          Field(description="instead of call: select for this prompt, then render")] = None,
+        prompt: Annotated[
+            Prompt | None, Field(description="instead of call: select for this prompt, then render")
+        ] = None,
         best_of: BestOf = 1,
         wait: Annotated[bool, Field(description="false: return a job_id at once")] = True,
     ) -> Annotated[CallToolResult, RenderStatus]:
@@ -218,8 +232,11 @@ def create_server(
         job = await follow(ctx, job, wait_s, cancel_on_abort=False, jobs=st.jobs)
         return status_result(job, st.jobs)
 
-    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True,
-                                          open_world_hint=False))
+    @mcp.tool(
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+        )
+    )
     async def cancel_render(job_id: JobId, ctx: Context[ServerState]) -> Annotated[CallToolResult, RenderStatus]:
         """Stop a queued or running render job."""
         st = state(ctx)
@@ -254,11 +271,15 @@ def create_server(
         """Select a model and settings for a subject, then render it."""
         # checked here, not by the SDK: its own refusals of prompt arguments reach clients as "Internal server error"
         if not has_visible_text(subject) or len(subject) > PROMPT_MAX_CHARS:
-            raise MCPError(INVALID_PARAMS, f"text_to_image needs a 'subject' of 1 to {PROMPT_MAX_CHARS} characters: "
-                                           f"what the picture should show (got {len(subject)} characters)")
+            raise MCPError(
+                INVALID_PARAMS,
+                f"text_to_image needs a 'subject' of 1 to {PROMPT_MAX_CHARS} characters: "
+                f"what the picture should show (got {len(subject)} characters)",
+            )
         if len(style) > STYLE_MAX_CHARS:
-            raise MCPError(INVALID_PARAMS, f"'style' is at most {STYLE_MAX_CHARS} characters (got {len(style)}), "
-                                           "e.g. 'anime'")
+            raise MCPError(
+                INVALID_PARAMS, f"'style' is at most {STYLE_MAX_CHARS} characters (got {len(style)}), e.g. 'anime'"
+            )
         hint = f' with options {{"style": {json.dumps(style)}}}' if style else ""
         return (
             f"Make an image of: {subject}\n"
@@ -272,8 +293,7 @@ def create_server(
     return mcp
 
 
-async def follow(ctx: Context[ServerState], job: Job, wait_s: float, *, cancel_on_abort: bool,
-                 jobs: JobManager) -> Job:
+async def follow(ctx: Context[ServerState], job: Job, wait_s: float, *, cancel_on_abort: bool, jobs: JobManager) -> Job:
     """Wait up to ``wait_s`` for ``job`` to finish, relaying every denoising step as progress (from the
     latest one: a later ``get_render`` need not replay steps an earlier call already reported). A job another front
     runs is read again from the shared job table each poll; the job as last seen is returned."""
@@ -323,23 +343,33 @@ def status_result(job: Job, jobs: JobManager) -> CallToolResult:
     ttl_min = f"{jobs.ttl_s / 60:g}"
     message = {
         "queued": f"queued behind other renders; call get_render with job_id={job.id} (add wait_s=30 to wait)",
-        "running": (f"rendering, step {job.step}/{job.total}" if job.total else
-                    "preparing: resolving the weights (a first use downloads them, which can take minutes)")
-                   + f"; call get_render with job_id={job.id} and wait_s=30",
+        "running": (
+            f"rendering, step {job.step}/{job.total}"
+            if job.total
+            else "preparing: resolving the weights (a first use downloads them, which can take minutes)"
+        )
+        + f"; call get_render with job_id={job.id} and wait_s=30",
         "done": f"done: full image at {result.path if result else ''} (outputs://{result.output_id if result else ''})",
         "failed": f"the render failed: {job.error}",
         "cancelled": "the render was cancelled; call render_image again to restart it",
     }[job.state]
     if job.state in ("queued", "running"):
         message += f" (the job id stays valid {ttl_min} min after the job ends)"
-    status = RenderStatus(job_id=job.id, status=job.state, step=job.step, total=job.total, message=message,
-                          result=result)
+    status = RenderStatus(
+        job_id=job.id, status=job.state, step=job.step, total=job.total, message=message, result=result
+    )
     structured = status.model_dump(mode="json")
     content: list = []
     if result is not None:
         content.append(ImageContent(data=base64.b64encode(result.preview_png).decode(), mime_type="image/png"))
-        content.append(ResourceLink(uri=f"outputs://{result.output_id}", name=result.output_id,
-                                    mime_type="image/png", description="full-resolution PNG"))
+        content.append(
+            ResourceLink(
+                uri=f"outputs://{result.output_id}",
+                name=result.output_id,
+                mime_type="image/png",
+                description="full-resolution PNG",
+            )
+        )
     content.append(TextContent(text=json.dumps(structured, separators=(",", ":"))))
     return CallToolResult(content=content, structured_content=structured, is_error=job.state == "failed")
 
@@ -349,15 +379,18 @@ def read_output(settings: Settings, output_id: str) -> bytes:
     root = settings.output_dir
     shown = output_id if len(output_id) <= 80 else output_id[:60] + f"... ({len(output_id)} characters)"
     if len(output_id) > MAX_OUTPUT_ID:
-        raise ResourceNotFoundError(f"no rendered image {shown!r}: output ids are at most {MAX_OUTPUT_ID} "
-                                    "characters; use an output_id from render_image")
+        raise ResourceNotFoundError(
+            f"no rendered image {shown!r}: output ids are at most {MAX_OUTPUT_ID} "
+            "characters; use an output_id from render_image"
+        )
     try:
         path = safe_join(root, output_id)
         if path.suffix.lower() != ".png" or not path.is_file():
             raise ResourceNotFoundError(f"no rendered image {shown!r}; use an output_id from render_image")
         return path.read_bytes()
     except (PathEscapeError, ValueError) as exc:
-        raise ResourceNotFoundError(f"{shown!r} is not inside the output folder; use an output_id "
-                                    "from render_image") from exc
+        raise ResourceNotFoundError(
+            f"{shown!r} is not inside the output folder; use an output_id from render_image"
+        ) from exc
     except OSError as exc:  # a name the file system refuses (too long, NUL)
         raise ResourceNotFoundError(f"no rendered image {shown!r}; use an output_id from render_image") from exc

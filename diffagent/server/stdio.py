@@ -28,16 +28,23 @@ def malformed_reply(exc: Exception) -> JSONRPCError:
     """The JSON-RPC error reply to a line the transport could not read as a message."""
     errors = exc.errors() if isinstance(exc, ValidationError) else []
     if not errors or any(e.get("type") == "json_invalid" for e in errors):
-        return JSONRPCError(jsonrpc="2.0", id=None,
-                            error=ErrorData(code=PARSE_ERROR, message="Parse error: the line is not JSON"))
+        return JSONRPCError(
+            jsonrpc="2.0", id=None, error=ErrorData(code=PARSE_ERROR, message="Parse error: the line is not JSON")
+        )
     # JSON, but no JSON-RPC message: answer with its id if it has a usable one
     doc = next((e.get("input") for e in errors if isinstance(e.get("input"), dict)), None)
     rid = doc.get("id") if isinstance(doc, dict) else None
     if isinstance(rid, bool) or not isinstance(rid, int | str):
         rid = None
-    return JSONRPCError(jsonrpc="2.0", id=rid, error=ErrorData(
-        code=INVALID_REQUEST, message="Invalid Request: not a JSON-RPC 2.0 request, notification or response "
-                                      "(needs 'jsonrpc': '2.0' and a string 'method', or a result/error with an id)"))
+    return JSONRPCError(
+        jsonrpc="2.0",
+        id=rid,
+        error=ErrorData(
+            code=INVALID_REQUEST,
+            message="Invalid Request: not a JSON-RPC 2.0 request, notification or response "
+            "(needs 'jsonrpc': '2.0' and a string 'method', or a result/error with an id)",
+        ),
+    )
 
 
 async def run_stdio(server: MCPServer) -> None:
@@ -51,8 +58,11 @@ async def run_stdio(server: MCPServer) -> None:
                 async for item in read_stream:
                     if isinstance(item, Exception):
                         reply = malformed_reply(item)
-                        log.warning("malformed message on stdin (%s); replied with JSON-RPC error %d",
-                                    type(item).__name__, reply.error.code)
+                        log.warning(
+                            "malformed message on stdin (%s); replied with JSON-RPC error %d",
+                            type(item).__name__,
+                            reply.error.code,
+                        )
                         await write_stream.send(SessionMessage(reply))
                     else:
                         await send.send(item)

@@ -103,8 +103,9 @@ def request_logprobs(model, tok, prefixes: Sequence[str], request: str) -> list[
     return [(float(lp[i].sum()), len(seqs[i][1])) for i in range(len(seqs))]
 
 
-def shortlist_scores(logprob: Callable[[Sequence[str], str], list[tuple[float, int]]],
-                     item: EvalItem) -> tuple[list[float], float, float, int]:
+def shortlist_scores(
+    logprob: Callable[[Sequence[str], str], list[tuple[float, int]]], item: EvalItem
+) -> tuple[list[float], float, float, int]:
     """PMI of each shortlisted card, the per-token NLL of the request under its creator's card and under
     another (seeded) card of the shortlist, and the request's token count."""
     scored = logprob([NO_CARD, *item.cards], item.request)
@@ -114,8 +115,11 @@ def shortlist_scores(logprob: Callable[[Sequence[str], str], list[tuple[float, i
     return pmi, -cards[item.target][0] / n, -cards[other][0] / n, n
 
 
-def evaluate(logprob: Callable[[Sequence[str], str], list[tuple[float, int]]], items: Sequence[EvalItem],
-             betas: Sequence[float] = (0.5, 1.0, 2.0, 4.0)) -> dict:
+def evaluate(
+    logprob: Callable[[Sequence[str], str], list[tuple[float, int]]],
+    items: Sequence[EvalItem],
+    betas: Sequence[float] = (0.5, 1.0, 2.0, 4.0),
+) -> dict:
     """PMI top-1 within the shortlist against the ranker's, their fusion (ranker logit + beta * PMI per request
     token), and the NLL of the request under its creator's card vs another card; for all items and for those
     whose creator's checkpoint no creator prompt reaches."""
@@ -129,28 +133,36 @@ def evaluate(logprob: Callable[[Sequence[str], str], list[tuple[float, int]]], i
             if fuse is None:
                 score = pmi
             else:
-                score = [math.log(max(r, 1e-6) / max(1 - r, 1e-6)) + fuse * p / n_tok
-                         for r, p in zip(it.ranker, pmi, strict=True)]
+                score = [
+                    math.log(max(r, 1e-6) / max(1 - r, 1e-6)) + fuse * p / n_tok
+                    for r, p in zip(it.ranker, pmi, strict=True)
+                ]
             hits += max(range(len(score)), key=score.__getitem__) == it.target
         return round(hits / len(subset), 4)
 
     def summary(subset) -> dict:
         if not subset:
             return {"n": 0}
-        return {"n": len(subset),
-                "ranker_top1": round(sum(max(range(len(it.ranker)), key=it.ranker.__getitem__) == it.target
-                                         for it, *_ in subset) / len(subset), 4),
-                "pmi_top1": top1(subset, None),
-                "fused_top1": {str(b): top1(subset, b) for b in betas},
-                "nll_creator_card": round(sum(r[2] for r in subset) / len(subset), 4),
-                "nll_other_card": round(sum(r[3] for r in subset) / len(subset), 4),
-                "chance": round(sum(1 / len(it.cards) for it, *_ in subset) / len(subset), 4)}
+        return {
+            "n": len(subset),
+            "ranker_top1": round(
+                sum(max(range(len(it.ranker)), key=it.ranker.__getitem__) == it.target for it, *_ in subset)
+                / len(subset),
+                4,
+            ),
+            "pmi_top1": top1(subset, None),
+            "fused_top1": {str(b): top1(subset, b) for b in betas},
+            "nll_creator_card": round(sum(r[2] for r in subset) / len(subset), 4),
+            "nll_other_card": round(sum(r[3] for r in subset) / len(subset), 4),
+            "chance": round(sum(1 / len(it.cards) for it, *_ in subset) / len(subset), 4),
+        }
 
     return {"all": summary(rows), "no_creator_prompts": summary([r for r in rows if not r[0].target_has_prompts])}
 
 
-def hard_negatives(registry, version_ids: Sequence[int], k: int, *, pool: int = 10,
-                   seed: int = 0) -> dict[int, list[int]]:
+def hard_negatives(
+    registry, version_ids: Sequence[int], k: int, *, pool: int = 10, seed: int = 0
+) -> dict[int, list[int]]:
     """For each version, ``k`` checkpoint versions drawn from the ``pool`` whose stock card vectors are nearest
     its own, never of its own model page (the rivals a shortlist puts beside it)."""
     import numpy as np
@@ -173,8 +185,9 @@ def hard_negatives(registry, version_ids: Sequence[int], k: int, *, pool: int = 
     return out
 
 
-def train_pairs(pairs_path: Path, registry, *, per_page: int, limit: int, seed: int,
-                negatives: int = 0) -> list[CardPair]:
+def train_pairs(
+    pairs_path: Path, registry, *, per_page: int, limit: int, seed: int, negatives: int = 0
+) -> list[CardPair]:
     """(card of the creator's checkpoint, creator's prompt) for train-split pairs whose checkpoint the registry
     holds, at most ``per_page`` per model page; with ``negatives``, that many hard negative cards each
     (``hard_negatives``)."""
@@ -186,17 +199,24 @@ def train_pairs(pairs_path: Path, registry, *, per_page: int, limit: int, seed: 
     targets = sorted({p.target.checkpoint_version_id for p in train})
     negs = hard_negatives(registry, targets, negatives, seed=seed) if negatives else {}
     infos = registry.versions(sorted(set(targets) | {n for ns in negs.values() for n in ns}))
-    out = [CardPair(card_prefix(infos[p.target.checkpoint_version_id]), strip_resource_tags(p.instruction),
-                    tuple(card_prefix(infos[n]) for n in negs.get(p.target.checkpoint_version_id, []) if n in infos))
-           for p in train if p.target.checkpoint_version_id in infos]
+    out = [
+        CardPair(
+            card_prefix(infos[p.target.checkpoint_version_id]),
+            strip_resource_tags(p.instruction),
+            tuple(card_prefix(infos[n]) for n in negs.get(p.target.checkpoint_version_id, []) if n in infos),
+        )
+        for p in train
+        if p.target.checkpoint_version_id in infos
+    ]
     out = [p for p in out if p.request.strip() and len(p.negatives) == negatives]
     if not out:
         raise UserInputError(f"no train pair in {pairs_path} names a checkpoint {registry.where} holds")
     return out
 
 
-def eval_items(pairs_path: Path, registry, *, split: str, limit: int, seed: int, shortlist: int = 6,
-               progress: bool = False) -> list[EvalItem]:
+def eval_items(
+    pairs_path: Path, registry, *, split: str, limit: int, seed: int, shortlist: int = 6, progress: bool = False
+) -> list[EvalItem]:
     """Held-out pairs with the selector's shortlist (the ranker's order, natural-request intent included),
     kept when the creator's checkpoint is in it: the LLM can only choose within the shortlist."""
     from tqdm import tqdm
@@ -219,24 +239,31 @@ def eval_items(pairs_path: Path, registry, *, split: str, limit: int, seed: int,
         if not request.strip():
             continue
         intent = request_intent(registry, request)
-        hits = first_stage(registry, request, base=parse_base_constraint("any"),
-                           limit=pool_size(shortlist, ranker, intent))
-        short = second_stage(registry, request, hits, k=shortlist, weights=RetrievalWeights(), ranker=ranker,
-                             intent=intent)
+        hits = first_stage(
+            registry, request, base=parse_base_constraint("any"), limit=pool_size(shortlist, ranker, intent)
+        )
+        short = second_stage(
+            registry, request, hits, k=shortlist, weights=RetrievalWeights(), ranker=ranker, intent=intent
+        )
         ids = [c.version.id for c in short]
         if p.target.checkpoint_version_id not in ids or len(ids) < 2:
             continue
         target = ids.index(p.target.checkpoint_version_id)
-        items.append(EvalItem(request=request, cards=tuple(card_prefix(c.version) for c in short),
-                              ranker=tuple(float(c.score) for c in short), target=target,
-                              target_has_prompts=registry.has_creator_prompts(ids[target])))
+        items.append(
+            EvalItem(
+                request=request,
+                cards=tuple(card_prefix(c.version) for c in short),
+                ranker=tuple(float(c.score) for c in short),
+                target=target,
+                target_has_prompts=registry.has_creator_prompts(ids[target]),
+            )
+        )
         bar.update(1)
     bar.close()
     return items
 
 
-def train_cardlm(model, tok, pairs: Sequence[CardPair], cfg: CardLMConfig, out_dir: Path, *,
-                 progress: bool = True):
+def train_cardlm(model, tok, pairs: Sequence[CardPair], cfg: CardLMConfig, out_dir: Path, *, progress: bool = True):
     """Train the peft ``model`` to write each creator's prompt after its checkpoint's card (loss on the prompt's
     tokens only), plus, where pairs carry negatives, the contrastive term of the module docstring; resumable
     through ``training/loop.py``. Returns the loop's state."""
@@ -269,8 +296,15 @@ def train_cardlm(model, tok, pairs: Sequence[CardPair], cfg: CardLMConfig, out_d
         return lm + cfg.contrast_weight * contrast, {"lm": float(lm.detach()), "contrast": float(contrast.detach())}
 
     epochs = max(1, math.ceil(cfg.steps * cfg.grad_accum / max(len(units), 1)))
-    loop = LoopSettings(epochs=epochs, max_steps=cfg.steps, grad_accum=cfg.grad_accum, lr=cfg.lr,
-                        warmup_steps=cfg.warmup_steps, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed)
+    loop = LoopSettings(
+        epochs=epochs,
+        max_steps=cfg.steps,
+        grad_accum=cfg.grad_accum,
+        lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        checkpoint_every=cfg.checkpoint_every,
+        seed=cfg.seed,
+    )
     return train_loop(model, units, loss_fn, Path(out_dir), loop, progress=progress, desc="cardlm")
 
 
@@ -278,9 +312,20 @@ def _items_from_json(rows: list[dict]) -> list[EvalItem]:
     return [EvalItem(**{**r, "cards": tuple(r["cards"]), "ranker": tuple(r["ranker"])}) for r in rows]
 
 
-def run_cardlm(settings, pairs_path: Path, work_dir: Path, *, cfg: CardLMConfig, per_page: int = 3,
-               train_limit: int = 20000, eval_split: str = "val", eval_limit: int = 150, threads: int = 1,
-               init_adapter: Path | None = None, progress: bool = True) -> dict:
+def run_cardlm(
+    settings,
+    pairs_path: Path,
+    work_dir: Path,
+    *,
+    cfg: CardLMConfig,
+    per_page: int = 3,
+    train_limit: int = 20000,
+    eval_split: str = "val",
+    eval_limit: int = 150,
+    threads: int = 1,
+    init_adapter: Path | None = None,
+    progress: bool = True,
+) -> dict:
     """Evaluate the starting model (the base, or the base with ``init_adapter``, an earlier run's adapter to
     continue from), train, evaluate again; every step's result is kept in ``work_dir``, so a rerun after a kill
     skips what is done and the training resumes from its last checkpoint."""
@@ -312,8 +357,7 @@ def run_cardlm(settings, pairs_path: Path, work_dir: Path, *, cfg: CardLMConfig,
     if items_file.is_file():
         items = _items_from_json(read_json(items_file))
     else:
-        items = eval_items(pairs_path, registry, split=eval_split, limit=eval_limit, seed=cfg.seed,
-                           progress=progress)
+        items = eval_items(pairs_path, registry, split=eval_split, limit=eval_limit, seed=cfg.seed, progress=progress)
         write_json_atomic(items_file, [dataclasses.asdict(it) for it in items])
     if not items:
         raise UserInputError(f"no {eval_split} pair of {pairs_path} has its checkpoint in the shortlist")
@@ -334,20 +378,30 @@ def run_cardlm(settings, pairs_path: Path, work_dir: Path, *, cfg: CardLMConfig,
         write_json_atomic(base_file, result)
     base = read_json(base_file)
 
-    train = train_pairs(pairs_path, registry, per_page=per_page, limit=train_limit, seed=cfg.seed,
-                        negatives=cfg.negatives)
+    train = train_pairs(
+        pairs_path, registry, per_page=per_page, limit=train_limit, seed=cfg.seed, negatives=cfg.negatives
+    )
     model = start()
     model.train()
     state = train_cardlm(model, tok, train, cfg, work_dir / "train", progress=progress)
     t0 = time.perf_counter()
     trained = scored(model) | {"seconds": round(time.perf_counter() - t0, 1)}
-    report = {"pairs": str(pairs_path), "registry": registry.where, "base_model": str(gguf),
-              "init_adapter": str(init_adapter) if init_adapter else None,
-              "train_pairs": len(train), "per_page": per_page, "config": json.loads(cfg.model_dump_json()),
-              "steps": state.step, "train_seconds": round(state.seconds, 1),
-              "first_loss": state.losses[0] if state.losses else None,
-              "last_loss": state.losses[-1] if state.losses else None,
-              "eval_split": eval_split, "base": base, "trained": trained,
-              "adapter": str(work_dir / "train" / "adapter")}
+    report = {
+        "pairs": str(pairs_path),
+        "registry": registry.where,
+        "base_model": str(gguf),
+        "init_adapter": str(init_adapter) if init_adapter else None,
+        "train_pairs": len(train),
+        "per_page": per_page,
+        "config": json.loads(cfg.model_dump_json()),
+        "steps": state.step,
+        "train_seconds": round(state.seconds, 1),
+        "first_loss": state.losses[0] if state.losses else None,
+        "last_loss": state.losses[-1] if state.losses else None,
+        "eval_split": eval_split,
+        "base": base,
+        "trained": trained,
+        "adapter": str(work_dir / "train" / "adapter"),
+    }
     write_json_atomic(work_dir / "report.json", report)
     return report

@@ -74,8 +74,10 @@ def embed_cached(embedder, texts: list[str], cache: Path, progress: bool = False
 
 #: the linear layers of each BERT block that get low-rank updates (their names in ``NumpyBert`` and in
 #: transformers' ``BertModel``)
-TARGETS = (r"encoder\.layer\.\d+\."
-           r"(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)")
+TARGETS = (
+    r"encoder\.layer\.\d+\."
+    r"(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
+)
 
 
 class CardsConfig(BaseModel):
@@ -89,9 +91,12 @@ class CardsConfig(BaseModel):
     alpha: float = Field(32.0, gt=0)
     max_length: int = Field(64, ge=8, description="prompt tokens seen in training (queries use the embedder's)")
     per_page: int = Field(15, ge=1, description="most train prompts per model page")
-    pages: str = Field("all", pattern=f"^({'|'.join(PAGES)})$",
-                       description="train pages used: all, or one half by page id (the encoder that gives the ranker's "
-                       "train pairs on the other half their card feature, ``train ranker --card-encoder``)")
+    pages: str = Field(
+        "all",
+        pattern=f"^({'|'.join(PAGES)})$",
+        description="train pages used: all, or one half by page id (the encoder that gives the ranker's "
+        "train pairs on the other half their card feature, ``train ranker --card-encoder``)",
+    )
     checkpoint_every: int = Field(50, ge=1)
     seed: int = 0
     device: str = Field("cpu", description="'cpu', or 'cuda' on a GPU machine (the same recipe, larger batches)")
@@ -125,13 +130,22 @@ def factors_of(model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for name, module in model.named_modules():
         if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
             key = name.removeprefix("base_model.model.")
-            out[key] = (module.lora_A["default"].weight.detach().float().cpu().numpy(),
-                        module.lora_B["default"].weight.detach().float().cpu().numpy())
+            out[key] = (
+                module.lora_A["default"].weight.detach().float().cpu().numpy(),
+                module.lora_B["default"].weight.detach().float().cpu().numpy(),
+            )
     return out
 
 
-def fit_encoder(texts: list[str], pos: np.ndarray, cards: np.ndarray, model_dir: Path, out_dir: Path,
-                cfg: CardsConfig, progress: bool = False) -> tuple[CardEncoder, dict]:
+def fit_encoder(
+    texts: list[str],
+    pos: np.ndarray,
+    cards: np.ndarray,
+    model_dir: Path,
+    out_dir: Path,
+    cfg: CardsConfig,
+    progress: bool = False,
+) -> tuple[CardEncoder, dict]:
     """Train LoRA updates of the sentence model so that ``normalize(mean_pool(prompt))`` ranks the card of its
     creator's checkpoint first: InfoNCE over every card that is some train prompt's positive (cards no train
     prompt chose never appear as negatives, so the model is not taught to bury the models it has not seen).
@@ -145,7 +159,7 @@ def fit_encoder(texts: list[str], pos: np.ndarray, cards: np.ndarray, model_dir:
     cand = torch.from_numpy(np.ascontiguousarray(cards[positives])).to(cfg.device)
     target = np.array([col[int(p)] for p in pos])
     order = np.random.default_rng(cfg.seed).permutation(len(texts))
-    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
+    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
     if not batches:
         raise UserInputError(f"{len(texts)} train prompts make no batch of {cfg.batch_size}; lower --batch-size")
     model, tok = lora_model(model_dir, cfg)
@@ -156,13 +170,22 @@ def fit_encoder(texts: list[str], pos: np.ndarray, cards: np.ndarray, model_dir:
         return torch.nn.functional.cross_entropy(logits, torch.from_numpy(target[batch]).to(cfg.device)), {}
 
     epochs = -(-cfg.steps // len(batches))
-    loop = LoopSettings(epochs=epochs, max_steps=cfg.steps, lr=cfg.lr, warmup_steps=min(50, cfg.steps // 10),
-                        checkpoint_every=cfg.checkpoint_every, seed=cfg.seed)
+    loop = LoopSettings(
+        epochs=epochs,
+        max_steps=cfg.steps,
+        lr=cfg.lr,
+        warmup_steps=min(50, cfg.steps // 10),
+        checkpoint_every=cfg.checkpoint_every,
+        seed=cfg.seed,
+    )
     state = train_loop(model, batches, loss_fn, out_dir, loop, progress=progress, desc="card encoder")
     encoder = CardEncoder(factors_of(model), cfg.alpha / cfg.rank)
     last = state.losses[-50:]
-    return encoder, {"seconds": round(state.seconds, 1), "final_loss": round(float(np.mean(last)), 4) if last else None,
-                     "positive_cards": len(positives)}
+    return encoder, {
+        "seconds": round(state.seconds, 1),
+        "final_loss": round(float(np.mean(last)), 4) if last else None,
+        "positive_cards": len(positives),
+    }
 
 
 def evaluate(q: np.ndarray, target_pages: np.ndarray, model_ids: np.ndarray, cards: np.ndarray) -> dict:
@@ -178,8 +201,16 @@ def evaluate(q: np.ndarray, target_pages: np.ndarray, model_ids: np.ndarray, car
     return {"n": len(q), "model_top1": round(top1 / n, 4), "model_top5": round(top5 / n, 4)}
 
 
-def train_cards(registry: Registry, pairs_path: Path, out: Path, *, work_dir: Path, cfg: CardsConfig | None = None,
-                eval_limit: int = 2000, progress: bool = False) -> dict:
+def train_cards(
+    registry: Registry,
+    pairs_path: Path,
+    out: Path,
+    *,
+    work_dir: Path,
+    cfg: CardsConfig | None = None,
+    eval_limit: int = 2000,
+    progress: bool = False,
+) -> dict:
     """Train the card encoder on the train split and report model-page top-1 / top-5 of ranking every checkpoint
     card by the request alone, stock vs trained, on val and test (all pairs, and those whose checkpoint page has
     no train-split image: the models only their card can reach)."""
@@ -210,12 +241,21 @@ def train_cards(registry: Registry, pairs_path: Path, out: Path, *, work_dir: Pa
         pages = np.array([p.target.checkpoint_model_id for p in held])
         unseen = np.array([pg not in train_pages for pg in pages])
         for name, mask in (("all", np.ones(len(held), bool)), ("no_train_image", unseen)):
-            results[f"{split}/{name}"] = {"stock": evaluate(stock[mask], pages[mask], model_ids, cards),
-                                          "adapted": evaluate(tuned[mask], pages[mask], model_ids, cards)}
-    encoder.meta = {"embedder": registry.embedder.name, "trained_on": Path(pairs_path).name, "fold": cfg.pages,
-                    "registry": identity(registry.path).rsplit("/", 1)[-1], "train_pairs": len(train),
-                    "cards": len(ids),
-                    "config": cfg.model_dump(), **fit_info, "results": results}
+            results[f"{split}/{name}"] = {
+                "stock": evaluate(stock[mask], pages[mask], model_ids, cards),
+                "adapted": evaluate(tuned[mask], pages[mask], model_ids, cards),
+            }
+    encoder.meta = {
+        "embedder": registry.embedder.name,
+        "trained_on": Path(pairs_path).name,
+        "fold": cfg.pages,
+        "registry": identity(registry.path).rsplit("/", 1)[-1],
+        "train_pairs": len(train),
+        "cards": len(ids),
+        "config": cfg.model_dump(),
+        **fit_info,
+        "results": results,
+    }
     encoder.save(out)
     return {"out": str(out), **encoder.meta}
 
@@ -224,8 +264,9 @@ def results_table(meta: dict) -> str:
     lines = ["| split / pairs | n | stock top-1 | stock top-5 | adapted top-1 | adapted top-5 |", "|---" * 6 + "|"]
     for key, r in meta.get("results", {}).items():
         s, a = r["stock"], r["adapted"]
-        lines.append(f"| {key} | {s['n']} | {s['model_top1']} | {s['model_top5']} "
-                     f"| {a['model_top1']} | {a['model_top5']} |")
+        lines.append(
+            f"| {key} | {s['n']} | {s['model_top1']} | {s['model_top5']} | {a['model_top1']} | {a['model_top5']} |"
+        )
     return "\n".join(lines)
 
 

@@ -26,11 +26,15 @@ class DataConfig(_Section):
     pairs: Path | None = Field(None, description="pairs from `diffagent bench build` (.jsonl or .jsonl.gz)")
     split: Literal["train", "val", "test"] = Field("train", description="train only, except for debugging")
     limit: int = Field(400, ge=1, description="pairs to turn into examples (a seeded random sample)")
-    dedupe_instructions: bool = Field(True, description="one example per distinct instruction "
-                                      "(a page's images often share one prompt)")
+    dedupe_instructions: bool = Field(
+        True, description="one example per distinct instruction (a page's images often share one prompt)"
+    )
     max_loras: int = Field(2, ge=0, le=5, description="LoRAs in an answer (the selector's default max_loras)")
-    leave_page_out: bool = Field(True, description="retrieve as a test pair would: the example's own model "
-                                 "page's sample images do not vote (see training.data)")
+    leave_page_out: bool = Field(
+        True,
+        description="retrieve as a test pair would: the example's own model "
+        "page's sample images do not vote (see training.data)",
+    )
 
 
 class LoraShape(_Section):
@@ -38,8 +42,11 @@ class LoraShape(_Section):
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    layers: list[int] | None = Field(None, description="only these decoder layers (e.g. the top half: the "
-                                     "backward pass then stops there, a cheaper step); None = all")
+    layers: list[int] | None = Field(
+        None,
+        description="only these decoder layers (e.g. the top half: the "
+        "backward pass then stops there, a cheaper step); None = all",
+    )
 
 
 class SFTConfig(_Section):
@@ -53,8 +60,13 @@ class SFTConfig(_Section):
     max_len: int = Field(1024, ge=16, description="longer examples are skipped (and counted), never truncated")
     checkpoint_every: int = Field(10, ge=1, description="optimizer steps between resumable checkpoints")
     bf16: bool = Field(False, description="bfloat16 autocast (fp32 weights); measured no faster on this CPU")
-    shuffle_candidates: float = Field(0.0, ge=0.0, le=1.0, description="share of examples shown with their "
-                                      "candidates in a random order (see training.data.shuffle_candidates)")
+    shuffle_candidates: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of examples shown with their "
+        "candidates in a random order (see training.data.shuffle_candidates)",
+    )
 
 
 class RRHFConfig(_Section):
@@ -66,8 +78,10 @@ class RRHFConfig(_Section):
     include_reference: bool = Field(True, description="add the creators' answer as a candidate (as RRHF does)")
     max_candidates: int = Field(6, ge=2, description="m: candidates per prompt (best-reward distinct ones kept)")
     reward: Literal["agreement", "image"] = Field(
-        "agreement", description="agreement: agreement with creators (CPU); image: unified image metric "
-        "of rendered candidates (GPU + real weights)")
+        "agreement",
+        description="agreement: agreement with creators (CPU); image: unified image metric "
+        "of rendered candidates (GPU + real weights)",
+    )
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)
     grad_accum: int = Field(2, ge=1, description="prompts per optimizer step")
@@ -85,12 +99,17 @@ class ExportConfig(_Section):
 
 class TrainConfig(_Section):
     seed: int = 0
-    threads: int = Field(1, ge=1, description="torch threads; 1 measured 6x faster than 2 on a shared 2-core box "
-                         "(3 s vs 19 s a step): extra threads spin-wait on busy cores")
+    threads: int = Field(
+        1,
+        ge=1,
+        description="torch threads; 1 measured 6x faster than 2 on a shared 2-core box "
+        "(3 s vs 19 s a step): extra threads spin-wait on busy cores",
+    )
     work_dir: Path | None = Field(None, description="default: <data_dir>/training")
     base_model: Path | None = Field(None, description="GGUF of the base LLM; default: the bundled Gemma 3 270M")
-    registry: Path | str | None = Field(None, description="a SQLite file or a postgresql:// URL; default: "
-                                        "DIFFAGENT_REGISTRY / --registry")
+    registry: Path | str | None = Field(
+        None, description="a SQLite file or a postgresql:// URL; default: DIFFAGENT_REGISTRY / --registry"
+    )
     candidates_k: int | None = Field(None, ge=1, le=12, description="default: Settings.candidates_k")
     data: DataConfig = Field(default_factory=DataConfig)
     lora: LoraShape = Field(default_factory=LoraShape)

@@ -64,9 +64,18 @@ class Example(BaseModel):
         return answer_text(CHECKPOINT_LABELS[self.answer_checkpoint], [LORA_LABELS[j] for j in self.answer_loras])
 
 
-def build_example(registry: Registry, pair: Pair, lora_index: dict[str, int], *, candidates_k: int,
-                  max_loras: int, weights: RetrievalWeights | None = None, leave_page_out: bool = False,
-                  ranker: TreeEnsemble | None = None, card: CardEncoder | None = None) -> Example:
+def build_example(
+    registry: Registry,
+    pair: Pair,
+    lora_index: dict[str, int],
+    *,
+    candidates_k: int,
+    max_loras: int,
+    weights: RetrievalWeights | None = None,
+    leave_page_out: bool = False,
+    ranker: TreeEnsemble | None = None,
+    card: CardEncoder | None = None,
+) -> Example:
     """One pair -> one example, with the candidates the selector would show for its instruction
     (with the pair's own model page left out of the registry's votes when ``leave_page_out``)."""
     weights = weights or RetrievalWeights()
@@ -74,16 +83,30 @@ def build_example(registry: Registry, pair: Pair, lora_index: dict[str, int], *,
     request = strip_resource_tags(pair.instruction)
     # the same calls, in the same order and with the same arguments, as Selector.select_many with
     # SelectOptions(base="any", style=None) -- the options `bench select` evaluates with
-    checkpoints = retrieve_checkpoints(registry, request, base=parse_base_constraint("any"), k=candidates_k,
-                                       weights=weights, exclude_page=page, ranker=ranker,
-                                       intent=request_intent(registry, request), card=card)
+    checkpoints = retrieve_checkpoints(
+        registry,
+        request,
+        base=parse_base_constraint("any"),
+        k=candidates_k,
+        weights=weights,
+        exclude_page=page,
+        ranker=ranker,
+        intent=request_intent(registry, request),
+        card=card,
+    )
     target_loras = [lora_index[lo.name.lower()] for lo in pair.target.loras if lo.name.lower() in lora_index]
-    ex = Example(image_id=pair.image_id, request=request, target=pair.target,
-                 target_lora_ids=list(dict.fromkeys(target_loras)))
+    ex = Example(
+        image_id=pair.image_id, request=request, target=pair.target, target_lora_ids=list(dict.fromkeys(target_loras))
+    )
     if not checkpoints:
         return ex
-    loras = evidenced_loras(registry, request, checkpoints[0].version, k=min(LORA_CANDIDATES, 12),
-                            weights=weights, exclude_page=page) if max_loras else []
+    loras = (
+        evidenced_loras(
+            registry, request, checkpoints[0].version, k=min(LORA_CANDIDATES, 12), weights=weights, exclude_page=page
+        )
+        if max_loras
+        else []
+    )
     rendered = render_prompt(request, checkpoints, loras, style=None)
     ex.prompt = rendered.text
     ex.checkpoint_ids = [c.version.id for c in checkpoints]
@@ -121,16 +144,32 @@ class DataReport(BaseModel):
         usable = [e for e in examples if e.usable]
         gt = sum(len(e.target_lora_ids) for e in usable)
         hit = sum(len(set(e.target_lora_ids) & set(e.lora_ids)) for e in usable)
-        return cls(pairs=len(examples), examples=len(usable), skipped_not_retrieved=len(examples) - len(usable),
-                   checkpoint_recall=round(len(usable) / len(examples), 4) if examples else None,
-                   lora_recall=round(hit / gt, 4) if gt else None,
-                   answers_with_loras=sum(1 for e in usable if e.answer_loras))
+        return cls(
+            pairs=len(examples),
+            examples=len(usable),
+            skipped_not_retrieved=len(examples) - len(usable),
+            checkpoint_recall=round(len(usable) / len(examples), 4) if examples else None,
+            lora_recall=round(hit / gt, 4) if gt else None,
+            answers_with_loras=sum(1 for e in usable if e.answer_loras),
+        )
 
 
-def build_examples(pairs_path: Path, registry: Registry, out: Path, *, split: str, limit: int, seed: int,
-                   dedupe: bool, candidates_k: int, max_loras: int, leave_page_out: bool = True,
-                   ranker: str | None = None, card_adapter: str | None = None,
-                   progress: bool = False) -> DataReport:
+def build_examples(
+    pairs_path: Path,
+    registry: Registry,
+    out: Path,
+    *,
+    split: str,
+    limit: int,
+    seed: int,
+    dedupe: bool,
+    candidates_k: int,
+    max_loras: int,
+    leave_page_out: bool = True,
+    ranker: str | None = None,
+    card_adapter: str | None = None,
+    progress: bool = False,
+) -> DataReport:
     """Build (or resume building) the example cache ``out``; returns its report.
 
     ``out.meta.json`` records what the cache was built from; a different request is refused rather
@@ -143,19 +182,28 @@ def build_examples(pairs_path: Path, registry: Registry, out: Path, *, split: st
 
     model = load_ranker(ranker)
     card = load_card(card_adapter)
-    meta = {"pairs": str(Path(pairs_path).resolve()), "registry": identity(registry.path),
-            "split": split, "seed": seed, "dedupe": dedupe, "candidates_k": candidates_k,
-            "max_loras": max_loras, "allow_nsfw": registry.allow_nsfw, "leave_page_out": leave_page_out,
-            # the trees, not the setting: "default" names whichever file this version bundles
-            "ranker": model.digest() if model is not None else None,
-            "card_adapter": card.digest() if card is not None else None}
+    meta = {
+        "pairs": str(Path(pairs_path).resolve()),
+        "registry": identity(registry.path),
+        "split": split,
+        "seed": seed,
+        "dedupe": dedupe,
+        "candidates_k": candidates_k,
+        "max_loras": max_loras,
+        "allow_nsfw": registry.allow_nsfw,
+        "leave_page_out": leave_page_out,
+        # the trees, not the setting: "default" names whichever file this version bundles
+        "ranker": model.digest() if model is not None else None,
+        "card_adapter": card.digest() if card is not None else None,
+    }
     meta_path = out.with_name(out.name + ".meta.json")
     if meta_path.exists() and out.exists():
         old = json.loads(meta_path.read_text(encoding="utf-8"))
         if old != meta:
             diff = {k: (old.get(k), meta.get(k)) for k in sorted(old.keys() | meta.keys()) if old.get(k) != meta.get(k)}
-            raise UserInputError(f"{out} was built with other settings {diff}; delete it (and {meta_path.name}) "
-                                 "or use another work dir")
+            raise UserInputError(
+                f"{out} was built with other settings {diff}; delete it (and {meta_path.name}) or use another work dir"
+            )
     write_json_atomic(meta_path, meta)
     selected = select_pairs(load_pairs(pairs_path, splits={split}), limit=limit, seed=seed, dedupe=dedupe)
     if not selected:
@@ -167,10 +215,19 @@ def build_examples(pairs_path: Path, registry: Registry, out: Path, *, split: st
         with registry.engine.connect() as conn:
             lora_index = lora_name_index(conn)
         with log.open() as write:
-            for pair in tqdm(todo, desc="examples", disable=not progress, initial=len(selected) - len(todo),
-                             total=len(selected)):
-                ex = build_example(registry, pair, lora_index, candidates_k=candidates_k, max_loras=max_loras,
-                                   leave_page_out=leave_page_out, ranker=model, card=card)
+            for pair in tqdm(
+                todo, desc="examples", disable=not progress, initial=len(selected) - len(todo), total=len(selected)
+            ):
+                ex = build_example(
+                    registry,
+                    pair,
+                    lora_index,
+                    candidates_k=candidates_k,
+                    max_loras=max_loras,
+                    leave_page_out=leave_page_out,
+                    ranker=model,
+                    card=card,
+                )
                 write(ex.model_dump(mode="json"))
     wanted = {p.image_id for p in selected}
     return DataReport.of([e for e in load_examples(out) if e.image_id in wanted])
@@ -210,13 +267,25 @@ def shuffle_candidates(examples: list[Example], registry: Registry, *, share: fl
         lo_ids = [ex.lora_ids[j] for j in lo_order]
         infos = registry.versions(ck_ids + lo_ids)
         if len(infos) < len(set(ck_ids + lo_ids)):
-            raise UserInputError(f"example {ex.image_id} names versions the registry lacks; rebuild the examples "
-                                 "against this registry")
-        rendered = render_prompt(ex.request, [Candidate(infos[i], 0.0) for i in ck_ids],
-                                 [Candidate(infos[j], 0.0) for j in lo_ids], style=None)
+            raise UserInputError(
+                f"example {ex.image_id} names versions the registry lacks; rebuild the examples against this registry"
+            )
+        rendered = render_prompt(
+            ex.request,
+            [Candidate(infos[i], 0.0) for i in ck_ids],
+            [Candidate(infos[j], 0.0) for j in lo_ids],
+            style=None,
+        )
         wanted = {ex.lora_ids[j] for j in ex.answer_loras}
-        out.append(ex.model_copy(update={
-            "prompt": rendered.text, "checkpoint_ids": ck_ids, "lora_ids": lo_ids,
-            "answer_checkpoint": ck_ids.index(ex.checkpoint_ids[ex.answer_checkpoint]),
-            "answer_loras": [k for k, vid in enumerate(lo_ids) if vid in wanted]}))
+        out.append(
+            ex.model_copy(
+                update={
+                    "prompt": rendered.text,
+                    "checkpoint_ids": ck_ids,
+                    "lora_ids": lo_ids,
+                    "answer_checkpoint": ck_ids.index(ex.checkpoint_ids[ex.answer_checkpoint]),
+                    "answer_loras": [k for k, vid in enumerate(lo_ids) if vid in wanted],
+                }
+            )
+        )
     return out

@@ -42,8 +42,16 @@ class EvalReport(BaseModel):
     seconds: float
 
 
-def evaluate_choices(model_name: str, examples: list[Example], tok: Tokenizer, logits: LogitsFn, rebuild: Rebuilder,
-                     *, max_loras: int = 2, progress: bool = True) -> EvalReport:
+def evaluate_choices(
+    model_name: str,
+    examples: list[Example],
+    tok: Tokenizer,
+    logits: LogitsFn,
+    rebuild: Rebuilder,
+    *,
+    max_loras: int = 2,
+    progress: bool = True,
+) -> EvalReport:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -68,11 +76,17 @@ def evaluate_choices(model_name: str, examples: list[Example], tok: Tokenizer, l
         f1s.append(r.lora_f1)
         rewards.append(r.total)
     n = len(usable)
-    return EvalReport(model=model_name, examples=n, checkpoint_accuracy=round(hits / n, 4),
-                      first_candidate_accuracy=round(first / n, 4), picked_first=round(picked_first / n, 4),
-                      lora_f1=round(sum(f1s) / n, 4),
-                      examples_with_mismatched_loras=mismatched_examples, invalid=invalid,
-                      reward_mean=round(sum(rewards) / n, 4), label_nll=round(sum(nlls) / n, 4),
-                      uniform_nll=round(sum(math.log(len(e.checkpoint_ids)) for e in usable) / n, 4),
-                      seconds=round(time.perf_counter() - t0, 1))
-
+    return EvalReport(
+        model=model_name,
+        examples=n,
+        checkpoint_accuracy=round(hits / n, 4),
+        first_candidate_accuracy=round(first / n, 4),
+        picked_first=round(picked_first / n, 4),
+        lora_f1=round(sum(f1s) / n, 4),
+        examples_with_mismatched_loras=mismatched_examples,
+        invalid=invalid,
+        reward_mean=round(sum(rewards) / n, 4),
+        label_nll=round(sum(nlls) / n, 4),
+        uniform_nll=round(sum(math.log(len(e.checkpoint_ids)) for e in usable) / n, 4),
+        seconds=round(time.perf_counter() - t0, 1),
+    )

@@ -37,17 +37,31 @@ def _sdist(cache: Path, version: str, allow_download: bool) -> Path:
     if found.is_file():
         return found
     if not allow_download:
-        raise ExportFailed(f"the llama.cpp converters are not cached ({found} missing) and downloads are off; "
-                           f"run: pip download --no-deps --no-binary :all: llama-cpp-python=={version} -d {cache}")
+        raise ExportFailed(
+            f"the llama.cpp converters are not cached ({found} missing) and downloads are off; "
+            f"run: pip download --no-deps --no-binary :all: llama-cpp-python=={version} -d {cache}"
+        )
     cache.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           f"llama-cpp-python=={version}", "-d", str(cache)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        f"llama-cpp-python=={version}",
+        "-d",
+        str(cache),
+    ]
     log.warning("fetching the llama.cpp converters: %s (once; a 77 MB sdist, a few minutes)", " ".join(cmd))
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0 or not found.is_file():
         tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
-        raise ExportFailed(f"could not download the llama-cpp-python {version} sdist with pip ({' | '.join(tail)}); "
-                           f"download {name} from PyPI by hand into {cache} and rerun")
+        raise ExportFailed(
+            f"could not download the llama-cpp-python {version} sdist with pip ({' | '.join(tail)}); "
+            f"download {name} from PyPI by hand into {cache} and rerun"
+        )
     return found
 
 
@@ -64,13 +78,15 @@ def converter_dir(cache_dir: Path, version: str = "0.3.36", *, allow_download: b
         with tarfile.open(sdist, "r:gz") as tar:
             members = []
             for m in tar.getmembers():
-                rel = m.name[len(prefix):] if m.name.startswith(prefix) else None
+                rel = m.name[len(prefix) :] if m.name.startswith(prefix) else None
                 if rel and (m.isfile() or m.isdir()) and rel.startswith(_NEEDED):
                     m.name = rel
                     members.append(m)
             if not any(m.name == "convert_lora_to_gguf.py" for m in members):
-                raise ExportFailed(f"{sdist.name} has no vendor/llama.cpp/convert_lora_to_gguf.py; "
-                                   "choose another export.llama_cpp_version")
+                raise ExportFailed(
+                    f"{sdist.name} has no vendor/llama.cpp/convert_lora_to_gguf.py; "
+                    "choose another export.llama_cpp_version"
+                )
             tar.extractall(tmp, members=members, filter="data")
 
     return replace_dir(target, extract)
@@ -85,8 +101,7 @@ def _run(cmd: list[str], what: str) -> None:
         raise ExportFailed(f"{what} failed (exit {res.returncode}):\n{tail}")
 
 
-def export_adapter(adapter_dir: Path, base_hf_dir: Path, out: Path, *, converter: Path,
-                   outtype: str = "q8_0") -> Path:
+def export_adapter(adapter_dir: Path, base_hf_dir: Path, out: Path, *, converter: Path, outtype: str = "q8_0") -> Path:
     """peft adapter folder -> GGUF adapter at ``out`` (written atomically).
 
     ``base_hf_dir`` needs only the base model's ``config.json`` (the converter maps tensor names
@@ -97,8 +112,9 @@ def export_adapter(adapter_dir: Path, base_hf_dir: Path, out: Path, *, converter
         raise UserInputError(f"{adapter_dir} is not a peft adapter folder (no adapter_config.json)")
     if not (Path(base_hf_dir) / "config.json").is_file():
         raise UserInputError(f"{base_hf_dir} has no config.json; run a training stage first (it creates it)")
-    return _convert(converter / "convert_lora_to_gguf.py", ["--base", str(base_hf_dir), "--outtype", outtype],
-                    str(adapter_dir), out)
+    return _convert(
+        converter / "convert_lora_to_gguf.py", ["--base", str(base_hf_dir), "--outtype", outtype], str(adapter_dir), out
+    )
 
 
 def export_model(hf_dir: Path, out: Path, *, converter: Path, outtype: str = "q8_0") -> Path:
@@ -108,8 +124,9 @@ def export_model(hf_dir: Path, out: Path, *, converter: Path, outtype: str = "q8
 
 def _convert(script: Path, options: list[str], source: str, out: Path) -> Path:
     """Run a llama.cpp converter into a temporary file beside ``out``, then move it into place."""
-    return write_atomic(out, lambda tmp: _run([sys.executable, str(script), *options, "--outfile", str(tmp), source],
-                                              script.name))
+    return write_atomic(
+        out, lambda tmp: _run([sys.executable, str(script), *options, "--outfile", str(tmp), source], script.name)
+    )
 
 
 def merge_adapter(base_hf_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
@@ -129,8 +146,14 @@ def logit_shift(base_gguf: Path, adapter_gguf: Path, tokens: list[int]) -> float
         raise MissingDependency("llama-cpp-python", "base") from e
 
     def last_logits(lora: Path | None) -> np.ndarray:
-        llm = llama_cpp.Llama(model_path=str(base_gguf), lora_path=str(lora) if lora else None, n_ctx=512,
-                              n_threads=2, logits_all=False, verbose=False)
+        llm = llama_cpp.Llama(
+            model_path=str(base_gguf),
+            lora_path=str(lora) if lora else None,
+            n_ctx=512,
+            n_threads=2,
+            logits_all=False,
+            verbose=False,
+        )
         llm.eval(tokens)
         ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
         out = np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).astype(np.float32, copy=True)

@@ -75,8 +75,16 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler) -> LoopState:
     return LoopState.model_validate_json((path / "state.json").read_text(encoding="utf-8"))
 
 
-def train_loop(model, units: Sequence[Any], loss_fn: Callable[[Any, Any], tuple[Any, dict[str, float]]],
-               out_dir: Path, cfg: LoopSettings, *, progress: bool = True, desc: str = "train") -> LoopState:
+def train_loop(
+    model,
+    units: Sequence[Any],
+    loss_fn: Callable[[Any, Any], tuple[Any, dict[str, float]]],
+    out_dir: Path,
+    cfg: LoopSettings,
+    *,
+    progress: bool = True,
+    desc: str = "train",
+) -> LoopState:
     """Train the trainable parameters of ``model`` (a peft model) on ``units``.
 
     ``loss_fn(model, unit) -> (loss tensor, {part: value})``. Checkpoints go to
@@ -108,8 +116,9 @@ def train_loop(model, units: Sequence[Any], loss_fn: Callable[[Any, Any], tuple[
     if ckpt is not None and (ckpt / "state.json").is_file():
         state = _load_checkpoint(ckpt, model, optimizer, scheduler)
         if state.total_steps != total:
-            log.warning("checkpoint planned %d steps, this config plans %d; continuing to %d",
-                        state.total_steps, total, total)
+            log.warning(
+                "checkpoint planned %d steps, this config plans %d; continuing to %d", state.total_steps, total, total
+            )
             state.total_steps = total
         log.info("resuming %s at step %d/%d", desc, state.step, total)
     model.train()

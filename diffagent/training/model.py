@@ -43,8 +43,7 @@ def ensure_hf_base(gguf_path: Path, hf_dir: Path) -> Path:
     if not gguf_path.is_file():
         raise UserInputError(f"base GGUF {gguf_path} not found")
     log.warning("converting %s to a transformers model (once; 1-3 minutes)", gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                 dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
     # the GGUF loader marks the model as quantized, which save_pretrained refuses; the weights are
     # plain fp32 after dequantization, so the marker is dropped
     model.hf_quantizer = None
@@ -66,9 +65,15 @@ def load_base(hf_dir: Path):
 def add_lora(model, shape: LoraShape):
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=shape.r, lora_alpha=shape.alpha, lora_dropout=shape.dropout,
-                     target_modules=list(shape.target_modules), layers_to_transform=shape.layers,
-                     task_type="CAUSAL_LM", bias="none")
+    cfg = LoraConfig(
+        r=shape.r,
+        lora_alpha=shape.alpha,
+        lora_dropout=shape.dropout,
+        target_modules=list(shape.target_modules),
+        layers_to_transform=shape.layers,
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
     return get_peft_model(model, cfg)
 
 
@@ -76,8 +81,10 @@ def load_lora(model, adapter_dir: Path, *, trainable: bool):
     from peft import PeftModel
 
     if not (Path(adapter_dir) / "adapter_config.json").is_file():
-        raise UserInputError(f"{adapter_dir} is not a peft adapter folder (no adapter_config.json); "
-                             "train it first with `diffagent train sft`")
+        raise UserInputError(
+            f"{adapter_dir} is not a peft adapter folder (no adapter_config.json); "
+            "train it first with `diffagent train sft`"
+        )
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
 
 
@@ -126,8 +133,9 @@ def answer_logprobs(model, batch: Batch, *, bf16: bool = False):
     """Per-token log-probabilities [B, A] of the answer tokens (0 where masked), full-vocabulary softmax."""
     torch = require_torch()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=batch.keep,
-                    use_cache=False)
+        out = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=batch.keep, use_cache=False
+        )
     logits = out.logits.float()  # [B, K, V]
     rows = torch.arange(logits.shape[0]).unsqueeze(1)
     picked = logits[rows, batch.gather]  # [B, A, V]

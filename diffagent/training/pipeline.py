@@ -87,14 +87,25 @@ def run_data(cfg: TrainConfig, settings: Settings, *, progress: bool = True) -> 
     from diffagent.training.data import build_examples
 
     if cfg.data.pairs is None:
-        raise UserInputError("no pairs file: set data.pairs in the config or pass --pairs "
-                             "(build pairs with `diffagent bench build`)")
+        raise UserInputError(
+            "no pairs file: set data.pairs in the config or pass --pairs (build pairs with `diffagent bench build`)"
+        )
     lay = layout(cfg, settings)
-    report = build_examples(cfg.data.pairs, _registry(cfg, settings), lay.examples, split=cfg.data.split,
-                            limit=cfg.data.limit, seed=cfg.seed, dedupe=cfg.data.dedupe_instructions,
-                            candidates_k=cfg.candidates_k or settings.candidates_k, max_loras=cfg.data.max_loras,
-                            leave_page_out=cfg.data.leave_page_out, ranker=settings.ranker,
-                            card_adapter=settings.card_adapter, progress=progress)
+    report = build_examples(
+        cfg.data.pairs,
+        _registry(cfg, settings),
+        lay.examples,
+        split=cfg.data.split,
+        limit=cfg.data.limit,
+        seed=cfg.seed,
+        dedupe=cfg.data.dedupe_instructions,
+        candidates_k=cfg.candidates_k or settings.candidates_k,
+        max_loras=cfg.data.max_loras,
+        leave_page_out=cfg.data.leave_page_out,
+        ranker=settings.ranker,
+        card_adapter=settings.card_adapter,
+        progress=progress,
+    )
     out = {"examples_file": str(lay.examples), **report.model_dump()}
     write_json_atomic(lay.examples.with_name("report.json"), out)
     return out
@@ -117,19 +128,20 @@ def run_sft(cfg: TrainConfig, settings: Settings, *, progress: bool = True) -> d
     if cfg.sft.shuffle_candidates:
         from diffagent.training.data import shuffle_candidates
 
-        examples = shuffle_candidates(examples, _registry(cfg, settings), share=cfg.sft.shuffle_candidates,
-                                      seed=cfg.seed)
+        examples = shuffle_candidates(
+            examples, _registry(cfg, settings), share=cfg.sft.shuffle_candidates, seed=cfg.seed
+        )
     gguf = base_gguf(cfg, settings)
     model = add_lora(load_base(ensure_hf_base(gguf, lay.base_hf)), cfg.lora)
     report = train_sft(model, GGUFTokenizer(gguf), examples, cfg, lay.stage("sft"), progress=progress)
-    out = {"stage": "sft", "base_model": str(gguf), "config": json.loads(cfg.model_dump_json()),
-           **report.model_dump()}
+    out = {"stage": "sft", "base_model": str(gguf), "config": json.loads(cfg.model_dump_json()), **report.model_dump()}
     write_json_atomic(lay.stage("sft") / "report.json", out)
     return out
 
 
-def run_export(cfg: TrainConfig, settings: Settings, stage: str, *, out: Path | None = None,
-               merged: bool = False) -> dict:
+def run_export(
+    cfg: TrainConfig, settings: Settings, stage: str, *, out: Path | None = None, merged: bool = False
+) -> dict:
     from diffagent.training.export import converter_dir, export_adapter, export_model, logit_shift, merge_adapter
     from diffagent.training.tokens import GGUFTokenizer
 
@@ -146,9 +158,14 @@ def run_export(cfg: TrainConfig, settings: Settings, stage: str, *, out: Path | 
         return {"stage": stage, "model": str(target), "bytes": target.stat().st_size}
     target = out or lay.gguf(stage)
     export_adapter(adapter, lay.base_hf, target, converter=conv, outtype=cfg.export.outtype)
-    probe = GGUFTokenizer(gguf).encode("### Request\n\"a watercolor fox\"\n### Answer\nCheckpoint:", bos=True)
-    return {"stage": stage, "adapter": str(target), "bytes": target.stat().st_size, "outtype": cfg.export.outtype,
-            "max_logit_shift": round(logit_shift(gguf, target, probe), 4)}
+    probe = GGUFTokenizer(gguf).encode('### Request\n"a watercolor fox"\n### Answer\nCheckpoint:', bos=True)
+    return {
+        "stage": stage,
+        "adapter": str(target),
+        "bytes": target.stat().st_size,
+        "outtype": cfg.export.outtype,
+        "max_logit_shift": round(logit_shift(gguf, target, probe), 4),
+    }
 
 
 def run_rrhf(cfg: TrainConfig, settings: Settings, *, progress: bool = True) -> dict:
@@ -162,8 +179,9 @@ def run_rrhf(cfg: TrainConfig, settings: Settings, *, progress: bool = True) -> 
     lay = layout(cfg, settings)
     sft_adapter = lay.adapter("sft")
     if not (sft_adapter / "adapter_config.json").is_file():
-        raise UserInputError(f"RRHF starts from the SFT adapter, and {sft_adapter} has none; "
-                             "run `diffagent train sft` first")
+        raise UserInputError(
+            f"RRHF starts from the SFT adapter, and {sft_adapter} has none; run `diffagent train sft` first"
+        )
     examples = _examples(lay, cfg)
     gguf = base_gguf(cfg, settings)
     tok = GGUFTokenizer(gguf)
@@ -173,19 +191,34 @@ def run_rrhf(cfg: TrainConfig, settings: Settings, *, progress: bool = True) -> 
     # candidates come from the SFT model as deployed: llama.cpp with the exported adapter
     backend = LlamaBackend(gguf, lora_path=lay.gguf("sft"), n_ctx=settings.llm_ctx, n_threads=cfg.threads)
     image_reward = ImageMetricReward.from_settings(settings, registry) if cfg.rrhf.reward == "image" else None
-    candidates = generate_candidates(examples, tok, backend.logits, Rebuilder(registry), cfg, lay.candidates,
-                                     image_reward=image_reward, progress=progress)
+    candidates = generate_candidates(
+        examples,
+        tok,
+        backend.logits,
+        Rebuilder(registry),
+        cfg,
+        lay.candidates,
+        image_reward=image_reward,
+        progress=progress,
+    )
     del backend
     model = load_lora(load_base(ensure_hf_base(gguf, lay.base_hf)), sft_adapter, trainable=True)
     report = train_rrhf(model, tok, examples, candidates, cfg, lay.stage("rrhf"), progress=progress)
-    out = {"stage": "rrhf", "base_model": str(gguf), "config": json.loads(cfg.model_dump_json()),
-           **report.model_dump()}
+    out = {"stage": "rrhf", "base_model": str(gguf), "config": json.loads(cfg.model_dump_json()), **report.model_dump()}
     write_json_atomic(lay.stage("rrhf") / "report.json", out)
     return out
 
 
-def run_eval(cfg: TrainConfig, settings: Settings, model: str, *, split: str = "test", limit: int = 300,
-             shuffle: float = 0.0, progress: bool = True) -> dict:
+def run_eval(
+    cfg: TrainConfig,
+    settings: Settings,
+    model: str,
+    *,
+    split: str = "test",
+    limit: int = 300,
+    shuffle: float = 0.0,
+    progress: bool = True,
+) -> dict:
     """Greedy choice of ``model`` (base, sft, rrhf) on ``limit`` pairs of a held-out split; ``shuffle``
     shows that share of them with their candidates in a random order (1.0: the position-free probe)."""
     from diffagent.agent.llm import LlamaBackend
@@ -199,15 +232,27 @@ def run_eval(cfg: TrainConfig, settings: Settings, model: str, *, split: str = "
     if split == "train":
         raise UserInputError("evaluate on a held-out split (val or test), not on train")
     if not 0.0 <= shuffle <= 1.0:
-        raise UserInputError(f"shuffle is the share of examples shown in a random order, between 0 and 1 "
-                             f"(got {shuffle})")
+        raise UserInputError(
+            f"shuffle is the share of examples shown in a random order, between 0 and 1 (got {shuffle})"
+        )
     lay = layout(cfg, settings)
     registry = _registry(cfg, settings)
     held_out = lay.examples.with_name(f"examples-{split}.jsonl")
-    data = build_examples(cfg.data.pairs, registry, held_out, split=split, limit=limit, seed=cfg.seed,
-                          dedupe=cfg.data.dedupe_instructions, candidates_k=cfg.candidates_k or settings.candidates_k,
-                          max_loras=cfg.data.max_loras, leave_page_out=cfg.data.leave_page_out,
-                          ranker=settings.ranker, card_adapter=settings.card_adapter, progress=progress)
+    data = build_examples(
+        cfg.data.pairs,
+        registry,
+        held_out,
+        split=split,
+        limit=limit,
+        seed=cfg.seed,
+        dedupe=cfg.data.dedupe_instructions,
+        candidates_k=cfg.candidates_k or settings.candidates_k,
+        max_loras=cfg.data.max_loras,
+        leave_page_out=cfg.data.leave_page_out,
+        ranker=settings.ranker,
+        card_adapter=settings.card_adapter,
+        progress=progress,
+    )
     lora = None
     if model != "base":
         lora = lay.gguf(model)
@@ -220,10 +265,23 @@ def run_eval(cfg: TrainConfig, settings: Settings, model: str, *, split: str = "
         from diffagent.training.data import shuffle_candidates
 
         examples = shuffle_candidates(examples, registry, share=shuffle, seed=cfg.seed + 1)
-    report = evaluate_choices(model, examples, GGUFTokenizer(gguf), backend.logits, Rebuilder(registry),
-                              max_loras=cfg.data.max_loras, progress=progress)
-    out = {"split": split, "pairs": data.pairs, "checkpoint_recall": data.checkpoint_recall,
-           "adapter": str(lora) if lora else None, "shuffled": shuffle, **report.model_dump()}
+    report = evaluate_choices(
+        model,
+        examples,
+        GGUFTokenizer(gguf),
+        backend.logits,
+        Rebuilder(registry),
+        max_loras=cfg.data.max_loras,
+        progress=progress,
+    )
+    out = {
+        "split": split,
+        "pairs": data.pairs,
+        "checkpoint_recall": data.checkpoint_recall,
+        "adapter": str(lora) if lora else None,
+        "shuffled": shuffle,
+        **report.model_dump(),
+    }
     suffix = f"-shuffled{shuffle:g}" if shuffle else ""
     write_json_atomic(lay.root / "eval" / f"{model}-{split}{suffix}.json", out)
     return out

@@ -55,45 +55,82 @@ class Collected:
     pairs: int
 
     def save(self, path: Path) -> None:
-        write_atomic(path, lambda tmp: np.savez_compressed(
-            tmp, X=self.X, y=self.y, group=self.group, model=self.model, target_model=self.target_model,
-            pairs=np.array([self.pairs])))
+        write_atomic(
+            path,
+            lambda tmp: np.savez_compressed(
+                tmp,
+                X=self.X,
+                y=self.y,
+                group=self.group,
+                model=self.model,
+                target_model=self.target_model,
+                pairs=np.array([self.pairs]),
+            ),
+        )
 
     @classmethod
     def concat(cls, parts: list[Collected]) -> Collected:
         """The pairs of ``parts`` one after another (group numbers shifted)."""
         offsets = np.cumsum([0] + [c.pairs for c in parts[:-1]])
-        return cls(X=np.vstack([c.X for c in parts]), y=np.concatenate([c.y for c in parts]),
-                   group=np.concatenate([c.group + o for c, o in zip(parts, offsets, strict=True)]),
-                   model=np.concatenate([c.model for c in parts]),
-                   target_model=np.concatenate([c.target_model for c in parts]), pairs=sum(c.pairs for c in parts))
+        return cls(
+            X=np.vstack([c.X for c in parts]),
+            y=np.concatenate([c.y for c in parts]),
+            group=np.concatenate([c.group + o for c, o in zip(parts, offsets, strict=True)]),
+            model=np.concatenate([c.model for c in parts]),
+            target_model=np.concatenate([c.target_model for c in parts]),
+            pairs=sum(c.pairs for c in parts),
+        )
 
     @classmethod
     def load(cls, path: Path) -> Collected:
         with np.load(path) as z:
-            return cls(X=z["X"], y=z["y"], group=z["group"], model=z["model"], target_model=z["target_model"],
-                       pairs=int(z["pairs"][0]))
+            return cls(
+                X=z["X"],
+                y=z["y"],
+                group=z["group"],
+                model=z["model"],
+                target_model=z["target_model"],
+                pairs=int(z["pairs"][0]),
+            )
 
 
-def collect(registry: Registry, pairs: list[Pair], *, leave_page_out: bool, weights: RetrievalWeights | None = None,
-            card: CardEncoder | None = None, progress: bool = False) -> Collected:
+def collect(
+    registry: Registry,
+    pairs: list[Pair],
+    *,
+    leave_page_out: bool,
+    weights: RetrievalWeights | None = None,
+    card: CardEncoder | None = None,
+    progress: bool = False,
+) -> Collected:
     from tqdm import tqdm
 
     X, y, group, model = [], [], [], []
     base = parse_base_constraint("any")
     for j, pair in enumerate(tqdm(pairs, desc="searching", disable=not progress, leave=False)):
-        hits = first_stage(registry, strip_resource_tags(pair.instruction), base=base, limit=POOL,
-                           weights=weights, exclude_page=pair.page_model_id if leave_page_out else None, card=card)
+        hits = first_stage(
+            registry,
+            strip_resource_tags(pair.instruction),
+            base=base,
+            limit=POOL,
+            weights=weights,
+            exclude_page=pair.page_model_id if leave_page_out else None,
+            card=card,
+        )
         if not hits:
             continue
         X.append(features(hits))
         y += [h.version.id == pair.target.checkpoint_version_id for h in hits]
         group += [j] * len(hits)
         model += [h.version.model_id for h in hits]
-    return Collected(X=np.vstack(X) if X else np.zeros((0, len(FEATURES))), y=np.asarray(y, dtype=np.int8),
-                     group=np.asarray(group, dtype=np.int64), model=np.asarray(model, dtype=np.int64),
-                     target_model=np.asarray([p.target.checkpoint_model_id for p in pairs], dtype=np.int64),
-                     pairs=len(pairs))
+    return Collected(
+        X=np.vstack(X) if X else np.zeros((0, len(FEATURES))),
+        y=np.asarray(y, dtype=np.int8),
+        group=np.asarray(group, dtype=np.int64),
+        model=np.asarray(model, dtype=np.int64),
+        target_model=np.asarray([p.target.checkpoint_model_id for p in pairs], dtype=np.int64),
+        pairs=len(pairs),
+    )
 
 
 def agreement(data: Collected, scores: np.ndarray) -> dict[str, float]:
@@ -113,28 +150,56 @@ def agreement(data: Collected, scores: np.ndarray) -> dict[str, float]:
     return {k: round(v / max(data.pairs, 1), 4) for k, v in hits.items()}
 
 
-def fit(data: Collected, *, seed: int = 0, max_iter: int = 200, learning_rate: float = 0.05,
-        max_leaf_nodes: int = 15) -> tuple[TreeEnsemble, object]:
+def fit(
+    data: Collected, *, seed: int = 0, max_iter: int = 200, learning_rate: float = 0.05, max_leaf_nodes: int = 15
+) -> tuple[TreeEnsemble, object]:
     """A monotone gradient-boosted classifier of "is the creator's checkpoint" over the rows."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     if not data.y.any():
-        raise UserInputError("no train pair had its creator's checkpoint among the searched hits; use more "
-                             "pairs or check that the registry holds the pairs' checkpoints")
-    clf = HistGradientBoostingClassifier(learning_rate=learning_rate, max_iter=max_iter,
-                                         max_leaf_nodes=max_leaf_nodes, monotonic_cst=list(MONOTONE),
-                                         early_stopping=False, random_state=seed)
+        raise UserInputError(
+            "no train pair had its creator's checkpoint among the searched hits; use more "
+            "pairs or check that the registry holds the pairs' checkpoints"
+        )
+    clf = HistGradientBoostingClassifier(
+        learning_rate=learning_rate,
+        max_iter=max_iter,
+        max_leaf_nodes=max_leaf_nodes,
+        monotonic_cst=list(MONOTONE),
+        early_stopping=False,
+        random_state=seed,
+    )
     clf.fit(data.X, data.y)
     return TreeEnsemble.from_sklearn(clf, FEATURES), clf
 
 
-def _cached(registry: Registry, pairs_path: Path, split: str, limit: int, seed: int, cache_dir: Path,
-            progress: bool, *, card: CardEncoder | None, pages: str, weights: RetrievalWeights) -> Collected:
-    key = {"pairs": str(Path(pairs_path).resolve()), "registry": identity(registry.path),
-           "registry_state": registry.fingerprint(),  # a re-imported registry gives other features
-           "allow_nsfw": registry.allow_nsfw, "split": split, "limit": limit, "seed": seed,
-           "features": list(FEATURES), "pool": POOL, "card": card.digest() if card else None, "pages": pages,
-           "card_pool": weights.card_pool}
+def _cached(
+    registry: Registry,
+    pairs_path: Path,
+    split: str,
+    limit: int,
+    seed: int,
+    cache_dir: Path,
+    progress: bool,
+    *,
+    card: CardEncoder | None,
+    pages: str,
+    weights: RetrievalWeights,
+) -> Collected:
+    key = {
+        "pairs": str(Path(pairs_path).resolve()),
+        "registry": identity(registry.path),
+        "registry_state": registry.fingerprint(),  # a re-imported registry gives other features
+        "allow_nsfw": registry.allow_nsfw,
+        "split": split,
+        "limit": limit,
+        "seed": seed,
+        "features": list(FEATURES),
+        "pool": POOL,
+        "card": card.digest() if card else None,
+        "pages": pages,
+        "card_pool": weights.card_pool,
+    }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"ranker-features-{split}-{digest}.npz"
     if path.is_file():
@@ -153,16 +218,29 @@ def fold_half(card: CardEncoder) -> str:
     """The train pages whose pairs a fold encoder scores: the half it was not trained on (its ``fold``)."""
     trained_on = card.meta.get("fold")
     if trained_on not in ("even", "odd"):
-        raise UserInputError(f"the card encoder was trained on {trained_on or 'all'} train pages; the ranker needs one "
-                             "trained on half of them (`diffagent train cards --pages even`), whose cosine on the "
-                             "other half looks as it does on new requests")
+        raise UserInputError(
+            f"the card encoder was trained on {trained_on or 'all'} train pages; the ranker needs one "
+            "trained on half of them (`diffagent train cards --pages even`), whose cosine on the "
+            "other half looks as it does on new requests"
+        )
     return "odd" if trained_on == "even" else "even"
 
 
-def train_ranker(registry: Registry, pairs_path: Path, out: Path, *, work_dir: Path, limit: int = 14000,
-                 val_limit: int = 2000, seed: int = 0, max_iter: int = 200, progress: bool = False,
-                 card_folds: list[CardEncoder] | None = None, card_val: CardEncoder | None = None,
-                 weights: RetrievalWeights | None = None) -> dict:
+def train_ranker(
+    registry: Registry,
+    pairs_path: Path,
+    out: Path,
+    *,
+    work_dir: Path,
+    limit: int = 14000,
+    val_limit: int = 2000,
+    seed: int = 0,
+    max_iter: int = 200,
+    progress: bool = False,
+    card_folds: list[CardEncoder] | None = None,
+    card_val: CardEncoder | None = None,
+    weights: RetrievalWeights | None = None,
+) -> dict:
     """Collect (or reuse, from ``work_dir``) features, fit, compare with the first stage on val, and write
     the model to ``out`` and a report beside it.
 
@@ -174,22 +252,33 @@ def train_ranker(registry: Registry, pairs_path: Path, out: Path, *, work_dir: P
     t0 = time.perf_counter()
     cache = Path(work_dir)
     folds = [(fold_half(c), c) for c in card_folds or []] or [("all", None)]
-    train = Collected.concat([_cached(registry, pairs_path, "train", limit, seed, cache, progress, card=card,
-                                      pages=pages, weights=w) for pages, card in folds])
-    val = _cached(registry, pairs_path, "val", val_limit, seed, cache, progress, card=card_val, pages="all",
-                  weights=w)
+    train = Collected.concat(
+        [
+            _cached(registry, pairs_path, "train", limit, seed, cache, progress, card=card, pages=pages, weights=w)
+            for pages, card in folds
+        ]
+    )
+    val = _cached(registry, pairs_path, "val", val_limit, seed, cache, progress, card=card_val, pages="all", weights=w)
     t1 = time.perf_counter()
     model, _ = fit(train, seed=seed, max_iter=max_iter)
     first_stage_order = -np.arange(len(val.group), dtype=np.float64)  # rows are stored in search order
     card = val.X[:, FEATURES.index("card")]
     report = {
-        "registry": registry.where, "pairs": str(pairs_path), "train_pairs": train.pairs,
-        "train_pages": [pages for pages, _ in folds], "card_val": "given" if card_val else None,
+        "registry": registry.where,
+        "pairs": str(pairs_path),
+        "train_pairs": train.pairs,
+        "train_pages": [pages for pages, _ in folds],
+        "card_val": "given" if card_val else None,
         "card_pool": w.card_pool,
-        "train_rows": int(len(train.y)), "train_positives": int(train.y.sum()), "val_pairs": val.pairs,
-        "val_first_stage": agreement(val, first_stage_order), "val_ranker": agreement(val, model.raw(val.X)),
+        "train_rows": int(len(train.y)),
+        "train_positives": int(train.y.sum()),
+        "val_pairs": val.pairs,
+        "val_first_stage": agreement(val, first_stage_order),
+        "val_ranker": agreement(val, model.raw(val.X)),
         f"val_ranker_plus_{w.card_ranked:g}_card": agreement(val, model.raw(val.X) + w.card_ranked * card),
-        "collect_s": round(t1 - t0, 1), "fit_s": round(time.perf_counter() - t1, 1), "trees": len(model.roots),
+        "collect_s": round(t1 - t0, 1),
+        "fit_s": round(time.perf_counter() - t1, 1),
+        "trees": len(model.roots),
         "seed": seed,
     }
     model = TreeEnsemble(**{**model.__dict__, "meta": {"trained_on": report}})

@@ -26,8 +26,10 @@ from pydantic import BaseModel
 from diffagent.apicall import ApiCall
 from diffagent.bench.pairs import Target
 
-AGREEMENT_REWARD = ("agreement-with-creators reward (checkpoint match, LoRA overlap, argument accuracy; "
-                    "a CPU proxy, not the image metric)")
+AGREEMENT_REWARD = (
+    "agreement-with-creators reward (checkpoint match, LoRA overlap, argument accuracy; "
+    "a CPU proxy, not the image metric)"
+)
 IMAGE_REWARD = "unified image metric (CLIP score, ImageReward, HPS v2) of rendered candidates"
 INVALID = -1.0
 
@@ -55,8 +57,14 @@ def argument_accuracy(call: ApiCall, target: Target) -> float:
     return sum(checks) / len(checks)
 
 
-def agreement_reward(call: ApiCall | None, target: Target, target_lora_ids: Sequence[int], *,
-                     checkpoint_model_id: int | None, mismatched: int = 0) -> RewardParts:
+def agreement_reward(
+    call: ApiCall | None,
+    target: Target,
+    target_lora_ids: Sequence[int],
+    *,
+    checkpoint_model_id: int | None,
+    mismatched: int = 0,
+) -> RewardParts:
     """See the module docstring. ``mismatched``: chosen LoRAs that validation dropped."""
     if call is None:
         return RewardParts(total=INVALID, invalid=True)
@@ -70,8 +78,9 @@ def agreement_reward(call: ApiCall | None, target: Target, target_lora_ids: Sequ
     f1 = 1.0 if not pred and not gt else 2 * len(pred & gt) / (len(pred) + len(gt))
     args = argument_accuracy(call, target)
     total = ck + 0.5 * f1 + 0.25 * args - 0.5 * mismatched
-    return RewardParts(total=round(total, 6), checkpoint=ck, lora_f1=round(f1, 4), args=round(args, 4),
-                       mismatched=mismatched)
+    return RewardParts(
+        total=round(total, 6), checkpoint=ck, lora_f1=round(f1, 4), args=round(args, 4), mismatched=mismatched
+    )
 
 
 class ImageMetricReward:

@@ -59,16 +59,20 @@ class PromptCandidates(BaseModel):
 
 
 # ---------------------------------------------------------------------------------- candidates
-def propose(decoder: Decoder, cfg: RRHFConfig, seed: int, reference: tuple[int, list[int]] | None
-            ) -> list[tuple[int, tuple[int, ...], Source, float | None]]:
+def propose(
+    decoder: Decoder, cfg: RRHFConfig, seed: int, reference: tuple[int, list[int]] | None
+) -> list[tuple[int, tuple[int, ...], Source, float | None]]:
     """Distinct (checkpoint, LoRAs) choices: the reference first, then beams, then samples; at most m."""
     out: list[tuple[int, tuple[int, ...], Source, float | None]] = []
     seen: set[tuple[int, frozenset[int]]] = set()
     if reference is not None and cfg.include_reference:
         out.append((reference[0], tuple(reference[1]), "reference", None))
         seen.add((reference[0], frozenset(reference[1])))
-    beams: list[Decoded] = decoder.diverse_beam_search(groups=cfg.n_beam, beams_per_group=1,
-                                                       diversity_penalty=cfg.diversity_penalty) if cfg.n_beam else []
+    beams: list[Decoded] = (
+        decoder.diverse_beam_search(groups=cfg.n_beam, beams_per_group=1, diversity_penalty=cfg.diversity_penalty)
+        if cfg.n_beam
+        else []
+    )
     samples = decoder.sample(cfg.n_sample, temperature=cfg.temperature, seed=seed) if cfg.n_sample else []
     for group, source in ((dedupe(beams), "beam"), (dedupe(samples), "sample")):
         for d in group:
@@ -85,8 +89,9 @@ class Rebuilder:
         self.registry = registry
         self._embeddings = None
 
-    def __call__(self, ex: Example, checkpoint: int, loras: tuple[int, ...] | list[int]
-                 ) -> tuple[ApiCall | None, int | None, int]:
+    def __call__(
+        self, ex: Example, checkpoint: int, loras: tuple[int, ...] | list[int]
+    ) -> tuple[ApiCall | None, int | None, int]:
         """(call or None when it cannot be built, the checkpoint's model id, LoRAs dropped as mismatched)."""
         reg = self.registry
         if self._embeddings is None:
@@ -107,17 +112,27 @@ class Rebuilder:
         return call, ck.model_id, mismatched
 
 
-def generate_candidates(examples: list[Example], tok: Tokenizer, logits: LogitsFn, rebuild: Rebuilder,
-                        cfg: TrainConfig, out: Path, *, image_reward: Callable | None = None,
-                        progress: bool = True) -> list[PromptCandidates]:
+def generate_candidates(
+    examples: list[Example],
+    tok: Tokenizer,
+    logits: LogitsFn,
+    rebuild: Rebuilder,
+    cfg: TrainConfig,
+    out: Path,
+    *,
+    image_reward: Callable | None = None,
+    progress: bool = True,
+) -> list[PromptCandidates]:
     """Candidates and rewards for the first ``cfg.rrhf.prompts`` usable examples, cached in ``out``."""
     from tqdm import tqdm
 
     r = cfg.rrhf
     reward_name = IMAGE_REWARD if r.reward == "image" else AGREEMENT_REWARD
     if r.reward == "image" and image_reward is None:
-        raise UserInputError("rrhf.reward = 'image' needs a renderer and the scorers (GPU + real weights); "
-                             "use rrhf.reward = 'agreement' on a CPU-only machine")
+        raise UserInputError(
+            "rrhf.reward = 'image' needs a renderer and the scorers (GPU + real weights); "
+            "use rrhf.reward = 'agreement' on a CPU-only machine"
+        )
     chosen = [e for e in examples if e.usable][: r.prompts]
     log = AppendLog(out)
     have = {int(rec["image_id"]): PromptCandidates.model_validate(rec) for rec in log.records()}
@@ -126,22 +141,31 @@ def generate_candidates(examples: list[Example], tok: Tokenizer, logits: LogitsF
         raise UserInputError(f"{out} holds candidates scored by another reward ({stale.pop()}); delete it")
     todo = [e for e in chosen if e.image_id not in have]
     with log.open() as write:
-        for ex in tqdm(todo, desc="rrhf candidates", disable=not progress, initial=len(chosen) - len(todo),
-                       total=len(chosen)):
+        for ex in tqdm(
+            todo, desc="rrhf candidates", disable=not progress, initial=len(chosen) - len(todo), total=len(chosen)
+        ):
             prompt = tok.encode(ex.prompt, bos=True)
             labels = labels_for(tok, len(ex.checkpoint_ids), len(ex.lora_ids), cfg.data.max_loras)
             decoder = Decoder(logits, prompt, labels, n_loras=len(ex.lora_ids))
-            proposals = propose(decoder, r, seed=cfg.seed * 100_003 + ex.image_id,
-                                reference=(ex.answer_checkpoint, ex.answer_loras))
+            proposals = propose(
+                decoder, r, seed=cfg.seed * 100_003 + ex.image_id, reference=(ex.answer_checkpoint, ex.answer_loras)
+            )
             built = [rebuild(ex, ck, loras) for ck, loras, _, _ in proposals]
             if image_reward is not None:
                 rewards = image_reward(ex.request, [call for call, _, _ in built])
             else:
-                rewards = [agreement_reward(call, ex.target, ex.target_lora_ids, checkpoint_model_id=mid,
-                                            mismatched=mis) for call, mid, mis in built]
-            pc = PromptCandidates(image_id=ex.image_id, reward=reward_name, candidates=[
-                Candidate(checkpoint=ck, loras=list(loras), source=src, logprob=lp, reward=rew)
-                for (ck, loras, src, lp), rew in zip(proposals, rewards, strict=True)])
+                rewards = [
+                    agreement_reward(call, ex.target, ex.target_lora_ids, checkpoint_model_id=mid, mismatched=mis)
+                    for call, mid, mis in built
+                ]
+            pc = PromptCandidates(
+                image_id=ex.image_id,
+                reward=reward_name,
+                candidates=[
+                    Candidate(checkpoint=ck, loras=list(loras), source=src, logprob=lp, reward=rew)
+                    for (ck, loras, src, lp), rew in zip(proposals, rewards, strict=True)
+                ],
+            )
             write(pc.model_dump(mode="json"))
             have[ex.image_id] = pc
     return [have[e.image_id] for e in chosen]
@@ -217,8 +241,16 @@ class RRHFReport(BaseModel):
     adapter: str
 
 
-def train_rrhf(model, tok: Tokenizer, examples: list[Example], candidates: list[PromptCandidates],
-               cfg: TrainConfig, out_dir: Path, *, progress: bool = True) -> RRHFReport:
+def train_rrhf(
+    model,
+    tok: Tokenizer,
+    examples: list[Example],
+    candidates: list[PromptCandidates],
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    progress: bool = True,
+) -> RRHFReport:
     """Train the (SFT-initialized) peft ``model`` in place; the adapter lands in ``out_dir/adapter``."""
     by_id = {e.image_id: e for e in examples}
     units = []
@@ -230,8 +262,10 @@ def train_rrhf(model, tok: Tokenizer, examples: list[Example], candidates: list[
         answers = [answer_ids(tok, c.checkpoint, c.loras) for c in pc.candidates]
         units.append((prompt, answers, [c.reward.total for c in pc.candidates]))
     if not units:
-        raise UserInputError(f"none of the {len(candidates)} prompts has candidates that differ in reward; "
-                             "raise rrhf.n_sample / rrhf.temperature or rrhf.prompts")
+        raise UserInputError(
+            f"none of the {len(candidates)} prompts has candidates that differ in reward; "
+            "raise rrhf.n_sample / rrhf.temperature or rrhf.prompts"
+        )
     r = cfg.rrhf
 
     def loss_fn(m, unit):
@@ -240,17 +274,29 @@ def train_rrhf(model, tok: Tokenizer, examples: list[Example], candidates: list[
         total, rank, sft = rrhf_loss(lp, mask, rewards, sft_weight=r.sft_weight)
         return total, {"rank": float(rank.detach()), "sft": float(sft.detach())}
 
-    loop = LoopSettings(epochs=r.epochs, max_steps=r.max_steps, grad_accum=r.grad_accum, lr=r.lr,
-                        warmup_steps=r.warmup_steps, checkpoint_every=r.checkpoint_every, seed=cfg.seed)
+    loop = LoopSettings(
+        epochs=r.epochs,
+        max_steps=r.max_steps,
+        grad_accum=r.grad_accum,
+        lr=r.lr,
+        warmup_steps=r.warmup_steps,
+        checkpoint_every=r.checkpoint_every,
+        seed=cfg.seed,
+    )
     state = train_loop(model, units, loss_fn, out_dir, loop, progress=progress, desc="rrhf")
     by_source: dict[str, list[float]] = {}
     for pc in candidates:
         for c in pc.candidates:
             by_source.setdefault(c.source, []).append(c.reward.total)
-    return RRHFReport(reward=candidates[0].reward, prompts=len(candidates), informative_prompts=len(units),
-                      candidates_mean=round(sum(len(pc.candidates) for pc in candidates) / len(candidates), 2),
-                      steps=state.step, seconds=round(state.seconds, 1),
-                      first_loss=state.losses[0] if state.losses else None,
-                      last_loss=state.losses[-1] if state.losses else None,
-                      mean_reward_by_source={k: round(sum(v) / len(v), 4) for k, v in by_source.items()},
-                      adapter=str(Path(out_dir) / "adapter"))
+    return RRHFReport(
+        reward=candidates[0].reward,
+        prompts=len(candidates),
+        informative_prompts=len(units),
+        candidates_mean=round(sum(len(pc.candidates) for pc in candidates) / len(candidates), 2),
+        steps=state.step,
+        seconds=round(state.seconds, 1),
+        first_loss=state.losses[0] if state.losses else None,
+        last_loss=state.losses[-1] if state.losses else None,
+        mean_reward_by_source={k: round(sum(v) / len(v), 4) for k, v in by_source.items()},
+        adapter=str(Path(out_dir) / "adapter"),
+    )

@@ -52,13 +52,16 @@ def batches(seqs: list[Seq], batch_size: int, seed: int) -> list[list[Seq]]:
     return groups
 
 
-def train_sft(model, tok: Tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: Path, *,
-              progress: bool = True) -> SFTReport:
+def train_sft(
+    model, tok: Tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: Path, *, progress: bool = True
+) -> SFTReport:
     """Train the peft ``model`` in place; the adapter lands in ``out_dir/adapter``."""
     seqs, too_long = encode(tok, examples, cfg.sft.max_len)
     if not seqs:
-        raise UserInputError(f"no usable training examples (of {len(examples)}; {too_long} longer than "
-                             f"max_len {cfg.sft.max_len}); build data with `diffagent train data`")
+        raise UserInputError(
+            f"no usable training examples (of {len(examples)}; {too_long} longer than "
+            f"max_len {cfg.sft.max_len}); build data with `diffagent train data`"
+        )
     units = batches(seqs, cfg.sft.batch_size, cfg.seed)
     bf16 = cfg.sft.bf16
 
@@ -68,11 +71,24 @@ def train_sft(model, tok: Tokenizer, examples: list[Example], cfg: TrainConfig, 
         return sft_loss(lp, b.mask), {}
 
     s = cfg.sft
-    loop = LoopSettings(epochs=s.epochs, max_steps=s.max_steps, grad_accum=s.grad_accum, lr=s.lr,
-                        warmup_steps=s.warmup_steps, weight_decay=s.weight_decay,
-                        checkpoint_every=s.checkpoint_every, seed=cfg.seed)
+    loop = LoopSettings(
+        epochs=s.epochs,
+        max_steps=s.max_steps,
+        grad_accum=s.grad_accum,
+        lr=s.lr,
+        warmup_steps=s.warmup_steps,
+        weight_decay=s.weight_decay,
+        checkpoint_every=s.checkpoint_every,
+        seed=cfg.seed,
+    )
     state: LoopState = train_loop(model, units, loss_fn, out_dir, loop, progress=progress, desc="sft")
-    return SFTReport(examples=len(seqs), skipped_too_long=too_long,
-                     prompt_tokens_mean=round(sum(len(p) for p, _ in seqs) / len(seqs), 1), steps=state.step,
-                     seconds=round(state.seconds, 1), first_loss=state.losses[0] if state.losses else None,
-                     last_loss=state.losses[-1] if state.losses else None, adapter=str(Path(out_dir) / "adapter"))
+    return SFTReport(
+        examples=len(seqs),
+        skipped_too_long=too_long,
+        prompt_tokens_mean=round(sum(len(p) for p, _ in seqs) / len(seqs), 1),
+        steps=state.step,
+        seconds=round(state.seconds, 1),
+        first_loss=state.losses[0] if state.losses else None,
+        last_loss=state.losses[-1] if state.losses else None,
+        adapter=str(Path(out_dir) / "adapter"),
+    )

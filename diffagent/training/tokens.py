@@ -40,15 +40,17 @@ class GGUFTokenizer:
 def single(tok: Tokenizer, text: str) -> int:
     ids = tok.encode(text)
     if len(ids) != 1:
-        raise UserInputError(f"{text!r} is {len(ids)} tokens for this tokenizer; the selector needs labels "
-                             "that are single tokens")
+        raise UserInputError(
+            f"{text!r} is {len(ids)} tokens for this tokenizer; the selector needs labels that are single tokens"
+        )
     return ids[0]
 
 
 def labels_for(tok: Tokenizer, n_checkpoints: int, n_loras: int, max_loras: int) -> Labels:
     """The decoder's label tokens for a prompt with these candidate counts (``prompt_labels``, as the selector)."""
-    return prompt_labels(lambda text: single(tok, text), tok.encode, n_checkpoints=n_checkpoints, n_loras=n_loras,
-                         max_loras=max_loras)
+    return prompt_labels(
+        lambda text: single(tok, text), tok.encode, n_checkpoints=n_checkpoints, n_loras=n_loras, max_loras=max_loras
+    )
 
 
 def answer_ids(tok: Tokenizer, checkpoint: int, loras: list[int] | tuple[int, ...]) -> list[int]:

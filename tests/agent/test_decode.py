@@ -26,7 +26,7 @@ def fake_logits(prefs: dict[tuple, dict[int, float]]):
         x = np.full(VOCAB, -5.0, dtype=np.float32)
         x[0] = 100.0  # a token outside every allowed set: masking must ignore it
         for suffix, pref in prefs.items():
-            if tuple(tokens[-len(suffix):]) == suffix if suffix else True:
+            if tuple(tokens[-len(suffix) :]) == suffix if suffix else True:
                 for t, v in pref.items():
                     x[t] = v
         return x

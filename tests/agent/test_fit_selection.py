@@ -33,9 +33,17 @@ def lora_slugs(registry, call):
     return [infos[lo.id].slug for lo in call.loras]
 
 
-@pytest.mark.parametrize("prompt", ["a man sitting alone on a park bench", "a photo of the food of china",
-                                    "a sheep in a field", "a metal bench in a park", "A cheeseburger",
-                                    "latte art of a swan in a cup"])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a man sitting alone on a park bench",
+        "a photo of the food of china",
+        "a sheep in a field",
+        "a metal bench in a park",
+        "A cheeseburger",
+        "latte art of a swan in a cup",
+    ],
+)
 def test_plain_requests_get_a_photo_or_general_model_and_no_lora(registry, retrieval, prompt):
     call = retrieval.select(prompt, SelectOptions(seed=0))
     assert set(kinds(registry, call)) & {"photo", "general"}, (prompt, call.checkpoint.name)
@@ -43,9 +51,14 @@ def test_plain_requests_get_a_photo_or_general_model_and_no_lora(registry, retri
     assert "style cue" in call.rationale
 
 
-@pytest.mark.parametrize("prompt, kind", [("an anime girl with silver hair under cherry blossoms", "anime"),
-                                          ("a drawing of a stork playing a violin", "art"),
-                                          ("cubism painting of a guitar", "art")])
+@pytest.mark.parametrize(
+    "prompt, kind",
+    [
+        ("an anime girl with silver hair under cherry blossoms", "anime"),
+        ("a drawing of a stork playing a violin", "art"),
+        ("cubism painting of a guitar", "art"),
+    ],
+)
 def test_style_cues_pick_that_kind(registry, retrieval, prompt, kind):
     call = retrieval.select(prompt, SelectOptions(seed=0))
     good = {"anime": {"anime"}, "art": {"art", "general"}}[kind]
@@ -77,14 +90,17 @@ def _lora(registry, slug):
     return info
 
 
-@pytest.mark.parametrize("request_, signals, why", [
-    ("a sheep in a field", {}, None),
-    ("a sheep made of wool", {}, None),  # "Wool" is not a LoRA of this registry: see the concept case below
-    ("an ink wash painting of a crane", {}, "concept"),
-    ("a crane, shuimobysim", {"trigger": 0.8}, "trigger"),
-    ("a crane", {"knn": 0.7, "cooccurrence": 0.3}, "creators"),
-    ("a crane", {"knn": 0.7, "cooccurrence": 0.0}, None),  # similar prompts alone, never with this checkpoint
-])
+@pytest.mark.parametrize(
+    "request_, signals, why",
+    [
+        ("a sheep in a field", {}, None),
+        ("a sheep made of wool", {}, None),  # "Wool" is not a LoRA of this registry: see the concept case below
+        ("an ink wash painting of a crane", {}, "concept"),
+        ("a crane, shuimobysim", {"trigger": 0.8}, "trigger"),
+        ("a crane", {"knn": 0.7, "cooccurrence": 0.3}, "creators"),
+        ("a crane", {"knn": 0.7, "cooccurrence": 0.0}, None),  # similar prompts alone, never with this checkpoint
+    ],
+)
 def test_lora_evidence_decisions(registry, request_, signals, why):
     moxin = _lora(registry, "moxin")
     c = Candidate(moxin, 1.0, {"trigger": 0.0, "knn": 0.0, "cooccurrence": 0.0, **signals})
@@ -95,8 +111,9 @@ def test_an_everyday_trigger_word_is_no_evidence(registry):
     """Creators list words such as "green" or "couch" among trigger words; a request that says them does not ask
     for the LoRA."""
     moxin = _lora(registry, "moxin")
-    generic = moxin.model_copy(update={"trained_words": ["green", "couch"], "concepts": ["ink wash"],
-                                       "model_name": "MoXin"})
+    generic = moxin.model_copy(
+        update={"trained_words": ["green", "couch"], "concepts": ["ink wash"], "model_name": "MoXin"}
+    )
     c = Candidate(generic, 1.0, {"trigger": 0.9, "knn": 0.0, "cooccurrence": 0.0})
     assert lora_evidence(c, "a green frog on a couch") is None
     named = generic.model_copy(update={"trained_words": ["gaogenxie"]})
@@ -106,7 +123,7 @@ def test_an_everyday_trigger_word_is_no_evidence(registry):
 
 
 def test_a_trigger_creators_type_without_the_lora_is_no_evidence(registry):
-    """"nerdy" is a distinctive word to the vocabulary check, but creators who typed it used the LoRA listing it in
+    """ "nerdy" is a distinctive word to the vocabulary check, but creators who typed it used the LoRA listing it in
     2 of 100 images: not evidence. Where their use is unknown (-1) or high, the trigger still counts."""
     named = _lora(registry, "moxin").model_copy(update={"trained_words": ["gaogenxie"], "concepts": []})
     ask = "gaogenxie, a frog"
@@ -146,12 +163,15 @@ class _AddonRegistry:
         return {1: SimpleNamespace(trained_words=self.words)}
 
 
-@pytest.mark.parametrize("words, request_, natural", [
-    (["GasLampFantasyAI"], "GasLampFantasyAI castle", False),  # a coined trigger: the add-on's look is asked for
-    (["sp4c3sh1p"], "skull shape sp4c3sh1p spaceship", False),
-    (["skateboard"], "a skateboard in a park", True),  # an everyday word some add-on lists
-    (["GasLampFantasyAI"], "a photo of a castle, GasLampFantasyAI", True),  # its own cue decides
-])
+@pytest.mark.parametrize(
+    "words, request_, natural",
+    [
+        (["GasLampFantasyAI"], "GasLampFantasyAI castle", False),  # a coined trigger: the add-on's look is asked for
+        (["sp4c3sh1p"], "skull shape sp4c3sh1p spaceship", False),
+        (["skateboard"], "a skateboard in a park", True),  # an everyday word some add-on lists
+        (["GasLampFantasyAI"], "a photo of a castle, GasLampFantasyAI", True),  # its own cue decides
+    ],
+)
 def test_a_request_naming_an_addon_defers_to_its_creators(words, request_, natural):
     from diffagent.agent.retrieve import request_intent
 

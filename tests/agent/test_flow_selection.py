@@ -19,8 +19,12 @@ from diffagent.registry.search_index import _renders
 from diffagent.registry.store import Registry
 from diffagent.settings import Settings
 
-PROMPTS = ["a red fox in the snow", "a neon sign that says OPEN on a rainy street", "portrait photo of an old man",
-           "a watercolor painting of a lighthouse"]
+PROMPTS = [
+    "a red fox in the snow",
+    "a neon sign that says OPEN on a rainy street",
+    "portrait photo of an old man",
+    "a watercolor painting of a lighthouse",
+]
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +73,13 @@ def test_sd_bases_and_any_never_get_a_flow_model_unless_allowed(registry):
 def test_with_large_families_any_can_reach_a_flow_model(registry):
     from diffagent.agent.retrieve import retrieve_checkpoints
 
-    hits = retrieve_checkpoints(registry, "FLUX.1 schnell photo of a fox", base=selector(registry, large_families=True)
-                                .any_base, k=10, card=None)
+    hits = retrieve_checkpoints(
+        registry,
+        "FLUX.1 schnell photo of a fox",
+        base=selector(registry, large_families=True).any_base,
+        k=10,
+        card=None,
+    )
     assert any(c.version.family == "flux" for c in hits)
 
 
@@ -79,34 +88,56 @@ def test_unknown_base_names_the_choices():
         parse_base_constraint("sd2")
 
 
-@pytest.mark.parametrize(("family", "hf_repo", "hf_file", "local_path", "renders"), [
-    ("flux", "black-forest-labs/FLUX.1-dev", None, None, True),  # a diffusers repo
-    ("flux", "someone/flux-finetune", "model.safetensors", None, False),  # a single file in a repo
-    ("sd3", None, None, "/models/sd35-medium", True),  # a local diffusers folder
-    ("sd3", None, None, "/models/sd35_medium.safetensors", False),
-    ("flux", None, None, None, False),  # a Civitai download (single file) only
-    ("sdxl", "someone/xl", "model.safetensors", None, True),  # SD families load single files
-])
-def test_without_reference_folders_only_flow_folders_count_as_renderable(family, hf_repo, hf_file, local_path,
-                                                                          renders):
-    row = SimpleNamespace(has_weights=True, kinds="[]", family=family, hf_repo=hf_repo, hf_file=hf_file,
-                          local_path=local_path, type="checkpoint", file_name=None)
+@pytest.mark.parametrize(
+    ("family", "hf_repo", "hf_file", "local_path", "renders"),
+    [
+        ("flux", "black-forest-labs/FLUX.1-dev", None, None, True),  # a diffusers repo
+        ("flux", "someone/flux-finetune", "model.safetensors", None, False),  # a single file in a repo
+        ("sd3", None, None, "/models/sd35-medium", True),  # a local diffusers folder
+        ("sd3", None, None, "/models/sd35_medium.safetensors", False),
+        ("flux", None, None, None, False),  # a Civitai download (single file) only
+        ("sdxl", "someone/xl", "model.safetensors", None, True),  # SD families load single files
+    ],
+)
+def test_without_reference_folders_only_flow_folders_count_as_renderable(family, hf_repo, hf_file, local_path, renders):
+    row = SimpleNamespace(
+        has_weights=True,
+        kinds="[]",
+        family=family,
+        hf_repo=hf_repo,
+        hf_file=hf_file,
+        local_path=local_path,
+        type="checkpoint",
+        file_name=None,
+    )
     assert _renders(row) is renders
     assert _renders(SimpleNamespace(**{**vars(row), "type": "lora"}))  # LoRAs are single files in every family
 
 
-@pytest.mark.parametrize(("family", "hf_file", "local_path", "file_name", "references", "renders"), [
-    ("flux", "finetune.safetensors", None, None, {"flux"}, True),
-    ("flux", "finetune.safetensors", None, None, {"sd3"}, False),  # FLUX.1's references are not all here
-    ("sd3", None, "/models/sd35_finetune.safetensors", None, {"flux", "sd3"}, True),
-    ("flux", "finetune-Q8_0.gguf", None, None, {"flux"}, False),  # GGUF transformers do not load
-    ("flux", None, None, "civitai-finetune.safetensors", {"flux"}, True),  # a Civitai download, by its file's name
-    ("flux", None, None, None, {"flux"}, False),  # a download of unknown kind
-])
-def test_a_flow_transformer_file_counts_where_its_references_are_held(family, hf_file, local_path, file_name,
-                                                                      references, renders):
-    row = SimpleNamespace(has_weights=True, kinds="[]", family=family, hf_repo="someone/x" if hf_file else None,
-                          hf_file=hf_file, local_path=local_path, type="checkpoint", file_name=file_name)
+@pytest.mark.parametrize(
+    ("family", "hf_file", "local_path", "file_name", "references", "renders"),
+    [
+        ("flux", "finetune.safetensors", None, None, {"flux"}, True),
+        ("flux", "finetune.safetensors", None, None, {"sd3"}, False),  # FLUX.1's references are not all here
+        ("sd3", None, "/models/sd35_finetune.safetensors", None, {"flux", "sd3"}, True),
+        ("flux", "finetune-Q8_0.gguf", None, None, {"flux"}, False),  # GGUF transformers do not load
+        ("flux", None, None, "civitai-finetune.safetensors", {"flux"}, True),  # a Civitai download, by its file's name
+        ("flux", None, None, None, {"flux"}, False),  # a download of unknown kind
+    ],
+)
+def test_a_flow_transformer_file_counts_where_its_references_are_held(
+    family, hf_file, local_path, file_name, references, renders
+):
+    row = SimpleNamespace(
+        has_weights=True,
+        kinds="[]",
+        family=family,
+        hf_repo="someone/x" if hf_file else None,
+        hf_file=hf_file,
+        local_path=local_path,
+        type="checkpoint",
+        file_name=file_name,
+    )
     assert _renders(row, frozenset(references)) is renders
 
 
@@ -149,10 +180,13 @@ def flow_source(tmp_path, slugs: set[str]) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("references", "offered"), [
-    ({"flux1-dev", "flux1-schnell"}, True),
-    ({"flux1-dev"}, False),  # a file without the guidance embedder would need [schnell], which is not here
-])
+@pytest.mark.parametrize(
+    ("references", "offered"),
+    [
+        ({"flux1-dev", "flux1-schnell"}, True),
+        ({"flux1-dev"}, False),  # a file without the guidance embedder would need [schnell], which is not here
+    ],
+)
 def test_a_flux_fine_tune_file_is_selected_only_with_its_reference_folders(tmp_path, references, offered):
     from diffagent.registry.default import build_default
 
@@ -160,8 +194,9 @@ def test_a_flux_fine_tune_file_is_selected_only_with_its_reference_folders(tmp_p
     build_default(db, source=flow_source(tmp_path, references))
     reg = Registry.open(db)
     try:
-        call = selector(reg).select("pixel art of a knight, retro game sprite, 16-bit palette",
-                                    SelectOptions(base="flux", seed=1))
+        call = selector(reg).select(
+            "pixel art of a knight, retro game sprite, 16-bit palette", SelectOptions(base="flux", seed=1)
+        )
         assert call.checkpoint.name.startswith("PixelWave FLUX.1 fine-tune") is offered
         assert call.checkpoint.family == "flux" and call.sampler == "Euler"
         if offered:  # the renderer's resolver finds the reference the file names by its tensors

@@ -38,8 +38,14 @@ def synthetic(n_pairs=300, rows=20, seed=0) -> Collected:
         group += [j] * rows
         model += list(range(j * rows, (j + 1) * rows))  # every row its own page
         target_model.append(j * rows + good)
-    return Collected(X=np.vstack(X), y=np.array(y, dtype=np.int8), group=np.array(group), model=np.array(model),
-                     target_model=np.array(target_model), pairs=n_pairs)
+    return Collected(
+        X=np.vstack(X),
+        y=np.array(y, dtype=np.int8),
+        group=np.array(group),
+        model=np.array(model),
+        target_model=np.array(target_model),
+        pairs=n_pairs,
+    )
 
 
 def prior_only(n_pairs=200, rows=20, seed=0) -> Collected:
@@ -49,8 +55,9 @@ def prior_only(n_pairs=200, rows=20, seed=0) -> Collected:
     group = np.arange(n_pairs * rows) // rows
     prior = X[:, rk.FEATURES.index("prior")].reshape(n_pairs, rows)
     y = (prior == prior.max(axis=1, keepdims=True)).ravel().astype(np.int8)
-    return Collected(X=X, y=y, group=group, model=np.arange(len(y)), target_model=np.zeros(n_pairs, dtype=int),
-                     pairs=n_pairs)
+    return Collected(
+        X=X, y=y, group=group, model=np.arange(len(y)), target_model=np.zeros(n_pairs, dtype=int), pairs=n_pairs
+    )
 
 
 def test_features_count_page_versions_and_mark_the_newest():
@@ -138,17 +145,25 @@ def test_retrieval_with_a_ranker_reorders_and_reports_probabilities(tiny_registr
 
 
 def _pairs_file(path, n_train=40, n_val=12):
-    prompts = {1003: ("watercolor painting of a {} in a misty forest", 103),
-               1002: ("1girl, anime style, {} with cherry blossoms", 102),
-               1001: ("portrait photo of a {}, 85mm, film grain", 101)}
+    prompts = {
+        1003: ("watercolor painting of a {} in a misty forest", 103),
+        1002: ("1girl, anime style, {} with cherry blossoms", 102),
+        1001: ("portrait photo of a {}, 85mm, film grain", 101),
+    }
     subjects = ["fox", "cat", "heron", "old man", "castle", "boat", "owl", "tree"]
     rows = []
     for i in range(n_train + n_val):
         vid = list(prompts)[i % 3]
         text, page = prompts[vid]
-        rows.append(Pair(image_id=i, page_model_id=page, split="train" if i < n_train else "val",
-                         instruction=text.format(subjects[i % len(subjects)]),
-                         target=Target(checkpoint_version_id=vid, checkpoint_model_id=page)).model_dump())
+        rows.append(
+            Pair(
+                image_id=i,
+                page_model_id=page,
+                split="train" if i < n_train else "val",
+                instruction=text.format(subjects[i % len(subjects)]),
+                target=Target(checkpoint_version_id=vid, checkpoint_model_id=page),
+            ).model_dump()
+        )
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -160,8 +175,7 @@ def test_train_ranker_end_to_end_then_the_selector_uses_it(tiny_registry, tiny_r
 
     pairs = _pairs_file(tmp_path / "pairs.jsonl")
     out = tmp_path / "ranker.json"
-    report = train_ranker(tiny_registry, pairs, out, work_dir=tmp_path / "work", limit=40, val_limit=12,
-                          max_iter=20)
+    report = train_ranker(tiny_registry, pairs, out, work_dir=tmp_path / "work", limit=40, val_limit=12, max_iter=20)
     assert report["train_pairs"] == 40 and report["val_pairs"] == 12 and report["train_positives"] > 0
     assert set(report["val_ranker"]) == {"top1", "top5", "model_top1", "model_top5"}
     saved = json.loads(out.with_suffix(".report.json").read_text())
@@ -171,8 +185,9 @@ def test_train_ranker_end_to_end_then_the_selector_uses_it(tiny_registry, tiny_r
 
     # a refit reuses the cached features: no search runs
     monkeypatch.setattr("diffagent.training.ranker.first_stage", lambda *a, **k: pytest.fail("searched again"))
-    again = train_ranker(tiny_registry, pairs, tmp_path / "r2.json", work_dir=tmp_path / "work", limit=40,
-                         val_limit=12, max_iter=20)
+    again = train_ranker(
+        tiny_registry, pairs, tmp_path / "r2.json", work_dir=tmp_path / "work", limit=40, val_limit=12, max_iter=20
+    )
     assert again["val_ranker"] == report["val_ranker"]
     monkeypatch.undo()
 
@@ -197,8 +212,9 @@ def test_without_creators_votes_the_search_order_stands(tiny_registry):
     no_votes = RetrievalWeights(knn=0.0, creators=0.0)
     query = "watercolor painting of a fox"
     plain = retrieve_checkpoints(tiny_registry, query, base=parse_base_constraint("any"), k=4, weights=no_votes)
-    ranked = retrieve_checkpoints(tiny_registry, query, base=parse_base_constraint("any"), k=4, weights=no_votes,
-                                  ranker=model)
+    ranked = retrieve_checkpoints(
+        tiny_registry, query, base=parse_base_constraint("any"), k=4, weights=no_votes, ranker=model
+    )
     assert [c.version.id for c in ranked] == [c.version.id for c in plain]
     assert not any("ranker" in c.signals for c in ranked)
 
@@ -207,8 +223,25 @@ def test_train_ranker_cli(tiny_registry_path, tmp_path, capsys):
     from diffagent.cli import main
 
     pairs = _pairs_file(tmp_path / "pairs.jsonl")
-    rc = main(["train", "ranker", "--pairs", str(pairs), "--registry", str(tiny_registry_path), "--work-dir",
-               str(tmp_path / "w"), "--limit", "40", "--val-limit", "12", "--trees", "10", "--quiet"])
+    rc = main(
+        [
+            "train",
+            "ranker",
+            "--pairs",
+            str(pairs),
+            "--registry",
+            str(tiny_registry_path),
+            "--work-dir",
+            str(tmp_path / "w"),
+            "--limit",
+            "40",
+            "--val-limit",
+            "12",
+            "--trees",
+            "10",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert report["trees"] == 10 and report["train_pairs"] == 40
@@ -227,9 +260,18 @@ def test_the_card_pool_joins_the_rankers_pool_and_the_rest_stays_below():
     search order below it."""
     from diffagent.agent.retrieve import RetrievalWeights, rank_hits
 
-    flat = rk.TreeEnsemble(features=rk.FEATURES, baseline=0.0, roots=np.array([0]), feature=np.array([0]),
-                           threshold=np.array([0.0]), left=np.array([0]), right=np.array([0]), value=np.array([0.0]),
-                           leaf=np.array([True]), meta={})  # every hit scores the same: the card weight decides
+    flat = rk.TreeEnsemble(
+        features=rk.FEATURES,
+        baseline=0.0,
+        roots=np.array([0]),
+        feature=np.array([0]),
+        threshold=np.array([0.0]),
+        left=np.array([0]),
+        right=np.array([0]),
+        value=np.array([0.0]),
+        leaf=np.array([True]),
+        meta={},
+    )  # every hit scores the same: the card weight decides
     hits = [hit(i, i, knn=0.1, card=0.1) for i in range(rk.POOL)]
     hits += [hit(100, 100, knn=0.0, card=0.9), hit(101, 101, knn=0.0, card=0.8, card_pool=1.0)]
     ranked = rank_hits(hits, k=len(hits), weights=RetrievalWeights(card_ranked=4.0), ranker=flat, named={101})
@@ -249,17 +291,41 @@ def test_train_ranker_on_one_half_with_a_card_encoder(tiny_registry, tmp_path):
     pairs = _pairs_file(tmp_path / "pairs.jsonl")  # pages 101 and 103 are odd, 102 even
     train = [json.loads(line) for line in pairs.read_text().splitlines() if json.loads(line)["split"] == "train"]
     n_odd = sum(1 for r in train if r["page_model_id"] % 2)
-    report = train_ranker(tiny_registry, pairs, tmp_path / "r.json", work_dir=tmp_path / "w", limit=40, val_limit=12,
-                          max_iter=10, card_folds=[even], card_val=even)
+    report = train_ranker(
+        tiny_registry,
+        pairs,
+        tmp_path / "r.json",
+        work_dir=tmp_path / "w",
+        limit=40,
+        val_limit=12,
+        max_iter=10,
+        card_folds=[even],
+        card_val=even,
+    )
     assert report["train_pairs"] == n_odd < 40 and report["train_pages"] == ["odd"] and report["card_pool"] >= 0
     cached = [Collected.load(p) for p in (tmp_path / "w").glob("ranker-features-train-*.npz")]
     assert len(cached) == 1 and cached[0].X[:, rk.FEATURES.index("card")].max() > 0
-    both = train_ranker(tiny_registry, pairs, tmp_path / "r2.json", work_dir=tmp_path / "w", limit=40, val_limit=12,
-                        max_iter=10, card_folds=[even, odd], card_val=even)
+    both = train_ranker(
+        tiny_registry,
+        pairs,
+        tmp_path / "r2.json",
+        work_dir=tmp_path / "w",
+        limit=40,
+        val_limit=12,
+        max_iter=10,
+        card_folds=[even, odd],
+        card_val=even,
+    )
     assert both["train_pairs"] == len(train) and both["train_pages"] == ["odd", "even"]
     with pytest.raises(UserInputError, match="trained on all train pages"):
-        train_ranker(tiny_registry, pairs, tmp_path / "r.json", work_dir=tmp_path / "w2", limit=40,
-                     card_folds=[CardEncoder(zero, 1.0, {"embedder": name})])
+        train_ranker(
+            tiny_registry,
+            pairs,
+            tmp_path / "r.json",
+            work_dir=tmp_path / "w2",
+            limit=40,
+            card_folds=[CardEncoder(zero, 1.0, {"embedder": name})],
+        )
 
 
 def test_collected_pairs_concatenate():
@@ -268,13 +334,20 @@ def test_collected_pairs_concatenate():
     assert c.pairs == 5 and len(c.y) == len(a.y) + len(b.y)
     assert c.group.tolist() == a.group.tolist() + (b.group + 3).tolist()
     assert agreement(c, -np.arange(len(c.y), dtype=float))["top1"] == pytest.approx(
-        (agreement(a, -np.arange(len(a.y), dtype=float))["top1"] * 3
-         + agreement(b, -np.arange(len(b.y), dtype=float))["top1"] * 2) / 5, abs=1e-3)
+        (
+            agreement(a, -np.arange(len(a.y), dtype=float))["top1"] * 3
+            + agreement(b, -np.arange(len(b.y), dtype=float))["top1"] * 2
+        )
+        / 5,
+        abs=1e-3,
+    )
 
 
 def _named_hit(vid, name, trained=(), **signals):
-    return SimpleNamespace(version=SimpleNamespace(id=vid, model_id=vid, downloads=100, model_name=name,
-                                                   trained_words=list(trained)), signals=signals)
+    return SimpleNamespace(
+        version=SimpleNamespace(id=vid, model_id=vid, downloads=100, model_name=name, trained_words=list(trained)),
+        signals=signals,
+    )
 
 
 class _Shares:
@@ -287,9 +360,13 @@ class _Shares:
 def test_named_by_request_needs_a_distinctive_name_or_trigger_word():
     from diffagent.agent.retrieve import named_by_request
 
-    hits = [_named_hit(1, "Studio Ghibli"), _named_hit(2, "Lamborghini Photography", ["car"]),
-            _named_hit(3, "RealCarMix", ["mycarstyle"]), _named_hit(4, "Ghibli Voted", knn=0.4),
-            _named_hit(5, "Realistic Mix")]
+    hits = [
+        _named_hit(1, "Studio Ghibli"),
+        _named_hit(2, "Lamborghini Photography", ["car"]),
+        _named_hit(3, "RealCarMix", ["mycarstyle"]),
+        _named_hit(4, "Ghibli Voted", knn=0.4),
+        _named_hit(5, "Realistic Mix"),
+    ]
     assert named_by_request(_Shares(), "a red car in studio ghibli style", hits) == {1}  # 4 is voted: no need
     assert named_by_request(_Shares(), "mycarstyle, a red car", hits) == {3}  # a trigger word names it too
     assert named_by_request(_Shares(), "a realistic photo, mix of colours", hits) == set()  # generic name words
@@ -299,9 +376,18 @@ def test_unvoted_checkpoints_the_request_does_not_name_rank_below_voted_ones():
     """Under the ranker, a hit no creator prompt voted for pays ``unvoted_penalty`` unless the request names it."""
     from diffagent.agent.retrieve import RetrievalWeights, rank_hits
 
-    flat = rk.TreeEnsemble(features=rk.FEATURES, baseline=0.0, roots=np.array([0]), feature=np.array([0]),
-                           threshold=np.array([0.0]), left=np.array([0]), right=np.array([0]), value=np.array([0.0]),
-                           leaf=np.array([True]), meta={})
+    flat = rk.TreeEnsemble(
+        features=rk.FEATURES,
+        baseline=0.0,
+        roots=np.array([0]),
+        feature=np.array([0]),
+        threshold=np.array([0.0]),
+        left=np.array([0]),
+        right=np.array([0]),
+        value=np.array([0.0]),
+        leaf=np.array([True]),
+        meta={},
+    )
     hits = [hit(1, 1, knn=0.0, card=0.6), hit(2, 2, knn=0.0, card=0.5), hit(3, 3, knn=0.2, card=0.1)]
     w = RetrievalWeights(card_ranked=4.0, unvoted_penalty=3.0)
     order = [c.version.id for c in rank_hits(hits, k=3, weights=w, ranker=flat, named={2})]

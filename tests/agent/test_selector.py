@@ -22,8 +22,15 @@ def ids_in_registry(reg, call: ApiCall) -> bool:
     return len(reg.versions(ids)) == len(ids)
 
 
-@pytest.mark.parametrize("prompt", ["a watercolor fox in a misty forest", "1girl, anime, cherry blossoms",
-                                    "cinematic photo of a lighthouse", "<lora:filmGrain_v1:0.6> portrait photo"])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a watercolor fox in a misty forest",
+        "1girl, anime, cherry blossoms",
+        "cinematic photo of a lighthouse",
+        "<lora:filmGrain_v1:0.6> portrait photo",
+    ],
+)
 def test_llm_selection_is_a_complete_valid_call_from_the_registry(selector, tiny_registry, prompt):
     sel = selector.select_many(prompt, SelectOptions(seed=5, n_candidates=3))
     call = sel.calls[0]
@@ -66,8 +73,9 @@ def test_beam_and_sample_strategies(selector, tiny_registry, strategy):
     assert 1 <= len(sel.calls) <= 3
     assert all(ids_in_registry(tiny_registry, c) for c in sel.calls)
     if strategy == "sample":
-        again = selector.select_many("anime girl with a sword",
-                                     SelectOptions(strategy=strategy, n_candidates=3, seed=2))
+        again = selector.select_many(
+            "anime girl with a sword", SelectOptions(strategy=strategy, n_candidates=3, seed=2)
+        )
         assert [c.checkpoint.id for c in again.calls] == [c.checkpoint.id for c in sel.calls]
 
 
@@ -85,8 +93,9 @@ def test_no_candidates_is_a_clear_error(tmp_path, embedder, settings):
     from diffagent.registry.store import Registry
 
     db = tmp_path / "r.db"
-    import_path(write_jsonl(tmp_path / "i.jsonl", [i for i in items() if i["type"] != "Checkpoint"]), db,
-                embedder=embedder)
+    import_path(
+        write_jsonl(tmp_path / "i.jsonl", [i for i in items() if i["type"] != "Checkpoint"]), db, embedder=embedder
+    )
     sel = Selector(Registry.open(db, embedder=embedder), settings.model_copy(update={"selector": "retrieval"}))
     with pytest.raises(NotFoundError, match="no renderable checkpoint"):
         sel.select("a cat", SelectOptions())
@@ -128,8 +137,9 @@ def test_injection_in_registry_text_stays_data(tmp_path, embedder, settings, gem
 def test_select_cli_json(tiny_registry_path, capsys):
     from diffagent.cli import main
 
-    rc = main(["select", "watercolor fox", "--registry", str(tiny_registry_path), "--json", "--seed", "4",
-               "--retrieval-only"])
+    rc = main(
+        ["select", "watercolor fox", "--registry", str(tiny_registry_path), "--json", "--seed", "4", "--retrieval-only"]
+    )
     assert rc == 0
     data = json.loads(capsys.readouterr().out)
     assert data["schema_version"] == "2" and data["seed"] == 4

@@ -14,12 +14,26 @@ from diffagent.bench.split import split_of
 
 def raw_row(image_id, page, prompt, version_id, model_id, *, nsfw="None", loras=(), clip="2,"):
     return {
-        "image_id": image_id, "image_nsfw": nsfw, "attached_model_id": page, "attached_version_id": page * 10,
-        "prompt": prompt + "".join(f", <lora:{n}:{w}>" for n, w in loras), "negativePrompt": "lowres",
-        "sampler": "dpm++ 2m karras", "steps": "28", "cfgScale": 7, "seed": 1, "size": "512x768",
-        "clip_skip": clip, "resolved_checkpoint": {"model_id": model_id, "version_id": version_id,
-                                                   "type": "Checkpoint", "baseModel": "SD 1.5",
-                                                   "model_name": "M", "version_name": "v1"},
+        "image_id": image_id,
+        "image_nsfw": nsfw,
+        "attached_model_id": page,
+        "attached_version_id": page * 10,
+        "prompt": prompt + "".join(f", <lora:{n}:{w}>" for n, w in loras),
+        "negativePrompt": "lowres",
+        "sampler": "dpm++ 2m karras",
+        "steps": "28",
+        "cfgScale": 7,
+        "seed": 1,
+        "size": "512x768",
+        "clip_skip": clip,
+        "resolved_checkpoint": {
+            "model_id": model_id,
+            "version_id": version_id,
+            "type": "Checkpoint",
+            "baseModel": "SD 1.5",
+            "model_name": "M",
+            "version_name": "v1",
+        },
         "resources": [{"name": n, "type": "lora", "weight": w} for n, w in loras],
     }
 
@@ -37,7 +51,13 @@ def test_row_to_pair_strips_tags_and_parses_messy_numbers():
     assert pair.instruction == "a fox"
     t = pair.target
     assert (t.checkpoint_version_id, t.sampler, t.steps, t.clip_skip, t.width, t.height) == (
-        1003, "DPM++ 2M Karras", 28, 2, 512, 768)
+        1003,
+        "DPM++ 2M Karras",
+        28,
+        2,
+        512,
+        768,
+    )
     assert [(lo.name, lo.weight) for lo in t.loras] == [("filmGrain_v1", 0.6)]
     assert pair.split == split_of(5)
     assert row_to_pair(raw_row(2, 5, "a fox", 1003, 103, nsfw="Mature")) is None
@@ -70,8 +90,10 @@ def _call(tiny_registry, version_id, lora_ids=()):
 def test_metrics_on_known_predictions(tiny_registry):
     from diffagent.registry.stats import lora_name_index
 
-    pairs = [row_to_pair(raw_row(1, 1, "fox", 1003, 103, loras=[("watercolorStyle_v1", 0.8)])),
-             row_to_pair(raw_row(2, 2, "girl", 1002, 102))]
+    pairs = [
+        row_to_pair(raw_row(1, 1, "fox", 1003, 103, loras=[("watercolorStyle_v1", 0.8)])),
+        row_to_pair(raw_row(2, 2, "girl", 1002, 102)),
+    ]
     preds = {
         1: Prediction(ranked=[1003, 1001], call=_call(tiny_registry, 1003, [2002])),
         2: Prediction(ranked=[1001, 1003, 1002], call=_call(tiny_registry, 1001)),
@@ -107,8 +129,9 @@ def test_the_lora_whose_page_shows_the_image_counts_as_used_in_the_showcase_metr
     assert row["lora_precision"] == 0.0 and row["lora_recall"] is None  # the metadata names none
     assert row["lora_precision_showcase"] == 1.0 and row["lora_recall_showcase"] == 1.0
     # a checkpoint's page adds nothing
-    plain = row_to_pair(raw_row(2, 103, "a fox", 1003, 103) | {"attached_version_id": 1003,
-                                                                "attached_type": "Checkpoint"})
+    plain = row_to_pair(
+        raw_row(2, 103, "a fox", 1003, 103) | {"attached_version_id": 1003, "attached_type": "Checkpoint"}
+    )
     row = evaluate([plain], lambda p: pred, tiny_registry, loras, lora_ids=lora_ids).row()
     assert row["lora_precision_showcase"] == 0.0 and row["lora_recall_showcase"] is None
 
@@ -116,7 +139,8 @@ def test_the_lora_whose_page_shows_the_image_counts_as_used_in_the_showcase_metr
 def test_hallucinated_ids_and_failures_are_counted(tiny_registry):
     pair = row_to_pair(raw_row(1, 1, "fox", 1003, 103))
     ghost = _call(tiny_registry, 1003).model_copy(
-        update={"checkpoint": _call(tiny_registry, 1003).checkpoint.model_copy(update={"id": 424242})})
+        update={"checkpoint": _call(tiny_registry, 1003).checkpoint.model_copy(update={"id": 424242})}
+    )
 
     def boom(p):
         raise ValueError("bad call")
@@ -147,8 +171,23 @@ def test_bench_select_cli_end_to_end(tmp_path, tiny_registry_path, capsys, metho
                 for vid, text in prompts.items():
                     i += 1
                     fh.write(json.dumps(raw_row(i, p, text, vid, vid // 10)) + "\n")
-    rc = main(["bench", "select", "--pairs", str(rows), "--registry", str(tiny_registry_path), "--split", "test",
-               "--methods", *methods, "--json", "--plot", str(tmp_path / "plot.png")])
+    rc = main(
+        [
+            "bench",
+            "select",
+            "--pairs",
+            str(rows),
+            "--registry",
+            str(tiny_registry_path),
+            "--split",
+            "test",
+            "--methods",
+            *methods,
+            "--json",
+            "--plot",
+            str(tmp_path / "plot.png"),
+        ]
+    )
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     res = report["results"]

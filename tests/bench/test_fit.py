@@ -45,8 +45,12 @@ def test_prompt_labels_integrity():
 
 def test_model_labels_are_checked_against_the_vocabulary(tmp_path):
     good = tmp_path / "m.jsonl"
-    good.write_text(json.dumps({"version_id": 7, "kinds": ["photo"], "concepts": [], "by": "judge"}) + "\n"
-                    + json.dumps({"version_id": 8, "kinds": ["style"], "concepts": ["ink wash"], "by": "judge"}) + "\n")
+    good.write_text(
+        json.dumps({"version_id": 7, "kinds": ["photo"], "concepts": [], "by": "judge"})
+        + "\n"
+        + json.dumps({"version_id": 8, "kinds": ["style"], "concepts": ["ink wash"], "by": "judge"})
+        + "\n"
+    )
     assert set(load_model_labels(good)) == {7, 8}
     bad = tmp_path / "b.jsonl"
     bad.write_text(json.dumps({"version_id": 7, "kinds": ["realistic"], "by": "judge"}) + "\n")
@@ -70,14 +74,22 @@ def _fit_set(tmp_path: Path, prompts: list[str], labels: list[dict]) -> tuple[Pa
 
 
 def _label(i: int, text: str, good, ok=(), cue=False, asks=(), split="heldout") -> dict:
-    return {"ref": f"p.txt#{i}", "sha": hashlib.sha256(text.encode()).hexdigest()[:12], "good": list(good),
-            "ok": list(ok), "style_cue": cue, "asks_for": list(asks), "split": split}
+    return {
+        "ref": f"p.txt#{i}",
+        "sha": hashlib.sha256(text.encode()).hexdigest()[:12],
+        "good": list(good),
+        "ok": list(ok),
+        "style_cue": cue,
+        "asks_for": list(asks),
+        "split": split,
+    }
 
 
 def test_load_fit_set_reads_text_by_reference_and_checks_its_hash(tmp_path):
     prompts = ["a photo of a bench", "an anime girl"]
-    root, path = _fit_set(tmp_path, prompts, [_label(0, prompts[0], ["photo"]),
-                                              _label(1, prompts[1], ["anime"], split="dev")])
+    root, path = _fit_set(
+        tmp_path, prompts, [_label(0, prompts[0], ["photo"]), _label(1, prompts[1], ["anime"], split="dev")]
+    )
     items = load_fit_set(root, "heldout", path)
     assert [it.prompt for it in items] == ["a photo of a bench"]
     assert len(load_fit_set(root, "all", path)) == 2
@@ -95,8 +107,15 @@ def test_a_label_outside_the_vocabulary_is_refused(tmp_path):
 
 
 def test_grading():
-    it = FitItem("r", "a sheep in a field, watercolor", frozenset({"art", "general"}), frozenset({"photo"}),
-                 True, ("watercolor",), "heldout")
+    it = FitItem(
+        "r",
+        "a sheep in a field, watercolor",
+        frozenset({"art", "general"}),
+        frozenset({"photo"}),
+        True,
+        ("watercolor",),
+        "heldout",
+    )
     assert it.grade(["art"]) == 2 and it.grade(["photo"]) == 1 and it.grade(["anime"]) == 0
     assert it.grade(["base"]) == 1 and it.grade(["refiner"]) == 0 and it.grade([]) == 0
     assert it.asks(["watercolor painting", "watercolor"]) and not it.asks(["wool"])
@@ -114,15 +133,27 @@ def test_evaluate_fit_on_the_default_registry():
     photo, anime, moxin = by_slug["realistic-vision-v51"], by_slug["anything-v3"], by_slug["moxin"]
 
     def call(ck, loras=()):
-        return ApiCall(checkpoint=ck.ref(), loras=[{**lo.ref().model_dump(), "weight": 0.7} for lo in loras],
-                       prompt="x", sampler="Euler a", steps=20, cfg_scale=7, width=512, height=512, seed=1)
+        return ApiCall(
+            checkpoint=ck.ref(),
+            loras=[{**lo.ref().model_dump(), "weight": 0.7} for lo in loras],
+            prompt="x",
+            sampler="Euler a",
+            steps=20,
+            cfg_scale=7,
+            width=512,
+            height=512,
+            seed=1,
+        )
 
     plain = frozenset({"photo", "general"})
-    items = [FitItem("a", "a sheep in a field", plain, frozenset({"art"}), False, (), "heldout"),
-             FitItem("b", "a sheep in a field", plain, frozenset({"art"}), False, (), "heldout"),
-             FitItem("c", "an ink wash painting of a sheep", frozenset({"art"}), frozenset(), True, ("ink wash",),
-                     "heldout"),
-             FitItem("d", "boom", plain, frozenset(), False, (), "heldout")]
+    items = [
+        FitItem("a", "a sheep in a field", plain, frozenset({"art"}), False, (), "heldout"),
+        FitItem("b", "a sheep in a field", plain, frozenset({"art"}), False, (), "heldout"),
+        FitItem(
+            "c", "an ink wash painting of a sheep", frozenset({"art"}), frozenset(), True, ("ink wash",), "heldout"
+        ),
+        FitItem("d", "boom", plain, frozenset(), False, (), "heldout"),
+    ]
     answers = {"a": call(photo), "b": call(anime, [moxin]), "c": call(photo, [moxin])}
 
     def select(prompt, it=iter(items)):

@@ -28,6 +28,11 @@ def db(new_registry) -> Path | str:
 @pytest.fixture(autouse=True)
 def _hermetic_settings(monkeypatch):
     # the CLI builds Settings from the environment; a developer's DIFFAGENT_* must not leak in
-    for name in ("DIFFAGENT_REGISTRY", "DIFFAGENT_ALLOW_NSFW", "DIFFAGENT_CIVITAI_API_KEY", "CIVITAI_API_KEY",
-                 "DIFFAGENT_EMBEDDER"):
+    for name in (
+        "DIFFAGENT_REGISTRY",
+        "DIFFAGENT_ALLOW_NSFW",
+        "DIFFAGENT_CIVITAI_API_KEY",
+        "CIVITAI_API_KEY",
+        "DIFFAGENT_EMBEDDER",
+    ):
         monkeypatch.delenv(name, raising=False)

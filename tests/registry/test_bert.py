@@ -72,13 +72,15 @@ def _variant(tmp_path, **changes):
 
 
 def test_other_pooling_falls_back_to_sentence_transformers(tmp_path, sentence_transformer):
-    folder = _variant(tmp_path, **{"1_Pooling/config.json": {"pooling_mode_mean_tokens": False,
-                                                            "pooling_mode_cls_token": True}})
+    folder = _variant(
+        tmp_path, **{"1_Pooling/config.json": {"pooling_mode_mean_tokens": False, "pooling_mode_cls_token": True}}
+    )
     with pytest.raises(Unsupported, match="pooling"):
         NumpyBert(folder, 128)
     emb = Embedder(folder)
-    np.testing.assert_allclose(emb.encode_query(TEXTS[0]), st_vectors(sentence_transformer(folder), TEXTS[:1])[0],
-                               atol=2e-6)
+    np.testing.assert_allclose(
+        emb.encode_query(TEXTS[0]), st_vectors(sentence_transformer(folder), TEXTS[:1])[0], atol=2e-6
+    )
     assert emb._numpy is False
 
 
@@ -88,8 +90,10 @@ def test_other_architectures_are_not_guessed(tmp_path):
 
 
 def test_a_cold_query_imports_neither_torch_nor_transformers():
-    code = ("import sys; from diffagent.registry.embeddings import Embedder; Embedder().encode_query('a fox'); "
-            "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))")
+    code = (
+        "import sys; from diffagent.registry.embeddings import Embedder; Embedder().encode_query('a fox'); "
+        "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -9,16 +9,19 @@ import pytest
 from diffagent.registry.kinds import ModelKinds, derive, name_phrase, validate
 
 
-@pytest.mark.parametrize("name, version, tags, kinds", [
-    ("Realistic Vision", "V5.1", ["photorealistic", "portraits"], ("photo",)),
-    ("Anything V5", "v5", ["anime", "illustration"], ("anime",)),  # the name outvotes one tag
-    ("ReV Animated", "v1.2.2", ["anime", "2.5d", "photorealistic"], ("anime", "art")),
-    ("SomeMix", "v1", ["anime", "photorealistic"], ("anime", "art")),  # tagged both ways: not a photo model
-    ("Toonify", "v2", ["cartoon", "3d"], ("cartoon",)),
-    ("Plain", "v1", ["woman"], ("unknown",)),
-    ("Stable Diffusion XL Refiner", "1.0", ["base model"], ("refiner",)),
-    ("Realistic Vision", "V5.1-inpainting", ["photorealistic"], ("inpainting",)),
-])
+@pytest.mark.parametrize(
+    "name, version, tags, kinds",
+    [
+        ("Realistic Vision", "V5.1", ["photorealistic", "portraits"], ("photo",)),
+        ("Anything V5", "v5", ["anime", "illustration"], ("anime",)),  # the name outvotes one tag
+        ("ReV Animated", "v1.2.2", ["anime", "2.5d", "photorealistic"], ("anime", "art")),
+        ("SomeMix", "v1", ["anime", "photorealistic"], ("anime", "art")),  # tagged both ways: not a photo model
+        ("Toonify", "v2", ["cartoon", "3d"], ("cartoon",)),
+        ("Plain", "v1", ["woman"], ("unknown",)),
+        ("Stable Diffusion XL Refiner", "1.0", ["base model"], ("refiner",)),
+        ("Realistic Vision", "V5.1-inpainting", ["photorealistic"], ("inpainting",)),
+    ],
+)
 def test_derived_checkpoint_kinds(name, version, tags, kinds):
     assert derive("checkpoint", name, version, tags, []).kinds == kinds
 
@@ -28,14 +31,17 @@ def test_models_that_cannot_render_alone():
     assert derive("checkpoint", "DreamShaper", "8", ["general"], []).standalone
 
 
-@pytest.mark.parametrize("name, tags, role", [
-    ("Detail Tweaker LoRA", ["concept"], "detail"),
-    ("LCM LoRA SD1.5", ["tool"], "speed"),
-    ("epi_noiseoffset", ["lighting"], "lighting"),
-    ("MoXin", ["style", "ink"], "style"),
-    ("Hatsune Miku", ["character", "anime"], "subject"),
-    ("Wool", ["concept"], "subject"),
-])
+@pytest.mark.parametrize(
+    "name, tags, role",
+    [
+        ("Detail Tweaker LoRA", ["concept"], "detail"),
+        ("LCM LoRA SD1.5", ["tool"], "speed"),
+        ("epi_noiseoffset", ["lighting"], "lighting"),
+        ("MoXin", ["style", "ink"], "style"),
+        ("Hatsune Miku", ["character", "anime"], "subject"),
+        ("Wool", ["concept"], "subject"),
+    ],
+)
 def test_derived_lora_roles(name, tags, role):
     assert derive("lora", name, "v1", tags, []).role == role
 
@@ -91,8 +97,11 @@ def test_default_registry_stores_curated_labels():
     from registry_sql import sql_rows
 
     db = Path(__file__).resolve().parents[2] / "registry.db"
-    rows = sql_rows(db, "SELECT k.kinds, k.origin, m.slug FROM model_kind k JOIN model_version v ON v.id = k.version_id"
-                    " JOIN model m ON m.id = v.model_id WHERE m.type = 'checkpoint'")
+    rows = sql_rows(
+        db,
+        "SELECT k.kinds, k.origin, m.slug FROM model_kind k JOIN model_version v ON v.id = k.version_id"
+        " JOIN model m ON m.id = v.model_id WHERE m.type = 'checkpoint'",
+    )
     assert rows and all(origin == "curated" for _, origin, _ in rows)
     assert dict((slug, json.loads(k)) for k, _, slug in rows)["sdxl-refiner-1.0"] == ["refiner"]
 
@@ -123,7 +132,12 @@ def test_a_flow_reference_entry_must_be_a_diffusers_folder(tmp_path):
     text = DEFAULT_PATH.read_text()
     assert old in text
     bad = tmp_path / "m.toml"
-    bad.write_text(text.replace(old, 'hf_repo = "black-forest-labs/FLUX.1-schnell"\nhf_file = "flux1-schnell'
-                                     '.safetensors"\nformat = "SafeTensor"'))
+    bad.write_text(
+        text.replace(
+            old,
+            'hf_repo = "black-forest-labs/FLUX.1-schnell"\nhf_file = "flux1-schnell'
+            '.safetensors"\nformat = "SafeTensor"',
+        )
+    )
     with pytest.raises(UserInputError, match="flux1-schnell is the reference model.*'Diffusers'"):
         load_default_source(bad)

@@ -15,8 +15,16 @@ from diffagent.registry.location import cache_base
 from diffagent.registry.query import query_words
 from diffagent.registry.store import Registry
 
-QUERIES = ["watercolor fox", "portrait photo of an old fisherman", "anime girl, school uniform", "cinematic",
-           "pixel art castle", "realistic vision photo", "nothing-matches-this zzzqqq", "foxes in forests"]
+QUERIES = [
+    "watercolor fox",
+    "portrait photo of an old fisherman",
+    "anime girl, school uniform",
+    "cinematic",
+    "pixel art castle",
+    "realistic vision photo",
+    "nothing-matches-this zzzqqq",
+    "foxes in forests",
+]
 
 
 def _fts_scores(reg: Registry, words: list[str]) -> dict[int, float]:

@@ -53,26 +53,43 @@ def _tiny_bert(folder, *, normalize: bool, hidden=12, heads=3, layers=2, interme
     def rand(*shape):
         return (rng.standard_normal(shape) * 0.2).astype(np.float32)
 
-    w = {"embeddings.word_embeddings.weight": rand(vocab, hidden),
-         "embeddings.position_embeddings.weight": rand(64, hidden),
-         "embeddings.token_type_embeddings.weight": rand(2, hidden),
-         "embeddings.LayerNorm.weight": 1 + rand(hidden), "embeddings.LayerNorm.bias": rand(hidden)}
+    w = {
+        "embeddings.word_embeddings.weight": rand(vocab, hidden),
+        "embeddings.position_embeddings.weight": rand(64, hidden),
+        "embeddings.token_type_embeddings.weight": rand(2, hidden),
+        "embeddings.LayerNorm.weight": 1 + rand(hidden),
+        "embeddings.LayerNorm.bias": rand(hidden),
+    }
     for i in range(layers):
         p = f"encoder.layer.{i}."
-        for name, (out, inp) in {"attention.self.query": (hidden, hidden), "attention.self.key": (hidden, hidden),
-                                 "attention.self.value": (hidden, hidden),
-                                 "attention.output.dense": (hidden, hidden),
-                                 "intermediate.dense": (intermediate, hidden),
-                                 "output.dense": (hidden, intermediate)}.items():
+        for name, (out, inp) in {
+            "attention.self.query": (hidden, hidden),
+            "attention.self.key": (hidden, hidden),
+            "attention.self.value": (hidden, hidden),
+            "attention.output.dense": (hidden, hidden),
+            "intermediate.dense": (intermediate, hidden),
+            "output.dense": (hidden, intermediate),
+        }.items():
             w[p + name + ".weight"], w[p + name + ".bias"] = rand(out, inp), rand(out)
         for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
             w[p + ln + ".weight"], w[p + ln + ".bias"] = 1 + rand(hidden), rand(hidden)
     folder.mkdir()
     save_file(w, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "bert", "hidden_act": "gelu", "hidden_size": hidden, "num_attention_heads": heads,
-        "num_hidden_layers": layers, "intermediate_size": intermediate, "max_position_embeddings": 64,
-        "layer_norm_eps": 1e-12, "vocab_size": vocab}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "bert",
+                "hidden_act": "gelu",
+                "hidden_size": hidden,
+                "num_attention_heads": heads,
+                "num_hidden_layers": layers,
+                "intermediate_size": intermediate,
+                "max_position_embeddings": 64,
+                "layer_norm_eps": 1e-12,
+                "vocab_size": vocab,
+            }
+        )
+    )
     (folder / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
     modules = [{"type": "sentence_transformers.models.Transformer"}, {"type": "sentence_transformers.models.Pooling"}]
     if normalize:
@@ -127,8 +144,9 @@ def test_a_folder_the_graph_does_not_cover_is_left_to_sentence_transformers(tmp_
     for f in src.iterdir():
         if f.is_file():
             (folder / f.name).symlink_to(f)
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True,
-                                                                  "word_embedding_dimension": 384}))
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"pooling_mode_cls_token": True, "word_embedding_dimension": 384})
+    )
     emb = Embedder(folder)
     vecs = emb.encode(TEXTS[:2])
     assert emb.onnx_encoder() is None and emb._model not in (None, False) and vecs.shape == (2, 384)

@@ -16,8 +16,20 @@ from diffagent.cli import main
 def lexical_db(tmp_path, new_registry):
     """The fixture items imported through the CLI without vectors (search needs no embedding model)."""
     db = new_registry("lexical")
-    assert main(["registry", "import", str(write_jsonl(tmp_path / "items.jsonl")), "--registry", str(db),
-                 "--no-vectors", "-q"]) == 0
+    assert (
+        main(
+            [
+                "registry",
+                "import",
+                str(write_jsonl(tmp_path / "items.jsonl")),
+                "--registry",
+                str(db),
+                "--no-vectors",
+                "-q",
+            ]
+        )
+        == 0
+    )
     return db
 
 
@@ -30,16 +42,27 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
 
 def test_import_prints_a_summary(tmp_path, capsys, db):
     src = write_jsonl(tmp_path / "items.jsonl")
-    rc, out, _ = _run(capsys, "registry", "import", str(src), "--registry", str(db),
-                      "--no-vectors", "-q")
+    rc, out, _ = _run(capsys, "registry", "import", str(src), "--registry", str(db), "--no-vectors", "-q")
     assert rc == 0
     assert out.startswith("imported 11 models, 11 versions, 11 files, 9 sample images")
     assert "usage stats for 7 versions" in out
 
 
 def test_import_holdout_split_drops_sample_images(tmp_path, capsys, db):
-    rc, out, _ = _run(capsys, "registry", "import", str(write_jsonl(tmp_path / "i.jsonl")), "--registry", str(db),
-                      "--no-vectors", "-q", "--holdout-split", "train", "val", "test")
+    rc, out, _ = _run(
+        capsys,
+        "registry",
+        "import",
+        str(write_jsonl(tmp_path / "i.jsonl")),
+        "--registry",
+        str(db),
+        "--no-vectors",
+        "-q",
+        "--holdout-split",
+        "train",
+        "val",
+        "test",
+    )
     assert rc == 0 and "0 sample images" in out
     assert sql_rows(db, "SELECT count(*) FROM sample_image") == [(0,)]
 
@@ -97,8 +120,21 @@ def test_missing_registry_exits_2(tmp_path, capsys):
 
 
 def test_search_json_with_filters(capsys, tiny_registry_path):
-    rc, out, _ = _run(capsys, "registry", "search", "watercolor painting", "--type", "lora", "--base", "sd15",
-                      "--min-downloads", "13000", "--json", "--registry", str(tiny_registry_path))
+    rc, out, _ = _run(
+        capsys,
+        "registry",
+        "search",
+        "watercolor painting",
+        "--type",
+        "lora",
+        "--base",
+        "sd15",
+        "--min-downloads",
+        "13000",
+        "--json",
+        "--registry",
+        str(tiny_registry_path),
+    )
     assert rc == 0
     hits = json.loads(out)
     assert [h["id"] for h in hits] == [2002, 2001]  # Pixel Art (12k downloads) and SDXL LoRAs filtered out
@@ -130,8 +166,21 @@ def test_search_unknown_base_exits_2(capsys, lexical_db):
 def test_sync_command_uses_the_api_key_from_the_environment(capsys, loopback, monkeypatch, db):
     monkeypatch.setenv("CIVITAI_API_KEY", "k123")
     loopback.replies = [Reply(200, {"items": items()[:3], "metadata": {}})]
-    rc, out, _ = _run(capsys, "registry", "sync", "--base-url", loopback.url, "--max-pages", "1", "--no-vectors",
-                      "-q", "--types", "Checkpoint", "--registry", str(db))
+    rc, out, _ = _run(
+        capsys,
+        "registry",
+        "sync",
+        "--base-url",
+        loopback.url,
+        "--max-pages",
+        "1",
+        "--no-vectors",
+        "-q",
+        "--types",
+        "Checkpoint",
+        "--registry",
+        str(db),
+    )
     assert rc == 0 and out.startswith("imported 3 models")
     assert loopback.seen[0].headers["Authorization"] == "Bearer k123"
     assert "types=Checkpoint" in loopback.seen[0].path

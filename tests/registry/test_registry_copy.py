@@ -17,13 +17,20 @@ from diffagent.registry.default import content_rows
 from diffagent.registry.location import cache_base, display, is_url, parse_location
 from diffagent.registry.store import Registry
 
-QUERIES = ["watercolor landscape with a lake", "portrait photo of an old fisherman", "anime girl, school uniform",
-           "film grain", "pixel art castle"]
+QUERIES = [
+    "watercolor landscape with a lake",
+    "portrait photo of an old fisherman",
+    "anime girl, school uniform",
+    "film grain",
+    "pixel art castle",
+]
 
 
 def _vectors(db) -> dict:
-    return {(k, o): np.frombuffer(bytes(d), dtype=np.float16)
-            for k, o, d in sql_rows(db, "SELECT kind, owner_id, data FROM vector")}
+    return {
+        (k, o): np.frombuffer(bytes(d), dtype=np.float16)
+        for k, o, d in sql_rows(db, "SELECT kind, owner_id, data FROM vector")
+    }
 
 
 def _numbers(rows: list[tuple]) -> list[tuple]:
@@ -38,7 +45,8 @@ def _same_content(a, b) -> None:
     va, vb = _vectors(a), _vectors(b)
     assert va.keys() == vb.keys() and all(np.array_equal(va[k], vb[k]) for k in va)
     assert sql_rows(a, "SELECT * FROM model_kind ORDER BY version_id") == sql_rows(
-        b, "SELECT * FROM model_kind ORDER BY version_id")
+        b, "SELECT * FROM model_kind ORDER BY version_id"
+    )
 
 
 def _searches(db, embedder) -> list:

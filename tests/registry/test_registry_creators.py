@@ -15,8 +15,10 @@ from diffagent.registry.store import Registry, contains_words
 
 
 def test_votes_spread_each_addon_over_its_creators_checkpoints():
-    index = CreatorIndex(usage={"ann": {10: {1: 3, 2: 1}}, "bob": {20: {2: 2}, 21: {3: 2}}},
-                         creator_of={100: "ann", 200: "bob", 300: "nobody"})
+    index = CreatorIndex(
+        usage={"ann": {10: {1: 3, 2: 1}}, "bob": {20: {2: 2}, 21: {3: 2}}},
+        creator_of={100: "ann", 200: "bob", 300: "nobody"},
+    )
     assert index.checkpoints("ann") == {1: 0.75, 2: 0.25}
     assert index.votes({100: 1.0}) == {1: 0.75, 2: 0.25}
     assert index.votes({200: 0.8}) == pytest.approx({2: 0.4, 3: 0.4})

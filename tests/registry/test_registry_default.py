@@ -54,9 +54,12 @@ def test_committed_registry_has_vectors_from_the_default_embedder():
         pytest.skip(f"{COMMITTED} is not in this checkout")
     con = sqlite3.connect(f"file:{COMMITTED}?mode=ro", uri=True)
     try:
-        searchable = {r[0] for r in con.execute(
-            "SELECT v.id FROM model_version v JOIN model m ON m.id = v.model_id"
-            f" WHERE m.type IN {SEARCHABLE_TYPES}")}
+        searchable = {
+            r[0]
+            for r in con.execute(
+                f"SELECT v.id FROM model_version v JOIN model m ON m.id = v.model_id WHERE m.type IN {SEARCHABLE_TYPES}"
+            )
+        }
         embedded = {r[0] for r in con.execute("SELECT owner_id FROM vector WHERE kind = 'version'")}
         models = {r[0] for r in con.execute("SELECT DISTINCT model FROM vector")}
         meta = dict(con.execute("SELECT key, value FROM registry_meta").fetchall())

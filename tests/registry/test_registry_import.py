@@ -74,7 +74,8 @@ def test_every_input_format_imports_the_same_models(tmp_path, db, name):
     assert (report.models, report.versions) == (expected, expected)
     assert _count(db, "model") == expected
     assert _one(db, "SELECT air, family FROM model_version WHERE id = 1001") == [
-        ("urn:air:sd1:checkpoint:civitai:101@1001", "sd1")]
+        ("urn:air:sd1:checkpoint:civitai:101@1001", "sd1")
+    ]
     assert _count(db, "model_file") == expected
     if expected > 1:
         assert _count(db, "sample_image") == 9
@@ -92,10 +93,13 @@ def test_import_from_url_serving_an_api_page(tmp_path, db, loopback):
     assert {r[0] for r in _one(db, "SELECT name FROM model")} == {"PhotonReal", "AnimeVerse", "Aquarelle"}
 
 
-@pytest.mark.parametrize(("status", "body", "message"), [
-    (404, b"{}", "could not fetch"),
-    (200, b"<html>maintenance</html>", "did not return JSON"),
-])
+@pytest.mark.parametrize(
+    ("status", "body", "message"),
+    [
+        (404, b"{}", "could not fetch"),
+        (200, b"<html>maintenance</html>", "did not return JSON"),
+    ],
+)
 def test_import_from_url_failures_are_clear(db, loopback, status, body, message):
     from loopback_civitai import Reply
 
@@ -245,7 +249,8 @@ def test_interrupt_mid_import_rolls_back_with_a_clear_message(tmp_path, populate
 def test_html_description_becomes_plain_text(tmp_path, db):
     import_path(write_jsonl(tmp_path / "items.jsonl", items()[:1]), db, embedder=None)
     assert _one(db, "SELECT description FROM model") == [
-        ("Photorealistic portraits and street photography.\nUse it well.",)]
+        ("Photorealistic portraits and street photography.\nUse it well.",)
+    ]
     assert _one(db, "SELECT description FROM model_version") == [("PhotonReal v1",)]
 
 
@@ -260,8 +265,10 @@ def test_html_to_text_keeps_paragraphs_and_decodes_entities():
 
 def test_types_airs_and_families(tmp_path, db):
     import_path(write_jsonl(tmp_path / "items.jsonl"), db, embedder=None)
-    rows = dict((r[0], r[1:]) for r in _one(
-        db, "SELECT v.id, m.type, v.family, v.air FROM model_version v JOIN model m ON m.id = v.model_id"))
+    rows = dict(
+        (r[0], r[1:])
+        for r in _one(db, "SELECT v.id, m.type, v.family, v.air FROM model_version v JOIN model m ON m.id = v.model_id")
+    )
     assert rows[1005] == ("checkpoint", "pony", "urn:air:sdxl:checkpoint:civitai:105@1005")
     assert rows[2004] == ("locon", "sd1", "urn:air:sd1:lycoris:civitai:204@2004")
     assert rows[3001] == ("embedding", "sd1", "urn:air:sd1:embedding:civitai:301@3001")
@@ -270,7 +277,8 @@ def test_types_airs_and_families(tmp_path, db):
 def test_sample_prompts_lose_resource_tags_and_link_to_their_checkpoint(tmp_path, db):
     import_path(write_jsonl(tmp_path / "items.jsonl"), db, embedder=None)
     prompt, version_id, model_hash = _one(
-        db, "SELECT prompt, version_id, model_hash FROM sample_image WHERE id = 9001")[0]
+        db, "SELECT prompt, version_id, model_hash FROM sample_image WHERE id = 9001"
+    )[0]
     assert prompt == "portrait photo of an old fisherman, 85mm, film grain"
     assert version_id == 1001
     assert model_hash == model_hash.upper()
@@ -318,8 +326,12 @@ def test_usage_stats_count_settings_and_resolve_loras(tiny_registry):
 def test_lora_names_resolve_case_insensitively_and_unknown_ones_are_ignored(tmp_path, db):
     rows = items()
     rows[1]["modelVersions"][0]["images"] = [
-        _image(9200, "1girl, pixel art", "animeverse_v1.safetensors",
-               loras=[("PixelArt_V1", 0.9), ("notInRegistry_v3", 0.5)]),
+        _image(
+            9200,
+            "1girl, pixel art",
+            "animeverse_v1.safetensors",
+            loras=[("PixelArt_V1", 0.9), ("notInRegistry_v3", 0.5)],
+        ),
         _image(9201, "1boy, pixel art", "animeverse_v1.safetensors", loras=[("pixelart_v1", 0.7)]),
     ]
     import_path(write_jsonl(tmp_path / "items.jsonl", rows), db, embedder=None)
@@ -373,10 +385,13 @@ def _gz_bytes(rows) -> bytes:
     return gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda data: data[: len(data) // 2], r"dump\.jsonl\.gz: the gzip data ends early .*line \d+"),
-    (lambda data: data[:10] + b"garbage" * 40, r"dump\.jsonl\.gz: not valid gzip data"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda data: data[: len(data) // 2], r"dump\.jsonl\.gz: the gzip data ends early .*line \d+"),
+        (lambda data: data[:10] + b"garbage" * 40, r"dump\.jsonl\.gz: not valid gzip data"),
+    ],
+)
 def test_damaged_gzip_dump_is_named_without_a_traceback(tmp_path, populated, damage, message):
     before = content_rows(populated)
     src = tmp_path / "dump.jsonl.gz"
@@ -387,9 +402,15 @@ def test_damaged_gzip_dump_is_named_without_a_traceback(tmp_path, populated, dam
     assert content_rows(populated) == before
 
 
-@pytest.mark.parametrize("line, says", [("[1, 2, 3]", "a list of 3 numbers"), ('"text"', "a string"),
-                                        ("42", "a number"),
-                                        ('{"id": "x", "name": "n", "modelVersions": []}', "'id' must be an integer")])
+@pytest.mark.parametrize(
+    "line, says",
+    [
+        ("[1, 2, 3]", "a list of 3 numbers"),
+        ('"text"', "a string"),
+        ("42", "a number"),
+        ('{"id": "x", "name": "n", "modelVersions": []}', "'id' must be an integer"),
+    ],
+)
 def test_lines_that_are_not_model_items_say_what_they_are(tmp_path, db, line, says):
     src = tmp_path / "dump.jsonl"
     src.write_text(json.dumps(items()[0]) + "\n" + line + "\n")

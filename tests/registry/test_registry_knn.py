@@ -51,9 +51,11 @@ def test_a_search_of_the_default_registry_imports_no_scikit_learn_or_torch():
     db = Path(__file__).parents[2] / "registry.db"
     if not db.exists():
         pytest.skip(f"{db} is not in this checkout")
-    code = ("import sys; from diffagent.registry.store import Registry; "
-            f"assert Registry.open({str(db)!r}).search('a watercolor fox', types=['checkpoint']); "
-            "print(sorted(m for m in ('sklearn', 'torch', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys; from diffagent.registry.store import Registry; "
+        f"assert Registry.open({str(db)!r}).search('a watercolor fox', types=['checkpoint']); "
+        "print(sorted(m for m in ('sklearn', 'torch', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -66,8 +68,13 @@ def test_document_share_is_the_share_of_creator_prompts_with_the_word(tiny_regis
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
     with tiny_registry.engine.connect() as conn:
-        prompts = conn.execute(text("SELECT prompt FROM sample_image WHERE version_id IS NOT NULL AND NOT nsfw"
-                                    " AND length(prompt) > 0")).scalars().all()
+        prompts = (
+            conn.execute(
+                text("SELECT prompt FROM sample_image WHERE version_id IS NOT NULL AND NOT nsfw AND length(prompt) > 0")
+            )
+            .scalars()
+            .all()
+        )
     words = {w for p in prompts for w in re.findall(r"\b\w\w+\b", p.lower())}
     checked = 0
     for word in sorted(words)[:40]:

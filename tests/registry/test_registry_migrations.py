@@ -12,8 +12,17 @@ from diffagent.errors import UserInputError
 from diffagent.registry.db import open_engine
 from diffagent.registry.migrations import MIGRATIONS, migrate
 
-TABLES = {"model", "model_version", "model_file", "usage_stats", "sample_image", "vector", "registry_meta",
-          "model_kind", "_migrations"}
+TABLES = {
+    "model",
+    "model_version",
+    "model_file",
+    "usage_stats",
+    "sample_image",
+    "vector",
+    "registry_meta",
+    "model_kind",
+    "_migrations",
+}
 NAMES = ["m001_tables", "m002_fulltext", "m003_vectors", "m004_meta", "m005_model_kind", "m006_no_fulltext_tables"]
 
 
@@ -101,9 +110,12 @@ def test_missing_registry_is_refused_not_created(tmp_path):
 def test_foreign_keys_are_enforced(db):
     engine = open_engine(db, create=True)
     with pytest.raises(Exception, match="(?i)foreign key"), engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO model_version (id, model_id, name, base_model, family, air, trained_words, description,"
-            " downloads, recommended) VALUES (1, 999, 'v', 'SD 1.5', 'sd1', 'urn:x', '[]', '', 0, '{}')"))
+        conn.execute(
+            text(
+                "INSERT INTO model_version (id, model_id, name, base_model, family, air, trained_words, description,"
+                " downloads, recommended) VALUES (1, 999, 'v', 'SD 1.5', 'sd1', 'urn:x', '[]', '', 0, '{}')"
+            )
+        )
     engine.dispose()
 
 

@@ -32,23 +32,29 @@ def test_nsfw_models_are_excluded_unless_allowed(tiny_registry, tiny_registry_pa
         permissive.close()
 
 
-@pytest.mark.parametrize(("types", "expected"), [
-    (["checkpoint"], CHECKPOINTS),
-    (["lora"], LORAS),  # 'lora' also means LoCon/LyCORIS
-    (["locon"], {2004}),
-    (["embedding"], {3001}),
-    (["checkpoint", "embedding"], CHECKPOINTS | {3001}),
-    (["vae"], set()),
-])
+@pytest.mark.parametrize(
+    ("types", "expected"),
+    [
+        (["checkpoint"], CHECKPOINTS),
+        (["lora"], LORAS),  # 'lora' also means LoCon/LyCORIS
+        (["locon"], {2004}),
+        (["embedding"], {3001}),
+        (["checkpoint", "embedding"], CHECKPOINTS | {3001}),
+        (["vae"], set()),
+    ],
+)
 def test_type_filter(tiny_registry, types, expected):
     assert _ids(tiny_registry.search("style", types=types, limit=50)) == expected
 
 
-@pytest.mark.parametrize(("base", "expected"), [
-    ("sdxl", {1004, 1005, 2003}),  # 1005 is Pony: same ecosystem as SDXL
-    ("sd15", {1001, 1002, 1003, 2001, 2002, 2004, 3001}),
-    ("any", CHECKPOINTS | LORAS | {3001}),
-])
+@pytest.mark.parametrize(
+    ("base", "expected"),
+    [
+        ("sdxl", {1004, 1005, 2003}),  # 1005 is Pony: same ecosystem as SDXL
+        ("sd15", {1001, 1002, 1003, 2001, 2002, 2004, 3001}),
+        ("any", CHECKPOINTS | LORAS | {3001}),
+    ],
+)
 def test_base_filter(tiny_registry, base, expected):
     assert _ids(tiny_registry.search("detailed image", base=parse_base_constraint(base), limit=50)) == expected
 
@@ -64,13 +70,16 @@ def test_filters_combine(tiny_registry):
     assert _ids(hits) == {1004}
 
 
-@pytest.mark.parametrize(("query", "types", "best"), [
-    ("watercolor painting of a fox in a misty forest", ["checkpoint"], 1003),
-    ("1girl, school uniform, anime style", ["checkpoint"], 1002),
-    ("cinematic photo of a lighthouse, sdxl", ["checkpoint"], 1004),
-    ("retro pixel art sprite of a knight", ["lora"], 2004),
-    ("analog film grain photo", ["lora"], 2001),
-])
+@pytest.mark.parametrize(
+    ("query", "types", "best"),
+    [
+        ("watercolor painting of a fox in a misty forest", ["checkpoint"], 1003),
+        ("1girl, school uniform, anime style", ["checkpoint"], 1002),
+        ("cinematic photo of a lighthouse, sdxl", ["checkpoint"], 1004),
+        ("retro pixel art sprite of a knight", ["lora"], 2004),
+        ("analog film grain photo", ["lora"], 2001),
+    ],
+)
 def test_clear_queries_rank_the_obvious_model_first(tiny_registry, query, types, best):
     hits = tiny_registry.search(query, types=types, limit=3)
     assert hits[0].version.id == best

@@ -34,8 +34,15 @@ def test_sync_follows_pages_through_rate_limits_and_server_errors(loopback, db):
         _page(loopback, rows[8:], None),
     ]
     slept: list[float] = []
-    report = sync(db, base_url=loopback.url + "/", api_key="secret", embedder=None, params={"types": "Checkpoint"},
-                  sleep=slept.append, backoff=0.25)
+    report = sync(
+        db,
+        base_url=loopback.url + "/",
+        api_key="secret",
+        embedder=None,
+        params={"types": "Checkpoint"},
+        sleep=slept.append,
+        backoff=0.25,
+    )
     assert report.models == 11
     assert _models(db) == {r["id"] for r in rows}
     assert slept == [0.0, 0.25]  # Retry-After honoured, then exponential backoff from `backoff`
@@ -98,6 +105,5 @@ def test_unreachable_host_is_retried_then_reported(db):
         port = s.getsockname()[1]
     slept: list[float] = []
     with pytest.raises(ImportFailed, match="could not reach"):
-        sync(db, base_url=f"http://127.0.0.1:{port}", api_key=None, embedder=None, max_retries=1,
-             sleep=slept.append)
+        sync(db, base_url=f"http://127.0.0.1:{port}", api_key=None, embedder=None, max_retries=1, sleep=slept.append)
     assert slept == [1.0]

@@ -26,17 +26,23 @@ def world(tiny_registry_copy, tmp_path):
     db = tiny_registry_copy
     models = tmp_path / "webui" / "models"
     rng = np.random.default_rng(0)
-    known = _write(models / "Stable-diffusion" / "known.safetensors",
-                   {"model.diffusion_model.out.0.weight": rng.normal(size=(4, 4))})
+    known = _write(
+        models / "Stable-diffusion" / "known.safetensors",
+        {"model.diffusion_model.out.0.weight": rng.normal(size=(4, 4))},
+    )
     sha = hashlib.sha256(known.read_bytes()).hexdigest()
     reg = Registry.open(db)
     with reg.engine.begin() as conn:  # the registry lists this file for version 1001 (Civitai hashes are upper case)
         conn.execute(text("UPDATE model_file SET sha256 = :h WHERE version_id = 1001"), {"h": sha.upper()})
     reg.close()
-    lora = _write(models / "Lora" / "my_style.safetensors",
-                  {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": rng.normal(size=(4, 8)),
-                   "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": rng.normal(size=(8, 4))},
-                  {"ss_base_model_version": "sd_v1", "ss_output_name": "Zzqx Ink Style"})
+    lora = _write(
+        models / "Lora" / "my_style.safetensors",
+        {
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": rng.normal(size=(4, 8)),
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": rng.normal(size=(8, 4)),
+        },
+        {"ss_base_model_version": "sd_v1", "ss_output_name": "Zzqx Ink Style"},
+    )
     emb = _write(models / ".." / "embeddings" / "badhands.safetensors", {"emb_params": rng.normal(size=(2, 768))})
     odd = _write(models / "Lora" / "mystery.safetensors", {"lora_unet_x.lora_down.weight": rng.normal(size=(2, 2))})
     pickle = models / "Stable-diffusion" / "old.ckpt"
@@ -87,20 +93,35 @@ def test_the_renderer_uses_the_local_file_without_downloading(world, tmp_path):
 
 def test_headers_say_what_a_file_is(tmp_path):
     rng = np.random.default_rng(1)
-    xl = _write(tmp_path / "a.safetensors", {"conditioner.embedders.1.model.ln_final.weight": rng.normal(size=(4,)),
-                                             "model.diffusion_model.out.0.weight": rng.normal(size=(4,))})
+    xl = _write(
+        tmp_path / "a.safetensors",
+        {
+            "conditioner.embedders.1.model.ln_final.weight": rng.normal(size=(4,)),
+            "model.diffusion_model.out.0.weight": rng.normal(size=(4,)),
+        },
+    )
     assert describe(xl, safetensors_header(xl))[:2] == ("checkpoint", "SDXL 1.0")
     xl_lora = _write(tmp_path / "b.safetensors", {"lora_te2_x.lora_down.weight": rng.normal(size=(2, 2))})
     assert describe(xl_lora, safetensors_header(xl_lora))[:2] == ("lora", "SDXL 1.0")
-    locon = _write(tmp_path / "e.safetensors", {"lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight":
-                                                rng.normal(size=(2, 4, 3, 3)), "lora_te_x.lora_down.weight":
-                                                rng.normal(size=(2, 2))})
+    locon = _write(
+        tmp_path / "e.safetensors",
+        {
+            "lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight": rng.normal(size=(2, 4, 3, 3)),
+            "lora_te_x.lora_down.weight": rng.normal(size=(2, 2)),
+        },
+    )
     assert describe(locon, safetensors_header(locon))[:2] == ("locon", "SD 1.5")  # 3x3 low-rank convolutions
-    lyco = _write(tmp_path / "f.safetensors", {"lora_te_x.lora_down.weight": rng.normal(size=(2, 2))},
-                  {"ss_network_module": "lycoris.kohya"})
+    lyco = _write(
+        tmp_path / "f.safetensors",
+        {"lora_te_x.lora_down.weight": rng.normal(size=(2, 2))},
+        {"ss_network_module": "lycoris.kohya"},
+    )
     assert describe(lyco, safetensors_header(lyco))[0] == "locon"
-    spec = _write(tmp_path / "c.safetensors", {"w": rng.normal(size=(2,))},
-                  {"modelspec.architecture": "stable-diffusion-xl-v1-base/lora", "modelspec.title": "Neon"})
+    spec = _write(
+        tmp_path / "c.safetensors",
+        {"w": rng.normal(size=(2,))},
+        {"modelspec.architecture": "stable-diffusion-xl-v1-base/lora", "modelspec.title": "Neon"},
+    )
     assert describe(spec, safetensors_header(spec)) == (None, "SDXL 1.0", "Neon")
     bad = tmp_path / "d.safetensors"
     bad.write_bytes(b"\xff" * 16)
@@ -161,16 +182,26 @@ def test_headers_of_flux_and_sd3_files_name_their_family(tmp_path):
     diffusers' names) are recognised; a [dev] file by its guidance embedder, SD 3.5 by its q/k norms."""
     z = np.zeros((2, 2))
     cases = {
-        "dev.safetensors": ({"double_blocks.0.img_attn.qkv.weight": z, "guidance_in.in_layer.weight": z},
-                            ("checkpoint", "Flux.1 D")),
-        "schnell.safetensors": ({"model.diffusion_model.double_blocks.0.img_attn.qkv.weight": z},
-                                ("checkpoint", "Flux.1 S")),
-        "sd35.safetensors": ({"joint_blocks.0.x_block.attn.qkv.weight": z,
-                              "joint_blocks.0.x_block.attn.ln_q.weight": z}, ("checkpoint", "SD 3.5")),
-        "kohya-flux.safetensors": ({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": z},
-                                   ("lora", "Flux.1 S")),
-        "diffusers-flux.safetensors": ({"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": z},
-                                       ("lora", "Flux.1 S")),
+        "dev.safetensors": (
+            {"double_blocks.0.img_attn.qkv.weight": z, "guidance_in.in_layer.weight": z},
+            ("checkpoint", "Flux.1 D"),
+        ),
+        "schnell.safetensors": (
+            {"model.diffusion_model.double_blocks.0.img_attn.qkv.weight": z},
+            ("checkpoint", "Flux.1 S"),
+        ),
+        "sd35.safetensors": (
+            {"joint_blocks.0.x_block.attn.qkv.weight": z, "joint_blocks.0.x_block.attn.ln_q.weight": z},
+            ("checkpoint", "SD 3.5"),
+        ),
+        "kohya-flux.safetensors": (
+            {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": z},
+            ("lora", "Flux.1 S"),
+        ),
+        "diffusers-flux.safetensors": (
+            {"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": z},
+            ("lora", "Flux.1 S"),
+        ),
     }
     for name, (tensors, expected) in cases.items():
         f = _write(tmp_path / name, tensors)

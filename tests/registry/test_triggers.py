@@ -19,8 +19,9 @@ def test_whole_words_only_and_longest_phrase_scores():
 
 
 def test_phrases_many_addons_claim_name_none_of_them():
-    idx = _index((1, "lora", "masterpiece"), (2, "lora", "masterpiece"), (3, "lora", "masterpiece"),
-                 (4, "embedding", "zarch"))
+    idx = _index(
+        (1, "lora", "masterpiece"), (2, "lora", "masterpiece"), (3, "lora", "masterpiece"), (4, "embedding", "zarch")
+    )
     assert idx.matches("masterpiece, a house", ("lora",)) == {}
     assert idx.matches("masterpiece, a house", ("lora",), max_claims=3).keys() == {1, 2, 3}
     assert idx.matches("zarch house", ("lora",)) == {}  # another type
@@ -37,7 +38,8 @@ def test_built_from_the_registry(tiny_registry):
     phrase = sorted(words)[0]
     assert idx.matches(f"a picture, {phrase}", ADDON_TYPES)
     assert tiny_registry.trigger_matches(f"a picture, {phrase}", types=ADDON_TYPES) == idx.matches(
-        f"a picture, {phrase}", ADDON_TYPES)
+        f"a picture, {phrase}", ADDON_TYPES
+    )
 
 
 def test_trigger_use_needs_enough_prompts():

@@ -35,8 +35,10 @@ class TinyModels:
         tm.save_single_file(sd15, root / "sd15-single.safetensors")
         tm.save_single_file(sd15, root / "sd15-single.ckpt")
         tm.save_single_file(sdxl, root / "sdxl-single.safetensors")
-        self.skeletons = {"sd1": tm.config_skeleton(root / "sd15", root / "skeleton-sd1"),
-                          "sdxl": tm.config_skeleton(root / "sdxl", root / "skeleton-sdxl")}
+        self.skeletons = {
+            "sd1": tm.config_skeleton(root / "sd15", root / "skeleton-sd1"),
+            "sdxl": tm.config_skeleton(root / "sdxl", root / "skeleton-sdxl"),
+        }
         self.sd15_pipe, self.sdxl_pipe = sd15, sdxl
         sd, xl = Family.SD1, Family.SDXL
         # id -> (path, family, type, name, sha256)
@@ -75,8 +77,16 @@ class TinyModels:
         return ResolvedWeights(path=path, sha256=f"{ref.id:064x}", family=family, type=kind, name=name)
 
     def call(self, checkpoint: int = 1, **kw) -> ApiCall:
-        base = dict(prompt="a photo of a cat", negative_prompt="blurry", steps=3, cfg_scale=7.0, width=64,
-                    height=64, seed=42, sampler="Euler")
+        base = dict(
+            prompt="a photo of a cat",
+            negative_prompt="blurry",
+            steps=3,
+            cfg_scale=7.0,
+            width=64,
+            height=64,
+            seed=42,
+            sampler="Euler",
+        )
         base.update(kw)
         return ApiCall(checkpoint=self.ref(checkpoint), **base)
 
@@ -88,8 +98,13 @@ def tiny(tmp_path_factory) -> TinyModels:
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", device="cpu", allow_downloads=False,
-                    registry=tmp_path / "no-registry.db", pipeline_cache_gb=1.0)
+    return Settings(
+        data_dir=tmp_path / "data",
+        device="cpu",
+        allow_downloads=False,
+        registry=tmp_path / "no-registry.db",
+        pipeline_cache_gb=1.0,
+    )
 
 
 @pytest.fixture
@@ -116,8 +131,7 @@ def shared_renderer(tiny, tmp_path_factory):
     from diffagent.render import Renderer
 
     data = tmp_path_factory.mktemp("shared-renderer")
-    s = Settings(data_dir=data, device="cpu", allow_downloads=False, registry=data / "none.db",
-                 pipeline_cache_gb=1.0)
+    s = Settings(data_dir=data, device="cpu", allow_downloads=False, registry=data / "none.db", pipeline_cache_gb=1.0)
     r = Renderer(s, resolver=tiny.resolver, skeletons=tiny.skeletons)
     yield r
     r.close()

@@ -133,7 +133,7 @@ class FakeCivitai:
 
                     for i in range(0, len(body), 65536):
                         try:
-                            self.wfile.write(body[i:i + 65536])
+                            self.wfile.write(body[i : i + 65536])
                             self.wfile.flush()
                         except OSError:  # the client went away
                             return

@@ -5,17 +5,48 @@ against diffusers' single-file converters on the meta device (no weights allocat
 
 from __future__ import annotations
 
-FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-                axes_dims_rope=(16, 56, 56))
+FLUX_DEV = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
 FLUX_SCHNELL = {**FLUX_DEV, "guidance_embeds": False}
-SD35_LARGE = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=38, attention_head_dim=64,
-                  num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432,
-                  pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192, qk_norm="rms_norm")
-SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
-                   num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
-                   pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=384, qk_norm="rms_norm",
-                   dual_attention_layers=tuple(range(13)))
+SD35_LARGE = dict(
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    num_layers=38,
+    attention_head_dim=64,
+    num_attention_heads=38,
+    joint_attention_dim=4096,
+    caption_projection_dim=2432,
+    pooled_projection_dim=2048,
+    out_channels=16,
+    pos_embed_max_size=192,
+    qk_norm="rms_norm",
+)
+SD35_MEDIUM = dict(
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    num_layers=24,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
+    out_channels=16,
+    pos_embed_max_size=384,
+    qk_norm="rms_norm",
+    dual_attention_layers=tuple(range(13)),
+)
 
 
 def _linear(layout: dict, name: str, out: int, inp: int) -> None:
@@ -32,7 +63,8 @@ def flux_original_layout(cfg: dict) -> dict[str, tuple[int, ...]]:
     _linear(out, "img_in", h, cfg["in_channels"])
     _linear(out, "txt_in", h, cfg["joint_attention_dim"])
     for emb, width in (("time_in", 256), ("vector_in", cfg["pooled_projection_dim"])) + (
-            (("guidance_in", 256),) if cfg.get("guidance_embeds") else ()):
+        (("guidance_in", 256),) if cfg.get("guidance_embeds") else ()
+    ):
         _linear(out, f"{emb}.in_layer", h, width)
         _linear(out, f"{emb}.out_layer", h, h)
     for i in range(cfg["num_layers"]):
@@ -59,9 +91,11 @@ def sd3_original_layout(cfg: dict) -> dict[str, tuple[int, ...]]:
     """Stability AI's SD 3 / 3.5 MMDiT file: joint blocks (x and context streams; the last context block only
     modulates and projects qkv), RMS q/k norms for 3.5, a second self-attention in 3.5 Medium's first blocks."""
     h, d, p = cfg["num_attention_heads"] * cfg["attention_head_dim"], cfg["attention_head_dim"], cfg["patch_size"]
-    out: dict[str, tuple[int, ...]] = {"pos_embed": (1, cfg["pos_embed_max_size"] ** 2, h),
-                                       "x_embedder.proj.weight": (h, cfg["in_channels"], p, p),
-                                       "x_embedder.proj.bias": (h,)}
+    out: dict[str, tuple[int, ...]] = {
+        "pos_embed": (1, cfg["pos_embed_max_size"] ** 2, h),
+        "x_embedder.proj.weight": (h, cfg["in_channels"], p, p),
+        "x_embedder.proj.bias": (h,),
+    }
     _linear(out, "t_embedder.mlp.0", h, 256)
     _linear(out, "t_embedder.mlp.2", h, h)
     _linear(out, "y_embedder.mlp.0", h, cfg["pooled_projection_dim"])

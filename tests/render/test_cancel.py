@@ -60,8 +60,11 @@ def test_concurrent_renders_are_serialised_and_correct(shared_renderer, tiny, tm
 
     def job(seed):
         try:
-            res = shared_renderer.render(tiny.call(1, steps=3, seed=seed), output_dir=tmp_path,
-                                         progress=lambda i, n: order.append(threading.get_ident()))
+            res = shared_renderer.render(
+                tiny.call(1, steps=3, seed=seed),
+                output_dir=tmp_path,
+                progress=lambda i, n: order.append(threading.get_ident()),
+            )
             results.append((seed, res))
         except Exception as e:  # noqa: BLE001 - surfaced by the assert below
             errors.append(e)

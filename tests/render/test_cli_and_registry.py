@@ -59,8 +59,20 @@ def test_generate_selects_then_renders(cli, tiny, settings, tmp_path, monkeypatc
         return tiny.call(1, prompt=prompt, seed=options.seed)
 
     monkeypatch.setattr(tools, "select_t2i_api", fake_select)
-    args = cli.parse_args(["generate", "a red fox", "--base", "sd15", "--seed", "9", "--out", str(tmp_path),
-                           "--save-call", str(tmp_path / "call.json")])
+    args = cli.parse_args(
+        [
+            "generate",
+            "a red fox",
+            "--base",
+            "sd15",
+            "--seed",
+            "9",
+            "--out",
+            str(tmp_path),
+            "--save-call",
+            str(tmp_path / "call.json"),
+        ]
+    )
     assert args.func(args, settings) == 0
     assert seen == {"prompt": "a red fox", "base": "sd15", "seed": 9}
     path = capsys.readouterr().out.split()[0]
@@ -96,10 +108,16 @@ def test_render_from_a_tiny_registry(tiny_registry, tiny, settings, tmp_path):
     grain = place(2001, tiny.files[21][0])  # Film Grain LoRA <- tiny kohya LoRA
     easy = place(3001, tiny.files[31][0])  # EasyNegative embedding
     token = tiny_registry.version(3001).trained_words[0]
-    call = ApiCall(checkpoint=tiny_registry.model_ref(1001),
-                   loras=[{**tiny_registry.model_ref(2001).model_dump(), "weight": 0.6}],
-                   embeddings=[{**tiny_registry.model_ref(3001).model_dump(), "token": token, "negative": True}],
-                   prompt="portrait photo of an old fisherman", width=64, height=64, steps=2, sampler="Euler a")
+    call = ApiCall(
+        checkpoint=tiny_registry.model_ref(1001),
+        loras=[{**tiny_registry.model_ref(2001).model_dump(), "weight": 0.6}],
+        embeddings=[{**tiny_registry.model_ref(3001).model_dump(), "token": token, "negative": True}],
+        prompt="portrait photo of an old fisherman",
+        width=64,
+        height=64,
+        steps=2,
+        sampler="Euler a",
+    )
     renderer = Renderer(settings, registry=tiny_registry, skeletons=tiny.skeletons)
     try:
         res = renderer.render(call, output_dir=tmp_path)

@@ -8,19 +8,22 @@ import torch
 from diffagent.render.encode import CHUNK, chunk_tokens, encode, parse_emphasis
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("a cat", [("a cat", 1.0)]),
-    ("a (cat) dog", [("a ", 1.0), ("cat", 1.1), (" dog", 1.0)]),
-    ("((cat))", [("cat", pytest.approx(1.21))]),
-    ("[cat]", [("cat", pytest.approx(1 / 1.1))]),
-    ("(cat:1.5), dog", [("cat", 1.5), (", dog", 1.0)]),
-    ("(a (b:2) c:0.5)", [("a ", 0.5), ("b", 1.0), (" c", 0.5)]),
-    (r"\(literal\) x", [("(literal) x", 1.0)]),
-    ("a BREAK b", [("a ", 1.0), ("BREAK", -1.0), (" b", 1.0)]),
-    ("BREAKFAST: eggs", [("BREAKFAST: eggs", 1.0)]),
-    ("(unclosed", [("unclosed", pytest.approx(1.1))]),
-    ("time 10:30", [("time 10:30", 1.0)]),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("a cat", [("a cat", 1.0)]),
+        ("a (cat) dog", [("a ", 1.0), ("cat", 1.1), (" dog", 1.0)]),
+        ("((cat))", [("cat", pytest.approx(1.21))]),
+        ("[cat]", [("cat", pytest.approx(1 / 1.1))]),
+        ("(cat:1.5), dog", [("cat", 1.5), (", dog", 1.0)]),
+        ("(a (b:2) c:0.5)", [("a ", 0.5), ("b", 1.0), (" c", 0.5)]),
+        (r"\(literal\) x", [("(literal) x", 1.0)]),
+        ("a BREAK b", [("a ", 1.0), ("BREAK", -1.0), (" b", 1.0)]),
+        ("BREAKFAST: eggs", [("BREAKFAST: eggs", 1.0)]),
+        ("(unclosed", [("unclosed", pytest.approx(1.1))]),
+        ("time 10:30", [("time 10:30", 1.0)]),
+    ],
+)
 def test_parse_emphasis(text, expected):
     assert parse_emphasis(text) == expected
 
@@ -51,10 +54,22 @@ def test_plain_prompt_matches_diffusers_encode_prompt_sdxl(tiny):
     for negative in ("blurry", ""):
         mine = encode(pipe, "sdxl", "a photo of a cat", negative, 2)
         with torch.inference_mode():
-            ref = pipe.encode_prompt("a photo of a cat", device="cpu", do_classifier_free_guidance=True,
-                                     negative_prompt=negative or None)
-        for got, want in zip([mine[k] for k in ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
-                                                "negative_pooled_prompt_embeds")], ref, strict=True):
+            ref = pipe.encode_prompt(
+                "a photo of a cat", device="cpu", do_classifier_free_guidance=True, negative_prompt=negative or None
+            )
+        for got, want in zip(
+            [
+                mine[k]
+                for k in (
+                    "prompt_embeds",
+                    "negative_prompt_embeds",
+                    "pooled_prompt_embeds",
+                    "negative_pooled_prompt_embeds",
+                )
+            ],
+            ref,
+            strict=True,
+        ):
             assert torch.equal(got, want)
 
 

@@ -45,9 +45,13 @@ class FlowModels:
             self.files[vid] = (path, Family.SD3, "lora", f"sd3-{layout}")
         from safetensors.torch import save_file
 
-        save_file({"unet.down_blocks.0.attentions.0.to_q.lora_A.weight": tm.torch.zeros(2, 8),
-                   "unet.down_blocks.0.attentions.0.to_q.lora_B.weight": tm.torch.zeros(8, 2)},
-                  str(root / "unet-lora.safetensors"))
+        save_file(
+            {
+                "unet.down_blocks.0.attentions.0.to_q.lora_A.weight": tm.torch.zeros(2, 8),
+                "unet.down_blocks.0.attentions.0.to_q.lora_B.weight": tm.torch.zeros(8, 2),
+            },
+            str(root / "unet-lora.safetensors"),
+        )
         self.files[125] = (root / "unet-lora.safetensors", Family.FLUX, "lora", "mislabelled-unet-lora")
 
     def ref(self, vid: int) -> ModelRef:
@@ -58,12 +62,26 @@ class FlowModels:
         if ref.id not in self.files:
             raise NotFoundError(f"no tiny model {ref.id}")
         path, family, kind, name = self.files[ref.id]
-        return ResolvedWeights(path=path, sha256=f"{ref.id:064x}", family=family, type=kind, name=name,
-                               reference=self.references.get(ref.id))
+        return ResolvedWeights(
+            path=path,
+            sha256=f"{ref.id:064x}",
+            family=family,
+            type=kind,
+            name=name,
+            reference=self.references.get(ref.id),
+        )
 
     def call(self, checkpoint: int, **kw) -> ApiCall:
-        base = dict(prompt="a red fox in the snow", negative_prompt="", steps=2, cfg_scale=3.5, width=64, height=64,
-                    seed=7, sampler="Euler")
+        base = dict(
+            prompt="a red fox in the snow",
+            negative_prompt="",
+            steps=2,
+            cfg_scale=3.5,
+            width=64,
+            height=64,
+            seed=7,
+            sampler="Euler",
+        )
         base.update(kw)
         return ApiCall(checkpoint=self.ref(checkpoint), **base)
 
@@ -79,8 +97,10 @@ def renderer(flow, tmp_path_factory):
     from diffagent.settings import Settings
 
     data = tmp_path_factory.mktemp("flow-renderer")
-    r = Renderer(Settings(data_dir=data, device="cpu", allow_downloads=False, registry=data / "none.db",
-                          pipeline_cache_gb=1.0), resolver=flow.resolver)
+    r = Renderer(
+        Settings(data_dir=data, device="cpu", allow_downloads=False, registry=data / "none.db", pipeline_cache_gb=1.0),
+        resolver=flow.resolver,
+    )
     yield r
     r.close()
 
@@ -146,8 +166,7 @@ def test_flux_loras_in_every_published_layout_render_the_same_update(flow, rende
 def test_shift_reschedules_a_flow_model_and_stays_reproducible(flow, renderer, vid):
     base = pixels(renderer.render(flow.call(vid, steps=4)))
     shifted = renderer.render(flow.call(vid, steps=4, shift=0.3))
-    scheduler = next(e.pipe.scheduler for e in renderer.cache._entries.values()
-                     if e.key[0] == str(flow.files[vid][0]))
+    scheduler = next(e.pipe.scheduler for e in renderer.cache._entries.values() if e.key[0] == str(flow.files[vid][0]))
     assert scheduler.config.shift == 0.3 and not scheduler.config.get("use_dynamic_shifting")
     assert not np.array_equal(pixels(shifted), base)  # random tiny transformers barely heed the timestep: > 0
     assert np.array_equal(pixels(renderer.render(flow.call(vid, steps=4, shift=0.3))), pixels(shifted))
@@ -223,9 +242,20 @@ def test_the_registry_resolver_finds_a_flux_files_reference(tmp_path, flow):
     from diffagent.render.weights import RegistryResolver, WeightStore
 
     def source(vid, path):
-        return WeightSource(version_id=vid, air=f"urn:air:flux1:checkpoint:local:{vid}", name=f"v{vid}",
-                            type="checkpoint", family=Family.FLUX, local_path=str(path), hf_repo=None, hf_file=None,
-                            download_url=None, sha256=None, filename=None, format=None)
+        return WeightSource(
+            version_id=vid,
+            air=f"urn:air:flux1:checkpoint:local:{vid}",
+            name=f"v{vid}",
+            type="checkpoint",
+            family=Family.FLUX,
+            local_path=str(path),
+            hf_repo=None,
+            hf_file=None,
+            download_url=None,
+            sha256=None,
+            filename=None,
+            format=None,
+        )
 
     paths = {1: flow.files[104][0], 2: flow.files[101][0]}
     slugs = {"flux1-schnell": SimpleNamespace(id=2)}
@@ -258,12 +288,19 @@ def test_sd3_lora_conversion_agrees_with_diffusers_checkpoint_converter(tmp_path
     original = tm.sd3_to_original(pipe.transformer.state_dict())
     g = torch.Generator().manual_seed(0)
     lora, changed = {}, dict(original)
-    for name in ("joint_blocks.0.x_block.attn.qkv", "joint_blocks.0.context_block.attn.qkv",
-                 "joint_blocks.0.context_block.adaLN_modulation.1", "joint_blocks.0.x_block.mlp.fc1"):
+    for name in (
+        "joint_blocks.0.x_block.attn.qkv",
+        "joint_blocks.0.context_block.attn.qkv",
+        "joint_blocks.0.context_block.adaLN_modulation.1",
+        "joint_blocks.0.x_block.mlp.fc1",
+    ):
         w = original[f"{name}.weight"]
         down, up = torch.randn(3, w.shape[1], generator=g), torch.randn(w.shape[0], 3, generator=g)
-        lora |= {f"diffusion_model.{name}.lora_down.weight": down, f"diffusion_model.{name}.lora_up.weight": up,
-                 f"diffusion_model.{name}.alpha": torch.tensor(1.5)}
+        lora |= {
+            f"diffusion_model.{name}.lora_down.weight": down,
+            f"diffusion_model.{name}.lora_up.weight": up,
+            f"diffusion_model.{name}.alpha": torch.tensor(1.5),
+        }
         changed[f"{name}.weight"] = w + 0.5 * up @ down  # alpha / rank = 0.5
     before = convert_sd3_transformer_checkpoint_to_diffusers(dict(original))
     after = convert_sd3_transformer_checkpoint_to_diffusers(changed)

@@ -34,8 +34,10 @@ def test_gpu_render_flow_dry_run(tmp_path, capsys):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "report.json"
-    assert mod.main(["--device", "cpu", "--tiny", "--only-flow", "--repeats", "1", "--steps", "2",
-                     "--json", str(out)]) == 0
+    assert (
+        mod.main(["--device", "cpu", "--tiny", "--only-flow", "--repeats", "1", "--steps", "2", "--json", str(out)])
+        == 0
+    )
     report = json.loads(out.read_text())
     assert "families" not in report and list(report["flow"]) == ["flux", "sd3"]
     for res in report["flow"].values():

@@ -86,15 +86,17 @@ def test_embedding_token_is_added_used_and_unloaded(make_renderer, tiny, tmp_pat
 
 
 def test_negative_embedding_goes_into_the_negative_prompt(shared_renderer, tiny, tmp_path):
-    res = shared_renderer.render(tiny.call(1, embeddings=[tiny.embedding(31, "badhands", negative=True)]),
-                                 output_dir=tmp_path)
+    res = shared_renderer.render(
+        tiny.call(1, embeddings=[tiny.embedding(31, "badhands", negative=True)]), output_dir=tmp_path
+    )
     assert res.call.negative_prompt == "blurry, badhands" and "badhands" not in res.call.prompt
 
 
 def test_sdxl_embedding_loads_into_both_encoders_and_unloads(shared_renderer, tiny, tmp_path):
     base = pixels(shared_renderer.render(tiny.call(10, prompt="xlemb, a cat"), output_dir=tmp_path))
-    res = shared_renderer.render(tiny.call(10, prompt="xlemb, a cat", embeddings=[tiny.embedding(32, "xlemb")]),
-                                 output_dir=tmp_path)
+    res = shared_renderer.render(
+        tiny.call(10, prompt="xlemb, a cat", embeddings=[tiny.embedding(32, "xlemb")]), output_dir=tmp_path
+    )
     assert res.call.prompt == "xlemb, a cat"
     assert np.abs(pixels(res) - base).max() > 0
     pipe = next(e.pipe for k, e in shared_renderer.cache._entries.items() if k[0] == str(tiny.files[10][0]))
@@ -134,8 +136,9 @@ def test_real_base_widths_are_named(tmp_path):
         check_lora(path, Pipe, "xl-style")
 
 
-def test_two_text_encoder_loras_keep_their_own_weights_and_print_no_load_report(make_renderer, tiny, tmp_path,
-                                                                                 monkeypatch):
+def test_two_text_encoder_loras_keep_their_own_weights_and_print_no_load_report(
+    make_renderer, tiny, tmp_path, monkeypatch
+):
     """Loading a second adapter into a text encoder makes transformers report the first one's weights as MISSING
     and "newly initialized"; they are not, and the report is not shown (transformers logs errors only meanwhile)."""
     import torch
@@ -164,8 +167,10 @@ def test_two_text_encoder_loras_keep_their_own_weights_and_print_no_load_report(
         return tiny.resolver(ref)
 
     r = make_renderer(resolver=resolver)
-    r.render(tiny.call(1, loras=[tiny.lora(21), tiny.lora(21).model_copy(update={"id": 99, "name": "second"})]),
-             output_dir=tmp_path)
+    r.render(
+        tiny.call(1, loras=[tiny.lora(21), tiny.lora(21).model_copy(update={"id": 99, "name": "second"})]),
+        output_dir=tmp_path,
+    )
     assert levels == [hf_logging.ERROR] * 2 and hf_logging.get_verbosity() == before
     te = dict(next(iter(r.cache._entries.values())).pipe.text_encoder.named_parameters())
     for vid, path in ((21, tiny.files[21][0]), (99, second)):

@@ -15,15 +15,18 @@ GB = 2**30
 FLUX_DEV = {"transformer": 24 * GB, "text_encoder_2": 9 * GB, "text_encoder": GB // 4, "vae": GB // 6}
 
 
-@pytest.mark.parametrize(("mode", "free", "expected"), [
-    ("auto", 80 * GB, "none"),        # the whole pipeline fits with headroom
-    ("auto", 40 * GB, "model"),       # 33 GB of weights do not, the 24 GB transformer does
-    ("auto", 24 * GB, "sequential"),  # not even the transformer with headroom
-    ("auto", None, "none"),           # free memory unknown: plain placement
-    ("none", 8 * GB, "none"),         # an explicit mode is kept on CUDA
-    ("model", 80 * GB, "model"),
-    ("sequential", 80 * GB, "sequential"),
-])
+@pytest.mark.parametrize(
+    ("mode", "free", "expected"),
+    [
+        ("auto", 80 * GB, "none"),  # the whole pipeline fits with headroom
+        ("auto", 40 * GB, "model"),  # 33 GB of weights do not, the 24 GB transformer does
+        ("auto", 24 * GB, "sequential"),  # not even the transformer with headroom
+        ("auto", None, "none"),  # free memory unknown: plain placement
+        ("none", 8 * GB, "none"),  # an explicit mode is kept on CUDA
+        ("model", 80 * GB, "model"),
+        ("sequential", 80 * GB, "sequential"),
+    ],
+)
 def test_auto_picks_the_first_mode_that_fits_the_free_memory(mode, free, expected):
     assert choose_offload(mode, "cuda", FLUX_DEV, free) == expected
     assert choose_offload(mode, "cuda:1", FLUX_DEV, free) == expected
@@ -78,8 +81,10 @@ class FakePipe:
         self.calls.append(("sequential", str(device)))
 
 
-@pytest.mark.parametrize(("mode", "call"), [("none", ("to", "cuda:1")), ("model", ("model", "cuda:1")),
-                                            ("sequential", ("sequential", "cuda:1"))])
+@pytest.mark.parametrize(
+    ("mode", "call"),
+    [("none", ("to", "cuda:1")), ("model", ("model", "cuda:1")), ("sequential", ("sequential", "cuda:1"))],
+)
 def test_placement_moves_the_pipeline_or_installs_the_hooks_for_that_gpu(mode, call):
     pipe = FakePipe()
     assert place_pipeline(pipe, "cuda:1", mode) is pipe
@@ -90,8 +95,9 @@ def test_a_cpu_render_ignores_the_setting_and_says_so(tiny, tmp_path):
     """The renderer asks ``choose_offload`` on its own device: on CPU the pipeline is placed plainly."""
     from diffagent.render import Renderer
 
-    settings = Settings(data_dir=tmp_path, device="cpu", allow_downloads=False, registry=tmp_path / "none.db",
-                        offload="sequential")
+    settings = Settings(
+        data_dir=tmp_path, device="cpu", allow_downloads=False, registry=tmp_path / "none.db", offload="sequential"
+    )
     renderer = Renderer(settings, resolver=tiny.resolver, skeletons=tiny.skeletons)
     try:
         result = renderer.render(tiny.call(1, steps=2), output_dir=tmp_path)
@@ -115,8 +121,9 @@ def test_a_model_offloaded_pipeline_renders_the_same_image(tiny, tmp_path, monke
     def image(offload: str) -> np.ndarray:
         if offload != "none":
             monkeypatch.setattr(pipelines, "choose_offload", lambda *a, **k: offload)
-        settings = Settings(data_dir=tmp_path / offload, device="cpu", allow_downloads=False,
-                            registry=tmp_path / "none.db")
+        settings = Settings(
+            data_dir=tmp_path / offload, device="cpu", allow_downloads=False, registry=tmp_path / "none.db"
+        )
         renderer = Renderer(settings, resolver=tiny.resolver, skeletons=tiny.skeletons)
         try:
             result = renderer.render(tiny.call(vid, steps=2), output_dir=tmp_path / offload)

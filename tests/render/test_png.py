@@ -18,8 +18,15 @@ def test_parses_real_a1111_text():
     p = parse_parameters_text(A1111_SAMPLE)
     assert p.prompt.startswith("masterpiece") and p.prompt.endswith("<lora:add_detail:0.5>")
     assert p.negative_prompt == "(worst quality:1.4), easynegative"
-    assert (p.steps, p.sampler, p.cfg_scale, p.seed, p.size, p.clip_skip, p.model) == \
-        (28, "DPM++ 2M Karras", 7.5, 3653316600, (512, 768), 2, "dreamshaper_8")
+    assert (p.steps, p.sampler, p.cfg_scale, p.seed, p.size, p.clip_skip, p.model) == (
+        28,
+        "DPM++ 2M Karras",
+        7.5,
+        3653316600,
+        (512, 768),
+        2,
+        "dreamshaper_8",
+    )
     assert p.settings["Lora hashes"] == "add_detail: 7c6bad76eb54"
 
 

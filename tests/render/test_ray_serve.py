@@ -30,13 +30,24 @@ def cluster(tiny, tmp_path_factory):
     from diffagent.render.ray_serve import RayRenderer
 
     data = tmp_path_factory.mktemp("ray-render")
-    table = {vid: ResolvedWeights(path=path, sha256=f"{vid:064x}", family=family, type=kind, name=name)
-             for vid, (path, family, kind, name) in tiny.files.items()}
-    settings = Settings(data_dir=data, device="cpu", allow_downloads=False, registry=data / "none.db",
-                        pipeline_cache_gb=1.0, render_backend="ray", ray_replicas=2, ray_max_replicas=2,
-                        ray_cpus_per_replica=0.5)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _node_ip_address="127.0.0.1")
+    table = {
+        vid: ResolvedWeights(path=path, sha256=f"{vid:064x}", family=family, type=kind, name=name)
+        for vid, (path, family, kind, name) in tiny.files.items()
+    }
+    settings = Settings(
+        data_dir=data,
+        device="cpu",
+        allow_downloads=False,
+        registry=data / "none.db",
+        pipeline_cache_gb=1.0,
+        render_backend="ray",
+        ray_replicas=2,
+        ray_max_replicas=2,
+        ray_cpus_per_replica=0.5,
+    )
+    ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, _node_ip_address="127.0.0.1"
+    )
     try:
         renderer = RayRenderer(settings, resolver=TableResolver(table), skeletons=tiny.skeletons)
         yield renderer
@@ -116,8 +127,10 @@ def test_the_job_table_runs_renders_on_both_replicas_at_once(cluster, tiny):
 
     jobs = JobManager(error_text=str, workers=2)
     try:
-        submitted = [jobs.submit(lambda progress, cancel, c=c: cluster.render(c, progress=progress, cancel=cancel))
-                     for c in (tiny.call(1, steps=4), tiny.call(10, steps=4), tiny.call(1, steps=4, seed=3))]
+        submitted = [
+            jobs.submit(lambda progress, cancel, c=c: cluster.render(c, progress=progress, cancel=cancel))
+            for c in (tiny.call(1, steps=4), tiny.call(10, steps=4), tiny.call(1, steps=4, seed=3))
+        ]
         for job in submitted:
             assert job.done_event.wait(120), job.state
         assert [j.state for j in submitted] == ["done"] * 3

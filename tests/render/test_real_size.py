@@ -19,9 +19,25 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "real_size.py"
 @pytest.mark.slow
 def test_full_size_sd15_single_file_loras_embedding_and_vae_render_with_every_tensor_consumed(tmp_path):
     out = tmp_path / "result.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--family", "sd15", "--workdir", str(tmp_path),
-                           "--size", "64", "--steps", "1", "--out", str(out)], capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--family",
+            "sd15",
+            "--workdir",
+            str(tmp_path),
+            "--size",
+            "64",
+            "--steps",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     result = json.loads(out.read_text())
     assert result["problems"] == []

@@ -110,8 +110,13 @@ def test_unsupported_family_is_refused_before_loading(make_renderer, tiny, tmp_p
     from diffagent.apicall import ApiCall, ModelRef
 
     r = make_renderer()
-    call = ApiCall(checkpoint=ModelRef(id=1, air="x", name="sd2 thing", family=Family.SD2), prompt="x",
-                   width=64, height=64, steps=1)
+    call = ApiCall(
+        checkpoint=ModelRef(id=1, air="x", name="sd2 thing", family=Family.SD2),
+        prompt="x",
+        width=64,
+        height=64,
+        steps=1,
+    )
     with pytest.raises(UserInputError, match="SD 1.x, SDXL, FLUX.1 and SD 3"):
         r.render(call, output_dir=tmp_path)
     assert len(r.cache) == 0

@@ -12,9 +12,17 @@ from diffagent.render.schedulers import FLOW_SAMPLERS, SAMPLERS, SamplerSpec, ma
 from diffagent.samplers import A1111_SAMPLERS
 from diffagent.samplers import FLOW_SAMPLERS as FLOW_SAMPLER_NAMES
 
-SD15_SCHEDULER = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
-                  "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "steps_offset": 1,
-                  "skip_prk_steps": True, "set_alpha_to_one": False, "timestep_spacing": "leading"}
+SD15_SCHEDULER = {
+    "_class_name": "PNDMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "skip_prk_steps": True,
+    "set_alpha_to_one": False,
+    "timestep_spacing": "leading",
+}
 
 
 def test_every_apicall_sampler_is_mapped():
@@ -46,8 +54,10 @@ def test_base_config_solver_options_do_not_leak():
 
 
 def test_unknown_option_is_an_error_not_silently_dropped(monkeypatch):
-    bad = dict(SAMPLERS, **{"Euler a": SamplerSpec(scheduler="EulerAncestralDiscreteScheduler",
-                                                   options={"use_karras_sigmas": True})})
+    bad = dict(
+        SAMPLERS,
+        **{"Euler a": SamplerSpec(scheduler="EulerAncestralDiscreteScheduler", options={"use_karras_sigmas": True})},
+    )
     monkeypatch.setattr(schedulers, "SAMPLERS", bad)
     with pytest.raises(UserInputError, match="does not accept"):
         make_scheduler("Euler a", SD15_SCHEDULER)

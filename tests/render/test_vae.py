@@ -29,8 +29,10 @@ def test_a_standalone_vae_decodes_and_the_checkpoints_own_comes_back(make_render
     (entry,) = r.cache._entries.values()
     loaded = entry.pipe.vae
     cfg = loaded.config
-    mapped = {k.removeprefix("first_stage_model."): t
-              for k, t in _vae_to_ldm(loaded.state_dict(), len(cfg.block_out_channels), cfg.layers_per_block).items()}
+    mapped = {
+        k.removeprefix("first_stage_model."): t
+        for k, t in _vae_to_ldm(loaded.state_dict(), len(cfg.block_out_channels), cfg.layers_per_block).items()
+    }
     on_disk = load_file(str(tiny.files[vae][0]))
     assert mapped.keys() == on_disk.keys()
     assert all(mapped[k].equal(on_disk[k]) for k in on_disk)
@@ -70,8 +72,9 @@ def test_pickles_with_objects_are_refused_not_unpickled(tiny, tmp_path):
 
     bad = tmp_path / "mixed.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=1)}, bad)
-    with pytest.raises(UserInputError, match="mixed.ckpt is a pickle checkpoint holding non-tensor objects.*"
-                                             "safetensors"):
+    with pytest.raises(
+        UserInputError, match="mixed.ckpt is a pickle checkpoint holding non-tensor objects.*safetensors"
+    ):
         load_pipeline(bad, "sd1", device="cpu", dtype=None, skeleton=tiny.skeletons["sd1"])
     with pytest.raises(UserInputError, match="mixed.ckpt is a pickle VAE .'odd'. holding non-tensor objects"):
         load_vae(bad, tiny.skeletons["sd1"], name="odd", device="cpu", dtype=None)

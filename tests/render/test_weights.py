@@ -17,9 +17,20 @@ PAYLOAD = os.urandom(3 * 2**20 + 123)  # a bit over three 1 MiB chunks
 
 
 def source(url: str, sha: str | None, **kw) -> WeightSource:
-    base = dict(version_id=7, air="urn:air:sd1:lora:civitai:1@7", name="Test LoRA", type="lora", family=Family.SD1,
-                local_path=None, hf_repo=None, hf_file=None, download_url=url, sha256=sha, filename=None,
-                format="SafeTensor")
+    base = dict(
+        version_id=7,
+        air="urn:air:sd1:lora:civitai:1@7",
+        name="Test LoRA",
+        type="lora",
+        family=Family.SD1,
+        local_path=None,
+        hf_repo=None,
+        hf_file=None,
+        download_url=url,
+        sha256=sha,
+        filename=None,
+        format="SafeTensor",
+    )
     base.update(kw)
     return WeightSource(**base)
 
@@ -88,8 +99,9 @@ def test_gated_file_needs_key_and_key_stays_on_civitai(civitai, tmp_path, monkey
         no_key.fetch(source(civitai.url(7), civitai.files[7].sha256))
     # the key is sent to civitai.com hosts only; the loopback server stands in for civitai.com here
     keyed = WeightStore(tmp_path / "b", civitai_api_key=FakeCivitai.API_KEY, progress=False, sleep=lambda s: None)
-    monkeypatch.setattr(keyed, "_headers", lambda url: {"Authorization": f"Bearer {FakeCivitai.API_KEY}"}
-                        if "/api/" in url else {})
+    monkeypatch.setattr(
+        keyed, "_headers", lambda url: {"Authorization": f"Bearer {FakeCivitai.API_KEY}"} if "/api/" in url else {}
+    )
     assert keyed.fetch(source(civitai.url(7), civitai.files[7].sha256)).read_bytes() == PAYLOAD
     assert civitai.log.storage[-1]["auth"] is None
 
@@ -157,7 +169,8 @@ def test_hf_file_is_verified_and_linked_into_the_cache(store, tmp_path, monkeypa
     assert calls == [("org/repo", "model.safetensors", True)]
     with pytest.raises(DownloadError, match="registry expects"):
         WeightStore(tmp_path / "other", progress=False).fetch(
-            source(None, "1" * 64, hf_repo="org/repo", hf_file="model.safetensors"))
+            source(None, "1" * 64, hf_repo="org/repo", hf_file="model.safetensors")
+        )
 
 
 def test_registry_resolver_uses_weight_source(civitai, store):

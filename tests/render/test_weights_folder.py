@@ -14,9 +14,20 @@ from diffagent.render.weights import DIFFUSERS_FILES, IncompleteFolder, WeightSt
 
 
 def folder_source(**kw) -> WeightSource:
-    base = dict(version_id=9, air="urn:air:sd1:checkpoint:huggingface:org/repo@9", name="Tiny (diffusers)",
-                type="checkpoint", family=Family.SD1, local_path=None, hf_repo="org/tiny", hf_file=None,
-                download_url=None, sha256=None, filename="tiny", format="Diffusers")
+    base = dict(
+        version_id=9,
+        air="urn:air:sd1:checkpoint:huggingface:org/repo@9",
+        name="Tiny (diffusers)",
+        type="checkpoint",
+        family=Family.SD1,
+        local_path=None,
+        hf_repo="org/tiny",
+        hf_file=None,
+        download_url=None,
+        sha256=None,
+        filename="tiny",
+        format="Diffusers",
+    )
     base.update(kw)
     return WeightSource(**base)
 

@@ -32,15 +32,22 @@ def test_prompt_file_formats(tmp_path):
     (tmp_path / "ir.json").write_text(json.dumps([{"id": "1", "prompt": "a concept art of a vehicle"}, "plain string"]))
     (tmp_path / "mixed.jsonl").write_text('{"prompt": "p1", "dataset": "A"}\n{"text": "p2"}\n')
     (tmp_path / "grouped.json").write_text(json.dumps({"X": ["x1", "x2"], "Y": ["y1"]}))
-    items = bench.load_prompts([tmp_path / n for n in ("drawbench.csv", "geneval.txt", "ir.json", "mixed.jsonl",
-                                                       "grouped.json")])
+    items = bench.load_prompts(
+        [tmp_path / n for n in ("drawbench.csv", "geneval.txt", "ir.json", "mixed.jsonl", "grouped.json")]
+    )
     got = [(i.dataset, i.prompt) for i in items]
     assert got == [
-        ("drawbench", "A red colored car."), ("drawbench", "A black dog."),
-        ("geneval", "a photo of a cat"), ("geneval", "a photo of a dog"),
-        ("ir", "a concept art of a vehicle"), ("ir", "plain string"),
-        ("A", "p1"), ("mixed", "p2"),
-        ("X", "x1"), ("X", "x2"), ("Y", "y1"),
+        ("drawbench", "A red colored car."),
+        ("drawbench", "A black dog."),
+        ("geneval", "a photo of a cat"),
+        ("geneval", "a photo of a dog"),
+        ("ir", "a concept art of a vehicle"),
+        ("ir", "plain string"),
+        ("A", "p1"),
+        ("mixed", "p2"),
+        ("X", "x1"),
+        ("X", "x2"),
+        ("Y", "y1"),
     ]
     first = bench.load_prompts([tmp_path / "grouped.json", tmp_path / "geneval.txt"], n=1)
     assert [(i.dataset, i.prompt) for i in first] == [("X", "x1"), ("Y", "y1"), ("geneval", "a photo of a cat")]
@@ -71,8 +78,9 @@ def test_shared_benchmark_prompt_files_load():
     root = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "prompts"
     if not root.is_dir():
         pytest.skip("../shared/data/prompts is not present")
-    items = bench.load_prompts([root / "drawbench" / "DrawBench.csv", root / "imagereward" / "benchmark-prompts.json"],
-                               n=3)
+    items = bench.load_prompts(
+        [root / "drawbench" / "DrawBench.csv", root / "imagereward" / "benchmark-prompts.json"], n=3
+    )
     assert [i.dataset for i in items] == ["DrawBench"] * 3 + ["benchmark-prompts"] * 3
 
 
@@ -81,8 +89,15 @@ def test_shared_benchmark_prompt_files_load():
 
 def test_baseline_call_is_the_base_model_with_defaults():
     selected = ApiCall(
-        checkpoint=ref(5, Family.PONY), prompt="score_9, a fox, <lora:x:1>", seed=99, steps=40, cfg_scale=4,
-        loras=[LoraRef(**ref(6, Family.PONY).model_dump(), weight=0.8)], negative_prompt="bad", width=832, height=1216,
+        checkpoint=ref(5, Family.PONY),
+        prompt="score_9, a fox, <lora:x:1>",
+        seed=99,
+        steps=40,
+        cfg_scale=4,
+        loras=[LoraRef(**ref(6, Family.PONY).model_dump(), weight=0.8)],
+        negative_prompt="bad",
+        width=832,
+        height=1216,
     )
     base = bench.baseline_call(selected, ref(1, Family.SDXL, "SDXL base"), "a fox")
     assert (base.checkpoint.id, base.prompt, base.seed) == (1, "a fox", 99)
@@ -159,8 +174,12 @@ def pair(dataset, sel, base, raw=1.0):
 
 
 def test_summary_maths():
-    pairs = [pair("d", 1.0, 0.0), pair("d", 0.0, 0.5), pair("d", 0.5, -0.5),
-             bench.PairResult(dataset="d", prompt="x", error="boom")]
+    pairs = [
+        pair("d", 1.0, 0.0),
+        pair("d", 0.0, 0.5),
+        pair("d", 0.5, -0.5),
+        bench.PairResult(dataset="d", prompt="x", error="boom"),
+    ]
     s = bench.summarize("d", pairs)
     assert (s.n, s.failed) == (3, 1)
     assert s.selected_unified == pytest.approx(0.5) and s.baseline_unified == pytest.approx(0.0)
@@ -220,8 +239,24 @@ def test_bench_images_end_to_end_with_tiny_scorers(tmp_path, tiny_config, capsys
     (prompts / "xl.jsonl").write_text('{"prompt": "an xl painting of a cat"}\n{"prompt": "an xl photo"}\n')
     out = tmp_path / "out"
     stats_path = tmp_path / "measured.json"
-    args = parse(["bench", "images", "--prompts", str(prompts / "colors.txt"), "--prompts", str(prompts / "xl.jsonl"),
-                  "--n", "2", "--out", str(out), "--save-reference-stats", str(stats_path), "--best-of", "2"])
+    args = parse(
+        [
+            "bench",
+            "images",
+            "--prompts",
+            str(prompts / "colors.txt"),
+            "--prompts",
+            str(prompts / "xl.jsonl"),
+            "--n",
+            "2",
+            "--out",
+            str(out),
+            "--save-reference-stats",
+            str(stats_path),
+            "--best-of",
+            "2",
+        ]
+    )
     render = PaintRenderer(tmp_path / "renders", fail_ids={11})  # one checkpoint's weights are missing
     deps = BenchDeps(
         select_fn=selector,
@@ -244,9 +279,7 @@ def test_bench_images_end_to_end_with_tiny_scorers(tmp_path, tiny_config, capsys
         assert Path(p.selected_path).is_file() and Path(p.baseline_path).is_file()
         assert p.baseline_call.seed == len(p.prompt)  # the selector's seed (best-of may pick the next seed)
     xl = report.datasets[1]
-    assert xl.delta_unified == pytest.approx(
-        sum(p.selected.unified - p.baseline.unified for p in report.pairs[2:]) / 2
-    )
+    assert xl.delta_unified == pytest.approx(sum(p.selected.unified - p.baseline.unified for p in report.pairs[2:]) / 2)
     assert math.isfinite(xl.gain_pct)
     table = capsys.readouterr().out
     assert "| colors | 1 (+1 failed) |" in table and "| xl | 2 |" in table and "**all**" in table
@@ -280,8 +313,10 @@ def test_bench_images_with_the_real_renderer_on_tiny_pipelines(tmp_path, tiny_co
     from diffagent.render.weights import ResolvedWeights
 
     tm.quiet_diffusers()
-    dirs = {1: tm.build_sd15(tmp_path / "base", seed=0) and tmp_path / "base",
-            12: tm.build_sd15(tmp_path / "tuned", seed=1) and tmp_path / "tuned"}
+    dirs = {
+        1: tm.build_sd15(tmp_path / "base", seed=0) and tmp_path / "base",
+        12: tm.build_sd15(tmp_path / "tuned", seed=1) and tmp_path / "tuned",
+    }
 
     def resolver(r):
         return ResolvedWeights(path=dirs[r.id], family=Family.SD1, type="checkpoint", name=r.name)
@@ -289,6 +324,7 @@ def test_bench_images_with_the_real_renderer_on_tiny_pipelines(tmp_path, tiny_co
     settings = Settings(data_dir=tmp_path / "data", device="cpu", allow_downloads=False, registry=tmp_path / "none.db")
     renderer = Renderer(settings, resolver=resolver)
     try:
+
         def select(prompt):
             return ApiCall(checkpoint=ref(12), prompt=prompt, steps=2, width=64, height=64, seed=5, sampler="Euler")
 
@@ -299,8 +335,12 @@ def test_bench_images_with_the_real_renderer_on_tiny_pipelines(tmp_path, tiny_co
 
         (tmp_path / "p.txt").write_text("a photo of a cat\n")
         args = parse(["bench", "images", "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "out")])
-        deps = BenchDeps(select_fn=select, render_fn=render, scorer=UnifiedScorer.from_config(tiny_config),
-                         baseline_fn=lambda eco: ref(1))
+        deps = BenchDeps(
+            select_fn=select,
+            render_fn=render,
+            scorer=UnifiedScorer.from_config(tiny_config),
+            baseline_fn=lambda eco: ref(1),
+        )
         assert cmd_bench_images(args, settings, deps) == 0
     finally:
         renderer.close()

@@ -148,9 +148,7 @@ def test_render_best_of_writes_scores_into_the_png(tmp_path):
     render = FakeRenderer(tmp_path, lambda c: {7: 90, 8: 200, 9: 30}[c.seed])
     steps = []
     scorer = brightness_unified()
-    result = render_best_of(
-        make_call(), 3, scorer=scorer, render_fn=render, progress=lambda s, t: steps.append((s, t))
-    )
+    result = render_best_of(make_call(), 3, scorer=scorer, render_fn=render, progress=lambda s, t: steps.append((s, t)))
     assert [c.call.seed for c in result.candidates] == [7, 8, 9]
     assert result.best.call.seed == 8 and result.best_index == 1
     assert result.scores == [c.score.unified for c in result.candidates]
@@ -198,20 +196,44 @@ def test_render_best_of_with_the_real_renderer_on_tiny_pipelines(tmp_path, tiny_
     def render_fn(call, *, settings=None, registry=None, progress=None, cancel=None, output_dir=None):
         return renderer.render(call, progress=progress, cancel=cancel, output_dir=output_dir)
 
-    call = ApiCall(checkpoint=ref(1), prompt="a photo of a cat", steps=2, width=64, height=64, seed=3, sampler="Euler",
-                   alternatives=[Alternative(checkpoint=ref(2), score=0.5)])
+    call = ApiCall(
+        checkpoint=ref(1),
+        prompt="a photo of a cat",
+        steps=2,
+        width=64,
+        height=64,
+        seed=3,
+        sampler="Euler",
+        alternatives=[Alternative(checkpoint=ref(2), score=0.5)],
+    )
     steps = []
     try:
-        result = render_best_of(call, 3, scorer=UnifiedScorer.from_config(tiny_config), render_fn=render_fn,
-                                output_dir=tmp_path / "out", progress=lambda s, t: steps.append((s, t)))
+        result = render_best_of(
+            call,
+            3,
+            scorer=UnifiedScorer.from_config(tiny_config),
+            render_fn=render_fn,
+            output_dir=tmp_path / "out",
+            progress=lambda s, t: steps.append((s, t)),
+        )
         cancel = threading.Event()
         with pytest.raises(RenderCancelled):
-            render_best_of(call, 2, scorer=UnifiedScorer.from_config(tiny_config), render_fn=render_fn,
-                           output_dir=tmp_path / "out", cancel=cancel, progress=lambda s, t: cancel.set())
+            render_best_of(
+                call,
+                2,
+                scorer=UnifiedScorer.from_config(tiny_config),
+                render_fn=render_fn,
+                output_dir=tmp_path / "out",
+                cancel=cancel,
+                progress=lambda s, t: cancel.set(),
+            )
     finally:
         renderer.close()
     assert [(c.source, c.call.checkpoint.id, c.call.seed) for c in result.candidates] == [
-        ("selected", 1, 3), ("alternative", 2, 3), ("seed", 1, 4)]
+        ("selected", 1, 3),
+        ("alternative", 2, 3),
+        ("seed", 1, 4),
+    ]
     unified = [c.score.unified for c in result.candidates]
     assert result.best_index == unified.index(max(unified))
     assert steps[-1] == (6, 6)

@@ -38,8 +38,11 @@ def test_batched_scores_match_upstream_score(tiny_weights):
 def test_loaded_weights_are_the_checkpoint(tiny_weights):
     saved = torch.load(tiny_weights.ir_checkpoint, weights_only=True)
     model = scorer(tiny_weights).loaded()
-    for key in ("mlp.layers.0.weight", "blip.visual_encoder.pos_embed",
-                "blip.text_encoder.encoder.layer.0.crossattention.self.key.weight"):
+    for key in (
+        "mlp.layers.0.weight",
+        "blip.visual_encoder.pos_embed",
+        "blip.text_encoder.encoder.layer.0.crossattention.self.key.weight",
+    ):
         assert torch.equal(model.state_dict()[key], saved[key]), key
 
 
@@ -92,8 +95,9 @@ def test_tokenizer_folder_must_hold_a_vocab(tiny_weights, tmp_path):
 
 
 def test_hub_refs_offline(tiny_weights, tmp_path):
-    s = scorer(tiny_weights, checkpoint="hf:THUDM/ImageReward/ImageReward.pt", allow_downloads=False,
-               hub_cache_dir=tmp_path)
+    s = scorer(
+        tiny_weights, checkpoint="hf:THUDM/ImageReward/ImageReward.pt", allow_downloads=False, hub_cache_dir=tmp_path
+    )
     with pytest.raises(NotFoundError, match="downloads are disabled"):
         s.loaded()
 

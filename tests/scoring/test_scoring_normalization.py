@@ -28,7 +28,8 @@ def test_unified_weighted_mean():
     z = {"clip_score": 1.0, "image_reward": -2.0, "hps_v2": 4.0}
     assert unified_mean(z, {"clip_score": 1, "image_reward": 1, "hps_v2": 1}) == pytest.approx(1.0)
     assert unified_mean(z, {"clip_score": 2, "image_reward": 1, "hps_v2": 1}) == pytest.approx(
-        1.0 * 2 / 4 + -2 / 4 + 4 / 4)
+        1.0 * 2 / 4 + -2 / 4 + 4 / 4
+    )
     # weight 0 drops the metric entirely, even when it was not scored
     assert unified_mean({"clip_score": 1.0, "hps_v2": 3.0}, {"clip_score": 1, "image_reward": 0, "hps_v2": 1}) == 2.0
 

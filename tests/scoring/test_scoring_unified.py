@@ -22,8 +22,13 @@ class FixedScorer:
 
 def stats():
     return ReferenceStats.model_validate(
-        {"metrics": {"clip_score": {"mean": 30, "std": 5}, "image_reward": {"mean": 0, "std": 1},
-                     "hps_v2": {"mean": 0.25, "std": 0.02}}}
+        {
+            "metrics": {
+                "clip_score": {"mean": 30, "std": 5},
+                "image_reward": {"mean": 0, "std": 1},
+                "hps_v2": {"mean": 0.25, "std": 0.02},
+            }
+        }
     )
 
 
@@ -90,8 +95,10 @@ def test_from_config_with_custom_stats_and_weights(tiny_config, tmp_path):
     u = UnifiedScorer.from_config(cfg)
     assert u.metrics == ["hps_v2", "clip_score"]
     (r,) = u.score(PROMPT, tiny_scorers.images(1))
-    z = {m: (r.metrics[m].raw - ReferenceStats.load(path).metrics[m].mean) / ReferenceStats.load(path).metrics[m].std
-         for m in r.metrics}
+    z = {
+        m: (r.metrics[m].raw - ReferenceStats.load(path).metrics[m].mean) / ReferenceStats.load(path).metrics[m].std
+        for m in r.metrics
+    }
     assert r.unified == pytest.approx((3 * z["hps_v2"] + z["clip_score"]) / 4)
 
 

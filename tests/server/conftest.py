@@ -50,16 +50,44 @@ def tiny_world(tmp_path_factory, embedder) -> Path:
     pipe = tm.build_sd15(root / "sd15")
     lora = tm.save_kohya_lora(pipe, root / "ink.safetensors", seed=1)
     records = [
-        ModelRecord(id=900, name="Tiny Dream", type="checkpoint", source="curated", tags=["photo", "animal"],
-                    description="tiny test checkpoint for photos of animals", downloads=5000,
-                    versions=[VersionRecord(id=9001, name="v1", base_model="SD 1.5", local_path=str(root / "sd15"),
-                                            downloads=5000, recommended={"steps": 3, "sampler": "Euler",
-                                                                         "cfg_scale": 6, "width": 64,
-                                                                         "height": 64})]),
-        ModelRecord(id=901, name="Ink Lines", type="lora", source="curated", tags=["ink", "lineart"],
-                    description="ink line art style", downloads=3000,
-                    versions=[VersionRecord(id=9011, name="v1", base_model="SD 1.5", local_path=str(lora),
-                                            trained_words=["inkline"], downloads=3000)]),
+        ModelRecord(
+            id=900,
+            name="Tiny Dream",
+            type="checkpoint",
+            source="curated",
+            tags=["photo", "animal"],
+            description="tiny test checkpoint for photos of animals",
+            downloads=5000,
+            versions=[
+                VersionRecord(
+                    id=9001,
+                    name="v1",
+                    base_model="SD 1.5",
+                    local_path=str(root / "sd15"),
+                    downloads=5000,
+                    recommended={"steps": 3, "sampler": "Euler", "cfg_scale": 6, "width": 64, "height": 64},
+                )
+            ],
+        ),
+        ModelRecord(
+            id=901,
+            name="Ink Lines",
+            type="lora",
+            source="curated",
+            tags=["ink", "lineart"],
+            description="ink line art style",
+            downloads=3000,
+            versions=[
+                VersionRecord(
+                    id=9011,
+                    name="v1",
+                    base_model="SD 1.5",
+                    local_path=str(lora),
+                    trained_words=["inkline"],
+                    downloads=3000,
+                )
+            ],
+        ),
     ]
     db = root / "registry.db"
     import_records(db, records, source="tiny-world", embedder=embedder)
@@ -68,5 +96,11 @@ def tiny_world(tmp_path_factory, embedder) -> Path:
 
 @pytest.fixture
 def world_settings(tiny_world, tmp_path) -> Settings:
-    return Settings(registry=tiny_world, data_dir=tmp_path / "data", selector="retrieval", device="cpu",
-                    allow_downloads=False, pipeline_cache_gb=1.0)
+    return Settings(
+        registry=tiny_world,
+        data_dir=tmp_path / "data",
+        selector="retrieval",
+        device="cpu",
+        allow_downloads=False,
+        pipeline_cache_gb=1.0,
+    )

@@ -27,6 +27,7 @@ def slow_work(steps: int, step_s: float, started: threading.Event | None = None)
             if started is not None:
                 started.set()
         return f"image of {steps} steps"
+
     return work
 
 

@@ -52,6 +52,7 @@ async def test_select_render_cancel_with_the_real_pieces(world_settings, mode):
         long = call.model_copy(update={"steps": 150}).model_dump(mode="json")
         steps: list[int] = []
         async with anyio.create_task_group() as tg:
+
             async def first_step(progress, total, message):
                 steps.append(int(progress))
                 tg.cancel_scope.cancel()
@@ -61,15 +62,24 @@ async def test_select_render_cancel_with_the_real_pieces(world_settings, mode):
         assert steps and set(world_settings.output_dir.glob("*.png")) == pngs
 
         # the server is still healthy afterwards
-        bad = await client.call_tool("render_image", {"call": {**long, "checkpoint": {**long["checkpoint"],
-                                                                                      "id": 424242}}})
+        bad = await client.call_tool(
+            "render_image", {"call": {**long, "checkpoint": {**long["checkpoint"], "id": 424242}}}
+        )
         assert bad.is_error and "search_models" in bad.content[0].text
 
 
 async def test_diffagent_serve_over_stdio(world_settings):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "DIFFAGENT_REGISTRY": str(world_settings.registry), "DIFFAGENT_DATA_DIR": str(world_settings.data_dir),
-           "DIFFAGENT_SELECTOR": "retrieval", "DIFFAGENT_DEVICE": "cpu", "DIFFAGENT_ALLOW_DOWNLOADS": "false"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "DIFFAGENT_REGISTRY": str(world_settings.registry),
+        "DIFFAGENT_DATA_DIR": str(world_settings.data_dir),
+        "DIFFAGENT_SELECTOR": "retrieval",
+        "DIFFAGENT_DEVICE": "cpu",
+        "DIFFAGENT_ALLOW_DOWNLOADS": "false",
+    }
     params = StdioServerParameters(command=sys.executable, args=["-m", "diffagent", "serve"], env=env)
     with anyio.fail_after(120):
         async with Client(params) as client:
@@ -99,18 +109,39 @@ def test_malformed_lines_over_stdio_get_json_rpc_errors(world_settings):
     import json
     import subprocess
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "DIFFAGENT_REGISTRY": str(world_settings.registry), "DIFFAGENT_DATA_DIR": str(world_settings.data_dir),
-           "DIFFAGENT_SELECTOR": "retrieval"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "DIFFAGENT_REGISTRY": str(world_settings.registry),
+        "DIFFAGENT_DATA_DIR": str(world_settings.data_dir),
+        "DIFFAGENT_SELECTOR": "retrieval",
+    }
     lines = [
-        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        },
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        "{not json", {"jsonrpc": "2.0", "id": 5, "method": 7}, "[1, 2, 3]",
+        "{not json",
+        {"jsonrpc": "2.0", "id": 5, "method": 7},
+        "[1, 2, 3]",
         {"jsonrpc": "2.0", "id": 9, "method": "ping"},
     ]
-    proc = subprocess.Popen([sys.executable, "-m", "diffagent", "serve"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffagent", "serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     try:
         proc.stdin.write("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines).encode())
         proc.stdin.flush()
@@ -138,8 +169,9 @@ async def test_render_image_runs_on_a_ray_serve_replica_with_progress(world_sett
 
     settings = world_settings.model_copy(update={"render_backend": "ray", "ray_cpus_per_replica": 0.5})
     runtime = Runtime(settings)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _node_ip_address="127.0.0.1")
+    ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, _node_ip_address="127.0.0.1"
+    )
     try:
         # a replica that starts on a busy box can take longer than the default 45 s wait (seen: 33 s before
         # the Serve application was ready); the job protocol for that is tested elsewhere, here the render is

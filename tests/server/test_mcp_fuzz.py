@@ -15,10 +15,18 @@ from mcp.shared.exceptions import MCPError
 from diffagent.server import create_server
 from diffagent.tools import Runtime
 
-json_scalar = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False,
-                                                                                  allow_infinity=False) | st.text()
-json_value = st.recursive(json_scalar, lambda inner: st.lists(inner, max_size=4)
-                          | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=12)
+json_scalar = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+json_value = st.recursive(
+    json_scalar,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
 
 KEYS = {
     "select_t2i_api": ["prompt", "options"],
@@ -39,8 +47,10 @@ def near_valid(keys: list[str]):
 
 arguments = st.one_of(
     *[st.tuples(st.just(name), near_valid(keys)) for name, keys in KEYS.items()],
-    st.tuples(st.just("select_t2i_api"), st.fixed_dictionaries({"prompt": st.text(max_size=50),
-                                                                "options": near_valid(OPTION_KEYS)})),
+    st.tuples(
+        st.just("select_t2i_api"),
+        st.fixed_dictionaries({"prompt": st.text(max_size=50), "options": near_valid(OPTION_KEYS)}),
+    ),
     st.tuples(st.just("render_image"), st.fixed_dictionaries({"call": near_valid(CALL_KEYS), "wait": st.just(False)})),
 )
 
@@ -69,7 +79,7 @@ def test_no_input_crashes_the_server(portal_client, name_args):
     if result.is_error:
         assert text.strip(), (name, args)
         assert text.strip() != f"Error executing tool {name}", (name, args)  # the SDK's mask for a crash
-        assert "Traceback" not in text and "File \"" not in text
+        assert "Traceback" not in text and 'File "' not in text
     assert not portal.call(client.call_tool, "search_models", {"query": "cat"}).is_error  # still serving
 
 

@@ -78,8 +78,17 @@ async def test_oversized_bodies_are_refused_before_parsing(settings, runtime):
     from diffagent.server.http import MAX_BODY_BYTES
 
     lora = {"id": 2, "air": "urn:air:sd1:lora:civitai:20@2", "name": "x", "family": "sd1", "weight": 0.5}
-    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "render_image", "arguments": {
-        "call": {"checkpoint": {**lora, "weight": None}, "prompt": "a cat", "loras": [lora] * 20_000}}}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": "render_image",
+            "arguments": {
+                "call": {"checkpoint": {**lora, "weight": None}, "prompt": "a cat", "loras": [lora] * 20_000}
+            },
+        },
+    }
     with serving(http_app(create_server(settings, runtime=runtime))) as url:
         async with httpx.AsyncClient() as http:
             r = await http.post(url, json=body, headers={"Accept": "application/json, text/event-stream"})

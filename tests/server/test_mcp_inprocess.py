@@ -30,8 +30,14 @@ def server(settings, runtime, renderer):
 async def test_catalogue(server, mode):
     async with Client(server, mode=mode) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
-        assert list(tools) == ["select_t2i_api", "search_models", "get_model", "render_image", "get_render",
-                               "cancel_render"]
+        assert list(tools) == [
+            "select_t2i_api",
+            "search_models",
+            "get_model",
+            "render_image",
+            "get_render",
+            "cancel_render",
+        ]
         for name in ["select_t2i_api", "search_models", "get_model", "render_image", "get_render"]:
             assert tools[name].output_schema, name
         assert tools["select_t2i_api"].output_schema["title"] == "ApiCall"
@@ -169,8 +175,7 @@ async def test_best_of_n_renders_candidates_and_keeps_the_best(server, renderer,
         seen.append((progress, total))
 
     async with Client(server) as client:
-        r = await client.call_tool("render_image", {"prompt": "a red fox", "best_of": 3},
-                                   progress_callback=on_progress)
+        r = await client.call_tool("render_image", {"prompt": "a red fox", "best_of": 3}, progress_callback=on_progress)
         assert not r.is_error, text_of(r)
         result = r.structured_content["result"]
         assert renderer.calls == 3 and result["scores"] == [0.0, 1.0, 0.0]

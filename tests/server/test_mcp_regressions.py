@@ -27,8 +27,18 @@ def server(settings, runtime, renderer):
 
 
 def call_dict(**over) -> dict:
-    base = {"checkpoint": {"id": 1, "air": "urn:air:sd1:checkpoint:civitai:10@1", "name": "Dreamy Checkpoint",
-                           "family": "sd1"}, "prompt": "a cat", "steps": 2, "width": 64, "height": 64}
+    base = {
+        "checkpoint": {
+            "id": 1,
+            "air": "urn:air:sd1:checkpoint:civitai:10@1",
+            "name": "Dreamy Checkpoint",
+            "family": "sd1",
+        },
+        "prompt": "a cat",
+        "steps": 2,
+        "width": 64,
+        "height": 64,
+    }
     return base | over
 
 
@@ -54,9 +64,11 @@ async def test_lora_tag_weight_out_of_range_names_the_tag(world_settings):
 async def test_ids_beyond_sqlite_integers_are_refused(server, where):
     big = 2**70
     ref = {"id": big, "air": "urn:air:sd1:checkpoint:civitai:1@1", "name": "x", "family": "sd1"}
-    call = {"checkpoint": call_dict(checkpoint=ref),
-            "alternative": call_dict(alternatives=[{"checkpoint": ref, "score": 1}]),
-            "lora": call_dict(loras=[ref | {"weight": 0.5}])}[where]
+    call = {
+        "checkpoint": call_dict(checkpoint=ref),
+        "alternative": call_dict(alternatives=[{"checkpoint": ref, "score": 1}]),
+        "lora": call_dict(loras=[ref | {"weight": 0.5}]),
+    }[where]
     async with Client(server) as client:
         text = await error_text(client, "render_image", {"call": call, "best_of": 2 if where == "alternative" else 1})
         assert "id" in text
@@ -102,8 +114,14 @@ async def test_unknown_option_keys_are_refused(server):
 
 async def test_family_contradicting_the_checkpoint_fails_before_queueing(server, renderer):
     async with Client(server) as client:
-        call = call_dict(checkpoint={"id": 1, "air": "urn:air:sdxl:checkpoint:civitai:10@1",
-                                     "name": "Dreamy Checkpoint", "family": "sdxl"})
+        call = call_dict(
+            checkpoint={
+                "id": 1,
+                "air": "urn:air:sdxl:checkpoint:civitai:10@1",
+                "name": "Dreamy Checkpoint",
+                "family": "sdxl",
+            }
+        )
         text = await error_text(client, "render_image", {"call": call, "wait": False})
         assert "sd1" in text and "sdxl" in text
     assert renderer.calls == 0

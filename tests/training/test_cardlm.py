@@ -22,8 +22,12 @@ from diffagent.training.config import LoraShape  # noqa: E402
 from diffagent.training.model import add_lora  # noqa: E402
 
 #: four "models", each with the words its creators write
-STYLES = {"inkline": "ink lines sketch monochrome", "aquarelle": "watercolor wash soft paper",
-          "neonpunk": "neon city rain night", "realvis": "photo portrait skin bokeh"}
+STYLES = {
+    "inkline": "ink lines sketch monochrome",
+    "aquarelle": "watercolor wash soft paper",
+    "neonpunk": "neon city rain night",
+    "realvis": "photo portrait skin bokeh",
+}
 
 
 def _pairs() -> list[CardPair]:
@@ -31,14 +35,22 @@ def _pairs() -> list[CardPair]:
     for name, words in STYLES.items():
         w = words.split()
         for i in range(6):
-            out.append(CardPair(CARD_HEAD.format(card=f"{name} v1. {words}"), " ".join(w[i % 4:] + w[: i % 4])))
+            out.append(CardPair(CARD_HEAD.format(card=f"{name} v1. {words}"), " ".join(w[i % 4 :] + w[: i % 4])))
     return out
 
 
 def _items() -> list[EvalItem]:
     cards = tuple(CARD_HEAD.format(card=f"{n} v1. {w}") for n, w in STYLES.items())
-    return [EvalItem(request=" ".join(w.split()[1:] + w.split()[:1]), cards=cards, ranker=(0.25,) * 4, target=j,
-                     target_has_prompts=j % 2 == 0) for j, w in enumerate(STYLES.values())]
+    return [
+        EvalItem(
+            request=" ".join(w.split()[1:] + w.split()[:1]),
+            cards=cards,
+            ranker=(0.25,) * 4,
+            target=j,
+            target_has_prompts=j % 2 == 0,
+        )
+        for j, w in enumerate(STYLES.values())
+    ]
 
 
 def test_training_makes_the_prompt_depend_on_the_card(tmp_path, toy_tok):
@@ -50,8 +62,14 @@ def test_training_makes_the_prompt_depend_on_the_card(tmp_path, toy_tok):
 
     before = scored()
     model.train()
-    state = train_cardlm(model, toy_tok, _pairs(), CardLMConfig(steps=60, batch_size=4, lr=2e-2, warmup_steps=0,
-                                                                checkpoint_every=20), tmp_path, progress=False)
+    state = train_cardlm(
+        model,
+        toy_tok,
+        _pairs(),
+        CardLMConfig(steps=60, batch_size=4, lr=2e-2, warmup_steps=0, checkpoint_every=20),
+        tmp_path,
+        progress=False,
+    )
     after = scored()
     assert state.step == 60 and state.losses[-1] < 0.5 * state.losses[0]
     assert after["all"]["pmi_top1"] == 1.0 and before["all"]["pmi_top1"] <= 0.5
@@ -82,9 +100,14 @@ def test_contrastive_term_scores_each_prompt_under_its_negatives(tmp_path, toy_t
     pairs = [CardPair(p.card, p.request, tuple(c for c in cards.values() if c != p.card)[:2]) for p in _pairs()]
     model = add_lora(tiny_gemma(seed=1), LoraShape(r=8, alpha=16))
     model.train()
-    state = train_cardlm(model, toy_tok, pairs, CardLMConfig(steps=40, batch_size=4, lr=2e-2, warmup_steps=0,
-                                                             checkpoint_every=20, negatives=2),
-                         tmp_path, progress=False)
+    state = train_cardlm(
+        model,
+        toy_tok,
+        pairs,
+        CardLMConfig(steps=40, batch_size=4, lr=2e-2, warmup_steps=0, checkpoint_every=20, negatives=2),
+        tmp_path,
+        progress=False,
+    )
     contrast, lm = state.extras["contrast"], state.extras["lm"]
     assert len(contrast) == len(lm) == 40
     # chance for one own card among three is log 3 = 1.10

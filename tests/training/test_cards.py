@@ -18,10 +18,16 @@ LAYER = "encoder.layer.0.attention.self.query"
 
 def _random_factors(rank: int = 4, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    return {LAYER: (rng.normal(0, 0.05, (rank, 384)).astype(np.float32),
-                    rng.normal(0, 0.05, (384, rank)).astype(np.float32)),
-            "encoder.layer.5.intermediate.dense": (rng.normal(0, 0.05, (rank, 384)).astype(np.float32),
-                                                   rng.normal(0, 0.05, (1536, rank)).astype(np.float32))}
+    return {
+        LAYER: (
+            rng.normal(0, 0.05, (rank, 384)).astype(np.float32),
+            rng.normal(0, 0.05, (384, rank)).astype(np.float32),
+        ),
+        "encoder.layer.5.intermediate.dense": (
+            rng.normal(0, 0.05, (rank, 384)).astype(np.float32),
+            rng.normal(0, 0.05, (1536, rank)).astype(np.float32),
+        ),
+    }
 
 
 def test_numpy_encoder_with_merged_updates_equals_torch(embedder):
@@ -68,7 +74,8 @@ def test_save_load_round_trip_and_settings(tmp_path, embedder):
         CardEncoder({LAYER: (np.zeros((4, 384)), np.zeros((384, 3)))}, 1.0)
     with pytest.raises(UserInputError, match="not in the sentence model"):
         CardEncoder({"encoder.layer.9.output.dense": (np.zeros((2, 384)), np.zeros((384, 2)))}, 1.0).encode(
-            embedder, ["x"])
+            embedder, ["x"]
+        )
 
 
 def test_fit_encoder_learns_which_card_a_prompt_belongs_to(tmp_path, embedder):
@@ -77,10 +84,12 @@ def test_fit_encoder_learns_which_card_a_prompt_belongs_to(tmp_path, embedder):
     rng = np.random.default_rng(0)
     cards = rng.normal(size=(6, 384)).astype(np.float32)
     cards /= np.linalg.norm(cards, axis=1, keepdims=True)
-    kinds = {0: ["a photo of a {} in the street", "photograph, {}, 35mm"],
-             1: ["anime girl with a {}", "1girl, {}, school uniform"],
-             2: ["watercolor painting of a {}", "ink wash, {}, paper texture"],
-             3: ["pixel art {}", "8-bit sprite of a {}"]}
+    kinds = {
+        0: ["a photo of a {} in the street", "photograph, {}, 35mm"],
+        1: ["anime girl with a {}", "1girl, {}, school uniform"],
+        2: ["watercolor painting of a {}", "ink wash, {}, paper texture"],
+        3: ["pixel art {}", "8-bit sprite of a {}"],
+    }
     things = ["cat", "house", "tree", "car", "boat", "bird", "lamp", "river"]
     texts, pos = [], []
     for k, templates in kinds.items():
@@ -91,8 +100,12 @@ def test_fit_encoder_learns_which_card_a_prompt_belongs_to(tmp_path, embedder):
     pos = np.array(pos)
     cfg = CardsConfig(steps=40, batch_size=16, lr=2e-3, tau=0.1, rank=4, alpha=8, checkpoint_every=20)
     enc, info = fit_encoder(texts, pos, cards, embedder.check(), tmp_path / "run", cfg)
-    held = ["a photo of a dog in the street", "anime girl with a sword", "watercolor painting of a mountain",
-            "pixel art castle"]
+    held = [
+        "a photo of a dog in the street",
+        "anime girl with a sword",
+        "watercolor painting of a mountain",
+        "pixel art castle",
+    ]
     stock = evaluate(embedder.encode(held), np.arange(4), np.arange(6), cards)["model_top1"]
     tuned = evaluate(enc.encode(embedder, held), np.arange(4), np.arange(6), cards)["model_top1"]
     assert stock <= 0.5 and tuned == 1.0
@@ -114,19 +127,32 @@ def test_factors_of_names_layers_as_the_numpy_encoder_does(embedder):
 
 
 def test_train_cards_end_to_end_on_the_tiny_registry(tiny_registry, tmp_path):
-    prompts = ["watercolor painting of a fox", "portrait photo of an old fisherman", "1girl, solo, school uniform",
-               "cinematic photo of a lighthouse"]
+    prompts = [
+        "watercolor painting of a fox",
+        "portrait photo of an old fisherman",
+        "1girl, solo, school uniform",
+        "cinematic photo of a lighthouse",
+    ]
     targets = [(1003, 103), (1001, 101), (1002, 102), (1004, 104)]
     path = tmp_path / "pairs.jsonl"
     with open(path, "w") as fh:
         for i in range(24):
             split = "train" if i < 16 else ("val" if i < 20 else "test")
             ck, page = targets[i % 4]
-            fh.write(Pair(image_id=i, page_model_id=page, split=split, instruction=prompts[i % 4],
-                          target=Target(checkpoint_version_id=ck, checkpoint_model_id=page)).model_dump_json() + "\n")
+            fh.write(
+                Pair(
+                    image_id=i,
+                    page_model_id=page,
+                    split=split,
+                    instruction=prompts[i % 4],
+                    target=Target(checkpoint_version_id=ck, checkpoint_model_id=page),
+                ).model_dump_json()
+                + "\n"
+            )
     cfg = CardsConfig(steps=20, batch_size=4, lr=2e-3, rank=2, alpha=4, checkpoint_every=10)
-    meta = train_cards(tiny_registry, path, tmp_path / "out" / "e.npz", work_dir=tmp_path / "work", cfg=cfg,
-                       eval_limit=10)
+    meta = train_cards(
+        tiny_registry, path, tmp_path / "out" / "e.npz", work_dir=tmp_path / "work", cfg=cfg, eval_limit=10
+    )
     assert meta["train_pairs"] == 16 and meta["cards"] >= 4 and meta["config"]["steps"] == 20
     assert set(meta["results"]) >= {"val/all", "test/all"}
     assert meta["results"]["val/all"]["adapted"]["model_top1"] >= meta["results"]["val/all"]["stock"]["model_top1"]
@@ -156,17 +182,21 @@ def test_the_best_matching_cards_join_the_rankers_pool(tiny_registry):
     name = tiny_registry.embedder.name
     zero = {LAYER: (np.zeros((2, 384), np.float32), np.zeros((384, 2), np.float32))}
     stock = CardEncoder(zero, 1.0, {"embedder": name})
-    one = first_stage(tiny_registry, "a watercolor fox", base=None, limit=1, card=stock,
-                      weights=RetrievalWeights(card_pool=0))
-    pooled = first_stage(tiny_registry, "a watercolor fox", base=None, limit=1, card=stock,
-                         weights=RetrievalWeights(card_pool=3))
+    one = first_stage(
+        tiny_registry, "a watercolor fox", base=None, limit=1, card=stock, weights=RetrievalWeights(card_pool=0)
+    )
+    pooled = first_stage(
+        tiny_registry, "a watercolor fox", base=None, limit=1, card=stock, weights=RetrievalWeights(card_pool=3)
+    )
     assert len(one) == 1 and len(pooled) > 1 and pooled[0].version.id == one[0].version.id
     by_card = sorted(pooled, key=lambda h: -h.signals["card"])[:3]
     assert all(h.signals.get("card_pool") == 1.0 for h in by_card)
     assert all("card_pool" not in h.signals for h in pooled if h not in by_card)
     # without a card encoder there is no card pool
-    assert len(first_stage(tiny_registry, "a watercolor fox", base=None, limit=1,
-                           weights=RetrievalWeights(card_pool=3))) == 1
+    assert (
+        len(first_stage(tiny_registry, "a watercolor fox", base=None, limit=1, weights=RetrievalWeights(card_pool=3)))
+        == 1
+    )
 
 
 def test_the_cli_passes_the_training_prompt_length(tiny_registry_path, tmp_path, monkeypatch, capsys):
@@ -183,9 +213,39 @@ def test_the_cli_passes_the_training_prompt_length(tiny_registry_path, tmp_path,
     monkeypatch.setattr(cards_module, "train_cards", fake_train)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("")
-    assert main(["train", "cards", "--registry", str(tiny_registry_path), "--pairs", str(pairs),
-                 "--work-dir", str(tmp_path), "--max-length", "128", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "cards",
+                "--registry",
+                str(tiny_registry_path),
+                "--pairs",
+                str(pairs),
+                "--work-dir",
+                str(tmp_path),
+                "--max-length",
+                "128",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert seen["cfg"].max_length == 128
-    assert main(["train", "cards", "--registry", str(tiny_registry_path), "--pairs", str(pairs),
-                 "--work-dir", str(tmp_path), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "cards",
+                "--registry",
+                str(tiny_registry_path),
+                "--pairs",
+                str(pairs),
+                "--work-dir",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert seen["cfg"].max_length == 64

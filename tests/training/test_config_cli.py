@@ -15,7 +15,7 @@ from diffagent.training.config import TrainConfig, load_config
 
 def test_config_from_toml_and_json(tmp_path):
     toml = tmp_path / "train.toml"
-    toml.write_text('seed = 7\n[sft]\nlr = 5e-4\nmax_steps = 3\n[lora]\nr = 4\nlayers = [9, 10]\n')
+    toml.write_text("seed = 7\n[sft]\nlr = 5e-4\nmax_steps = 3\n[lora]\nr = 4\nlayers = [9, 10]\n")
     cfg = load_config(toml)
     assert (cfg.seed, cfg.sft.lr, cfg.sft.max_steps, cfg.lora.r, cfg.lora.layers) == (7, 5e-4, 3, 4, [9, 10])
     assert cfg.rrhf == TrainConfig().rrhf  # untouched sections keep their defaults
@@ -25,9 +25,15 @@ def test_config_from_toml_and_json(tmp_path):
     assert load_config(None) == TrainConfig()
 
 
-@pytest.mark.parametrize("text,match", [("[sft]\nlearning_rate = 1\n", "learning_rate"),
-                                        ("[sft]\nlr = -1\n", "lr"), ("seed = [\n", "not valid TOML"),
-                                        ("[rrhf]\nreward = 'vibes'\n", "reward")])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("[sft]\nlearning_rate = 1\n", "learning_rate"),
+        ("[sft]\nlr = -1\n", "lr"),
+        ("seed = [\n", "not valid TOML"),
+        ("[rrhf]\nreward = 'vibes'\n", "reward"),
+    ],
+)
 def test_bad_configs_say_what_is_wrong(tmp_path, text, match):
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -58,8 +64,9 @@ def test_train_group_has_every_stage():
 def test_flags_override_the_config_file(tmp_path):
     path = tmp_path / "t.toml"
     path.write_text('work_dir = "/somewhere"\n[sft]\nmax_steps = 50\n[data]\nlimit = 9\n')
-    args = _parser().parse_args(["train", "sft", "--config", str(path), "--work-dir", str(tmp_path),
-                                 "--max-steps", "2", "--limit", "4"])
+    args = _parser().parse_args(
+        ["train", "sft", "--config", str(path), "--work-dir", str(tmp_path), "--max-steps", "2", "--limit", "4"]
+    )
     cfg = train_cli._config(args)
     assert cfg.work_dir == tmp_path and cfg.sft.max_steps == 2 and cfg.data.limit == 4
     assert cfg.rrhf.max_steps is None  # --max-steps applies to the stage being run
@@ -69,8 +76,9 @@ def test_data_command_builds_examples_on_the_tiny_registry(tmp_path, tiny_regist
     from test_data import _pairs_file
 
     pairs = _pairs_file(tmp_path / "pairs.jsonl")
-    args = _parser().parse_args(["train", "data", "--work-dir", str(tmp_path / "w"), "--pairs", str(pairs),
-                                 "--limit", "3", "--quiet"])
+    args = _parser().parse_args(
+        ["train", "data", "--work-dir", str(tmp_path / "w"), "--pairs", str(pairs), "--limit", "3", "--quiet"]
+    )
     assert args.func(args, Settings(registry=tiny_registry_path)) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["pairs"] == 3 and 0 <= out["examples"] <= 3

@@ -24,10 +24,19 @@ FOX = "watercolor painting of a fox in a misty forest, paper texture"
 
 
 def fox_pair(**kw) -> Pair:
-    target = Target(checkpoint_version_id=1003, checkpoint_model_id=103, loras=[TargetLora(name="watercolorStyle_v1")],
-                    sampler="DPM++ 2M Karras", steps=28, cfg_scale=7, width=512, height=768)
-    return Pair(**{"image_id": 9021, "page_model_id": 103, "split": "train", "instruction": FOX, "target": target,
-                   **kw})
+    target = Target(
+        checkpoint_version_id=1003,
+        checkpoint_model_id=103,
+        loras=[TargetLora(name="watercolorStyle_v1")],
+        sampler="DPM++ 2M Karras",
+        steps=28,
+        cfg_scale=7,
+        width=512,
+        height=768,
+    )
+    return Pair(
+        **{"image_id": 9021, "page_model_id": 103, "split": "train", "instruction": FOX, "target": target, **kw}
+    )
 
 
 class FakeBackend:
@@ -55,8 +64,15 @@ def lora_index(tiny_registry):
 
 def test_example_prompt_is_exactly_what_the_selector_renders(tiny_registry, tiny_registry_path, lora_index):
     settings = Settings(registry=tiny_registry_path, selector="llm")
-    ex = build_example(tiny_registry, fox_pair(), lora_index, candidates_k=settings.candidates_k, max_loras=2,
-                       ranker=load_ranker(settings.ranker), card=load_card(settings.card_adapter))
+    ex = build_example(
+        tiny_registry,
+        fox_pair(),
+        lora_index,
+        candidates_k=settings.candidates_k,
+        max_loras=2,
+        ranker=load_ranker(settings.ranker),
+        card=load_card(settings.card_adapter),
+    )
     sel = Selector(tiny_registry, settings, backend=FakeBackend()).select_many(FOX, SelectOptions(seed=0))
     assert ex.prompt == sel.prompt.text
     assert ex.usable and ex.checkpoint_ids[ex.answer_checkpoint] == 1003
@@ -101,20 +117,33 @@ def test_leaving_the_page_out_retrieves_as_a_held_out_page_would(tiny_registry, 
     assert seen == [None, 103]
     assert kept.checkpoint_ids[0] == 1003  # the pair's own page votes for its checkpoint...
     # ...and without it the creators' vote for it comes from other pages only
-    assert tiny_registry.prompt_neighbours(FOX, k=50, exclude_page=103).get(1003, 0.0) < \
-        tiny_registry.prompt_neighbours(FOX, k=50).get(1003, 0.0)
+    assert tiny_registry.prompt_neighbours(FOX, k=50, exclude_page=103).get(
+        1003, 0.0
+    ) < tiny_registry.prompt_neighbours(FOX, k=50).get(1003, 0.0)
     assert left.checkpoint_ids  # the watercolor request still finds candidates (its kind fits without the vote)
 
 
 def _pairs_file(path, n=4):
-    prompts = [FOX, "portrait photo of an old fisherman, 85mm, film grain", "1girl, solo, school uniform",
-               "cinematic photo of a lighthouse in a storm", "a fox"]
+    prompts = [
+        FOX,
+        "portrait photo of an old fisherman, 85mm, film grain",
+        "1girl, solo, school uniform",
+        "cinematic photo of a lighthouse in a storm",
+        "a fox",
+    ]
     targets = [(1003, 103), (1001, 101), (1002, 102), (1004, 104), (1003, 103)]
     with open(path, "w") as fh:
         for i in range(n):
-            fh.write(Pair(image_id=100 + i, page_model_id=500 + i, split="train", instruction=prompts[i],
-                          target=Target(checkpoint_version_id=targets[i][0],
-                                        checkpoint_model_id=targets[i][1])).model_dump_json() + "\n")
+            fh.write(
+                Pair(
+                    image_id=100 + i,
+                    page_model_id=500 + i,
+                    split="train",
+                    instruction=prompts[i],
+                    target=Target(checkpoint_version_id=targets[i][0], checkpoint_model_id=targets[i][1]),
+                ).model_dump_json()
+                + "\n"
+            )
     return path
 
 

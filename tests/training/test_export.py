@@ -41,9 +41,18 @@ def tiny_base(tmp_path_factory, converter):
     d = tmp_path_factory.mktemp("tiny_gemma")
     buf = io.BytesIO()
     corpus = ["a watercolor fox in a misty forest", "Checkpoint: A B C", "LoRAs: none M N", "an anime cat"] * 4
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=buf, vocab_size=48,
-                                   model_type="bpe", hard_vocab_limit=False, minloglevel=2,
-                                   pad_id=0, eos_id=1, bos_id=2, unk_id=3)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus),
+        model_writer=buf,
+        vocab_size=48,
+        model_type="bpe",
+        hard_vocab_limit=False,
+        minloglevel=2,
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+    )
     (d / "tokenizer.model").write_bytes(buf.getvalue())
     vocab = spm.SentencePieceProcessor(model_proto=buf.getvalue()).get_piece_size()
     model = tiny_gemma(seed=1, vocab=vocab)
@@ -53,8 +62,9 @@ def tiny_base(tmp_path_factory, converter):
 
 
 def _llama_logits(base, lora=None) -> np.ndarray:
-    llm = llama_cpp.Llama(model_path=str(base), lora_path=str(lora) if lora else None, n_ctx=64, n_threads=1,
-                          verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=str(base), lora_path=str(lora) if lora else None, n_ctx=64, n_threads=1, verbose=False
+    )
     llm.eval(TOKENS)
     out = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),)).copy()
     llm.close()
@@ -78,8 +88,9 @@ def test_exported_adapter_loads_and_changes_the_output_like_torch(tiny_base, con
         if "lora_B" in name:  # peft starts B at zero (a no-op adapter); make it do something
             torch.nn.init.normal_(p, std=0.5)
     peft_model.save_pretrained(tmp_path / "adapter")
-    out = export_adapter(tmp_path / "adapter", hf_dir, tmp_path / f"adapter-{outtype}.gguf", converter=converter,
-                         outtype=outtype)
+    out = export_adapter(
+        tmp_path / "adapter", hf_dir, tmp_path / f"adapter-{outtype}.gguf", converter=converter, outtype=outtype
+    )
     assert out.stat().st_size > 0 and not list(tmp_path.glob(".adapter-*"))  # no temp file left behind
     with torch.no_grad():
         tuned = peft_model(input_ids=torch.tensor([TOKENS])).logits[0, -1].numpy()

@@ -62,7 +62,7 @@ def test_answer_only_logits_match_a_full_forward_with_padding(tiny_model):
     assert len(b.keep) < b.input_ids.shape[1] * len(seqs)  # the head ran on answer positions only
     for i, (prompt, answer) in enumerate(seqs):
         assert lp[i, : len(answer)].tolist() == pytest.approx(_reference_logprobs(tiny_model, prompt, answer), abs=1e-4)
-        assert lp[i, len(answer):].abs().sum() == 0
+        assert lp[i, len(answer) :].abs().sum() == 0
 
 
 def test_shared_prompt_equals_separate_sequences_across_the_sliding_window(tiny_model):

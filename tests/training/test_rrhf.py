@@ -27,11 +27,22 @@ from diffagent.training.rrhf import Rebuilder, generate_candidates, torch_logits
 def examples(tiny_registry):
     with tiny_registry.engine.connect() as conn:
         index = lora_name_index(conn)
-    anime = Pair(image_id=9011, page_model_id=102, split="train", instruction="1girl, solo, school uniform, anime",
-                 target=Target(checkpoint_version_id=1002, checkpoint_model_id=102, clip_skip=2))
-    photo = Pair(image_id=9001, page_model_id=101, split="train", instruction="portrait photo, film grain",
-                 target=Target(checkpoint_version_id=1001, checkpoint_model_id=101,
-                               loras=[TargetLora(name="filmGrain_v1", weight=0.6)]))
+    anime = Pair(
+        image_id=9011,
+        page_model_id=102,
+        split="train",
+        instruction="1girl, solo, school uniform, anime",
+        target=Target(checkpoint_version_id=1002, checkpoint_model_id=102, clip_skip=2),
+    )
+    photo = Pair(
+        image_id=9001,
+        page_model_id=101,
+        split="train",
+        instruction="portrait photo, film grain",
+        target=Target(
+            checkpoint_version_id=1001, checkpoint_model_id=101, loras=[TargetLora(name="filmGrain_v1", weight=0.6)]
+        ),
+    )
     out = [build_example(tiny_registry, p, index, candidates_k=6, max_loras=2) for p in (fox_pair(), anime, photo)]
     assert all(e.usable for e in out)
     return out
@@ -44,8 +55,16 @@ def test_agreement_reward_on_known_numbers(tiny_registry, examples):
     call, model_id, mismatched = rebuild(fox, fox.answer_checkpoint, [water])
     assert model_id == 103 and mismatched == 0 and [lo.id for lo in call.loras] == [2002]
     # a target that agrees with the rebuilt call on every argument
-    target = fox.target.model_copy(update={"sampler": call.sampler, "steps": call.steps, "cfg_scale": call.cfg_scale,
-                                           "width": call.width, "height": call.height, "clip_skip": call.clip_skip})
+    target = fox.target.model_copy(
+        update={
+            "sampler": call.sampler,
+            "steps": call.steps,
+            "cfg_scale": call.cfg_scale,
+            "width": call.width,
+            "height": call.height,
+            "clip_skip": call.clip_skip,
+        }
+    )
     full = agreement_reward(call, target, [2002], checkpoint_model_id=103)
     assert (full.checkpoint, full.lora_f1, full.args, full.total) == (1.0, 1.0, 1.0, 1.75)
     # steps off by 10 and size different: 3 of 5 arguments agree
@@ -53,7 +72,8 @@ def test_agreement_reward_on_known_numbers(tiny_registry, examples):
     assert agreement_reward(call, off, [2002], checkpoint_model_id=103).args == pytest.approx(0.6)
     # the creator used two LoRAs, we chose one of them: F1 = 2*1/(1+2)
     assert agreement_reward(call, target, [2002, 2001], checkpoint_model_id=103).lora_f1 == pytest.approx(
-        0.6667, abs=1e-4)
+        0.6667, abs=1e-4
+    )
     # another version of the same model; a different model; a dropped mismatched LoRA; an invalid call
     other = target.model_copy(update={"checkpoint_version_id": 777})
     assert agreement_reward(call, other, [2002], checkpoint_model_id=103).checkpoint == 0.5
@@ -79,8 +99,7 @@ def test_candidates_come_from_the_decoder_and_resume(tiny_registry, examples, tm
     model.eval()
     cfg = TrainConfig(rrhf=RRHFConfig(prompts=2, n_sample=4, n_beam=2, max_candidates=5, temperature=1.5))
     out = tmp_path / "candidates.jsonl"
-    cands = generate_candidates(examples, tok, torch_logits(model), Rebuilder(tiny_registry), cfg, out,
-                                progress=False)
+    cands = generate_candidates(examples, tok, torch_logits(model), Rebuilder(tiny_registry), cfg, out, progress=False)
     assert [pc.image_id for pc in cands] == [examples[0].image_id, examples[1].image_id]
     for pc, ex in zip(cands, examples, strict=False):
         assert pc.reward == AGREEMENT_REWARD
@@ -101,25 +120,45 @@ def test_candidates_come_from_the_decoder_and_resume(tiny_registry, examples, tm
     again = generate_candidates(examples, tok, never, Rebuilder(tiny_registry), cfg, out, progress=False)
     assert [pc.model_dump() for pc in again] == [pc.model_dump() for pc in cands]
     with pytest.raises(UserInputError, match="image"):
-        generate_candidates(examples, tok, never, Rebuilder(tiny_registry),
-                            cfg.model_copy(update={"rrhf": cfg.rrhf.model_copy(update={"reward": "image"})}),
-                            tmp_path / "other.jsonl", progress=False)
+        generate_candidates(
+            examples,
+            tok,
+            never,
+            Rebuilder(tiny_registry),
+            cfg.model_copy(update={"rrhf": cfg.rrhf.model_copy(update={"reward": "image"})}),
+            tmp_path / "other.jsonl",
+            progress=False,
+        )
 
 
 def test_rrhf_training_raises_the_better_candidates(tiny_registry, examples, tmp_path):
     tok = ToyTokenizer()
     model = add_lora(tiny_gemma(seed=2), LoraShape(r=4, alpha=8))
-    cfg = TrainConfig(seed=1, rrhf=RRHFConfig(prompts=3, n_sample=4, n_beam=2, max_candidates=4, temperature=2.0,
-                                              lr=3e-2, grad_accum=1, epochs=8, warmup_steps=0, checkpoint_every=4))
+    cfg = TrainConfig(
+        seed=1,
+        rrhf=RRHFConfig(
+            prompts=3,
+            n_sample=4,
+            n_beam=2,
+            max_candidates=4,
+            temperature=2.0,
+            lr=3e-2,
+            grad_accum=1,
+            epochs=8,
+            warmup_steps=0,
+            checkpoint_every=4,
+        ),
+    )
     model.eval()
-    cands = generate_candidates(examples, tok, torch_logits(model), Rebuilder(tiny_registry), cfg,
-                                tmp_path / "c.jsonl", progress=False)
+    cands = generate_candidates(
+        examples, tok, torch_logits(model), Rebuilder(tiny_registry), cfg, tmp_path / "c.jsonl", progress=False
+    )
     report = train_rrhf(model, tok, examples, cands, cfg, tmp_path / "rrhf", progress=False)
     assert report.reward == AGREEMENT_REWARD and report.steps == 8 * report.informative_prompts
     metrics = json.loads((tmp_path / "rrhf" / "metrics.json").read_text())
     assert set(metrics["extras"]) == {"rank", "sft"}
     ranks = metrics["extras"]["rank"]
-    first, last = ranks[: report.informative_prompts], ranks[-report.informative_prompts:]
+    first, last = ranks[: report.informative_prompts], ranks[-report.informative_prompts :]
     assert sum(last) < sum(first)
     assert (tmp_path / "rrhf" / "adapter" / "adapter_model.safetensors").is_file()
 

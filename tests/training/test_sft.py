@@ -52,8 +52,7 @@ def test_examples_over_max_len_are_skipped_not_truncated(toy_tok, tmp_path):
     seqs, too_long = encode(toy_tok, examples, max_len=20)
     assert seqs == [] and too_long == 3
     with pytest.raises(UserInputError, match="max_len"):
-        train_sft(add_lora(tiny_gemma(), LoraShape(r=2)), toy_tok, examples, _cfg(max_len=20), tmp_path,
-                  progress=False)
+        train_sft(add_lora(tiny_gemma(), LoraShape(r=2)), toy_tok, examples, _cfg(max_len=20), tmp_path, progress=False)
 
 
 class _Killed(Exception):
@@ -69,8 +68,7 @@ def test_a_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(tmp_pat
         b = make_batch(unit)
         return sft_loss(answer_logprobs(model, b), b.mask), {}
 
-    straight = train_loop(add_lora(tiny_gemma(), LoraShape(r=4)), units, loss_fn, tmp_path / "a", loop,
-                          progress=False)
+    straight = train_loop(add_lora(tiny_gemma(), LoraShape(r=4)), units, loss_fn, tmp_path / "a", loop, progress=False)
     calls = {"n": 0}
 
     def dying(model, unit):
@@ -82,8 +80,7 @@ def test_a_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(tmp_pat
     with pytest.raises(_Killed):
         train_loop(add_lora(tiny_gemma(), LoraShape(r=4)), units, dying, tmp_path / "b", loop, progress=False)
     assert json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())["step"] == 4
-    resumed = train_loop(add_lora(tiny_gemma(), LoraShape(r=4)), units, loss_fn, tmp_path / "b", loop,
-                         progress=False)
+    resumed = train_loop(add_lora(tiny_gemma(), LoraShape(r=4)), units, loss_fn, tmp_path / "b", loop, progress=False)
     assert straight.step == resumed.step == 6
     assert resumed.losses == pytest.approx(straight.losses, rel=1e-4)
     # a finished run is not redone

@@ -43,7 +43,8 @@ def test_selector_with_the_adapter_returns_valid_calls(tiny_registry, tiny_regis
     from diffagent.tools import SelectOptions
 
     backend = LlamaBackend(lora_path=ADAPTER, n_ctx=2048, n_threads=1)
-    sel = Selector(tiny_registry, Settings(registry=tiny_registry_path, selector="llm", llm_lora=ADAPTER),
-                   backend=backend)
+    sel = Selector(
+        tiny_registry, Settings(registry=tiny_registry_path, selector="llm", llm_lora=ADAPTER), backend=backend
+    )
     calls = sel.select_many("watercolor painting of a fox in a misty forest", SelectOptions(seed=1)).calls
     assert calls and all(len(tiny_registry.versions([c.checkpoint.id])) == 1 for c in calls)

@@ -35,8 +35,9 @@ class ToyTokenizer:
     def encode(self, text: str, *, bos: bool = False) -> list[int]:
         ids = [BOS] if bos else []
         for piece in self._pieces.findall(text):
-            ids.append(self.table.get(piece)
-                       or self.first_free + zlib.crc32(piece.encode()) % (VOCAB - self.first_free))
+            ids.append(
+                self.table.get(piece) or self.first_free + zlib.crc32(piece.encode()) % (VOCAB - self.first_free)
+            )
         return ids
 
 
@@ -46,12 +47,24 @@ def tiny_gemma(seed: int = 0, *, vocab: int = VOCAB, sliding_window: int = 16):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(seed)
-    cfg = Gemma3TextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16,
-                           max_position_embeddings=1024,
-                           sliding_window=sliding_window, layer_types=["sliding_attention", "full_attention"],
-                           pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, tie_word_embeddings=True,
-                           attn_implementation="eager")
+    cfg = Gemma3TextConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        max_position_embeddings=1024,
+        sliding_window=sliding_window,
+        layer_types=["sliding_attention", "full_attention"],
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        tie_word_embeddings=True,
+        attn_implementation="eager",
+    )
     model = Gemma3ForCausalLM(cfg)
     # the head is tied to the embedding; at the default init (std 0.02) no hidden state can reach a
     # logit above ~1, so no training could make a confident prediction
@@ -69,9 +82,20 @@ def toy_examples(n: int = 6):
     out = []
     for i in range(n):
         word, answer = words[i % 3]
-        prompt = (f"### Request\n\"a {word} number {i}\"\n### Checkpoints\nA: \"foxes\"\nB: \"cars\"\nC: \"cats\"\n"
-                  "### LoRAs\nM: \"grain\"\n### Answer\nCheckpoint:")
-        out.append(Example(image_id=i, request=f"a {word} number {i}", prompt=prompt, checkpoint_ids=[11, 12, 13],
-                           lora_ids=[21], target=Target(checkpoint_version_id=11 + answer, checkpoint_model_id=1),
-                           answer_checkpoint=answer, answer_loras=[0] if i % 2 else []))
+        prompt = (
+            f'### Request\n"a {word} number {i}"\n### Checkpoints\nA: "foxes"\nB: "cars"\nC: "cats"\n'
+            '### LoRAs\nM: "grain"\n### Answer\nCheckpoint:'
+        )
+        out.append(
+            Example(
+                image_id=i,
+                request=f"a {word} number {i}",
+                prompt=prompt,
+                checkpoint_ids=[11, 12, 13],
+                lora_ids=[21],
+                target=Target(checkpoint_version_id=11 + answer, checkpoint_model_id=1),
+                answer_checkpoint=answer,
+                answer_loras=[0] if i % 2 else [],
+            )
+        )
     return out
