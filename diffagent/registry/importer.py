@@ -19,6 +19,7 @@ from diffagent.registry.db import open_engine
 from diffagent.registry.embeddings import Embedder
 from diffagent.registry.index import rebuild_vectors
 from diffagent.registry.location import Location, is_url, parse_location
+from diffagent.registry.prompt_kinds import refine_checkpoint_kinds
 from diffagent.registry.records import ModelRecord
 from diffagent.registry.stats import recompute_usage_stats, resolve_images
 from diffagent.registry.writer import WriteCounts, write_records
@@ -35,6 +36,8 @@ class ImportReport:
     images: int = 0
     with_stats: int = 0
     embedded: dict[str, int] = field(default_factory=dict)
+    #: checkpoint versions labelled anime by their creators' prompts (``prompt_kinds.py``)
+    kinds_from_prompts: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -42,6 +45,7 @@ class ImportReport:
         return (
             f"imported {self.models} models, {self.versions} versions, {self.files} files, "
             f"{self.images} sample images from {self.source}; usage stats for {self.with_stats} versions; "
+            f"{self.kinds_from_prompts} checkpoints labelled anime by their creators' prompts; "
             f"embedded {self.embedded or 'nothing'} ({secs})"
         )
 
@@ -66,6 +70,8 @@ def finalize(conn: Connection, embedder: Embedder | None, report: ImportReport, 
         for bar in bars.values():
             bar.close()
         report.seconds["embed"] = time.perf_counter() - t
+    # after the prompt vectors: anime mixes that tag themselves photorealistic, judged by their creators' prompts
+    report.kinds_from_prompts = refine_checkpoint_kinds(conn)
     conn.execute(
         text(
             "INSERT INTO registry_meta VALUES ('embedder', :v) ON CONFLICT (key) DO UPDATE SET value = excluded.value"

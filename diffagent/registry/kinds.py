@@ -281,18 +281,15 @@ def derive(
                 votes[kind] = votes.get(kind, 0) + 1
         if any(p in desc for p in ("semi-realistic", "semi realistic", "2.5d")):
             tagset = tagset | {"2.5d"}
-        if tagset & _SEMI:  # a 2.5D mix: anime and art, and not a photo model unless its name says so
+        if tagset & _SEMI:  # a 2.5D mix is an anime model (fit-judging.md), not a photo model unless named so
             votes["anime"] = votes.get("anime", 0) + 1
-            votes["art"] = votes.get("art", 0) + 1
         if not votes:
             return ModelKinds(("unknown",))
         best = max(votes.values())
         kept = sorted((k for k, v in votes.items() if v * 2 >= best), key=lambda k: (-votes[k], k))
         if "photo" in kept and "anime" in kept:  # tagged both ways: the stronger side wins; a tie is a 2.5D mix
             loser = "anime" if votes["photo"] > votes["anime"] else "photo"
-            kept = [k for k in kept if k != loser] + (["art"] if loser == "photo" and "art" not in kept else [])
-        if tagset & _SEMI and "anime" in kept and "art" not in kept:
-            kept.append("art")
+            kept = [k for k in kept if k != loser]
         return ModelKinds(tuple(kept))
     if model_type in ("lora", "locon"):
         role = next((_LORA_NAME[w] for w in _words(name) if w in _LORA_NAME), None)

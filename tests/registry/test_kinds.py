@@ -14,8 +14,9 @@ from diffagent.registry.kinds import ModelKinds, derive, name_phrase, validate
     [
         ("Realistic Vision", "V5.1", ["photorealistic", "portraits"], ("photo",)),
         ("Anything V5", "v5", ["anime", "illustration"], ("anime",)),  # the name outvotes one tag
-        ("ReV Animated", "v1.2.2", ["anime", "2.5d", "photorealistic"], ("anime", "art")),
-        ("SomeMix", "v1", ["anime", "photorealistic"], ("anime", "art")),  # tagged both ways: not a photo model
+        # a 2.5D mix is an anime model (docs/fit-judging.md), not an art one: "a painting of ..." is not for it
+        ("ReV Animated", "v1.2.2", ["anime", "2.5d", "photorealistic"], ("anime",)),
+        ("SomeMix", "v1", ["anime", "photorealistic"], ("anime",)),  # tagged both ways: not a photo model
         ("Toonify", "v2", ["cartoon", "3d"], ("cartoon",)),
         ("Plain", "v1", ["woman"], ("unknown",)),
         ("Stable Diffusion XL Refiner", "1.0", ["base model"], ("refiner",)),

@@ -1,0 +1,117 @@
+"""A checkpoint's kind from what its creators write: anime mixes that tag themselves "realistic".
+
+Derived kinds (``kinds.py``) read a page's tags, name and description, and 2.5D anime mixes often tag themselves
+photorealistic (OrangeChillMix, Everlasting, Anyfetus: "photo" by their tags), so a plain request for a photo of
+a car could go to one of them. The prompts creators wrote with a checkpoint say what it is used for: the
+registry's ``prompts`` vector of a checkpoint (the mean embedding of up to 8 of its creators' SFW prompts,
+``index.py``) lies nearer the prompts of anime models or nearer those of photo models.
+
+``refine_checkpoint_kinds`` relabels a checkpoint derived "photo" as ``anime`` when its creators agree on three
+counts: its prompt vector lies nearer the centroid of anime checkpoints' prompt vectors than that of photo
+checkpoints' (the anchors: every checkpoint whose derived first kind is anime or photo, thousands of pages in the
+Civitai dump, labelled from their own text); at least half of its prompts use anime words or booru tags ("anime",
+"1girl", "solo", ...); and fewer than a third name a photo look ("photo", "realistic", "dslr", ...). The words
+matter: the Asian portrait mixes (ChilloutMix, majicMIX) are photo models whose prompts are booru tags plus
+"realistic, RAW photo", and the vectors alone moved 151 versions of the dump, ChilloutMix among them; with the
+words 15 versions of 11 pages move (GhostMix, OrangeChillMix, Everlasting, Anyfetus, ...). It needs five SFW
+prompts, and it leaves a page alone whose name says photo (a name is the creator's own word for what the model
+does: "majicMIX realistic"). The changed rows get origin ``prompts``; curated labels and every other derived kind
+stay as they are. Deterministic: anchors and decisions are computed from the derived labels (``derive``), never
+from an earlier refinement, so re-running it changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+
+import numpy as np
+from sqlalchemy import Connection, text
+
+from diffagent.registry.kinds import _CK_NAME, _words, derive
+
+#: fewest anchors per side for a centroid to mean anything; below it nothing is relabelled
+MIN_ANCHORS = 20
+#: fewest SFW creators' prompts of a checkpoint to judge it by them
+MIN_PROMPTS = 5
+ORIGIN = "prompts"
+#: words of creators' prompts that mark an anime look, and a photo look
+_ANIME_WORDS = re.compile(r"\b(anime|manga|1girl|1boy|2girls|solo|looking at viewer|chibi|2d|cel shading)\b")
+_PHOTO_WORDS = re.compile(
+    r"\b(photo|photos|photograph|photography|raw photo|realistic|photorealistic|photorealism|realism|"
+    r"hyperrealistic|dslr|film grain|analog|skin pores|35mm|bokeh|canon|nikon|sony|fujifilm)\b"
+)
+
+
+def _word_shares(conn: Connection) -> dict[int, tuple[int, float, float]]:
+    """Per checkpoint version: its SFW prompts, and the shares of them with anime words and with photo words."""
+    counts: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for vid, prompt in conn.execute(
+        text("SELECT version_id, prompt FROM sample_image WHERE version_id IS NOT NULL AND NOT nsfw")
+    ):
+        low = prompt.lower()
+        c = counts[vid]
+        c[0] += 1
+        c[1] += bool(_ANIME_WORDS.search(low))
+        c[2] += bool(_PHOTO_WORDS.search(low))
+    return {vid: (n, a / n, p / n) for vid, (n, a, p) in counts.items() if n}
+
+
+def _name_says_photo(model_name: str) -> bool:
+    return any(_CK_NAME.get(w) == "photo" for w in _words(model_name))
+
+
+def refine_checkpoint_kinds(conn: Connection) -> int:
+    """Relabel derived-photo checkpoints whose creators' prompts read as anime (see the module docstring); returns
+    how many checkpoint versions are labelled ``anime`` by their prompts now."""
+    rows = conn.execute(
+        text(
+            "SELECT v.id AS id, m.name AS model_name, v.name AS name, m.tags AS tags, v.trained_words AS words,"
+            " m.description AS description, k.origin AS origin, x.data AS data"
+            " FROM model_version v JOIN model m ON m.id = v.model_id"
+            " JOIN model_kind k ON k.version_id = v.id"
+            " JOIN vector x ON x.owner_id = v.id AND x.kind = 'prompts'"
+            " WHERE m.type = 'checkpoint' AND k.origin IN ('derived', :origin) ORDER BY v.id"
+        ),
+        {"origin": ORIGIN},
+    ).all()
+    if not rows:
+        return 0
+    derived = {
+        r.id: derive(
+            "checkpoint", r.model_name, r.name, json.loads(r.tags), json.loads(r.words), r.description or ""
+        ).kinds
+        for r in rows
+    }
+    vectors = np.stack([np.frombuffer(r.data, dtype=np.float16).astype(np.float32) for r in rows])
+    first = np.array([derived[r.id][0] if derived[r.id] else "" for r in rows], dtype=object)
+
+    def centroid(kind: str) -> np.ndarray | None:
+        members = vectors[first == kind]
+        if len(members) < MIN_ANCHORS:
+            return None
+        c = members.mean(0)
+        return c / (np.linalg.norm(c) or 1.0)
+
+    anime, photo = centroid("anime"), centroid("photo")
+    shares = _word_shares(conn) if anime is not None and photo is not None else {}
+    updates, refined = [], 0
+    for r, v in zip(rows, vectors, strict=True):
+        kinds = derived[r.id]
+        n, anime_share, photo_share = shares.get(r.id, (0, 0.0, 0.0))
+        relabel = (
+            kinds[:1] == ("photo",)
+            and n >= MIN_PROMPTS
+            and anime_share >= 0.5
+            and photo_share < 1 / 3
+            and not _name_says_photo(r.model_name)
+            and float(v @ anime) > float(v @ photo)
+        )
+        new_kinds, origin = (("anime",), ORIGIN) if relabel else (kinds, "derived")
+        refined += relabel
+        if origin != r.origin or relabel:
+            updates.append({"id": r.id, "kinds": json.dumps(list(new_kinds)), "origin": origin})
+    if updates:
+        conn.execute(text("UPDATE model_kind SET kinds = :kinds, origin = :origin WHERE version_id = :id"), updates)
+    return refined
