@@ -290,6 +290,8 @@ def derive(
         if "photo" in kept and "anime" in kept:  # tagged both ways: the stronger side wins; a tie is a 2.5D mix
             loser = "anime" if votes["photo"] > votes["anime"] else "photo"
             kept = [k for k in kept if k != loser]
+        if kept[0] == "anime":  # an anime model is not also a general or a painterly one, whatever else it is tagged
+            kept = [k for k in kept if k in ("anime", "cartoon")]
         return ModelKinds(tuple(kept))
     if model_type in ("lora", "locon"):
         role = next((_LORA_NAME[w] for w in _words(name) if w in _LORA_NAME), None)

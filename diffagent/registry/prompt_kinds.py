@@ -13,11 +13,12 @@ Civitai dump, labelled from their own text); at least half of its prompts use an
 "1girl", "solo", ...); and fewer than a third name a photo look ("photo", "realistic", "dslr", ...). The words
 matter: the Asian portrait mixes (ChilloutMix, majicMIX) are photo models whose prompts are booru tags plus
 "realistic, RAW photo", and the vectors alone moved 151 versions of the dump, ChilloutMix among them; with the
-words 15 versions of 11 pages move (GhostMix, OrangeChillMix, Everlasting, Anyfetus, ...). It needs five SFW
-prompts, and it leaves a page alone whose name says photo (a name is the creator's own word for what the model
-does: "majicMIX realistic"). The changed rows get origin ``prompts``; curated labels and every other derived kind
-stay as they are. Deterministic: anchors and decisions are computed from the derived labels (``derive``), never
-from an earlier refinement, so re-running it changes nothing.
+words 26 versions of 11 pages move (GhostMix, OrangeChillMix, Everlasting, Anyfetus, ...). A page is judged as a
+whole, its versions pooled, as derived kinds are per page. It needs five SFW prompts, and it leaves a page alone
+whose name says photo (a name is the creator's own word for what the model does: "majicMIX realistic"). The
+changed rows get origin ``prompts``; curated labels and every other derived kind stay as they are.
+Deterministic: anchors and decisions are computed from the derived labels (``derive``), never from an earlier
+refinement, so re-running it changes nothing.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ _PHOTO_WORDS = re.compile(
 )
 
 
-def _word_shares(conn: Connection) -> dict[int, tuple[int, float, float]]:
-    """Per checkpoint version: its SFW prompts, and the shares of them with anime words and with photo words."""
+def _word_counts(conn: Connection) -> dict[int, list[int]]:
+    """Per checkpoint version: its SFW prompts, those with anime words, those with photo words."""
     counts: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])
     for vid, prompt in conn.execute(
         text("SELECT version_id, prompt FROM sample_image WHERE version_id IS NOT NULL AND NOT nsfw")
@@ -55,7 +56,7 @@ def _word_shares(conn: Connection) -> dict[int, tuple[int, float, float]]:
         c[0] += 1
         c[1] += bool(_ANIME_WORDS.search(low))
         c[2] += bool(_PHOTO_WORDS.search(low))
-    return {vid: (n, a / n, p / n) for vid, (n, a, p) in counts.items() if n}
+    return counts
 
 
 def _name_says_photo(model_name: str) -> bool:
@@ -64,28 +65,50 @@ def _name_says_photo(model_name: str) -> bool:
 
 def refine_checkpoint_kinds(conn: Connection) -> int:
     """Relabel derived-photo checkpoints whose creators' prompts read as anime (see the module docstring); returns
-    how many checkpoint versions are labelled ``anime`` by their prompts now."""
+    how many checkpoint versions are labelled ``anime`` by their prompts now. A page is judged as a whole (its
+    versions' prompt vectors averaged, their prompts counted together), as its derived kinds are: a version with
+    few images of its own takes its page's verdict."""
     rows = conn.execute(
         text(
-            "SELECT v.id AS id, m.name AS model_name, v.name AS name, m.tags AS tags, v.trained_words AS words,"
-            " m.description AS description, k.origin AS origin, x.data AS data"
+            "SELECT v.id AS id, v.model_id AS model_id, m.name AS model_name, v.name AS name, m.tags AS tags,"
+            " v.trained_words AS words, m.description AS description, k.origin AS origin, x.data AS data"
             " FROM model_version v JOIN model m ON m.id = v.model_id"
             " JOIN model_kind k ON k.version_id = v.id"
-            " JOIN vector x ON x.owner_id = v.id AND x.kind = 'prompts'"
+            " LEFT JOIN vector x ON x.owner_id = v.id AND x.kind = 'prompts'"
             " WHERE m.type = 'checkpoint' AND k.origin IN ('derived', :origin) ORDER BY v.id"
         ),
         {"origin": ORIGIN},
     ).all()
-    if not rows:
-        return 0
     derived = {
         r.id: derive(
             "checkpoint", r.model_name, r.name, json.loads(r.tags), json.loads(r.words), r.description or ""
         ).kinds
         for r in rows
     }
-    vectors = np.stack([np.frombuffer(r.data, dtype=np.float16).astype(np.float32) for r in rows])
-    first = np.array([derived[r.id][0] if derived[r.id] else "" for r in rows], dtype=object)
+    pages: dict[int, list] = defaultdict(list)
+    for r in rows:
+        pages[r.model_id].append(r)
+    page_ids = [m for m, rs in pages.items() if any(r.data is not None for r in rs)]
+    # a page whose prompt vectors are gone keeps no refined label
+    stale = [
+        {"id": r.id, "kinds": json.dumps(list(derived[r.id])), "origin": "derived"}
+        for m, rs in pages.items()
+        if all(x.data is None for x in rs)
+        for r in rs
+        if r.origin == ORIGIN
+    ]
+    if stale:
+        conn.execute(text("UPDATE model_kind SET kinds = :kinds, origin = :origin WHERE version_id = :id"), stale)
+    if not page_ids:
+        return 0
+    vectors = np.zeros((len(page_ids), len(next(r.data for r in rows if r.data is not None)) // 2), np.float32)
+    first = []
+    for i, m in enumerate(page_ids):
+        v = sum(np.frombuffer(r.data, dtype=np.float16).astype(np.float32) for r in pages[m] if r.data is not None)
+        vectors[i] = v / (np.linalg.norm(v) or 1.0)
+        kinds = [derived[r.id][0] for r in pages[m] if derived[r.id]]
+        first.append(max(set(kinds), key=kinds.count) if kinds else "")
+    first = np.array(first, dtype=object)
 
     def centroid(kind: str) -> np.ndarray | None:
         members = vectors[first == kind]
@@ -95,23 +118,24 @@ def refine_checkpoint_kinds(conn: Connection) -> int:
         return c / (np.linalg.norm(c) or 1.0)
 
     anime, photo = centroid("anime"), centroid("photo")
-    shares = _word_shares(conn) if anime is not None and photo is not None else {}
+    counts = _word_counts(conn) if anime is not None and photo is not None else {}
     updates, refined = [], 0
-    for r, v in zip(rows, vectors, strict=True):
-        kinds = derived[r.id]
-        n, anime_share, photo_share = shares.get(r.id, (0, 0.0, 0.0))
-        relabel = (
-            kinds[:1] == ("photo",)
+    for m, v in zip(page_ids, vectors, strict=True):
+        n, anime_words, photo_words = (sum(counts.get(r.id, (0, 0, 0))[j] for r in pages[m]) for j in range(3))
+        anime_page = (
+            anime is not None
             and n >= MIN_PROMPTS
-            and anime_share >= 0.5
-            and photo_share < 1 / 3
-            and not _name_says_photo(r.model_name)
+            and anime_words >= 0.5 * n
+            and photo_words < n / 3
+            and not _name_says_photo(pages[m][0].model_name)
             and float(v @ anime) > float(v @ photo)
         )
-        new_kinds, origin = (("anime",), ORIGIN) if relabel else (kinds, "derived")
-        refined += relabel
-        if origin != r.origin or relabel:
-            updates.append({"id": r.id, "kinds": json.dumps(list(new_kinds)), "origin": origin})
+        for r in pages[m]:
+            relabel = anime_page and derived[r.id][:1] == ("photo",)
+            new_kinds, origin = (("anime",), ORIGIN) if relabel else (derived[r.id], "derived")
+            refined += relabel
+            if origin != r.origin or relabel:
+                updates.append({"id": r.id, "kinds": json.dumps(list(new_kinds)), "origin": origin})
     if updates:
         conn.execute(text("UPDATE model_kind SET kinds = :kinds, origin = :origin WHERE version_id = :id"), updates)
     return refined

@@ -17,6 +17,9 @@ from diffagent.registry.kinds import ModelKinds, derive, name_phrase, validate
         # a 2.5D mix is an anime model (docs/fit-judging.md), not an art one: "a painting of ..." is not for it
         ("ReV Animated", "v1.2.2", ["anime", "2.5d", "photorealistic"], ("anime",)),
         ("SomeMix", "v1", ["anime", "photorealistic"], ("anime",)),  # tagged both ways: not a photo model
+        # an anime model tagged "general purpose" and "illustration" is still an anime model only
+        ("Suzumehachi", "v1.0", ["anime", "general purpose", "illustration"], ("anime",)),
+        ("Toon Anime Mix", "v1", ["anime", "cartoon"], ("anime", "cartoon")),
         ("Toonify", "v2", ["cartoon", "3d"], ("cartoon",)),
         ("Plain", "v1", ["woman"], ("unknown",)),
         ("Stable Diffusion XL Refiner", "1.0", ["base model"], ("refiner",)),

@@ -153,3 +153,23 @@ def test_too_few_anchors_change_nothing(db):
         assert refine_checkpoint_kinds(conn) == 0
     assert _kinds(engine, 3000) == (["photo"], "derived")
     engine.dispose()
+
+
+def test_a_page_is_judged_as_a_whole(db):
+    """A new version with two images of its own takes its page's verdict; when the page's prompt vectors are gone,
+    its versions go back to their derived label."""
+    engine, ids = _registry(db, {"Orange Chill": (["photorealistic"], [ANIME_PROMPT] * 6, ANIME + 0.3 * PHOTO, None)})
+    engine.dispose()
+    page = _checkpoint(300, "Orange Chill", ["photorealistic"], [ANIME_PROMPT] * 6)
+    newer = _checkpoint(301, "Orange Chill", ["photorealistic"], [ANIME_PROMPT] * 2).versions[0]
+    newer.id, newer.name = 3001, "v2"
+    page.versions.append(newer)
+    import_records(db, [page], source="test", embedder=None)
+    engine = open_engine(db)
+    assert _kinds(engine, 3000) == (["anime"], "prompts")
+    assert _kinds(engine, 3001) == (["anime"], "prompts")  # no vector and two prompts of its own
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM vector WHERE kind = 'prompts' AND owner_id = 3000"))
+        assert refine_checkpoint_kinds(conn) == 0
+    assert _kinds(engine, 3000) == (["photo"], "derived") and _kinds(engine, 3001) == (["photo"], "derived")
+    engine.dispose()
