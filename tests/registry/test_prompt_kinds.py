@@ -54,6 +54,12 @@ def _registry(db, candidates: dict[str, tuple[list[str], list[str], np.ndarray, 
         ids[name] = mid * 10
     import_records(db, records, source="test", embedder=None)
     engine = open_engine(db)
+    _put_prompt_vectors(engine, vectors)
+    return engine, ids
+
+
+def _put_prompt_vectors(engine, vectors: dict[int, np.ndarray]) -> None:
+    """Store ``prompts`` vectors as the import's embedding step would (unit length, fp16)."""
     with engine.begin() as conn:
         conn.execute(
             text(UPSERT_VECTOR),
@@ -69,7 +75,6 @@ def _registry(db, candidates: dict[str, tuple[list[str], list[str], np.ndarray, 
                 for vid, v in vectors.items()
             ],
         )
-    return engine, ids
 
 
 def _kinds(engine, vid: int) -> tuple[list[str], str]:
@@ -136,20 +141,8 @@ def test_too_few_anchors_change_nothing(db):
     records = [_checkpoint(300, "Orange Chill", ["photorealistic"], [ANIME_PROMPT] * 6)]
     import_records(db, records, source="test", embedder=None)
     engine = open_engine(db)
+    _put_prompt_vectors(engine, {3000: ANIME})
     with engine.begin() as conn:
-        conn.execute(
-            text(UPSERT_VECTOR),
-            [
-                {
-                    "kind": "prompts",
-                    "owner_id": 3000,
-                    "model": "test",
-                    "dim": DIM,
-                    "h": "x",
-                    "data": ANIME.astype(np.float16).tobytes(),
-                }
-            ],
-        )
         assert refine_checkpoint_kinds(conn) == 0
     assert _kinds(engine, 3000) == (["photo"], "derived")
     engine.dispose()
