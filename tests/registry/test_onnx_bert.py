@@ -12,19 +12,12 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
+from test_bert import TEXTS  # noqa: E402  (the same mixed texts: padding, truncation, unicode, empty)
+
 from diffagent.registry import embeddings  # noqa: E402
 from diffagent.registry.bert import NumpyBert  # noqa: E402
 from diffagent.registry.embeddings import Embedder, default_model_dir  # noqa: E402
 from diffagent.registry.onnx_bert import OnnxBert  # noqa: E402
-
-TEXTS = [
-    "a watercolor fox in a misty forest",
-    "",
-    "  Leading and trailing SPACES  ",
-    "masterpiece, best quality, (1girl:1.2), <lora:add_detail:0.8>, " * 30,  # past 128 tokens: truncated
-    "日本語のテキスト, café naïve, emoji 🦊",
-    "photo",
-]
 
 
 def test_onnx_vectors_equal_sentence_transformers_and_numpy():
