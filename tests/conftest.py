@@ -125,7 +125,7 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory):
+def postgres_server():
     """A throwaway PostgreSQL cluster of this test session: ``initdb`` in a temporary folder, reachable only through
     a Unix socket there (no TCP port at all), stopped at the end. Skips, saying why, where the binaries or psycopg
     are absent. ``initdb`` refuses to run as root, so as root the cluster runs as the ``postgres`` user."""
@@ -136,8 +136,12 @@ def postgres_server(tmp_path_factory):
     initdb, pg_ctl = pg_binary("initdb"), pg_binary("pg_ctl")
     if not (initdb and pg_ctl):
         pytest.skip("PostgreSQL's initdb / pg_ctl are neither on PATH nor under /usr/lib/postgresql")
+    import tempfile
+
     as_user: list[str] = []
-    root = tmp_path_factory.mktemp("postgres")
+    # not under pytest's basetemp: another pytest session started meanwhile (a second terminal, CI jobs side by side)
+    # resets pytest-of-<user> to mode 0700, which would lock the server, running as another user, out of its data
+    root = Path(tempfile.mkdtemp(prefix="diffagent-pg-"))
     if os.geteuid() == 0:
         if not shutil.which("runuser"):
             pytest.skip("running as root without runuser: initdb cannot run")
@@ -190,6 +194,7 @@ def postgres_server(tmp_path_factory):
         yield SimpleNamespace(url=f"postgresql://diffagent@/postgres?host={root}&port={port}", restart=restart)
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
