@@ -12,6 +12,7 @@ sentence-transformers for both."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -21,6 +22,8 @@ import numpy as np
 from diffagent.blas import one_blas_thread
 from diffagent.errors import MissingDependency, UserInputError
 from diffagent.registry.bert import NumpyBert, Unsupported
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 #: the model's PyPI package declares sentence-transformers (and so torch) as a dependency, which the numpy encoder
@@ -137,7 +140,17 @@ class Embedder:
             else:
                 from diffagent.registry.onnx_bert import OnnxBert
 
-                engine = OnnxBert(bert)
+                try:
+                    engine = OnnxBert(bert)
+                except Exception as e:  # noqa: BLE001 - an installed but unusable onnxruntime must not stop an import
+                    log.warning(
+                        "ONNX Runtime could not load the encoder of %s (%s: %s); bulk embedding falls back to "
+                        "sentence-transformers or the numpy encoder (the same vectors, slower). Reinstall the "
+                        "'embed' extra to get the fast path back",
+                        self.name,
+                        type(e).__name__,
+                        e,
+                    )
         with self._lock:
             self._onnx = engine
         return engine or None

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from types import SimpleNamespace
 
 import numpy as np
 from sqlalchemy import Connection, text
@@ -71,7 +72,8 @@ def refine_checkpoint_kinds(conn: Connection) -> int:
     rows = conn.execute(
         text(
             "SELECT v.id AS id, v.model_id AS model_id, m.name AS model_name, v.name AS name, m.tags AS tags,"
-            " v.trained_words AS words, m.description AS description, k.origin AS origin, x.data AS data"
+            " v.trained_words AS words, m.description AS description, k.origin AS origin, x.data AS data,"
+            " x.model AS vector_model"
             " FROM model_version v JOIN model m ON m.id = v.model_id"
             " JOIN model_kind k ON k.version_id = v.id"
             " LEFT JOIN vector x ON x.owner_id = v.id AND x.kind = 'prompts'"
@@ -85,6 +87,11 @@ def refine_checkpoint_kinds(conn: Connection) -> int:
         ).kinds
         for r in rows
     }
+    # vectors of one embedder only (a registry re-embedded in part with another model holds two spaces): the most
+    # common one, as search reads the configured one
+    models = [r.vector_model for r in rows if r.data is not None]
+    space = max(set(models), key=models.count) if models else None
+    rows = [SimpleNamespace(**{**r._mapping, "data": r.data if r.vector_model == space else None}) for r in rows]
     pages: dict[int, list] = defaultdict(list)
     for r in rows:
         pages[r.model_id].append(r)

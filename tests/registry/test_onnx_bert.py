@@ -143,3 +143,20 @@ def test_a_folder_the_graph_does_not_cover_is_left_to_sentence_transformers(tmp_
     emb = Embedder(folder)
     vecs = emb.encode(TEXTS[:2])
     assert emb.onnx_encoder() is None and emb._model not in (None, False) and vecs.shape == (2, 384)
+
+
+def test_an_unusable_onnxruntime_falls_back_with_a_warning(monkeypatch, caplog):
+    """onnxruntime installed but unable to load the graph (an old or broken build): the import goes on, slower."""
+    from diffagent.registry import onnx_bert
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("INVALID_GRAPH: opset 17 not supported")
+
+    monkeypatch.setattr(onnx_bert, "OnnxBert", broken)
+    reference = NumpyBert(default_model_dir(), 128).encode(TEXTS)
+    emb = Embedder()
+    with caplog.at_level("WARNING", logger="diffagent.registry.embeddings"):
+        vecs = emb.encode(TEXTS)
+    np.testing.assert_allclose(vecs, reference, atol=2e-6)
+    assert emb.onnx_encoder() is None
+    assert "INVALID_GRAPH" in caplog.text and "falls back" in caplog.text

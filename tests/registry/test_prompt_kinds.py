@@ -166,3 +166,22 @@ def test_a_page_is_judged_as_a_whole(db):
         assert refine_checkpoint_kinds(conn) == 0
     assert _kinds(engine, 3000) == (["photo"], "derived") and _kinds(engine, 3001) == (["photo"], "derived")
     engine.dispose()
+
+
+def test_vectors_of_another_embedder_are_left_out(db):
+    """A registry re-embedded in part with another model holds vectors of two sizes: the refinement reads the space
+    most vectors are in, and a page with vectors only of the other stays as derived."""
+    candidates = {
+        "Orange Chill": (["photorealistic"], [ANIME_PROMPT] * 6, ANIME + 0.3 * PHOTO, None),
+        "Other Space": (["photorealistic"], [ANIME_PROMPT] * 6, ANIME + 0.3 * PHOTO, None),
+    }
+    engine, ids = _registry(db, candidates)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE vector SET model = 'another', dim = 4, data = :d WHERE kind = 'prompts' AND owner_id = :v"),
+            {"d": np.ones(4, np.float16).tobytes(), "v": ids["Other Space"]},
+        )
+        assert refine_checkpoint_kinds(conn) == 1
+    assert _kinds(engine, ids["Orange Chill"]) == (["anime"], "prompts")
+    assert _kinds(engine, ids["Other Space"]) == (["photo"], "derived")
+    engine.dispose()
