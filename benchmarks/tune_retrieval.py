@@ -10,7 +10,7 @@ With ``--card-encoder`` each cached hit gets the ``card`` signal of that encoder
 vector, as ``Registry.search`` computes it) and the settings weighing it on the ranker's logit are added.
 
     python benchmarks/tune_retrieval.py --pairs pairs.jsonl.gz --registry big.db --split val --limit 1000 \
-        [--card-encoder diffagent/agent/cards/card_encoder.npz]
+        [--card-encoder diffagent/agent/cards/card_encoder.npz [--pooled]] [--ranker ranker.json]
 """
 
 from __future__ import annotations
@@ -46,17 +46,19 @@ SETTINGS = {
 }
 CARD_SETTINGS = {
     f"card on the ranker's logit x {w:g}": {"card_ranked": w}
-    for w in (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0)
+    for w in (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 24.0, 32.0)
 }
 
 
 def add_card_signal(reg: Registry, rows: list, encoder: CardEncoder) -> None:
-    """Give every cached hit the ``card`` signal (clipped cosine of the request's card vector with the hit's)."""
+    """Give every cached hit the ``card`` signal (clipped cosine of the request's card vector with the hit's card
+    vector: the stock one, or the encoder's own for a two-tower encoder)."""
     idx = reg._load_index()  # noqa: SLF001 - the registry's own card vectors
+    cards = reg.card_vectors(encoder) if encoder.towers == "both" else idx.vec
     q = encoder.encode(reg.embedder, [r[0] for r in rows])
     for (_request, _vid, _mid, hits, _intent), v in zip(rows, q, strict=True):
         for h in hits:
-            h.signals["card"] = float(np.clip(idx.vec[idx.pos[h.version.id]] @ v, 0, 1))
+            h.signals["card"] = float(np.clip(cards[idx.pos[h.version.id]] @ v, 0, 1))
 
 
 def main() -> None:
@@ -68,10 +70,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/diffagent-tune-hits.pkl"))
     ap.add_argument("--card-encoder", type=Path, default=None, help="add the card signal of this encoder")
+    ap.add_argument(
+        "--pooled",
+        action="store_true",
+        help="search with the card encoder (its best cards join each pool, as the selector does) instead of adding "
+        "its signal to hits searched without it",
+    )
+    ap.add_argument("--ranker", default="default", help="a ranker JSON (default: the bundled one)")
     args = ap.parse_args()
 
-    ranker = load_setting("default")
+    ranker = load_setting(args.ranker)
     reg = Registry.open(args.registry, allow_nsfw=True)
+    card = CardEncoder.load(args.card_encoder) if args.card_encoder else None
     if args.cache.is_file():
         rows = pickle.loads(args.cache.read_bytes())
     else:
@@ -81,12 +91,19 @@ def main() -> None:
         for p in pairs:
             request = strip_resource_tags(p.instruction)
             intent = request_intent(reg, request)
-            hits = first_stage(reg, request, base=parse_base_constraint("any"), limit=pool_size(6, ranker, intent))
+            hits = first_stage(
+                reg,
+                request,
+                base=parse_base_constraint("any"),
+                limit=pool_size(6, ranker, intent),
+                card=card if args.pooled else None,
+            )
             rows.append((request, p.target.checkpoint_version_id, p.target.checkpoint_model_id, hits, intent))
         args.cache.write_bytes(pickle.dumps(rows))
     settings = dict(SETTINGS)
-    if args.card_encoder:
-        add_card_signal(reg, rows, CardEncoder.load(args.card_encoder))
+    if card is not None:
+        if not args.pooled:
+            add_card_signal(reg, rows, card)
         settings = {"shipped": {}, **CARD_SETTINGS}
     unvoted = [not reg.has_creator_prompts(r[1]) for r in rows]
     n_nat, n_unv = sum(r[4].natural for r in rows), sum(unvoted)

@@ -285,9 +285,11 @@ def first_stage(
     encoder (and a registry embedded by the encoder's embedder) hits carry the ``card`` signal."""
     w = weights or RetrievalWeights()
     ecosystems = (base or RENDERABLE) & RENDERER_ECOSYSTEMS  # base None ("any"): the families every machine runs
-    card_vector = None
+    card_vector = card_space = None
     if card is not None and prompt.strip() and registry.has_vectors and card.embedder in (None, registry.embedder.name):
         card_vector = card.encode_query(registry.embedder, prompt)
+        if card.towers == "both":  # cards read by the same updated encoder (``Registry.card_vectors``)
+            card_space = registry.card_vectors(card)
     return registry.search(
         prompt,
         types=["checkpoint"],
@@ -299,6 +301,7 @@ def first_stage(
         card_vector=card_vector,
         local_only=local_only,
         card_pool=w.card_pool if card_vector is not None else 0,
+        card_space=card_space,
     )
 
 

@@ -40,6 +40,22 @@ def version_text(model_name: str, version_name: str, tags: list[str], words: lis
     return ". ".join(parts)
 
 
+def version_texts(conn: Connection, types: tuple[str, ...] | list[str]) -> dict[int, str]:
+    """Version id -> ``version_text`` of every version of a model of one of ``types``."""
+    rows = conn.execute(
+        text(
+            "SELECT v.id AS id, m.name AS model_name, v.name AS name, m.tags AS tags, v.trained_words AS words,"
+            " m.description AS description FROM model_version v JOIN model m ON m.id = v.model_id"
+            " WHERE m.type IN :types"
+        ).bindparams(bindparam("types", expanding=True)),
+        {"types": list(types)},
+    )
+    return {
+        r.id: version_text(r.model_name, r.name, json.loads(r.tags), json.loads(r.words), r.description or "")
+        for r in rows
+    }
+
+
 def _hash(s: str) -> str:
     return hashlib.blake2b(s.encode(), digest_size=12).hexdigest()
 
@@ -89,18 +105,7 @@ def rebuild_vectors(
 ) -> dict[str, int]:
     """Embed model texts (kind 'version') and, per checkpoint, a sample of creators' SFW prompts
     (kind 'prompts': the mean of their embeddings)."""
-    rows = conn.execute(
-        text(
-            "SELECT v.id AS id, m.name AS model_name, v.name AS name, m.tags AS tags, v.trained_words AS words,"
-            " m.description AS description FROM model_version v JOIN model m ON m.id = v.model_id"
-            " WHERE m.type IN :types"
-        ).bindparams(bindparam("types", expanding=True)),
-        {"types": list(SEARCHABLE_TYPES)},
-    )
-    items = {
-        r.id: version_text(r.model_name, r.name, json.loads(r.tags), json.loads(r.words), r.description or "")
-        for r in rows
-    }
+    items = version_texts(conn, SEARCHABLE_TYPES)
     n_versions = _store(conn, "version", items, embedder, progress and (lambda d, t: progress("models", d, t)))
 
     # prompts: a deterministic sample per checkpoint, embedded one prompt per row, then averaged

@@ -82,6 +82,17 @@ class Subset:
     vec: np.ndarray | None
     prows: np.ndarray
     pvec: np.ndarray | None
+    #: other matrices' rows of this filter (``gather``), keyed by the matrix's identity
+    gathered: dict = field(default_factory=dict)
+
+    def gather(self, matrix: np.ndarray) -> np.ndarray:
+        """``matrix[rows]``, contiguous, computed once per matrix (a two-tower encoder's card vectors)."""
+        key = id(matrix)
+        hit = self.gathered.get(key)
+        if hit is None or hit[0] is not matrix:
+            hit = (matrix, np.ascontiguousarray(matrix[self.rows]))
+            self.gathered[key] = hit  # one assignment: safe to share between threads
+        return hit[1]
 
 
 @dataclass

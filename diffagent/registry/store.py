@@ -68,6 +68,7 @@ class Registry:
         self._lexical_index = None
         self._trigger_use = None
         self._addon_cache: dict[tuple[str, ...], dict[str, VersionInfo]] = {}
+        self._card_spaces: dict[str, np.ndarray] = {}  # two-tower encoder digest -> card matrix (index rows)
         self._lock = threading.Lock()
 
     @classmethod
@@ -368,12 +369,14 @@ class Registry:
         card_vector: np.ndarray | None = None,
         local_only: bool = False,
         card_pool: int = 0,
+        card_space: np.ndarray | None = None,
     ) -> list[SearchHit]:
         """Hybrid search; ``base`` is a set of ecosystems ({'sd1'}, {'sdxl'}) or None for any.
         ``card_vector`` (the request as the card encoder reads it, ``agent/cards.py``) adds the ``card`` signal: its
         cosine with each model's card vector, weighted by ``weights["card"]``; with ``card_pool`` the ``card_pool``
         models whose cards match best also follow the ``limit`` best hits (signal ``card_pool`` 1): the models that no
-        creator's image shows reach the ranker through their cards alone.
+        creator's image shows reach the ranker through their cards alone. ``card_space`` (``card_vectors``) replaces
+        the stock card vectors for a two-tower card encoder.
         ``renderable_only`` leaves out what a call cannot use: models with no known weights, and checkpoints
         that cannot render alone (refiners, inpainting models); ``local_only`` keeps the models whose weights are
         on this machine (a local path, as ``registry scan`` records).
@@ -398,7 +401,7 @@ class Registry:
                     for name, matrix, at, v in (
                         ("semantic", sub.vec, sub.rows, qv),
                         ("prompts", sub.pvec, sub.prows, qv),
-                        ("card", sub.vec, sub.rows, card_vector),
+                        ("card", sub.vec if card_space is None else sub.gather(card_space), sub.rows, card_vector),
                     ):
                         if matrix is not None and v is not None:
                             sim = np.zeros(len(idx.ids), dtype=np.float32)
@@ -433,6 +436,27 @@ class Registry:
             for i in top
             if int(idx.ids[i]) in infos
         ]
+
+    def card_vectors(self, encoder) -> np.ndarray:
+        """The checkpoint cards as a two-tower card encoder reads them (``registry/card_space.py``): a matrix with
+        the search index's rows (zeros where a row is no checkpoint), encoded once and cached beside the registry."""
+        digest = encoder.digest()
+        with self._lock:
+            hit = self._card_spaces.get(digest)
+        if hit is not None:
+            return hit
+        from diffagent.registry.card_space import load_or_build
+
+        idx = self._load_index()
+        ids, vectors = load_or_build(self.engine, self.path, self.embedder, encoder)
+        matrix = np.zeros((len(idx.ids), vectors.shape[1] if len(ids) else 0), dtype=np.float32)
+        for vid, row in zip(ids.tolist(), vectors):
+            i = idx.pos.get(int(vid))
+            if i is not None:
+                matrix[i] = row
+        with self._lock:
+            self._card_spaces[digest] = matrix
+        return matrix
 
     @property
     def has_vectors(self) -> bool:

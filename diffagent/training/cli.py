@@ -114,6 +114,9 @@ def cmd_cards(args, settings: Settings) -> int:
         device=args.device,
         pages=args.pages,
         max_length=args.max_length,
+        towers=args.towers,
+        cards_per_step=args.cards_per_step,
+        card_length=args.card_length,
     )
     meta = train_cards(
         registry, args.pairs, out, work_dir=work, cfg=cfg, eval_limit=args.eval_limit, progress=not args.quiet
@@ -256,6 +259,15 @@ def register(subparsers) -> None:
         default=64,
         help="prompt tokens seen in training (requests are encoded with the embedder's 128)",
     )
+    p.add_argument(
+        "--towers",
+        choices=("query", "both"),
+        default="query",
+        help="query: adapt requests to the stock card vectors; both: cards read by the same adapted encoder "
+        "(reaches models no creator chose; the registry's cards are encoded again and cached)",
+    )
+    p.add_argument("--cards-per-step", type=int, default=64, help="--towers both: cards a step")
+    p.add_argument("--card-length", type=int, default=96, help="--towers both: card tokens seen in training")
     p.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     p.add_argument("--eval-limit", type=int, default=2000, help="val/test pairs for the report")
     p.add_argument("--seed", type=int, default=None)

@@ -116,6 +116,48 @@ def test_fit_encoder_learns_which_card_a_prompt_belongs_to(tmp_path, embedder):
     assert again.digest() == enc.digest()
 
 
+def test_two_towers_learn_which_card_text_a_prompt_belongs_to(tmp_path, embedder):
+    """``towers='both'``: the cards are texts read by the same updated encoder. Cards whose names say nothing of
+    the style ("model alpha") are ranked at chance by the stock encoder; after training, prompts of each style land
+    on their card's text, and a second version of a page is never its own negative."""
+    card_names = ["model alpha v1", "model alpha v2", "model bravo", "model charlie", "model delta", "model echo"]
+    pages = np.array([10, 10, 11, 12, 13, 14])
+    kinds = {
+        0: ["a photo of a {} in the street", "photograph, {}, 35mm"],
+        2: ["anime girl with a {}", "1girl, {}, school uniform"],
+        3: ["watercolor painting of a {}", "ink wash, {}, paper texture"],
+        4: ["pixel art {}", "8-bit sprite of a {}"],
+    }
+    things = ["cat", "house", "tree", "car", "boat", "bird", "lamp", "river"]
+    texts, pos = [], []
+    for k, templates in kinds.items():
+        for t in templates:
+            for th in things:
+                texts.append(t.format(th))
+                pos.append(k)
+    pos = np.array(pos)
+    cfg = CardsConfig(
+        steps=60, batch_size=8, lr=3e-3, tau=0.1, rank=4, alpha=8, checkpoint_every=30, towers="both", cards_per_step=5
+    )
+    cards = np.zeros((len(card_names), 384), np.float32)  # unused by the two-tower loss
+    enc, info = fit_encoder(
+        texts, pos, cards, embedder.check(), tmp_path / "run", cfg, texts_of_cards=card_names, card_pages=pages
+    )
+    assert enc.towers == "both" and info["positive_cards"] == 4
+    held = [
+        "a photo of a dog in the street",
+        "anime girl with a sword",
+        "watercolor painting of a hill",
+        "pixel art castle",
+    ]
+    want = np.array([10, 11, 12, 13])
+    stock = evaluate(embedder.encode(held), want, pages, embedder.encode(card_names))["model_top1"]
+    tuned = evaluate(enc.encode(embedder, held), want, pages, enc.encode(embedder, card_names))["model_top1"]
+    assert stock <= 0.5 and tuned == 1.0
+    with pytest.raises(ValueError, match="needs the cards"):
+        fit_encoder(texts, pos, cards, embedder.check(), tmp_path / "other", cfg)
+
+
 def test_factors_of_names_layers_as_the_numpy_encoder_does(embedder):
     model, _ = lora_model(embedder.check(), CardsConfig(rank=2, alpha=4))
     names = set(factors_of(model))
@@ -157,6 +199,18 @@ def test_train_cards_end_to_end_on_the_tiny_registry(tiny_registry, tmp_path):
     assert set(meta["results"]) >= {"val/all", "test/all"}
     assert meta["results"]["val/all"]["adapted"]["model_top1"] >= meta["results"]["val/all"]["stock"]["model_top1"]
     assert CardEncoder.load(tmp_path / "out" / "e.npz").embedder == tiny_registry.embedder.name
+    assert CardEncoder.load(tmp_path / "out" / "e.npz").towers == "query"
+    both = CardsConfig(steps=20, batch_size=4, lr=2e-3, rank=2, alpha=4, checkpoint_every=10, towers="both")
+    meta = train_cards(
+        tiny_registry, path, tmp_path / "out" / "b.npz", work_dir=tmp_path / "work-b", cfg=both, eval_limit=10
+    )
+    loaded = CardEncoder.load(tmp_path / "out" / "b.npz")
+    assert (
+        meta["towers"] == "both"
+        and loaded.towers == "both"
+        and loaded.digest() != CardEncoder.load(tmp_path / "out" / "e.npz").digest()
+    )
+    assert meta["results"]["val/all"]["adapted"]["n"] == 4
 
 
 def test_the_card_signal_reaches_retrieval(tiny_registry):
@@ -248,4 +302,25 @@ def test_the_cli_passes_the_training_prompt_length(tiny_registry_path, tmp_path,
         )
         == 0
     )
-    assert seen["cfg"].max_length == 64
+    assert seen["cfg"].max_length == 64 and seen["cfg"].towers == "query"
+    assert (
+        main(
+            [
+                "train",
+                "cards",
+                "--registry",
+                str(tiny_registry_path),
+                "--pairs",
+                str(pairs),
+                "--work-dir",
+                str(tmp_path),
+                "--towers",
+                "both",
+                "--cards-per-step",
+                "48",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert seen["cfg"].towers == "both" and seen["cfg"].cards_per_step == 48 and seen["cfg"].card_length == 96
