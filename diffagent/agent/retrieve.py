@@ -74,7 +74,12 @@ class RetrievalWeights:
     #: ranker's own ``card`` feature (for the ranker without that feature, 0 -> 8 moved val top-1 / top-5 0.244 /
     #: 0.382 -> 0.259 / 0.395; with it, the weight was chosen with the pool below)
     card_fused: float = 0.0
-    card_ranked: float = 4.0
+    #: with the two-tower encoder (session 14), val 1,000, weight 4 / 10 / 20 on creators' tag lists: top-1 / top-5
+    #: 0.269 / 0.420, 0.270 / 0.432, 0.270 / 0.425; pages without a train image 0.096 / 0.105 / 0.128. Natural
+    #: requests keep 4: at 20 the card's literal matches sent "a photo of a computer keyboard" to "Stylized RPG game
+    #: icons" (fit held-out on the dump: wrong kind 3.0 -> 3.8 %, mean fit 1.90 -> 1.82)
+    card_ranked: float = 20.0
+    card_ranked_natural: float = 4.0
     #: the checkpoints whose cards match the request best join the ranker's pool (``Registry.search`` card_pool): a
     #: model no creator's image shows is rarely among the first stage's 60 (7 % of val pairs whose checkpoint page
     #: has no train image; 16 % with 10 card hits). With the ranker trained on the ``card`` feature, val 2,000:
@@ -382,8 +387,9 @@ def rank_hits(
         pool = [h for i, h in enumerate(hits) if i < POOL or h.signals.get("card_pool")]
         rest = [h for i, h in enumerate(hits) if i >= POOL and not h.signals.get("card_pool")]
         scored = rerank(ranker, pool)
-        if w.card_ranked:
-            scored = [(h, raw + w.card_ranked * h.signals.get("card", 0.0)) for h, raw in scored]
+        card_weight = w.card_ranked_natural if intent is not None and intent.natural else w.card_ranked
+        if card_weight:
+            scored = [(h, raw + card_weight * h.signals.get("card", 0.0)) for h, raw in scored]
         if w.unvoted_penalty:
             named = named or set()
             scored = [
