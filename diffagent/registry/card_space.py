@@ -2,8 +2,9 @@
 
 A two-tower encoder's updates apply to the card side too, so the registry's stock card vectors no longer match its
 requests: every checkpoint's card (``index.version_text``, the text the stock vector embeds) is encoded again with
-the updated model. That takes about 40 s for the 7,600 checkpoint versions of the Civitai dump on two cores
-(ONNX Runtime; about 2 minutes on the numpy encoder), so the matrix is cached beside the registry
+the updated model. That takes 56 s for the 7,864 checkpoint versions of the Civitai dump on two cores (ONNX Runtime,
+the ``embed`` extra; about 4 minutes on the base install's numpy encoder) and 1.6 s for the default registry's 63,
+so the matrix is cached beside the registry
 (``<db>.cards-<encoder>.npz``), keyed by the encoder's digest and every card text: an import that changes a card
 rebuilds it.
 """

@@ -12,7 +12,7 @@ and the card text both move, so the encoder learns what in a card (its name, tag
 says who uses it, and that transfers to cards no creator chose. The softmax then runs over the batch's cards plus
 random chosen ones (64 a step; other versions of the positive's page masked), as every card is encoded anew each
 step. On the pairs whose checkpoint page has no train image it ranks the creator's page first about twice as often
-as the request-only encoder (test 0.114 -> 0.228), at a cost on pages creators use a lot, which the ranker's kNN
+as the request-only encoder (test 0.114 -> 0.237), at a cost on pages creators use a lot, which the ranker's kNN
 votes cover; a registry's cards are encoded again once for it (``Registry.card_vectors``, cached).
 Evaluation on val (and test) pairs at the model-page level, ranking every checkpoint card by the request alone,
 reported separately for pairs whose checkpoint page has no train-split image.

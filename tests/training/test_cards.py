@@ -30,6 +30,24 @@ def _random_factors(rank: int = 4, seed: int = 0) -> dict:
     }
 
 
+def _style_prompts(card_of_style: list[int]) -> tuple[list[str], np.ndarray]:
+    """Prompts of four styles (photo, anime, watercolor, pixel art), each labelled with its style's card."""
+    styles = [
+        ["a photo of a {} in the street", "photograph, {}, 35mm"],
+        ["anime girl with a {}", "1girl, {}, school uniform"],
+        ["watercolor painting of a {}", "ink wash, {}, paper texture"],
+        ["pixel art {}", "8-bit sprite of a {}"],
+    ]
+    things = ["cat", "house", "tree", "car", "boat", "bird", "lamp", "river"]
+    texts, pos = [], []
+    for card, templates in zip(card_of_style, styles, strict=True):
+        for t in templates:
+            for th in things:
+                texts.append(t.format(th))
+                pos.append(card)
+    return texts, np.array(pos)
+
+
 def test_numpy_encoder_with_merged_updates_equals_torch(embedder):
     import torch
     from transformers import AutoModel
@@ -84,20 +102,7 @@ def test_fit_encoder_learns_which_card_a_prompt_belongs_to(tmp_path, embedder):
     rng = np.random.default_rng(0)
     cards = rng.normal(size=(6, 384)).astype(np.float32)
     cards /= np.linalg.norm(cards, axis=1, keepdims=True)
-    kinds = {
-        0: ["a photo of a {} in the street", "photograph, {}, 35mm"],
-        1: ["anime girl with a {}", "1girl, {}, school uniform"],
-        2: ["watercolor painting of a {}", "ink wash, {}, paper texture"],
-        3: ["pixel art {}", "8-bit sprite of a {}"],
-    }
-    things = ["cat", "house", "tree", "car", "boat", "bird", "lamp", "river"]
-    texts, pos = [], []
-    for k, templates in kinds.items():
-        for t in templates:
-            for th in things:
-                texts.append(t.format(th))
-                pos.append(k)
-    pos = np.array(pos)
+    texts, pos = _style_prompts([0, 1, 2, 3])
     cfg = CardsConfig(steps=40, batch_size=16, lr=2e-3, tau=0.1, rank=4, alpha=8, checkpoint_every=20)
     enc, info = fit_encoder(texts, pos, cards, embedder.check(), tmp_path / "run", cfg)
     held = [
@@ -122,20 +127,7 @@ def test_two_towers_learn_which_card_text_a_prompt_belongs_to(tmp_path, embedder
     on their card's text, and a second version of a page is never its own negative."""
     card_names = ["model alpha v1", "model alpha v2", "model bravo", "model charlie", "model delta", "model echo"]
     pages = np.array([10, 10, 11, 12, 13, 14])
-    kinds = {
-        0: ["a photo of a {} in the street", "photograph, {}, 35mm"],
-        2: ["anime girl with a {}", "1girl, {}, school uniform"],
-        3: ["watercolor painting of a {}", "ink wash, {}, paper texture"],
-        4: ["pixel art {}", "8-bit sprite of a {}"],
-    }
-    things = ["cat", "house", "tree", "car", "boat", "bird", "lamp", "river"]
-    texts, pos = [], []
-    for k, templates in kinds.items():
-        for t in templates:
-            for th in things:
-                texts.append(t.format(th))
-                pos.append(k)
-    pos = np.array(pos)
+    texts, pos = _style_prompts([0, 2, 3, 4])
     cfg = CardsConfig(
         steps=60, batch_size=8, lr=3e-3, tau=0.1, rank=4, alpha=8, checkpoint_every=30, towers="both", cards_per_step=5
     )
