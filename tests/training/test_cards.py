@@ -259,60 +259,14 @@ def test_the_cli_passes_the_training_prompt_length(tiny_registry_path, tmp_path,
     monkeypatch.setattr(cards_module, "train_cards", fake_train)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("")
-    assert (
-        main(
-            [
-                "train",
-                "cards",
-                "--registry",
-                str(tiny_registry_path),
-                "--pairs",
-                str(pairs),
-                "--work-dir",
-                str(tmp_path),
-                "--max-length",
-                "128",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+
+    def run(*extra: str) -> int:
+        common = ["--registry", str(tiny_registry_path), "--pairs", str(pairs), "--work-dir", str(tmp_path)]
+        return main(["train", "cards", *common, *extra, "--quiet"])
+
+    assert run("--max-length", "128") == 0
     assert seen["cfg"].max_length == 128
-    assert (
-        main(
-            [
-                "train",
-                "cards",
-                "--registry",
-                str(tiny_registry_path),
-                "--pairs",
-                str(pairs),
-                "--work-dir",
-                str(tmp_path),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert run() == 0
     assert seen["cfg"].max_length == 64 and seen["cfg"].towers == "query"
-    assert (
-        main(
-            [
-                "train",
-                "cards",
-                "--registry",
-                str(tiny_registry_path),
-                "--pairs",
-                str(pairs),
-                "--work-dir",
-                str(tmp_path),
-                "--towers",
-                "both",
-                "--cards-per-step",
-                "48",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert run("--towers", "both", "--cards-per-step", "48") == 0
     assert seen["cfg"].towers == "both" and seen["cfg"].cards_per_step == 48 and seen["cfg"].card_length == 96
