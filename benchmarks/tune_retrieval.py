@@ -54,7 +54,7 @@ def add_card_signal(reg: Registry, rows: list, encoder: CardEncoder) -> None:
     """Give every cached hit the ``card`` signal (clipped cosine of the request's card vector with the hit's card
     vector: the stock one, or the encoder's own for a two-tower encoder)."""
     idx = reg._load_index()  # noqa: SLF001 - the registry's own card vectors
-    cards = reg.card_vectors(encoder) if encoder.towers == "both" else idx.vec
+    cards = reg.card_vectors(encoder)
     q = encoder.encode(reg.embedder, [r[0] for r in rows])
     for (_request, _vid, _mid, hits, _intent), v in zip(rows, q, strict=True):
         for h in hits:

@@ -293,8 +293,7 @@ def first_stage(
     card_vector = card_space = None
     if card is not None and prompt.strip() and registry.has_vectors and card.embedder in (None, registry.embedder.name):
         card_vector = card.encode_query(registry.embedder, prompt)
-        if card.towers == "both":  # cards read by the same updated encoder (``Registry.card_vectors``)
-            card_space = registry.card_vectors(card)
+        card_space = registry.card_vectors(card)
     return registry.search(
         prompt,
         types=["checkpoint"],

@@ -107,7 +107,7 @@ class Selector:
         """Load the index, the embedder, a two-tower card encoder's card vectors and (LLM mode) the model, and cache
         the fixed prompt prefix."""
         self.registry.warm()
-        if self.card is not None and self.card.towers == "both" and self.registry.has_vectors:
+        if self.card is not None and self.registry.has_vectors:
             self.registry.card_vectors(self.card)
         if self.mode == "llm":
             self.select_many("a photo of a cat", SelectOptions(n_candidates=1))

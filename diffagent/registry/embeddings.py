@@ -130,30 +130,19 @@ class Embedder:
             if self._onnx is not None:
                 return self._onnx or None
         bert = self.numpy_encoder()
-        engine = False
+        engine = None
         if bert is not None:
-            try:
-                import onnx  # noqa: F401  (writes the graph)
-                import onnxruntime  # noqa: F401
-            except ImportError:
-                pass
-            else:
-                from diffagent.registry.onnx_bert import OnnxBert
+            from diffagent.registry.onnx_bert import load_engine
 
-                try:
-                    engine = OnnxBert(bert)
-                except Exception as e:  # noqa: BLE001 - an installed but unusable onnxruntime must not stop an import
-                    log.warning(
-                        "ONNX Runtime could not load the encoder of %s (%s: %s); bulk embedding falls back to "
-                        "sentence-transformers or the numpy encoder (the same vectors, slower). Reinstall the "
-                        "'embed' extra to get the fast path back",
-                        self.name,
-                        type(e).__name__,
-                        e,
-                    )
+            engine = load_engine(
+                bert,
+                what=f"the encoder of {self.name}",
+                fallback="bulk embedding falls back to sentence-transformers or the numpy encoder",
+                logger=log,
+            )
         with self._lock:
-            self._onnx = engine
-        return engine or None
+            self._onnx = engine or False
+        return engine
 
     def encode(self, texts: list[str], batch_size: int = BULK_BATCH, show_progress: bool = False) -> np.ndarray:
         """Unit-length float32 rows: ONNX Runtime where installed, else sentence-transformers, else numpy."""

@@ -12,6 +12,8 @@ with ONNX Runtime (all graph optimisations on): 2.5x sentence-transformers' rate
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from diffagent.registry.bert import NumpyBert
@@ -153,3 +155,26 @@ class OnnxBert:
         for rows, ids, mask in self.bert.batches(texts, batch_size):
             out[rows] = self.session.run(["vectors"], {"ids": ids, "mask": mask})[0]
         return out
+
+
+def load_engine(bert: NumpyBert, *, what: str, fallback: str, logger: logging.Logger) -> OnnxBert | None:
+    """An ONNX Runtime engine over ``bert``'s weights, or None: where ``onnx`` / ``onnxruntime`` are not installed
+    (quietly), or where an installed onnxruntime cannot load the graph (an old or broken build; a warning naming the
+    error, and the caller goes on with ``fallback``, the same vectors, slower)."""
+    try:
+        import onnx  # noqa: F401  (writes the graph)
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    try:
+        return OnnxBert(bert)
+    except Exception as e:  # noqa: BLE001 - an unusable onnxruntime must not stop the work
+        logger.warning(
+            "ONNX Runtime could not load %s (%s: %s); %s (the same vectors, slower). Reinstall the 'embed' extra to "
+            "get the fast path back",
+            what,
+            type(e).__name__,
+            e,
+            fallback,
+        )
+        return None

@@ -375,8 +375,8 @@ class Registry:
         ``card_vector`` (the request as the card encoder reads it, ``agent/cards.py``) adds the ``card`` signal: its
         cosine with each model's card vector, weighted by ``weights["card"]``; with ``card_pool`` the ``card_pool``
         models whose cards match best also follow the ``limit`` best hits (signal ``card_pool`` 1): the models that no
-        creator's image shows reach the ranker through their cards alone. ``card_space`` (``card_vectors``) replaces
-        the stock card vectors for a two-tower card encoder.
+        creator's image shows reach the ranker through their cards alone. ``card_space`` (``card_vectors``) are the
+        card vectors the encoder reads; the stock ones when not given.
         ``renderable_only`` leaves out what a call cannot use: models with no known weights, and checkpoints
         that cannot render alone (refiners, inpainting models); ``local_only`` keeps the models whose weights are
         on this machine (a local path, as ``registry scan`` records).
@@ -398,10 +398,11 @@ class Registry:
             if (idx.vec is not None or idx.pvec is not None) and (w["semantic"] or w["prompts"]):
                 qv = query_vector if query_vector is not None else self.embedder.encode_query(query)
                 with one_blas_thread():
+                    stock = card_space is None or card_space is idx.vec
                     for name, matrix, at, v in (
                         ("semantic", sub.vec, sub.rows, qv),
                         ("prompts", sub.pvec, sub.prows, qv),
-                        ("card", sub.vec if card_space is None else sub.gather(card_space), sub.rows, card_vector),
+                        ("card", sub.vec if stock else sub.gather(card_space), sub.rows, card_vector),
                     ):
                         if matrix is not None and v is not None:
                             sim = np.zeros(len(idx.ids), dtype=np.float32)
@@ -437,9 +438,14 @@ class Registry:
             if int(idx.ids[i]) in infos
         ]
 
-    def card_vectors(self, encoder) -> np.ndarray:
-        """The checkpoint cards as a two-tower card encoder reads them (``registry/card_space.py``): a matrix with
-        the search index's rows (zeros where a row is no checkpoint), encoded once and cached beside the registry."""
+    def card_vectors(self, encoder) -> np.ndarray | None:
+        """The card vectors ``encoder``'s requests are compared with, one row per search-index row: the stock ones
+        (``None`` without sentence vectors) for a request-only encoder; for a two-tower one the checkpoint cards as it
+        reads them (``registry/card_space.py``; zeros where a row is no checkpoint), encoded once and cached beside
+        the registry."""
+        idx = self._load_index()
+        if encoder.towers != "both":
+            return idx.vec
         digest = encoder.digest()
         with self._lock:
             hit = self._card_spaces.get(digest)
@@ -447,7 +453,6 @@ class Registry:
             return hit
         from diffagent.registry.card_space import load_or_build
 
-        idx = self._load_index()
         ids, vectors = load_or_build(self.engine, self.path, self.embedder, encoder)
         matrix = np.zeros((len(idx.ids), vectors.shape[1] if len(ids) else 0), dtype=np.float32)
         for vid, row in zip(ids.tolist(), vectors):

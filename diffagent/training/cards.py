@@ -54,7 +54,7 @@ def card_matrix(registry: Registry, encoder: CardEncoder | None = None) -> tuple
     ids = idx.ids[rows]
     pages = registry.versions([int(v) for v in ids])
     model_ids = np.array([pages[int(v)].model_id if int(v) in pages else -1 for v in ids], dtype=np.int64)
-    space = registry.card_vectors(encoder) if encoder is not None and encoder.towers == "both" else idx.vec
+    space = idx.vec if encoder is None else registry.card_vectors(encoder)
     return ids, model_ids, np.ascontiguousarray(space[rows])
 
 
@@ -297,7 +297,6 @@ def train_cards(
         texts_of_cards=card_texts(registry, ids) if both else None,
         card_pages=model_ids if both else None,
     )
-    encoder.meta["embedder"] = registry.embedder.name
     adapted_cards = card_matrix(registry, encoder)[2] if both else cards
     results = {}
     for split in ("val", "test"):
