@@ -4,7 +4,8 @@ The first stage (the registry's hybrid search) is the slow part; it runs once pe
 to ``--cache``. Each setting of ``RetrievalWeights`` is then scored by re-ranking the cached hits with
 ``agent.retrieve.second_stage``, what the selector runs after its search: checkpoint top-1 / top-5 and model-page
 top-1 / top-5, overall, for natural-sentence prompts and for pairs whose checkpoint no creator prompt in the registry
-reaches ("unvoted": only its card can find it).
+reaches ("unvoted": only its card can find it). It also says where the pairs whose checkpoint page has no train image
+are lost (``unseen_ceiling``).
 
 With ``--card-encoder`` each cached hit gets the ``card`` signal of that encoder (its cosine with the hit's card
 vector, as ``Registry.search`` computes it) and the settings weighing it on the ranker's logit are added.
@@ -47,6 +48,10 @@ SETTINGS = {
 CARD_SETTINGS = {
     f"card on the ranker's logit x {w:g}": {"card_ranked": w}
     for w in (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 24.0, 32.0)
+} | {
+    f"card x {w:g}, unvoted penalty {p:g}": {"card_ranked": w, "unvoted_penalty": p}
+    for w in (10.0, 15.0, 20.0)
+    for p in (0.0, 1.0, 1.5, 2.0)
 }
 
 
@@ -59,6 +64,25 @@ def add_card_signal(reg: Registry, rows: list, encoder: CardEncoder) -> None:
     for (_request, _vid, _mid, hits, _intent), v in zip(rows, q, strict=True):
         for h in hits:
             h.signals["card"] = float(np.clip(cards[idx.pos[h.version.id]] @ v, 0, 1))
+
+
+def unseen_ceiling(rows: list, train_pages: set[int]) -> str:
+    """Where the pairs whose checkpoint page no train image shows are lost: the share whose page is among the cached
+    hits at all (the ranker cannot pick what the first stage missed), and whose page the best card among them is
+    (the card alone over the registry's checkpoints: the card pool holds the registry's best cards)."""
+    unseen = [(mid, hits) for _request, _vid, mid, hits, _intent in rows if mid not in train_pages]
+    if not unseen:
+        return "no pair's checkpoint page lacks a train image"
+    n = len(unseen)
+    reached = sum(any(h.version.model_id == mid for h in hits) for mid, hits in unseen)
+    card_best = sum(
+        bool(hits) and max(hits, key=lambda h: h.signals.get("card", 0.0)).version.model_id == mid
+        for mid, hits in unseen
+    )
+    return (
+        f"{n} pairs whose checkpoint page has no train image: the page is among the hits for {reached / n:.3f}, "
+        f"the best card among them is the page for {card_best / n:.3f}"
+    )
 
 
 def main() -> None:
@@ -105,6 +129,8 @@ def main() -> None:
         if not args.pooled:
             add_card_signal(reg, rows, card)
         settings = {"shipped": {}, **CARD_SETTINGS}
+    train_pages = {p.target.checkpoint_model_id for p in load_pairs(args.pairs, splits={"train"})}
+    print(unseen_ceiling(rows, train_pages))
     unvoted = [not reg.has_creator_prompts(r[1]) for r in rows]
     n_nat, n_unv = sum(r[4].natural for r in rows), sum(unvoted)
     print(f"{len(rows)} {args.split} pairs ({n_nat} natural sentences, {n_unv} unvoted checkpoints)")
