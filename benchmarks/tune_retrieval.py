@@ -27,7 +27,7 @@ import numpy as np
 from diffagent.agent.cards import CardEncoder
 from diffagent.agent.ranker import load_setting
 from diffagent.agent.retrieve import RetrievalWeights, first_stage, pool_size, request_intent, second_stage
-from diffagent.bench.pairs import load_pairs
+from diffagent.bench.pairs import load_pairs, train_checkpoint_pages
 from diffagent.families import parse_base_constraint
 from diffagent.prompttext import strip_resource_tags
 from diffagent.registry.store import Registry
@@ -129,8 +129,7 @@ def main() -> None:
         if not args.pooled:
             add_card_signal(reg, rows, card)
         settings = {"shipped": {}, **CARD_SETTINGS}
-    train_pages = {p.target.checkpoint_model_id for p in load_pairs(args.pairs, splits={"train"})}
-    print(unseen_ceiling(rows, train_pages))
+    print(unseen_ceiling(rows, train_checkpoint_pages(args.pairs)))
     unvoted = [not reg.has_creator_prompts(r[1]) for r in rows]
     n_nat, n_unv = sum(r[4].natural for r in rows), sum(unvoted)
     print(f"{len(rows)} {args.split} pairs ({n_nat} natural sentences, {n_unv} unvoted checkpoints)")

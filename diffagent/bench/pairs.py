@@ -142,6 +142,12 @@ def load_pairs(path: Path, *, splits: set[str] | None = None, sfw_only: bool = T
                 yield pair
 
 
+def train_checkpoint_pages(path: Path) -> set[int]:
+    """The checkpoint model pages that some train-split pair of ``path`` used: a pair whose checkpoint page is not
+    among them is one that no train image shows (``bench select``'s no-train-image subset)."""
+    return {p.target.checkpoint_model_id for p in load_pairs(path, splits={"train"})}
+
+
 def build_pairs(rows: Path, out: Path, *, sfw_only: bool = True) -> Counter:
     """Write pairs for every usable row to ``out`` (.jsonl or .jsonl.gz) atomically; count per split."""
     counts: Counter = Counter()

@@ -223,16 +223,12 @@ def compare(
     progress: bool = False,
 ) -> dict[str, dict]:
     """Every method's scores on ``pairs`` (``Scores.row()`` plus its wall time)."""
-    from diffagent.bench.pairs import load_pairs
+    from diffagent.bench.pairs import train_checkpoint_pages
     from diffagent.registry.stats import lora_name_index, lora_versions
 
     with registry.engine.connect() as conn:
         loras, lora_ids = lora_name_index(conn), lora_versions(conn)
-    train_pages = (
-        {p.target.checkpoint_model_id for p in load_pairs(train_pairs, splits={"train"})}
-        if train_pairs is not None
-        else None
-    )
+    train_pages = train_checkpoint_pages(train_pairs) if train_pairs is not None else None
     results: dict[str, dict] = {}
     for method in methods:
         t0 = time.perf_counter()

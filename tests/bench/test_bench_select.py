@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from diffagent.bench.pairs import build_pairs, load_pairs, row_to_pair
+from diffagent.bench.pairs import build_pairs, load_pairs, row_to_pair, train_checkpoint_pages
 from diffagent.bench.select import Prediction, Scores, evaluate, markdown_table
 from diffagent.bench.split import split_of
 
@@ -112,6 +112,15 @@ def test_metrics_on_known_predictions(tiny_registry):
     apart = evaluate(pairs, lambda p: preds[p.image_id], tiny_registry, loras, train_pages={103}).row()
     assert apart["no_train_image_n"] == 1 and apart["no_train_image_model_top1"] == 0.0
     assert apart["no_train_image_model_top5"] == 1.0
+
+
+def test_train_checkpoint_pages_are_the_checkpoints_of_train_pairs_only(tmp_path):
+    pairs = [row_to_pair(raw_row(i, page, "a cat", 1000 + i, 100 + i)) for i, page in enumerate((1, 2, 3, 4, 5, 6))]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(p.model_dump_json() + "\n" for p in pairs))
+    train = {p.target.checkpoint_model_id for p in pairs if p.split == "train"}
+    assert train and len(train) < len(pairs)  # the pages fall in more than one split
+    assert train_checkpoint_pages(path) == train
 
 
 def test_the_lora_whose_page_shows_the_image_counts_as_used_in_the_showcase_metric(tiny_registry):
