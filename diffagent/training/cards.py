@@ -121,6 +121,13 @@ class CardsConfig(BaseModel):
     )
     cards_per_step: int = Field(64, ge=2, description="towers=both: cards encoded a step (the batch's and random)")
     card_length: int = Field(96, ge=8, description="towers=both: card tokens seen in training")
+    hard_negatives: int = Field(
+        0,
+        ge=0,
+        description="towers=both: per prompt, that many of the chosen cards of other pages nearest to it under "
+        "the encoder as it was at the bank's last refresh join the step's cards (ANCE); 0: random cards only",
+    )
+    refresh_every: int = Field(50, ge=1, description="hard negatives: steps between re-encoding the card bank")
     pages: str = Field(
         "all",
         pattern=f"^({'|'.join(PAGES)})$",
@@ -167,6 +174,51 @@ def factors_of(model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+class CardBank:
+    """The chosen cards' unit vectors under the encoder being trained, re-encoded every ``every`` steps: the pool
+    hard negatives are drawn from. A resumed run encodes the bank afresh at its first step."""
+
+    def __init__(self, tok, texts: list[str], rows: np.ndarray, pages: np.ndarray, cfg: CardsConfig):
+        self.tok, self.texts, self.rows, self.pages, self.cfg = tok, texts, rows, pages, cfg
+        self.vecs = None
+        self.age = 0
+        self.refreshes = 0
+
+    def refresh(self, model) -> None:
+        import torch
+
+        was_training = model.training
+        model.eval()  # no dropout: the bank is what the encoder reads now
+        with torch.no_grad():
+            chunks = [
+                _mean_pool(
+                    model,
+                    self.tok,
+                    [self.texts[r] for r in self.rows[i : i + 128]],
+                    self.cfg.card_length,
+                    self.cfg.device,
+                )
+                for i in range(0, len(self.rows), 128)
+            ]
+        model.train(was_training)
+        self.vecs = torch.cat(chunks)
+        self.age = 0
+        self.refreshes += 1
+
+    def nearest(self, model, zq, own_pages: np.ndarray, k: int) -> list[int]:
+        """Card rows (indices into the card matrix) nearest each query of ``zq`` outside its own page, the
+        nearest first, ``k`` a query, without repeats."""
+        import torch
+
+        if self.vecs is None or self.age >= self.cfg.refresh_every:
+            self.refresh(model)
+        self.age += 1
+        sims = zq.detach() @ self.vecs.T
+        same = torch.from_numpy(self.pages[self.rows][None, :] == own_pages[:, None]).to(sims.device)
+        top = sims.masked_fill(same, -2.0).topk(min(k, len(self.rows)), dim=1).indices.cpu().numpy()
+        return list(dict.fromkeys(int(self.rows[j]) for j in top.T.reshape(-1)))
+
+
 def fit_encoder(
     texts: list[str],
     pos: np.ndarray,
@@ -205,14 +257,19 @@ def fit_encoder(
         logits = z @ cand.T / cfg.tau
         return torch.nn.functional.cross_entropy(logits, torch.from_numpy(target[batch]).to(cfg.device)), {}
 
+    bank = CardBank(tok, texts_of_cards, positives, card_pages, cfg) if cfg.hard_negatives else None
+
     def two_tower_loss(m, batch):
         mine = list(dict.fromkeys(int(pos[i]) for i in batch))
-        rng = np.random.default_rng(int(batch[0]))  # the same negatives when a resumed run repeats the step
-        taken = set(mine)
-        drawn = rng.choice(positives, size=min(len(positives), cfg.cards_per_step * 2), replace=False)
-        extra = [int(c) for c in drawn if int(c) not in taken]
-        cols = mine + extra[: max(0, cfg.cards_per_step - len(mine))]
         zq = _mean_pool(m, tok, [texts[i] for i in batch], cfg.max_length, cfg.device)
+        room = max(0, cfg.cards_per_step - len(mine))
+        hard = [] if bank is None else bank.nearest(m, zq, card_pages[pos[batch]], cfg.hard_negatives)
+        own = set(mine)
+        cols = mine + [c for c in hard if c not in own][:room]
+        rng = np.random.default_rng(int(batch[0]))  # the same random cards when a resumed run repeats the step
+        drawn = rng.choice(positives, size=min(len(positives), cfg.cards_per_step * 2), replace=False)
+        taken = set(cols)
+        cols += [int(c) for c in drawn if int(c) not in taken][: max(0, cfg.cards_per_step - len(cols))]
         zc = _mean_pool(m, tok, [texts_of_cards[c] for c in cols], cfg.card_length, cfg.device)
         logits = zq @ zc.T / cfg.tau
         where = {c: j for j, c in enumerate(cols)}
@@ -242,6 +299,7 @@ def fit_encoder(
         "seconds": round(state.seconds, 1),
         "final_loss": round(float(np.mean(last)), 4) if last else None,
         "positive_cards": len(positives),
+        **({"bank_refreshes": bank.refreshes} if bank is not None else {}),
     }
 
 

@@ -117,6 +117,8 @@ def cmd_cards(args, settings: Settings) -> int:
         towers=args.towers,
         cards_per_step=args.cards_per_step,
         card_length=args.card_length,
+        hard_negatives=args.hard_negatives,
+        refresh_every=args.refresh_every,
     )
     meta = train_cards(
         registry, args.pairs, out, work_dir=work, cfg=cfg, eval_limit=args.eval_limit, progress=not args.quiet
@@ -268,6 +270,16 @@ def register(subparsers) -> None:
     )
     p.add_argument("--cards-per-step", type=int, default=64, help="--towers both: cards a step")
     p.add_argument("--card-length", type=int, default=96, help="--towers both: card tokens seen in training")
+    p.add_argument(
+        "--hard-negatives",
+        type=int,
+        default=0,
+        help="--towers both: per prompt, the nearest chosen cards of other pages under the encoder being trained "
+        "join the step's cards (0: random cards only)",
+    )
+    p.add_argument(
+        "--refresh-every", type=int, default=50, help="--hard-negatives: steps between re-encoding the card bank"
+    )
     p.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     p.add_argument("--eval-limit", type=int, default=2000, help="val/test pairs for the report")
     p.add_argument("--seed", type=int, default=None)

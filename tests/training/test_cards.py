@@ -11,7 +11,15 @@ import pytest
 from diffagent.agent.cards import CardEncoder, load_setting
 from diffagent.bench.pairs import Pair, Target
 from diffagent.errors import UserInputError
-from diffagent.training.cards import CardsConfig, evaluate, factors_of, fit_encoder, lora_model, train_cards
+from diffagent.training.cards import (
+    CardBank,
+    CardsConfig,
+    evaluate,
+    factors_of,
+    fit_encoder,
+    lora_model,
+    train_cards,
+)
 
 LAYER = "encoder.layer.0.attention.self.query"
 
@@ -148,6 +156,70 @@ def test_two_towers_learn_which_card_text_a_prompt_belongs_to(tmp_path, embedder
     assert stock <= 0.5 and tuned == 1.0
     with pytest.raises(ValueError, match="needs the cards"):
         fit_encoder(texts, pos, cards, embedder.check(), tmp_path / "other", cfg)
+
+
+def test_the_card_bank_gives_the_nearest_cards_of_other_pages(embedder):
+    """Hard negatives: for each query, the chosen cards nearest it under the encoder, never a version of the
+    query's own page, no card twice, and the bank is encoded again every ``refresh_every`` steps."""
+    import torch
+
+    from diffagent.training.cards import _mean_pool
+
+    cfg = CardsConfig(rank=2, alpha=4, towers="both", hard_negatives=2, refresh_every=3)
+    model, tok = lora_model(embedder.check(), cfg)
+    cards = [
+        "watercolor landscapes v1",
+        "watercolor landscapes v2",
+        "photo realism",
+        "anime girls",
+        "pixel art sprites",
+    ]
+    pages = np.array([10, 10, 11, 12, 13])
+    bank = CardBank(tok, cards, np.arange(5), pages, cfg)
+    model.eval()
+    with torch.no_grad():
+        zq = _mean_pool(model, tok, ["a watercolor painting of a lake", "anime girl, school uniform"], 64, "cpu")
+    assert set(bank.nearest(model, zq[:1], np.array([11]), k=2)) == {0, 1}  # both watercolor versions
+    assert bank.refreshes == 1
+    assert not {0, 1} & set(bank.nearest(model, zq[:1], np.array([10]), k=3))  # never the query's own page
+    both = bank.nearest(model, zq, np.array([11, 12]), k=4)
+    assert sorted(both) == [0, 1, 2, 3, 4]  # each query's four other-page cards, their union once each
+    assert bank.refreshes == 1
+    bank.nearest(model, zq, np.array([11, 12]), k=1)
+    assert bank.refreshes == 2
+
+
+def test_two_towers_learn_with_hard_negatives(tmp_path, embedder):
+    card_names = ["model alpha v1", "model alpha v2", "model bravo", "model charlie", "model delta", "model echo"]
+    pages = np.array([10, 10, 11, 12, 13, 14])
+    texts, pos = _style_prompts([0, 2, 3, 4])
+    cfg = CardsConfig(
+        steps=60,
+        batch_size=8,
+        lr=3e-3,
+        tau=0.1,
+        rank=4,
+        alpha=8,
+        checkpoint_every=30,
+        towers="both",
+        cards_per_step=4,
+        hard_negatives=1,
+        refresh_every=20,
+    )
+    cards = np.zeros((len(card_names), 384), np.float32)
+    enc, info = fit_encoder(
+        texts, pos, cards, embedder.check(), tmp_path / "run", cfg, texts_of_cards=card_names, card_pages=pages
+    )
+    assert info["bank_refreshes"] == 3
+    held = [
+        "a photo of a dog in the street",
+        "anime girl with a sword",
+        "watercolor painting of a hill",
+        "pixel art castle",
+    ]
+    want = np.array([10, 11, 12, 13])
+    tuned = evaluate(enc.encode(embedder, held), want, pages, enc.encode(embedder, card_names))["model_top1"]
+    assert tuned == 1.0
 
 
 def test_factors_of_names_layers_as_the_numpy_encoder_does(embedder):
