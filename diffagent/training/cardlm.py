@@ -81,6 +81,7 @@ class CardLMConfig(BaseModel):
     seed: int = 0
     negatives: int = Field(0, ge=0, description="hard negative cards a pair is also scored under (0: LM loss only)")
     contrast_weight: float = Field(1.0, ge=0, description="weight of the contrastive term beside the LM loss")
+    device: str = Field("cpu", description="'cpu', or 'cuda' on a GPU machine (see docs/training-gpu.md)")
 
 
 def encode(tok, prefix: str, request: str) -> tuple[list[int], list[int]]:
@@ -271,7 +272,7 @@ def train_cardlm(model, tok, pairs: Sequence[CardPair], cfg: CardLMConfig, out_d
 
     from diffagent.training.loop import LoopSettings, train_loop
     from diffagent.training.losses import sft_loss
-    from diffagent.training.model import answer_logprobs, make_batch
+    from diffagent.training.model import answer_logprobs, device_of, make_batch
 
     # one example: the own card's sequence, then one per negative card (the same request tokens after each)
     examples = []
@@ -285,14 +286,15 @@ def train_cardlm(model, tok, pairs: Sequence[CardPair], cfg: CardLMConfig, out_d
 
     def loss_fn(m, unit):
         width = len(unit[0])
-        b = make_batch([seq for ex in unit for seq in ex])
+        b = make_batch([seq for ex in unit for seq in ex]).to(device_of(m))
         lp = answer_logprobs(m, b)
-        own = torch.arange(len(unit)) * width
+        own = torch.arange(len(unit), device=lp.device) * width
         lm = sft_loss(lp[own], b.mask[own])
         if width == 1 or cfg.contrast_weight == 0:
             return lm, {"lm": float(lm.detach())}
         scores = lp.sum(dim=1).view(len(unit), width)  # [pairs, own + negatives]
-        contrast = torch.nn.functional.cross_entropy(scores, torch.zeros(len(unit), dtype=torch.long))
+        gold = torch.zeros(len(unit), dtype=torch.long, device=lp.device)
+        contrast = torch.nn.functional.cross_entropy(scores, gold)
         return lm + cfg.contrast_weight * contrast, {"lm": float(lm.detach()), "contrast": float(contrast.detach())}
 
     epochs = max(1, math.ceil(cfg.steps * cfg.grad_accum / max(len(units), 1)))
@@ -344,7 +346,7 @@ def run_cardlm(
         return json.loads(Path(path).read_text(encoding="utf-8"))
 
     # the same base model, converted folder, threads and seed as the other training stages
-    stages = TrainConfig(threads=threads, seed=cfg.seed)
+    stages = TrainConfig(threads=threads, seed=cfg.seed, device=cfg.device)
     _setup_torch(stages)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -368,8 +370,8 @@ def run_cardlm(
 
     def start():
         if init_adapter is None:
-            return add_lora(load_base(hf), LoraShape())
-        return load_lora(load_base(hf), Path(init_adapter), trainable=True)
+            return add_lora(load_base(hf, cfg.device), LoraShape())
+        return load_lora(load_base(hf, cfg.device), Path(init_adapter), trainable=True)
 
     base_file = work_dir / "eval_base.json"
     if not base_file.is_file():

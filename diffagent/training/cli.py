@@ -16,7 +16,7 @@ def _config(args):
     from diffagent.training.config import TrainConfig, load_config
 
     raw = load_config(args.config).model_dump()
-    for key in ("work_dir", "seed"):
+    for key in ("work_dir", "seed", "device"):
         if getattr(args, key, None) is not None:
             raw[key] = getattr(args, key)
     for key in ("pairs", "limit"):
@@ -138,6 +138,7 @@ def cmd_cardlm(args, settings: Settings) -> int:
         seed=args.seed,
         negatives=args.negatives,
         contrast_weight=args.contrast_weight,
+        device=args.device or "cpu",
     )
     report = run_cardlm(
         settings,
@@ -174,14 +175,19 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, help="pairs to use (a seeded sample)")
     p.set_defaults(func=cmd_data)
 
+    def device(p):
+        p.add_argument("--device", default=None, help="cpu (default), or cuda on a GPU machine (docs/training-gpu.md)")
+
     p = add_command(train, "sft", help="stage 1: LoRA supervised fine-tuning (resumable)")
     common(p)
+    device(p)
     p.add_argument("--limit", type=int, default=None, help="use the first N built examples")
     p.add_argument("--max-steps", type=int, default=None)
     p.set_defaults(func=cmd_sft)
 
     p = add_command(train, "rrhf", help="stage 2: RRHF ranking on scored candidates (resumable)")
     common(p)
+    device(p)
     p.add_argument("--limit", type=int, default=None, help="use the first N built examples")
     p.add_argument("--max-steps", type=int, default=None)
     p.set_defaults(func=cmd_rrhf)
@@ -315,6 +321,7 @@ def register(subparsers) -> None:
     p.add_argument("--split", choices=["val", "test"], default="val", help="held-out pairs to evaluate on")
     p.add_argument("--eval-limit", type=int, default=150, help="held-out pairs whose checkpoint is shortlisted")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
+    device(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_cardlm)

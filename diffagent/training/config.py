@@ -105,6 +105,9 @@ class TrainConfig(_Section):
         description="torch threads; 1 measured 6x faster than 2 on a shared 2-core box "
         "(3 s vs 19 s a step): extra threads spin-wait on busy cores",
     )
+    device: str = Field(
+        "cpu", description="where the LLM trains: 'cpu', or 'cuda' on a GPU machine (docs/training-gpu.md)"
+    )
     work_dir: Path | None = Field(None, description="default: <data_dir>/training")
     base_model: Path | None = Field(None, description="GGUF of the base LLM; default: the bundled Gemma 3 270M")
     registry: Path | str | None = Field(

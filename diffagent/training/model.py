@@ -53,13 +53,31 @@ def ensure_hf_base(gguf_path: Path, hf_dir: Path) -> Path:
     return hf_dir
 
 
-def load_base(hf_dir: Path):
+def load_base(hf_dir: Path, device: str = "cpu"):
+    """The fp32 base model on ``device`` ('cpu', or 'cuda' on a GPU machine)."""
     torch = require_torch()
     from transformers import AutoModelForCausalLM
 
+    check_device(device)
     model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
     model.config.use_cache = False
-    return model
+    return model.to(device)
+
+
+def check_device(device: str) -> None:
+    """A clear error for a device this machine lacks, before minutes of loading."""
+    torch = require_torch()
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as e:
+        raise UserInputError(f"--device {device!r} is not a torch device ({e}); use cpu or cuda") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(f"--device {device}: this machine has no CUDA GPU (torch sees none); use --device cpu")
+
+
+def device_of(model):
+    """The device the model's weights are on (every tensor a loss builds goes there)."""
+    return next(model.parameters()).device
 
 
 def add_lora(model, shape: LoraShape):
@@ -103,6 +121,9 @@ class Batch:
     def lengths(self):
         return self.mask.sum(dim=1)
 
+    def to(self, device) -> Batch:
+        return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
 
 def make_batch(seqs: list[tuple[list[int], list[int]]], pad_id: int = 0) -> Batch:
     """``seqs``: (prompt ids, answer ids) pairs. Right padding: no real token ever attends to a pad."""
@@ -130,14 +151,18 @@ def make_batch(seqs: list[tuple[list[int], list[int]]], pad_id: int = 0) -> Batc
 
 
 def answer_logprobs(model, batch: Batch, *, bf16: bool = False):
-    """Per-token log-probabilities [B, A] of the answer tokens (0 where masked), full-vocabulary softmax."""
+    """Per-token log-probabilities [B, A] of the answer tokens (0 where masked), full-vocabulary softmax, on the
+    model's device (the batch is moved there)."""
     torch = require_torch()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    device = device_of(model)
+    if batch.input_ids.device != device:
+        batch = batch.to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         out = model(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=batch.keep, use_cache=False
         )
     logits = out.logits.float()  # [B, K, V]
-    rows = torch.arange(logits.shape[0]).unsqueeze(1)
+    rows = torch.arange(logits.shape[0], device=device).unsqueeze(1)
     picked = logits[rows, batch.gather]  # [B, A, V]
     lp = torch.log_softmax(picked, dim=-1).gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
     return lp * batch.mask

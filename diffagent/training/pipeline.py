@@ -75,9 +75,10 @@ def _registry(cfg: TrainConfig, settings: Settings):
 
 
 def _setup_torch(cfg: TrainConfig):
-    from diffagent.training.model import require_torch
+    from diffagent.training.model import check_device, require_torch
 
     torch = require_torch()
+    check_device(cfg.device)  # before minutes of conversion and loading
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     return torch
@@ -132,7 +133,7 @@ def run_sft(cfg: TrainConfig, settings: Settings, *, progress: bool = True) -> d
             examples, _registry(cfg, settings), share=cfg.sft.shuffle_candidates, seed=cfg.seed
         )
     gguf = base_gguf(cfg, settings)
-    model = add_lora(load_base(ensure_hf_base(gguf, lay.base_hf)), cfg.lora)
+    model = add_lora(load_base(ensure_hf_base(gguf, lay.base_hf), cfg.device), cfg.lora)
     report = train_sft(model, GGUFTokenizer(gguf), examples, cfg, lay.stage("sft"), progress=progress)
     out = {"stage": "sft", "base_model": str(gguf), "config": json.loads(cfg.model_dump_json()), **report.model_dump()}
     write_json_atomic(lay.stage("sft") / "report.json", out)
@@ -202,7 +203,7 @@ def run_rrhf(cfg: TrainConfig, settings: Settings, *, progress: bool = True) -> 
         progress=progress,
     )
     del backend
-    model = load_lora(load_base(ensure_hf_base(gguf, lay.base_hf)), sft_adapter, trainable=True)
+    model = load_lora(load_base(ensure_hf_base(gguf, lay.base_hf), cfg.device), sft_adapter, trainable=True)
     report = train_rrhf(model, tok, examples, candidates, cfg, lay.stage("rrhf"), progress=progress)
     out = {"stage": "rrhf", "base_model": str(gguf), "config": json.loads(cfg.model_dump_json()), **report.model_dump()}
     write_json_atomic(lay.stage("rrhf") / "report.json", out)

@@ -175,10 +175,14 @@ def torch_logits(model) -> LogitsFn:
     """Next-token logits from a torch model (no KV cache; for tests and small models)."""
     import torch
 
+    from diffagent.training.model import device_of
+
+    device = device_of(model)
+
     def fn(tokens: list[int]) -> np.ndarray:
         with torch.no_grad():
-            out = model(input_ids=torch.tensor([tokens]), logits_to_keep=1, use_cache=False)
-        return out.logits[0, -1].float().numpy()
+            out = model(input_ids=torch.tensor([tokens], device=device), logits_to_keep=1, use_cache=False)
+        return out.logits[0, -1].float().cpu().numpy()
 
     return fn
 
@@ -199,30 +203,35 @@ def shared_prompt_logprobs(model, prompt: list[int], answers: list[list[int]], *
     """
     import torch
 
+    from diffagent.training.model import device_of
+
     if not answers or min(len(a) for a in answers) < 1:
         raise ValueError("every answer needs at least one token")
     m, A = len(answers), max(len(a) for a in answers)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        first = model(input_ids=torch.tensor([prompt]), use_cache=True, logits_to_keep=1)
+    dev = device_of(model)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+        first = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True, logits_to_keep=1)
     lp_first = torch.log_softmax(first.logits[0, -1].float(), dim=-1)  # predicts every answer's 1st token
     lp_rest = None
     if A > 1:
         ids = torch.zeros((m, A - 1), dtype=torch.long)
         for i, a in enumerate(answers):
             ids[i, : len(a) - 1] = torch.tensor(a[:-1], dtype=torch.long)
+        ids = ids.to(dev)
         cache = first["cache"] if "cache" in first else first.past_key_values  # renamed in transformers 5
         cache.batch_repeat_interleave(m)
-        pos = torch.arange(len(prompt), len(prompt) + A - 1).unsqueeze(0).expand(m, -1)
+        pos = torch.arange(len(prompt), len(prompt) + A - 1, device=dev).unsqueeze(0).expand(m, -1)
         # right padding: a real token never attends to the pads after it, so no attention mask
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(input_ids=ids, position_ids=pos, use_cache=True, **{_cache_kwarg(model): cache})
         lp_rest = torch.log_softmax(out.logits.float(), dim=-1)  # [m, A-1, V]
-    rows, mask = [], torch.zeros((m, A))
+    rows, mask = [], torch.zeros((m, A), device=dev)
     for i, a in enumerate(answers):
         parts = [lp_first[a[0]].unsqueeze(0)]
         if len(a) > 1:
-            parts.append(lp_rest[i, : len(a) - 1].gather(-1, torch.tensor(a[1:]).unsqueeze(-1)).squeeze(-1))
-        parts.append(torch.zeros(A - len(a)))
+            tail = torch.tensor(a[1:], device=dev).unsqueeze(-1)
+            parts.append(lp_rest[i, : len(a) - 1].gather(-1, tail).squeeze(-1))
+        parts.append(torch.zeros(A - len(a), device=dev))
         rows.append(torch.cat(parts))
         mask[i, : len(a)] = 1
     return torch.stack(rows), mask

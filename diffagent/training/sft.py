@@ -12,7 +12,7 @@ from diffagent.training.config import TrainConfig
 from diffagent.training.data import Example
 from diffagent.training.loop import LoopSettings, LoopState, train_loop
 from diffagent.training.losses import sft_loss
-from diffagent.training.model import answer_logprobs, make_batch
+from diffagent.training.model import answer_logprobs, device_of, make_batch
 from diffagent.training.tokens import Tokenizer, answer_ids
 
 Seq = tuple[list[int], list[int]]  # (prompt ids with BOS, answer ids)
@@ -66,7 +66,7 @@ def train_sft(
     bf16 = cfg.sft.bf16
 
     def loss_fn(m, unit):
-        b = make_batch(unit)
+        b = make_batch(unit).to(device_of(m))
         lp = answer_logprobs(m, b, bf16=bf16)
         return sft_loss(lp, b.mask), {}
 

@@ -108,3 +108,27 @@ def test_a_database_registry_is_checked_by_opening_it(tmp_path):
     cfg = TrainConfig(registry="postgresql://nobody@/nodb?host=/nonexistent-socket-folder")
     with pytest.raises(UserInputError, match="cannot open the registry database postgresql://nobody@/nodb"):
         _registry(cfg, Settings(data_dir=tmp_path))
+
+
+def test_device_flag_reaches_every_llm_stage(tmp_path):
+    parser = _parser()
+    for stage in ("sft", "rrhf"):
+        args = parser.parse_args(["train", stage, "--work-dir", str(tmp_path), "--device", "cuda:1"])
+        assert train_cli._config(args).device == "cuda:1"
+    args = parser.parse_args(["train", "sft", "--work-dir", str(tmp_path)])
+    assert train_cli._config(args).device == "cpu"
+    args = parser.parse_args(["train", "cardlm", "--pairs", "p.jsonl", "--device", "cuda"])
+    assert args.device == "cuda"
+
+
+@pytest.mark.parametrize("device,match", [("tpu9", "not a torch device"), ("cuda", "no CUDA GPU")])
+def test_a_device_this_machine_lacks_is_refused_before_any_loading(tmp_path, tiny_registry_path, device, match):
+    """`train sft --device cuda` on a machine without a GPU says so at once, not after converting the base model."""
+    torch = pytest.importorskip("torch")
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    settings = Settings(registry=tiny_registry_path, data_dir=tmp_path)
+    args = _parser().parse_args(["train", "sft", "--work-dir", str(tmp_path), "--device", device])
+    with pytest.raises(UserInputError, match=match):
+        args.func(args, settings)
+    assert not (tmp_path / "base_hf").exists()

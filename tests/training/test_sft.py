@@ -86,3 +86,21 @@ def test_a_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(tmp_pat
     # a finished run is not redone
     again = train_loop(add_lora(tiny_gemma(), LoraShape(r=4)), units, dying, tmp_path / "b", loop, progress=False)
     assert again.losses == resumed.losses
+
+
+def test_a_batch_moves_whole_and_logprobs_land_on_the_models_device(toy_tok):
+    """Every tensor of a batch moves with ``Batch.to``, and ``answer_logprobs`` moves a batch built elsewhere to the
+    model's device (on a GPU machine: a CPU-built batch and a CUDA model)."""
+    from diffagent.training.model import device_of
+
+    seqs, _ = encode(toy_tok, toy_examples(2), max_len=512)
+    model = add_lora(tiny_gemma(), LoraShape(r=4, alpha=8)).eval()
+    b = make_batch(seqs)
+    moved = b.to("cpu")
+    assert all(torch.equal(getattr(b, f), getattr(moved, f)) for f in b.__dataclass_fields__)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    assert device_of(model).type == device
+    with torch.no_grad():
+        lp = answer_logprobs(model, b)
+    assert lp.device.type == device and lp.shape == b.mask.shape
