@@ -46,13 +46,15 @@ CARD_HEAD = "Model: {card}\nA prompt written for this model:"
 NO_CARD = "A prompt written for an image model:"
 #: prompts are cut to this many tokens (creators' tag lists run long; the first tokens say the most)
 MAX_REQUEST_TOKENS = 64
+#: characters of card text by default (about 150 tokens); 160 keeps the name, tags and trigger words (about 40)
 CARD_CHARS = 600
 
 
-def card_prefix(info) -> str:
-    """The text a candidate's card contributes (``info``: a registry ``VersionInfo``)."""
+def card_prefix(info, chars: int = CARD_CHARS) -> str:
+    """The text a candidate's card contributes (``info``: a registry ``VersionInfo``): name, version, tags,
+    trigger words and description, cut to ``chars`` characters."""
     card = version_text(info.model_name, info.name, list(info.tags)[:12], list(info.trained_words), info.description)
-    return CARD_HEAD.format(card=" ".join(card.split())[:CARD_CHARS])
+    return CARD_HEAD.format(card=" ".join(card.split())[:chars])
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class CardLMConfig(BaseModel):
     negatives: int = Field(0, ge=0, description="hard negative cards a pair is also scored under (0: LM loss only)")
     contrast_weight: float = Field(1.0, ge=0, description="weight of the contrastive term beside the LM loss")
     device: str = Field("cpu", description="'cpu', or 'cuda' on a GPU machine (see docs/training-gpu.md)")
+    card_chars: int = Field(CARD_CHARS, ge=20, description="characters of each card the model reads")
 
 
 def encode(tok, prefix: str, request: str) -> tuple[list[int], list[int]]:
@@ -187,7 +190,14 @@ def hard_negatives(
 
 
 def train_pairs(
-    pairs_path: Path, registry, *, per_page: int, limit: int, seed: int, negatives: int = 0
+    pairs_path: Path,
+    registry,
+    *,
+    per_page: int,
+    limit: int,
+    seed: int,
+    negatives: int = 0,
+    card_chars: int = CARD_CHARS,
 ) -> list[CardPair]:
     """(card of the creator's checkpoint, creator's prompt) for train-split pairs whose checkpoint the registry
     holds, at most ``per_page`` per model page; with ``negatives``, that many hard negative cards each
@@ -202,9 +212,11 @@ def train_pairs(
     infos = registry.versions(sorted(set(targets) | {n for ns in negs.values() for n in ns}))
     out = [
         CardPair(
-            card_prefix(infos[p.target.checkpoint_version_id]),
+            card_prefix(infos[p.target.checkpoint_version_id], card_chars),
             strip_resource_tags(p.instruction),
-            tuple(card_prefix(infos[n]) for n in negs.get(p.target.checkpoint_version_id, []) if n in infos),
+            tuple(
+                card_prefix(infos[n], card_chars) for n in negs.get(p.target.checkpoint_version_id, []) if n in infos
+            ),
         )
         for p in train
         if p.target.checkpoint_version_id in infos
@@ -216,7 +228,15 @@ def train_pairs(
 
 
 def eval_items(
-    pairs_path: Path, registry, *, split: str, limit: int, seed: int, shortlist: int = 6, progress: bool = False
+    pairs_path: Path,
+    registry,
+    *,
+    split: str,
+    limit: int,
+    seed: int,
+    shortlist: int = 6,
+    card_chars: int = CARD_CHARS,
+    progress: bool = False,
 ) -> list[EvalItem]:
     """Held-out pairs with the selector's shortlist (the ranker's order, natural-request intent included),
     kept when the creator's checkpoint is in it: the LLM can only choose within the shortlist."""
@@ -253,7 +273,7 @@ def eval_items(
         items.append(
             EvalItem(
                 request=request,
-                cards=tuple(card_prefix(c.version) for c in short),
+                cards=tuple(card_prefix(c.version, card_chars) for c in short),
                 ranker=tuple(float(c.score) for c in short),
                 target=target,
                 target_has_prompts=registry.has_creator_prompts(ids[target]),
@@ -355,11 +375,19 @@ def run_cardlm(
     hf = ensure_hf_base(gguf, layout(stages, settings).base_hf)
     tok = GGUFTokenizer(gguf)
 
-    items_file = work_dir / f"eval_items_{eval_split}.json"
+    items_file = work_dir / f"eval_items_{eval_split}_{cfg.card_chars}chars.json"
     if items_file.is_file():
         items = _items_from_json(read_json(items_file))
     else:
-        items = eval_items(pairs_path, registry, split=eval_split, limit=eval_limit, seed=cfg.seed, progress=progress)
+        items = eval_items(
+            pairs_path,
+            registry,
+            split=eval_split,
+            limit=eval_limit,
+            seed=cfg.seed,
+            card_chars=cfg.card_chars,
+            progress=progress,
+        )
         write_json_atomic(items_file, [dataclasses.asdict(it) for it in items])
     if not items:
         raise UserInputError(f"no {eval_split} pair of {pairs_path} has its checkpoint in the shortlist")
@@ -381,7 +409,13 @@ def run_cardlm(
     base = read_json(base_file)
 
     train = train_pairs(
-        pairs_path, registry, per_page=per_page, limit=train_limit, seed=cfg.seed, negatives=cfg.negatives
+        pairs_path,
+        registry,
+        per_page=per_page,
+        limit=train_limit,
+        seed=cfg.seed,
+        negatives=cfg.negatives,
+        card_chars=cfg.card_chars,
     )
     model = start()
     model.train()

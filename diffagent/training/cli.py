@@ -139,6 +139,7 @@ def cmd_cardlm(args, settings: Settings) -> int:
         negatives=args.negatives,
         contrast_weight=args.contrast_weight,
         device=args.device or "cpu",
+        card_chars=args.card_chars,
     )
     report = run_cardlm(
         settings,
@@ -310,6 +311,12 @@ def register(subparsers) -> None:
         help="hard negative cards per pair for the contrastive term (0: language-model loss only)",
     )
     p.add_argument("--contrast-weight", type=float, default=1.0, help="weight of the contrastive term")
+    p.add_argument(
+        "--card-chars",
+        type=int,
+        default=600,
+        help="characters of each card the model reads (160: name, tags, trigger words; about 40 tokens)",
+    )
     p.add_argument(
         "--init-adapter",
         type=Path,

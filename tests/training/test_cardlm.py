@@ -129,3 +129,21 @@ def test_hard_negatives_are_nearest_cards_of_other_pages(tiny_registry):
     assert len(negs) == 2 and int(ids[0]) not in negs
     page_of = dict(zip(ids.tolist(), pages.tolist(), strict=True))
     assert all(page_of[n] != page_of[int(ids[0])] for n in negs)
+
+
+def test_a_short_card_keeps_name_tags_and_trigger_words(tiny_registry):
+    """``--card-chars 160``: the card the model reads is cut to 160 characters, which keep the page's name,
+    version, tags and trigger words ahead of the description."""
+    from diffagent.training.cardlm import card_prefix
+    from diffagent.training.cards import card_matrix
+
+    ids, _, _ = card_matrix(tiny_registry)
+    info = tiny_registry.versions([int(ids[0])])[int(ids[0])]
+    full, short = card_prefix(info), card_prefix(info, 160)
+    body = short.removeprefix("Model: ").split("\nA prompt written")[0]
+    assert len(body) <= 160 and full.startswith(short.split("\n")[0][:40])
+    assert info.model_name in body
+    assert short.endswith("A prompt written for this model:")
+    assert CardLMConfig(card_chars=160).card_chars == 160
+    with pytest.raises(ValueError):
+        CardLMConfig(card_chars=5)
