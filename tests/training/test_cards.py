@@ -129,33 +129,53 @@ def test_fit_encoder_learns_which_card_a_prompt_belongs_to(tmp_path, embedder):
     assert again.digest() == enc.digest()
 
 
-def test_two_towers_learn_which_card_text_a_prompt_belongs_to(tmp_path, embedder):
-    """``towers='both'``: the cards are texts read by the same updated encoder. Cards whose names say nothing of
-    the style ("model alpha") are ranked at chance by the stock encoder; after training, prompts of each style land
-    on their card's text, and a second version of a page is never its own negative."""
-    card_names = ["model alpha v1", "model alpha v2", "model bravo", "model charlie", "model delta", "model echo"]
-    pages = np.array([10, 10, 11, 12, 13, 14])
+#: cards whose names say nothing of the style ("model alpha"): the stock encoder ranks them at chance
+CARD_NAMES = ["model alpha v1", "model alpha v2", "model bravo", "model charlie", "model delta", "model echo"]
+CARD_PAGES = np.array([10, 10, 11, 12, 13, 14])
+HELD = [
+    "a photo of a dog in the street",
+    "anime girl with a sword",
+    "watercolor painting of a hill",
+    "pixel art castle",
+]
+HELD_PAGES = np.array([10, 11, 12, 13])
+
+
+def _fit_two_towers(tmp_path, embedder, **cfg):
+    """Train the two-tower encoder on prompts of four styles, each style's card one of ``CARD_NAMES``; returns
+    (encoder, fit info, held-out model-page top-1)."""
     texts, pos = _style_prompts([0, 2, 3, 4])
-    cfg = CardsConfig(
-        steps=60, batch_size=8, lr=3e-3, tau=0.1, rank=4, alpha=8, checkpoint_every=30, towers="both", cards_per_step=5
+    settings = CardsConfig(
+        steps=60, batch_size=8, lr=3e-3, tau=0.1, rank=4, alpha=8, checkpoint_every=30, towers="both", **cfg
     )
-    cards = np.zeros((len(card_names), 384), np.float32)  # unused by the two-tower loss
+    cards = np.zeros((len(CARD_NAMES), 384), np.float32)  # unused by the two-tower loss
     enc, info = fit_encoder(
-        texts, pos, cards, embedder.check(), tmp_path / "run", cfg, texts_of_cards=card_names, card_pages=pages
+        texts,
+        pos,
+        cards,
+        embedder.check(),
+        tmp_path / "run",
+        settings,
+        texts_of_cards=CARD_NAMES,
+        card_pages=CARD_PAGES,
     )
+    tuned = evaluate(enc.encode(embedder, HELD), HELD_PAGES, CARD_PAGES, enc.encode(embedder, CARD_NAMES))
+    return enc, info, tuned["model_top1"]
+
+
+def test_two_towers_learn_which_card_text_a_prompt_belongs_to(tmp_path, embedder):
+    """``towers='both'``: the cards are texts read by the same updated encoder. The stock encoder ranks the cards at
+    chance; after training, prompts of each style land on their card's text, and a second version of a page is
+    never its own negative."""
+    enc, info, tuned = _fit_two_towers(tmp_path, embedder, cards_per_step=5)
     assert enc.towers == "both" and info["positive_cards"] == 4
-    held = [
-        "a photo of a dog in the street",
-        "anime girl with a sword",
-        "watercolor painting of a hill",
-        "pixel art castle",
-    ]
-    want = np.array([10, 11, 12, 13])
-    stock = evaluate(embedder.encode(held), want, pages, embedder.encode(card_names))["model_top1"]
-    tuned = evaluate(enc.encode(embedder, held), want, pages, enc.encode(embedder, card_names))["model_top1"]
+    stock = evaluate(embedder.encode(HELD), HELD_PAGES, CARD_PAGES, embedder.encode(CARD_NAMES))["model_top1"]
     assert stock <= 0.5 and tuned == 1.0
+    texts, pos = _style_prompts([0, 2, 3, 4])
     with pytest.raises(ValueError, match="needs the cards"):
-        fit_encoder(texts, pos, cards, embedder.check(), tmp_path / "other", cfg)
+        fit_encoder(
+            texts, pos, np.zeros((6, 384), np.float32), embedder.check(), tmp_path / "other", CardsConfig(towers="both")
+        )
 
 
 def test_the_card_bank_gives_the_nearest_cards_of_other_pages(embedder):
@@ -190,36 +210,8 @@ def test_the_card_bank_gives_the_nearest_cards_of_other_pages(embedder):
 
 
 def test_two_towers_learn_with_hard_negatives(tmp_path, embedder):
-    card_names = ["model alpha v1", "model alpha v2", "model bravo", "model charlie", "model delta", "model echo"]
-    pages = np.array([10, 10, 11, 12, 13, 14])
-    texts, pos = _style_prompts([0, 2, 3, 4])
-    cfg = CardsConfig(
-        steps=60,
-        batch_size=8,
-        lr=3e-3,
-        tau=0.1,
-        rank=4,
-        alpha=8,
-        checkpoint_every=30,
-        towers="both",
-        cards_per_step=4,
-        hard_negatives=1,
-        refresh_every=20,
-    )
-    cards = np.zeros((len(card_names), 384), np.float32)
-    enc, info = fit_encoder(
-        texts, pos, cards, embedder.check(), tmp_path / "run", cfg, texts_of_cards=card_names, card_pages=pages
-    )
-    assert info["bank_refreshes"] == 3
-    held = [
-        "a photo of a dog in the street",
-        "anime girl with a sword",
-        "watercolor painting of a hill",
-        "pixel art castle",
-    ]
-    want = np.array([10, 11, 12, 13])
-    tuned = evaluate(enc.encode(embedder, held), want, pages, enc.encode(embedder, card_names))["model_top1"]
-    assert tuned == 1.0
+    _, info, tuned = _fit_two_towers(tmp_path, embedder, cards_per_step=4, hard_negatives=1, refresh_every=20)
+    assert info["bank_refreshes"] == 3 and tuned == 1.0
 
 
 def test_factors_of_names_layers_as_the_numpy_encoder_does(embedder):
