@@ -179,7 +179,8 @@ class CardBank:
     hard negatives are drawn from. A resumed run encodes the bank afresh at its first step."""
 
     def __init__(self, tok, texts: list[str], rows: np.ndarray, pages: np.ndarray, cfg: CardsConfig):
-        self.tok, self.texts, self.rows, self.pages, self.cfg = tok, texts, rows, pages, cfg
+        self.tok, self.texts, self.rows, self.cfg = tok, texts, rows, cfg
+        self.row_pages = pages[rows]  # the model page of each bank row
         self.vecs = None
         self.age = 0
         self.refreshes = 0
@@ -214,7 +215,7 @@ class CardBank:
             self.refresh(model)
         self.age += 1
         sims = zq.detach() @ self.vecs.T
-        same = torch.from_numpy(self.pages[self.rows][None, :] == own_pages[:, None]).to(sims.device)
+        same = torch.from_numpy(self.row_pages[None, :] == own_pages[:, None]).to(sims.device)
         top = sims.masked_fill(same, -2.0).topk(min(k, len(self.rows)), dim=1).indices.cpu().numpy()
         return list(dict.fromkeys(int(self.rows[j]) for j in top.T.reshape(-1)))
 

@@ -111,7 +111,7 @@ def cmd_cards(args, settings: Settings) -> int:
         batch_size=args.batch_size,
         per_page=args.per_page,
         seed=args.seed or 0,
-        device=args.device,
+        device=args.device or "cpu",
         pages=args.pages,
         max_length=args.max_length,
         towers=args.towers,
@@ -287,7 +287,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--refresh-every", type=int, default=50, help="--hard-negatives: steps between re-encoding the card bank"
     )
-    p.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
+    device(p)
     p.add_argument("--eval-limit", type=int, default=2000, help="val/test pairs for the report")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -54,11 +54,11 @@ def ensure_hf_base(gguf_path: Path, hf_dir: Path) -> Path:
 
 
 def load_base(hf_dir: Path, device: str = "cpu"):
-    """The fp32 base model on ``device`` ('cpu', or 'cuda' on a GPU machine)."""
+    """The fp32 base model on ``device`` ('cpu', or 'cuda' on a GPU machine; the stages check it up front with
+    ``check_device``, in ``pipeline._setup_torch``)."""
     torch = require_torch()
     from transformers import AutoModelForCausalLM
 
-    check_device(device)
     model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
     model.config.use_cache = False
     return model.to(device)
