@@ -29,6 +29,7 @@ import hashlib
 import json
 import random
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,69 @@ def sample_train(pairs: list[Pair], per_page: int, seed: int) -> list[Pair]:
     return out
 
 
+@dataclass
+class ExtraPairs:
+    """Train prompts paired with cards outside the checkpoint matrix (the LoRAs their creators used), for a
+    two-tower run: ``lora_prompts`` of them join every step, and their cards are read by the same card tower."""
+
+    texts: list[str]
+    pos: np.ndarray  # per prompt: its card's index in ``cards``
+    cards: list[str]  # card text of each LoRA version
+    card_pages: np.ndarray  # model page of each card
+    #: per prompt: the model pages of every resource of its image, never its negatives
+    related: list[frozenset[int]]
+
+
+class LoraUse:
+    """The registry LoRAs a train image was made with (``bench.pairs.creator_loras``), their cards and pages."""
+
+    def __init__(self, registry: Registry):
+        from diffagent.registry.index import version_texts
+        from diffagent.registry.stats import lora_name_index, lora_versions
+
+        with registry.engine.connect() as conn:
+            self.by_stem, self.ids = lora_name_index(conn), lora_versions(conn)
+            self.texts = version_texts(conn, ("lora", "locon"))
+        self.page_of = {v: info.model_id for v, info in registry.versions(sorted(self.ids)).items()}
+
+    def used(self, pair: Pair) -> set[int]:
+        from diffagent.bench.pairs import creator_loras
+
+        return {v for v in creator_loras(pair, self.by_stem, self.ids) if v in self.texts and v in self.page_of}
+
+    def related(self, pair: Pair) -> frozenset[int]:
+        """The model pages of every resource of the image (its checkpoint's and its LoRAs')."""
+        return frozenset({pair.target.checkpoint_model_id} | {self.page_of[v] for v in self.used(pair)})
+
+    def pairs(self, train: list[Pair], per_page: int, seed: int) -> ExtraPairs:
+        """(prompt, card of a LoRA the creator used) from ``train``: the LoRA whose page shows the image where the
+        registry holds it, else the first one the image names; at most ``per_page`` prompts a LoRA page."""
+        by_page: dict[int, list[tuple[Pair, int]]] = defaultdict(list)
+        for p in train:
+            used = self.used(p)
+            if not used:
+                continue
+            named = [v for v in (self.by_stem.get(lo.name.lower()) for lo in p.target.loras) if v in used]
+            first = p.page_version_id if p.page_version_id in used else named[0] if named else min(used)
+            by_page[self.page_of[first]].append((p, first))
+        rng = random.Random(seed)
+        kept = []
+        for page in sorted(by_page):
+            group = by_page[page]
+            rng.shuffle(group)
+            kept += group[:per_page]
+        rng.shuffle(kept)
+        card_ids = sorted({v for _, v in kept})
+        row = {v: i for i, v in enumerate(card_ids)}
+        return ExtraPairs(
+            texts=[strip_resource_tags(p.instruction) for p, _ in kept],
+            pos=np.array([row[v] for _, v in kept], dtype=np.int64),
+            cards=[self.texts[v] for v in card_ids],
+            card_pages=np.array([self.page_of[v] for v in card_ids], dtype=np.int64),
+            related=[self.related(p) for p, _ in kept],
+        )
+
+
 def embed_cached(embedder, texts: list[str], cache: Path, progress: bool = False) -> np.ndarray:
     """Sentence vectors of ``texts``, cached by a digest of the texts and the embedder."""
     key = hashlib.sha256(("\n".join(texts) + "\0" + embedder.name).encode()).hexdigest()[:16]
@@ -128,6 +192,13 @@ class CardsConfig(BaseModel):
         "the encoder as it was at the bank's last refresh join the step's cards (ANCE); 0: random cards only",
     )
     refresh_every: int = Field(50, ge=1, description="hard negatives: steps between re-encoding the card bank")
+    lora_prompts: int = Field(
+        0,
+        ge=0,
+        description="towers=both: per step, that many more train prompts paired with the card of a LoRA their "
+        "creator used (many more distinct pages, most with trigger words and subjects, read by the same card "
+        "tower); 0: checkpoint cards only",
+    )
     pages: str = Field(
         "all",
         pattern=f"^({'|'.join(PAGES)})$",
@@ -231,13 +302,17 @@ def fit_encoder(
     *,
     texts_of_cards: list[str] | None = None,
     card_pages: np.ndarray | None = None,
+    extra: ExtraPairs | None = None,
+    related: list[frozenset[int]] | None = None,
 ) -> tuple[CardEncoder, dict]:
     """Train LoRA updates of the sentence model so that ``normalize(mean_pool(prompt))`` ranks the card of its
     creator's checkpoint first: InfoNCE over every card that is some train prompt's positive (cards no train
     prompt chose never appear as negatives, so the model is not taught to bury the models it has not seen).
     With ``cfg.towers == "both"`` the cards (``texts_of_cards``) go through the same updated encoder, and the
     softmax runs over the batch's cards plus random chosen ones, other versions of the positive's page
-    (``card_pages``) masked out.
+    (``card_pages``) masked out. ``extra`` (two towers, ``cfg.lora_prompts`` > 0) adds that many prompts paired with
+    LoRA cards to every step; ``related`` gives each checkpoint prompt the pages of its image's other resources,
+    which are never its negatives.
     Resumable: a killed run continues from ``out_dir/checkpoint`` (the shared loop, ``training/loop.py``)."""
     import torch
 
@@ -251,6 +326,21 @@ def fit_encoder(
     batches = [order[i : i + cfg.batch_size] for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
     if not batches:
         raise UserInputError(f"{len(texts)} train prompts make no batch of {cfg.batch_size}; lower --batch-size")
+    if cfg.towers == "both" and (texts_of_cards is None or card_pages is None):
+        raise ValueError("towers=both needs the cards' texts and model pages")
+    related = list(related) if related is not None else [frozenset()] * len(texts)
+    texts = list(texts)
+    if extra is not None and cfg.lora_prompts and len(extra.texts):
+        if cfg.towers != "both":
+            raise ValueError("LoRA prompts need towers=both (their cards are read by the card tower)")
+        start, k = len(texts), min(cfg.lora_prompts, len(extra.texts))
+        texts += extra.texts
+        pos = np.concatenate([pos, extra.pos + len(texts_of_cards)])
+        texts_of_cards = list(texts_of_cards) + extra.cards
+        card_pages = np.concatenate([card_pages, extra.card_pages])
+        related += extra.related
+        cycle = np.random.default_rng(cfg.seed + 1).permutation(len(extra.texts)) + start
+        batches = [np.concatenate([b, cycle[(np.arange(k) + i * k) % len(cycle)]]) for i, b in enumerate(batches)]
     model, tok = lora_model(model_dir, cfg)
 
     def loss_fn(m, batch):
@@ -275,13 +365,12 @@ def fit_encoder(
         logits = zq @ zc.T / cfg.tau
         where = {c: j for j, c in enumerate(cols)}
         gold = torch.tensor([where[int(pos[i])] for i in batch], device=cfg.device)
-        same_page = card_pages[cols][None, :] == card_pages[pos[batch]][:, None]  # other versions of the page
+        col_pages = card_pages[cols]
+        same_page = col_pages[None, :] == card_pages[pos[batch]][:, None]  # other versions of the page
+        same_page |= np.array([[pg in related[i] for pg in col_pages] for i in batch])  # the image's other resources
         mask = torch.from_numpy(same_page).to(cfg.device)
         mask[torch.arange(len(batch)), gold] = False
         return torch.nn.functional.cross_entropy(logits.masked_fill(mask, -1e4), gold), {}
-
-    if cfg.towers == "both" and (texts_of_cards is None or card_pages is None):
-        raise ValueError("towers=both needs the cards' texts and model pages")
 
     epochs = -(-cfg.steps // len(batches))
     loop = LoopSettings(
@@ -300,6 +389,7 @@ def fit_encoder(
         "seconds": round(state.seconds, 1),
         "final_loss": round(float(np.mean(last)), 4) if last else None,
         "positive_cards": len(positives),
+        **({"lora_pairs": len(extra.texts), "lora_cards": len(extra.cards)} if extra is not None else {}),
         **({"bank_refreshes": bank.refreshes} if bank is not None else {}),
     }
 
@@ -331,6 +421,8 @@ def train_cards(
     card by the request alone, stock vs trained, on val and test (all pairs, and those whose checkpoint page has
     no train-split image: the models only their card can reach)."""
     cfg = cfg or CardsConfig()
+    if cfg.lora_prompts and cfg.towers != "both":
+        raise UserInputError("--lora-prompts needs --towers both (the LoRA cards are read by the card tower)")
     ids, model_ids, cards = card_matrix(registry)
     row_of = {int(v): i for i, v in enumerate(ids)}
     all_pairs = list(load_pairs(pairs_path, splits={"train", "val", "test"}))
@@ -345,6 +437,12 @@ def train_cards(
     pos = np.array([row_of[p.target.checkpoint_version_id] for p in train])
     model_dir = registry.embedder.check()
     both = cfg.towers == "both"
+    extra = related = None
+    if cfg.lora_prompts:
+        use = LoraUse(registry)
+        train_all = [p for p in all_pairs if p.split == "train"]
+        extra = use.pairs(page_half(train_all, cfg.pages), cfg.per_page, cfg.seed)
+        related = [use.related(p) for p in train]
     encoder, fit_info = fit_encoder(
         texts,
         pos,
@@ -355,6 +453,8 @@ def train_cards(
         progress,
         texts_of_cards=card_texts(registry, ids) if both else None,
         card_pages=model_ids if both else None,
+        extra=extra,
+        related=related,
     )
     adapted_cards = card_matrix(registry, encoder)[2] if both else cards
     results = {}

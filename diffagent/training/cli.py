@@ -119,6 +119,7 @@ def cmd_cards(args, settings: Settings) -> int:
         card_length=args.card_length,
         hard_negatives=args.hard_negatives,
         refresh_every=args.refresh_every,
+        lora_prompts=args.lora_prompts,
     )
     meta = train_cards(
         registry, args.pairs, out, work_dir=work, cfg=cfg, eval_limit=args.eval_limit, progress=not args.quiet
@@ -286,6 +287,13 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--refresh-every", type=int, default=50, help="--hard-negatives: steps between re-encoding the card bank"
+    )
+    p.add_argument(
+        "--lora-prompts",
+        type=int,
+        default=0,
+        help="--towers both: per step, that many more train prompts paired with the card of a LoRA their creator "
+        "used (more distinct cards for the card tower to learn from; 0: checkpoint cards only)",
     )
     device(p)
     p.add_argument("--eval-limit", type=int, default=2000, help="val/test pairs for the report")

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from diffagent.agent.cards import CardEncoder, load_setting
-from diffagent.bench.pairs import Pair, Target
+from diffagent.bench.pairs import Pair, Target, TargetLora
 from diffagent.errors import UserInputError
 from diffagent.training.cards import (
     CardBank,
     CardsConfig,
+    ExtraPairs,
+    LoraUse,
     evaluate,
     factors_of,
     fit_encoder,
@@ -212,6 +214,96 @@ def test_the_card_bank_gives_the_nearest_cards_of_other_pages(embedder):
 def test_two_towers_learn_with_hard_negatives(tmp_path, embedder):
     _, info, tuned = _fit_two_towers(tmp_path, embedder, cards_per_step=4, hard_negatives=1, refresh_every=20)
     assert info["bank_refreshes"] == 3 and tuned == 1.0
+
+
+def test_two_towers_learn_with_lora_cards_in_every_step(tmp_path, embedder):
+    """LoRA prompts join each step with their cards read by the card tower: the checkpoint cards are still learnt,
+    and a card of a page the prompt's image also used (``related``) is never that prompt's negative."""
+    extra = ExtraPairs(
+        texts=["a sprite of a knight, 8-bit", "retro game sprite of a dragon", "chibi sprite of a cat"] * 4,
+        pos=np.array([0, 0, 0] * 4),
+        cards=["Retro Sprites LoRA, pixel art, sprite, 8-bit"],
+        card_pages=np.array([99]),
+        related=[frozenset({99, 13})] * 12,
+    )
+    texts, pos = _style_prompts([0, 2, 3, 4])
+    related = [frozenset({CARD_PAGES[p], 99}) if p == 4 else frozenset({CARD_PAGES[p]}) for p in pos]
+    settings = CardsConfig(
+        steps=60, batch_size=8, lr=3e-3, tau=0.1, rank=4, alpha=8, checkpoint_every=30, towers="both"
+    )
+    settings.cards_per_step, settings.lora_prompts = 6, 2
+    enc, info = fit_encoder(
+        texts,
+        pos,
+        np.zeros((len(CARD_NAMES), 384), np.float32),
+        embedder.check(),
+        tmp_path / "run",
+        settings,
+        texts_of_cards=CARD_NAMES,
+        card_pages=CARD_PAGES,
+        extra=extra,
+        related=related,
+    )
+    assert info["lora_pairs"] == 12 and info["lora_cards"] == 1 and info["positive_cards"] == 4
+    tuned = evaluate(enc.encode(embedder, HELD), HELD_PAGES, CARD_PAGES, enc.encode(embedder, CARD_NAMES))
+    assert tuned["model_top1"] == 1.0
+    with pytest.raises(ValueError, match="towers=both"):
+        fit_encoder(
+            texts,
+            pos,
+            np.zeros((len(CARD_NAMES), 384), np.float32),
+            embedder.check(),
+            tmp_path / "query",
+            CardsConfig(lora_prompts=2),
+            extra=extra,
+        )
+
+
+def test_lora_use_pairs_prompts_with_the_loras_their_creators_used(tiny_registry):
+    """A prompt goes with the LoRA whose page shows its image, else the first its metadata names; at most
+    ``per_page`` prompts a LoRA page; its related pages are every resource of the image."""
+
+    def pair(i, loras=(), page=101, page_version=None):
+        return Pair(
+            image_id=i,
+            page_model_id=page,
+            page_version_id=page_version,
+            split="train",
+            instruction=f"prompt {i} <lora:x:1>",
+            target=Target(
+                checkpoint_version_id=1001,
+                checkpoint_model_id=101,
+                loras=[TargetLora(name=n, weight=0.7) for n in loras],
+            ),
+        )
+
+    use = LoraUse(tiny_registry)
+    train = [
+        pair(0, ["filmGrain_v1"]),
+        pair(1, ["filmGrain_v1", "watercolorStyle_v1"]),
+        pair(2, ["watercolorStyle_v1"], page=204, page_version=2004),  # shown on the Pixel Art page
+        pair(3, ["notInTheRegistry"]),
+        pair(4),
+        *[pair(10 + i, ["filmGrain_v1"]) for i in range(5)],
+    ]
+    extra = use.pairs(train, per_page=3, seed=0)
+    card_of = {t: extra.cards[c].split(".")[0] for t, c in zip(extra.texts, extra.pos, strict=True)}
+    assert len(extra.texts) == 4  # Film Grain capped at 3 of its 7, Pixel Art 1; none for unknown LoRAs
+    assert all(not t.endswith(">") for t in extra.texts)
+    assert card_of["prompt 2"].startswith("Pixel Art") and sorted(extra.card_pages.tolist()) == [201, 204]
+    assert sum(c.startswith("Film Grain") for c in card_of.values()) == 3
+    assert use.related(train[2]) == frozenset({101, 202, 204}) and use.related(train[4]) == frozenset({101})
+
+
+def test_lora_prompts_need_two_towers(tiny_registry, tmp_path):
+    with pytest.raises(UserInputError, match="--towers both"):
+        train_cards(
+            tiny_registry,
+            tmp_path / "pairs.jsonl",
+            tmp_path / "e.npz",
+            work_dir=tmp_path,
+            cfg=CardsConfig(lora_prompts=4),
+        )
 
 
 def test_factors_of_names_layers_as_the_numpy_encoder_does(embedder):
